@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls `make test`, which calls this).
+# Installs what is missing (Debian packages, Kubernetes binaries and reference CNI plugins,
+# cached by version), then runs every Go test, privileged ones included (they need root and
+# make their own network namespaces), and a short fuzz run of the CNI config decoder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "installing Debian packages (if missing)"
+./scripts/deps.sh
+step "building or reusing Kubernetes binaries (first time: several minutes)"
+PATRONUS_K8S_BIN=$(./scripts/build-k8s.sh)
+export PATRONUS_K8S_BIN
+step "building or reusing reference CNI plugins"
+PATRONUS_CNI_PLUGINS=$(./scripts/build-cni-plugins.sh)
+export PATRONUS_CNI_PLUGINS
+
+step "go vet"
+go vet ./...
+if [ -x scripts/check-generated.sh ]; then
+	step "checking generated BPF bindings are current"
+	./scripts/check-generated.sh
+fi
+step "building patronus"
+make build
+export PATRONUS_BIN=$PWD/bin/patronus
+
+step "go test"
+# -p 2: the machine has two cores; privileged tests use unique netns names so packages may
+# run side by side.
+go test -count=1 -p 2 -timeout 40m ./...
+
+step "fuzzing the CNI config decoder (short run)"
+go test -run '^$' -fuzz '^FuzzParseConfig$' -fuzztime 20s ./cni/
