@@ -1,0 +1,607 @@
+package policy
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// NamespaceNameLabel is the label the API server puts on every namespace, holding its name.
+const NamespaceNameLabel = "kubernetes.io/metadata.name"
+
+// Input is the cluster state the compiler reads. Only labels, namespaces, pod IPs,
+// container ports, hostNetwork, phase and nodeName of pods are used.
+type Input struct {
+	Policies   []networkingv1.NetworkPolicy
+	Pods       []corev1.Pod
+	Namespaces []corev1.Namespace
+}
+
+// Options tunes Compile.
+type Options struct {
+	// Node, when set, limits the endpoints to pods whose spec.nodeName is Node (what one
+	// agent enforces). Peers are always taken from every pod of the cluster.
+	Node string
+}
+
+// Set is the compiled policy of a cluster (or of one node's pods): one EndpointPolicy per
+// endpoint, sorted by namespace and name.
+//
+// Rules of different endpoints share their Peers and Ports slices: treat them as read-only.
+type Set struct {
+	Endpoints []EndpointPolicy
+
+	byName map[string]int     // "ns/name" → index in Endpoints
+	byIP   map[netip.Addr]int // pod IP → index in Endpoints
+}
+
+// Endpoint returns the compiled policy of pod "namespace/name".
+func (s *Set) Endpoint(nsName string) (*EndpointPolicy, bool) {
+	i, ok := s.byName[nsName]
+	if !ok {
+		return nil, false
+	}
+	return &s.Endpoints[i], true
+}
+
+// EndpointByIP returns the compiled policy of the endpoint that owns addr.
+func (s *Set) EndpointByIP(addr netip.Addr) (*EndpointPolicy, bool) {
+	i, ok := s.byIP[addr.Unmap()]
+	if !ok {
+		return nil, false
+	}
+	return &s.Endpoints[i], true
+}
+
+// Name returns "namespace/pod".
+func (e *EndpointPolicy) Name() string { return e.Namespace + "/" + e.Pod }
+
+// pod is the part of a corev1.Pod the compiler needs.
+type pod struct {
+	ns, name string
+	labels   map[string]string
+	ips      []netip.Addr
+	ports    []corev1.ContainerPort
+	// endpoint: the pod has its own network namespace and is running or about to (so it
+	// gets an EndpointPolicy). hostNetwork and finished pods are not endpoints.
+	endpoint bool
+	// peer: selectors can match it (it is an endpoint with at least one IP).
+	peer bool
+	node string
+}
+
+type namespace struct {
+	labels map[string]string
+	pods   []int // indexes into compiler.pods, in pod order
+}
+
+type compiler struct {
+	pods       []pod
+	namespaces map[string]*namespace
+	nsNames    []string // sorted keys of namespaces
+	problems   []error
+}
+
+// Compile computes the EndpointPolicy of every endpoint (every pod that is not
+// hostNetwork and not finished; pods with no IP yet included, so that a pod can be
+// isolated before its first packet).
+//
+// Policies the API server would have rejected (unknown operator, bad CIDR, bad port...)
+// are compiled failing closed: the policy still isolates the pods it selects, but the
+// invalid peer or port allows nothing. Every such problem is reported in the returned
+// error (errors.Join), with the Set still complete and usable.
+func Compile(in Input, opts Options) (*Set, error) {
+	c := &compiler{namespaces: make(map[string]*namespace, len(in.Namespaces))}
+	c.loadNamespaces(in.Namespaces)
+	c.loadPods(in.Pods)
+
+	set := &Set{byName: make(map[string]int), byIP: make(map[netip.Addr]int)}
+	endpointOf := make([]int, len(c.pods)) // pod index → index in set.Endpoints, or -1
+	for i := range c.pods {
+		p := &c.pods[i]
+		endpointOf[i] = -1
+		if !p.endpoint || (opts.Node != "" && p.node != opts.Node) {
+			continue
+		}
+		endpointOf[i] = len(set.Endpoints)
+		set.Endpoints = append(set.Endpoints, EndpointPolicy{Namespace: p.ns, Pod: p.name, IPs: p.ips})
+	}
+
+	pols := make([]*networkingv1.NetworkPolicy, len(in.Policies))
+	for i := range in.Policies {
+		pols[i] = &in.Policies[i]
+	}
+	slices.SortFunc(pols, func(a, b *networkingv1.NetworkPolicy) int {
+		return cmp.Or(cmp.Compare(nsOf(a.Namespace), nsOf(b.Namespace)), cmp.Compare(a.Name, b.Name))
+	})
+	for _, np := range pols {
+		c.compilePolicy(np, set, endpointOf)
+	}
+
+	for i := range set.Endpoints {
+		ep := &set.Endpoints[i]
+		set.byName[ep.Name()] = i
+		for _, ip := range ep.IPs {
+			set.byIP[ip] = i
+		}
+	}
+	return set, errors.Join(c.problems...)
+}
+
+func nsOf(ns string) string {
+	if ns == "" {
+		return "default"
+	}
+	return ns
+}
+
+func (c *compiler) loadNamespaces(list []corev1.Namespace) {
+	for i := range list {
+		n := &list[i]
+		labels := n.Labels
+		if labels[NamespaceNameLabel] != n.Name {
+			// The API server sets this label on every namespace; inputs read from files
+			// may lack it. Copy rather than modify the caller's map.
+			labels = make(map[string]string, len(n.Labels)+1)
+			for k, v := range n.Labels {
+				labels[k] = v
+			}
+			labels[NamespaceNameLabel] = n.Name
+		}
+		c.namespaces[n.Name] = &namespace{labels: labels}
+	}
+}
+
+func (c *compiler) ns(name string) *namespace {
+	n, ok := c.namespaces[name]
+	if !ok {
+		// A namespace known only through its pods or policies: it has the default label.
+		n = &namespace{labels: map[string]string{NamespaceNameLabel: name}}
+		c.namespaces[name] = n
+	}
+	return n
+}
+
+func (c *compiler) loadPods(list []corev1.Pod) {
+	c.pods = make([]pod, 0, len(list))
+	for i := range list {
+		in := &list[i]
+		p := pod{
+			ns:     nsOf(in.Namespace),
+			name:   in.Name,
+			labels: in.Labels,
+			node:   in.Spec.NodeName,
+			endpoint: !in.Spec.HostNetwork &&
+				in.Status.Phase != corev1.PodSucceeded && in.Status.Phase != corev1.PodFailed,
+		}
+		for _, ctr := range in.Spec.Containers {
+			p.ports = append(p.ports, ctr.Ports...)
+		}
+		p.ips = podIPs(in, func(err error) { c.problemf("pod %s/%s: %w", p.ns, p.name, err) })
+		p.peer = p.endpoint && len(p.ips) > 0
+		c.pods = append(c.pods, p)
+	}
+	slices.SortFunc(c.pods, func(a, b pod) int {
+		return cmp.Or(cmp.Compare(a.ns, b.ns), cmp.Compare(a.name, b.name))
+	})
+	for i := range c.pods {
+		n := c.ns(c.pods[i].ns)
+		n.pods = append(n.pods, i)
+	}
+	c.nsNames = make([]string, 0, len(c.namespaces))
+	for name := range c.namespaces {
+		c.nsNames = append(c.nsNames, name)
+	}
+	slices.Sort(c.nsNames)
+}
+
+// podIPs returns status.podIPs, or status.podIP when podIPs is empty, without duplicates.
+func podIPs(p *corev1.Pod, report func(error)) []netip.Addr {
+	var raw []string
+	for _, ip := range p.Status.PodIPs {
+		raw = append(raw, ip.IP)
+	}
+	if len(raw) == 0 && p.Status.PodIP != "" {
+		raw = append(raw, p.Status.PodIP)
+	}
+	var ips []netip.Addr
+	for _, s := range raw {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			report(fmt.Errorf("status.podIPs: %w", err))
+			continue
+		}
+		a = a.Unmap()
+		if !slices.Contains(ips, a) {
+			ips = append(ips, a)
+		}
+	}
+	return ips
+}
+
+func (c *compiler) problemf(format string, args ...any) {
+	c.problems = append(c.problems, fmt.Errorf(format, args...))
+}
+
+// compilePolicy adds np's isolation and rules to the endpoints it selects.
+func (c *compiler) compilePolicy(np *networkingv1.NetworkPolicy, set *Set, endpointOf []int) {
+	ns := nsOf(np.Namespace)
+	name := ns + "/" + np.Name
+	fail := func(field string, err error) { c.problemf("networkpolicy %s: %s: %w", name, field, err) }
+
+	sel, err := compileSelector(&np.Spec.PodSelector)
+	if err != nil {
+		// We cannot tell which pods the author meant; selecting none is the only choice
+		// that does not cut traffic of pods the policy may not be about.
+		fail("spec.podSelector", err)
+		return
+	}
+	ingress, egress := policyTypes(&np.Spec, func(err error) { fail("spec.policyTypes", err) })
+	if !ingress && !egress {
+		return
+	}
+
+	var selected []int // indexes into set.Endpoints
+	for _, pi := range c.ns(ns).pods {
+		if ei := endpointOf[pi]; ei >= 0 && sel.matches(c.pods[pi].labels) {
+			selected = append(selected, ei)
+		}
+	}
+	if len(selected) == 0 {
+		return
+	}
+
+	if ingress {
+		rules := make([]compiledRule, len(np.Spec.Ingress))
+		for i := range np.Spec.Ingress {
+			r := &np.Spec.Ingress[i]
+			rules[i] = c.compileRule(ns, fmt.Sprintf("spec.ingress[%d]", i), r.From, r.Ports, fail)
+		}
+		for _, ei := range selected {
+			ep := &set.Endpoints[ei]
+			ep.IngressIsolated = true
+			ep.IngressPolicies = append(ep.IngressPolicies, name)
+			pi := c.podIndex(ep)
+			for i := range rules {
+				if r, ok := rules[i].ingressFor(&c.pods[pi]); ok {
+					r.Policy, r.Index = name, i
+					ep.Ingress = append(ep.Ingress, r)
+				}
+			}
+		}
+	}
+	if egress {
+		var out []Rule
+		for i := range np.Spec.Egress {
+			r := &np.Spec.Egress[i]
+			cr := c.compileRule(ns, fmt.Sprintf("spec.egress[%d]", i), r.To, r.Ports, fail)
+			for _, rule := range c.egressRules(&cr) {
+				rule.Policy, rule.Index = name, i
+				out = append(out, rule)
+			}
+		}
+		out = slices.Clip(out)
+		for _, ei := range selected {
+			ep := &set.Endpoints[ei]
+			ep.EgressIsolated = true
+			ep.EgressPolicies = append(ep.EgressPolicies, name)
+			ep.Egress = append(ep.Egress, out...)
+		}
+	}
+}
+
+// podIndex finds the compiler pod of an endpoint. Endpoints and pods are both sorted by
+// namespace/name, so a binary search is enough and needs no extra map.
+func (c *compiler) podIndex(ep *EndpointPolicy) int {
+	i, _ := slices.BinarySearchFunc(c.pods, ep, func(p pod, e *EndpointPolicy) int {
+		return cmp.Or(cmp.Compare(p.ns, e.Namespace), cmp.Compare(p.name, e.Pod))
+	})
+	return i
+}
+
+// policyTypes applies the API defaults: Ingress always, Egress when egress rules exist.
+func policyTypes(spec *networkingv1.NetworkPolicySpec, report func(error)) (ingress, egress bool) {
+	if len(spec.PolicyTypes) == 0 {
+		return true, len(spec.Egress) > 0
+	}
+	for _, t := range spec.PolicyTypes {
+		switch t {
+		case networkingv1.PolicyTypeIngress:
+			ingress = true
+		case networkingv1.PolicyTypeEgress:
+			egress = true
+		default:
+			report(fmt.Errorf("unknown policy type %q: use Ingress or Egress", t))
+		}
+	}
+	return ingress, egress
+}
+
+// compiledRule is one ingress or egress rule with its peers resolved to addresses and its
+// ports split into numeric ranges and names still to resolve.
+type compiledRule struct {
+	anyPeer  bool   // no from/to: every address
+	peers    []Peer // otherwise these (empty: the rule matches nothing)
+	peerPods []int  // pods behind peers selected by selectors (for egress named ports)
+	ipBlocks []Peer // the ipBlock peers (for egress named ports)
+
+	anyPort bool        // no ports: every port of every protocol
+	numeric []PortRange // ports given by number (or protocol only)
+	named   []namedPort // ports given by name
+}
+
+type namedPort struct {
+	name  string
+	proto Protocol
+}
+
+func (c *compiler) compileRule(ns, field string, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort, fail func(string, error)) compiledRule {
+	var r compiledRule
+	r.anyPeer = len(peers) == 0
+	for i := range peers {
+		c.addPeer(&r, ns, &peers[i], func(err error) { fail(fmt.Sprintf("%s.peers[%d]", field, i), err) })
+	}
+	r.anyPort = len(ports) == 0
+	for i := range ports {
+		if err := r.addPort(&ports[i]); err != nil {
+			fail(fmt.Sprintf("%s.ports[%d]", field, i), err)
+		}
+	}
+	r.peers = slices.Clip(r.peers)
+	r.numeric = slices.Clip(r.numeric)
+	return r
+}
+
+func (c *compiler) addPeer(r *compiledRule, ns string, p *networkingv1.NetworkPolicyPeer, fail func(error)) {
+	if p.IPBlock != nil {
+		if p.PodSelector != nil || p.NamespaceSelector != nil {
+			fail(errors.New("ipBlock cannot be combined with podSelector or namespaceSelector"))
+			return
+		}
+		peer, err := parseIPBlock(p.IPBlock)
+		if err != nil {
+			fail(fmt.Errorf("ipBlock: %w", err))
+			return
+		}
+		r.peers = append(r.peers, peer)
+		r.ipBlocks = append(r.ipBlocks, peer)
+		return
+	}
+	if p.PodSelector == nil && p.NamespaceSelector == nil {
+		fail(errors.New("a peer needs podSelector, namespaceSelector or ipBlock"))
+		return
+	}
+	podSel := selector{} // nil podSelector: every pod of the selected namespaces
+	if p.PodSelector != nil {
+		s, err := compileSelector(p.PodSelector)
+		if err != nil {
+			fail(fmt.Errorf("podSelector: %w", err))
+			return
+		}
+		podSel = s
+	}
+	addPods := func(n *namespace) {
+		for _, pi := range n.pods {
+			pd := &c.pods[pi]
+			if !pd.peer || !podSel.matches(pd.labels) {
+				continue
+			}
+			r.peerPods = append(r.peerPods, pi)
+			for _, ip := range pd.ips {
+				r.peers = append(r.peers, Peer{Prefix: netip.PrefixFrom(ip, ip.BitLen())})
+			}
+		}
+	}
+	if p.NamespaceSelector == nil {
+		// A podSelector alone means pods of the policy's own namespace.
+		addPods(c.ns(ns))
+		return
+	}
+	nsSel, err := compileSelector(p.NamespaceSelector)
+	if err != nil {
+		fail(fmt.Errorf("namespaceSelector: %w", err))
+		return
+	}
+	for _, name := range c.nsNames {
+		if n := c.namespaces[name]; nsSel.matches(n.labels) {
+			addPods(n)
+		}
+	}
+}
+
+func parseIPBlock(b *networkingv1.IPBlock) (Peer, error) {
+	prefix, err := netip.ParsePrefix(b.CIDR)
+	if err != nil {
+		return Peer{}, fmt.Errorf("cidr: %w", err)
+	}
+	prefix = prefix.Masked()
+	peer := Peer{Prefix: prefix}
+	for i, s := range b.Except {
+		e, err := netip.ParsePrefix(s)
+		if err != nil {
+			return Peer{}, fmt.Errorf("except[%d]: %w", i, err)
+		}
+		e = e.Masked()
+		if e.Addr().Is4() != prefix.Addr().Is4() || e.Bits() < prefix.Bits() || !prefix.Contains(e.Addr()) {
+			return Peer{}, fmt.Errorf("except[%d]: %s is not inside cidr %s", i, s, b.CIDR)
+		}
+		peer.Except = append(peer.Except, e)
+	}
+	return peer, nil
+}
+
+func (r *compiledRule) addPort(p *networkingv1.NetworkPolicyPort) error {
+	proto, err := protocolOf(p.Protocol)
+	if err != nil {
+		return fmt.Errorf("protocol: %w", err)
+	}
+	if p.Port == nil {
+		if p.EndPort != nil {
+			return errors.New("endPort needs port")
+		}
+		r.numeric = append(r.numeric, PortRange{Protocol: proto})
+		return nil
+	}
+	if p.Port.Type == intstr.String {
+		name := p.Port.StrVal
+		if !validPortName(name) {
+			return fmt.Errorf("port: %q is neither a number nor a port name", name)
+		}
+		if p.EndPort != nil {
+			return errors.New("endPort cannot be used with a named port")
+		}
+		r.named = append(r.named, namedPort{name: name, proto: proto})
+		return nil
+	}
+	first := p.Port.IntVal
+	if first < 1 || first > 65535 {
+		return fmt.Errorf("port: %d is not in 1-65535", first)
+	}
+	last := first
+	if p.EndPort != nil {
+		last = *p.EndPort
+		if last < first || last > 65535 {
+			return fmt.Errorf("endPort: %d must be between port (%d) and 65535", last, first)
+		}
+	}
+	r.numeric = append(r.numeric, PortRange{Protocol: proto, First: uint16(first), Last: uint16(last)})
+	return nil
+}
+
+// validPortName checks the IANA service name syntax the API requires: 1-15 lower-case
+// letters, digits and inner single hyphens, with at least one letter.
+func validPortName(s string) bool {
+	if len(s) == 0 || len(s) > 15 || s[0] == '-' || s[len(s)-1] == '-' || strings.Contains(s, "--") {
+		return false
+	}
+	letter := false
+	for _, ch := range s {
+		switch {
+		case ch >= 'a' && ch <= 'z':
+			letter = true
+		case ch >= '0' && ch <= '9', ch == '-':
+		default:
+			return false
+		}
+	}
+	return letter
+}
+
+// resolveNamed returns the ports of p that carry one of names, as single-port ranges.
+func resolveNamed(names []namedPort, p *pod) []PortRange {
+	var out []PortRange
+	for _, n := range names {
+		for _, cp := range p.ports {
+			proto := TCP
+			if cp.Protocol != "" {
+				var err error
+				if proto, err = protocolOf(&cp.Protocol); err != nil {
+					continue
+				}
+			}
+			if cp.Name == n.name && proto == n.proto && cp.ContainerPort > 0 && cp.ContainerPort <= 65535 {
+				pr := PortRange{Protocol: proto, First: uint16(cp.ContainerPort), Last: uint16(cp.ContainerPort)}
+				if !slices.Contains(out, pr) {
+					out = append(out, pr)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// ingressFor returns the Rule of r for destination pod p; false when it allows nothing
+// (no peer matched, or every port was a name p does not have).
+func (r *compiledRule) ingressFor(p *pod) (Rule, bool) {
+	if !r.anyPeer && len(r.peers) == 0 {
+		return Rule{}, false
+	}
+	rule := Rule{Peers: r.peers}
+	if r.anyPort {
+		return rule, true
+	}
+	rule.Ports = r.numeric
+	if len(r.named) > 0 {
+		if resolved := resolveNamed(r.named, p); len(resolved) > 0 {
+			rule.Ports = append(slices.Clip(r.numeric), resolved...)
+		}
+	}
+	// A rule whose ports all failed to resolve must not become "every port".
+	return rule, len(rule.Ports) > 0
+}
+
+// egressRules compiles r for any source: numeric ports apply to every peer, named ports
+// are resolved against each destination pod, grouping pods whose names resolve alike.
+func (c *compiler) egressRules(r *compiledRule) []Rule {
+	if !r.anyPeer && len(r.peers) == 0 {
+		return nil
+	}
+	if r.anyPort {
+		return []Rule{{Peers: r.peers}}
+	}
+	var out []Rule
+	if len(r.numeric) > 0 {
+		out = append(out, Rule{Peers: r.peers, Ports: r.numeric})
+	}
+	if len(r.named) == 0 {
+		return out
+	}
+	// Destination pods a named port can resolve on: the selected pods, every pod in an
+	// ipBlock (minus except), or every pod when the rule has no peers.
+	var candidates []int
+	if r.anyPeer {
+		for i := range c.pods {
+			if c.pods[i].peer {
+				candidates = append(candidates, i)
+			}
+		}
+	} else {
+		candidates = slices.Clone(r.peerPods)
+		if len(r.ipBlocks) > 0 {
+			for i := range c.pods {
+				if c.pods[i].peer && slices.ContainsFunc(c.pods[i].ips, func(a netip.Addr) bool {
+					return slices.ContainsFunc(r.ipBlocks, func(p Peer) bool { return p.Contains(a) })
+				}) {
+					candidates = append(candidates, i)
+				}
+			}
+		}
+		slices.Sort(candidates)
+		candidates = slices.Compact(candidates)
+	}
+	var byName []Rule
+	groups := map[string]int{} // resolved ports, as text → index in byName
+	for _, pi := range candidates {
+		p := &c.pods[pi]
+		ports := resolveNamed(r.named, p)
+		if len(ports) == 0 {
+			continue
+		}
+		key := fmt.Sprint(ports)
+		gi, ok := groups[key]
+		if !ok {
+			gi = len(byName)
+			groups[key] = gi
+			byName = append(byName, Rule{Ports: ports})
+		}
+		for _, ip := range p.ips {
+			if r.anyPeer || slices.ContainsFunc(r.peers, func(peer Peer) bool { return peer.Contains(ip) }) {
+				byName[gi].Peers = append(byName[gi].Peers, Peer{Prefix: netip.PrefixFrom(ip, ip.BitLen())})
+			}
+		}
+	}
+	for _, rule := range byName {
+		// Empty Peers would mean "any address": a named-port group never means that.
+		if len(rule.Peers) > 0 {
+			out = append(out, rule)
+		}
+	}
+	return out
+}
