@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Runs a containerd 1.6 "node" that cannot harm the host: inside its own network namespace
+# and a private mount namespace (tmpfs /run; /var/lib and /var/log bound to the state dir),
+# with its own root, state and socket under one state dir, and the CRI plugin's CNI
+# bin/conf dirs inside it. Used by integration/runtime and scripts/demo.sh.
+#
+#   node.sh up DIR NETNS     start containerd (creates netns NETNS if absent, lo up)
+#   node.sh down DIR         remove every pod (CNI DEL), stop containerd and everything it
+#                            started, delete the netns if up created it, remove DIR
+#
+# Layout of DIR after `up`: containerd.toml, containerd.sock, containerd.pid,
+# containerd.log, crictl.yaml, cni/bin (put patronus-cni, host-local, loopback here),
+# cni/net.d (the conflist), cgroup-parent (the cgroup parent pods must use), root/,
+# state/, var-lib/, var-log/.
+# DIR must not be under /run or /var/lib (they are replaced inside the mount namespace).
+# Environment: CRICTL (path of crictl, for `down`), SANDBOX_IMAGE.
+set -euo pipefail
+
+log() { echo "containerd-node: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+cmd=${1:-}
+dir=${2:-}
+[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: node.sh up DIR NETNS | node.sh down DIR"
+SANDBOX_IMAGE=${SANDBOX_IMAGE:-registry.k8s.io/pause:3.10.2}
+
+up() {
+	local netns=${1:?"node.sh up DIR NETNS: NETNS missing"}
+	case "$dir" in /*) ;; *) die "DIR must be absolute: $dir" ;; esac
+	case "$dir/" in /run/* | /var/run/* | /var/lib/*) die "DIR must not be under /run or /var/lib: $dir" ;; esac
+	mkdir -p "$dir"/{root,state,var-lib,var-log,cni/bin,cni/net.d}
+	if [ -f "$dir/containerd.pid" ] && kill -0 "$(cat "$dir/containerd.pid")" 2>/dev/null; then
+		die "containerd already running for $dir (pid $(cat "$dir/containerd.pid")); run node.sh down first"
+	fi
+	if [ ! -e "/run/netns/$netns" ]; then
+		ip netns add "$netns"
+		echo "$netns" >"$dir/netns-created"
+	fi
+	echo "$netns" >"$dir/netns"
+	# Pods must use this cgroup parent (pod config linux.cgroup_parent) so that `down` can
+	# remove every cgroup the node made, even after a crash.
+	echo "/patronus-$netns" >"$dir/cgroup-parent"
+	ip -n "$netns" link set lo up
+
+	cat >"$dir/containerd.toml" <<TOML
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+# Plugins that would touch host paths or are useless here.
+disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "$dir/containerd.sock"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$SANDBOX_IMAGE"
+  # CAP_SYS_RESOURCE is missing here: never lower a process's OOM score below ours.
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$dir/cni/bin"
+    conf_dir = "$dir/cni/net.d"
+    max_conf_num = 1
+TOML
+	cat >"$dir/crictl.yaml" <<YAML
+runtime-endpoint: unix://$dir/containerd.sock
+image-endpoint: unix://$dir/containerd.sock
+timeout: 60
+YAML
+	# nsenter and unshare exec (no fork), so $! is containerd's own pid. setsid detaches it
+	# from the caller's terminal and process group.
+	setsid nsenter --net="/run/netns/$netns" -- \
+		unshare --mount --propagation private -- \
+		sh -c 'mount -t tmpfs -o mode=755 tmpfs /run &&
+			mount --bind "$1/var-lib" /var/lib &&
+			mount --bind "$1/var-log" /var/log &&
+			exec containerd --config "$1/containerd.toml"' sh "$dir" \
+		>"$dir/containerd.log" 2>&1 </dev/null &
+	local pid=$!
+	echo "$pid" >"$dir/containerd.pid"
+	local i
+	for i in $(seq 1 200); do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			tail -20 "$dir/containerd.log" >&2
+			die "containerd exited during start (log: $dir/containerd.log)"
+		fi
+		if [ -S "$dir/containerd.sock" ] && ctr --address "$dir/containerd.sock" version >/dev/null 2>&1; then
+			readlink "/proc/$pid/ns/mnt" >"$dir/mntns"
+			log "containerd (pid $pid) ready at $dir/containerd.sock in netns $netns"
+			return 0
+		fi
+		sleep 0.1
+	done
+	die "containerd did not answer on $dir/containerd.sock within 20s (log: $dir/containerd.log)"
+}
+
+# descendants PID...: prints the given pids and all their descendants.
+descendants() {
+	local todo=("$@") seen=" " p c
+	while [ ${#todo[@]} -gt 0 ]; do
+		p=${todo[0]}
+		todo=("${todo[@]:1}")
+		case "$seen" in *" $p "*) continue ;; esac
+		seen="$seen$p "
+		echo "$p"
+		for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do todo+=("$c"); done
+	done
+}
+
+down() {
+	[ -d "$dir" ] || return 0
+	local pid="" mntns="" netns=""
+	[ -f "$dir/containerd.pid" ] && pid=$(cat "$dir/containerd.pid")
+	[ -f "$dir/mntns" ] && mntns=$(cat "$dir/mntns")
+	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+		# Remove the pods through the CRI so the CNI plugin gets its DEL.
+		local crictl=${CRICTL:-$(command -v crictl || true)}
+		if [ -n "$crictl" ] && [ -S "$dir/containerd.sock" ]; then
+			timeout 60 "$crictl" --config "$dir/crictl.yaml" rmp --force --all >/dev/null 2>&1 ||
+				log "warning: removing pods through the CRI failed; killing them"
+		fi
+	fi
+	# Everything this node started lives in containerd's mount namespace (containerd and its
+	# shims) or below those processes (the containers). Collect them before killing any.
+	local roots=() p
+	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && roots+=("$pid")
+	if [ -n "$mntns" ]; then
+		for p in /proc/[0-9]*; do
+			[ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$mntns" ] && roots+=("${p#/proc/}")
+		done
+	fi
+	if [ ${#roots[@]} -gt 0 ]; then
+		local all
+		all=$(descendants "${roots[@]}" | sort -u)
+		[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
+		for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		for p in $all; do kill -KILL "$p" 2>/dev/null || true; done
+		for p in $all; do
+			for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+		done
+	fi
+	if [ -f "$dir/cgroup-parent" ]; then
+		local cg
+		cg=$(cat "$dir/cgroup-parent")
+		# Deepest first; a cgroup whose processes are gone can be removed with rmdir.
+		find /sys/fs/cgroup/*/"${cg#/}" -depth -type d -exec rmdir {} + 2>/dev/null || true
+	fi
+	if [ -f "$dir/netns-created" ]; then
+		netns=$(cat "$dir/netns-created")
+		ip netns del "$netns" 2>/dev/null || true
+	fi
+	rm -rf "$dir"
+}
+
+case "$cmd" in
+up) up "${3:-}" ;;
+down) down ;;
+*) die "unknown command $cmd (up|down)" ;;
+esac

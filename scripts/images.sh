@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Builds the local OCI images the runtime tests and the demo run (no registry can be reached
+# here) and optionally imports them into a containerd:
+#   registry.k8s.io/pause:3.10.2   the pod sandbox image: a tiny static Go program
+#                                  (scripts/containerd/pause) that sleeps until SIGTERM
+#   patronus.local/busybox:1.35    Debian's busybox-static (sh, ping, ip, wget, nc...)
+#
+# Usage: scripts/images.sh [--import CONTAINERD_ADDRESS]
+# Prints one line per image: "<reference> <archive path>". Archives are OCI image layouts
+# in a tar (oci-layout, index.json, blobs/sha256/...), assembled by hand and reproducibly
+# (fixed mtimes and owners), and cached by content under $CACHE/images/<name>-<digest>.tar:
+# an unchanged image is not rewritten.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE=${PATRONUS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/patronus}
+IMAGES=$CACHE/images
+PAUSE_REF=${PAUSE_REF:-registry.k8s.io/pause:3.10.2}
+BUSYBOX_REF=${BUSYBOX_REF:-patronus.local/busybox:1.35}
+ARCH=$(go env GOARCH)
+
+import_addr=
+if [ "${1:-}" = "--import" ]; then
+	import_addr=${2:?"--import needs a containerd socket address"}
+fi
+
+log() { echo "images: $*" >&2; }
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$IMAGES"
+
+# oci_archive NAME REF ROOTFS_DIR ENTRYPOINT_JSON: writes the archive, prints its path.
+oci_archive() {
+	local name=$1 ref=$2 rootfs=$3 entrypoint=$4
+	local lay=$work/$name-layout
+	mkdir -p "$lay/blobs/sha256"
+	# Reproducible layer: sorted, fixed mtime, root-owned, no pax time headers.
+	tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=gnu \
+		-C "$rootfs" -cf "$work/$name-layer.tar" .
+	local layer layer_size
+	layer=$(sha "$work/$name-layer.tar")
+	layer_size=$(stat -c %s "$work/$name-layer.tar")
+	mv "$work/$name-layer.tar" "$lay/blobs/sha256/$layer"
+	printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Entrypoint":%s,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"patronus scripts/images.sh"}]}' \
+		"$ARCH" "$entrypoint" "$layer" >"$work/$name-config.json"
+	local config config_size
+	config=$(sha "$work/$name-config.json")
+	config_size=$(stat -c %s "$work/$name-config.json")
+	mv "$work/$name-config.json" "$lay/blobs/sha256/$config"
+	printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
+		"$config" "$config_size" "$layer" "$layer_size" >"$work/$name-manifest.json"
+	local manifest manifest_size
+	manifest=$(sha "$work/$name-manifest.json")
+	manifest_size=$(stat -c %s "$work/$name-manifest.json")
+	mv "$work/$name-manifest.json" "$lay/blobs/sha256/$manifest"
+	printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"%s","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
+		"$manifest" "$manifest_size" "$ARCH" "$ref" "${ref##*:}" >"$lay/index.json"
+	echo '{"imageLayoutVersion":"1.0.0"}' >"$lay/oci-layout"
+	local out=$IMAGES/$name-${manifest:0:16}.tar
+	if [ ! -s "$out" ]; then
+		tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$lay" -cf "$out.tmp" oci-layout index.json blobs
+		mv -f "$out.tmp" "$out"
+		log "built $ref -> $out"
+	fi
+	echo "$out"
+}
+
+# pause: a static Go binary, reproducible with -trimpath and no VCS stamp.
+mkdir -p "$work/pause-root"
+CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags '-s -w' -o "$work/pause-root/pause" ./scripts/containerd/pause
+pause_tar=$(oci_archive pause "$PAUSE_REF" "$work/pause-root" '["/pause"]')
+
+# busybox: Debian's static build, downloaded once with apt into the cache.
+debs=$CACHE/debs
+mkdir -p "$debs"
+deb=$(ls "$debs"/busybox-static_*.deb 2>/dev/null | head -1 || true)
+if [ -z "$deb" ]; then
+	log "downloading Debian's busybox-static with apt"
+	if ! (cd "$debs" && apt-get download busybox-static >/dev/null 2>&1); then
+		apt-get update >/dev/null 2>&1
+		(cd "$debs" && apt-get download busybox-static >/dev/null)
+	fi
+	deb=$(ls "$debs"/busybox-static_*.deb | head -1)
+fi
+dpkg-deb -x "$deb" "$work/bb-deb"
+bb=$work/busybox-root
+mkdir -p "$bb/bin" "$bb/etc" "$bb/tmp" "$bb/proc" "$bb/sys" "$bb/dev" "$bb/root"
+cp "$work/bb-deb/bin/busybox" "$bb/bin/busybox"
+for applet in $("$bb/bin/busybox" --list); do
+	[ "$applet" = busybox ] || ln -s busybox "$bb/bin/$applet"
+done
+echo 'root:x:0:0:root:/root:/bin/sh' >"$bb/etc/passwd"
+echo 'root:x:0:' >"$bb/etc/group"
+chmod 1777 "$bb/tmp"
+busybox_tar=$(oci_archive busybox "$BUSYBOX_REF" "$bb" '["/bin/sh"]')
+
+if [ -n "$import_addr" ]; then
+	for t in "$pause_tar" "$busybox_tar"; do
+		ctr --address "$import_addr" -n k8s.io images import --no-unpack=false "$t" >/dev/null
+	done
+	log "imported into containerd at $import_addr"
+fi
+echo "$PAUSE_REF $pause_tar"
+echo "$BUSYBOX_REF $busybox_tar"
