@@ -1,0 +1,284 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// world is the cluster the upstream e2e harness builds: namespaces x, y, z labelled only
+// with kubernetes.io/metadata.name, and the pods a scenario lists, labelled pod=<name>,
+// each serving 80 and 81 over TCP, UDP and SCTP on ports named serve-<port>-<proto>.
+type world struct {
+	namespaces []corev1.Namespace
+	pods       []corev1.Pod
+	policies   []networkingv1.NetworkPolicy
+}
+
+// newWorld builds the world for pods given as "xa xb ya" (namespace letter, pod name).
+// Pod IPs are 10.0.<namespace index>.<pod letter index + 1>.
+func newWorld(pods string) *world {
+	w := &world{}
+	for _, ns := range []string{"x", "y", "z"} {
+		w.namespaces = append(w.namespaces, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+			Name: ns, Labels: map[string]string{NamespaceNameLabel: ns}}})
+	}
+	for _, f := range strings.Fields(pods) {
+		ns, name := f[:1], f[1:]
+		ip := fmt.Sprintf("10.0.%d.%d", strings.Index("xyz", ns), name[0]-'a'+1)
+		var ports []corev1.ContainerPort
+		for _, port := range []int32{80, 81} {
+			for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
+				ports = append(ports, corev1.ContainerPort{
+					Name:          fmt.Sprintf("serve-%d-%s", port, strings.ToLower(string(proto))),
+					ContainerPort: port, Protocol: proto})
+			}
+		}
+		w.pods = append(w.pods, corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"pod": name}},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Ports: ports}}},
+			Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
+		})
+	}
+	return w
+}
+
+func (w *world) pod(nsName string) *corev1.Pod {
+	for i := range w.pods {
+		if w.pods[i].Namespace+"/"+w.pods[i].Name == nsName {
+			return &w.pods[i]
+		}
+	}
+	panic("no pod " + nsName)
+}
+
+func (w *world) podIP(nsName string) string { return w.pod(nsName).Status.PodIP }
+
+func (w *world) labelPod(nsName string, labels map[string]string) {
+	p := w.pod(nsName)
+	for k, v := range labels {
+		p.Labels[k] = v
+	}
+}
+
+func (w *world) labelNamespace(ns string, labels map[string]string) {
+	for i := range w.namespaces {
+		if w.namespaces[i].Name == ns {
+			for k, v := range labels {
+				w.namespaces[i].Labels[k] = v
+			}
+			return
+		}
+	}
+	panic("no namespace " + ns)
+}
+
+// apply creates or replaces (same namespace and name) each policy.
+func (w *world) apply(pols ...networkingv1.NetworkPolicy) {
+	for _, p := range pols {
+		i := slices.IndexFunc(w.policies, func(q networkingv1.NetworkPolicy) bool {
+			return q.Namespace == p.Namespace && q.Name == p.Name
+		})
+		if i >= 0 {
+			w.policies[i] = p
+		} else {
+			w.policies = append(w.policies, p)
+		}
+	}
+}
+
+func (w *world) compile(t *testing.T) *Set {
+	t.Helper()
+	s, err := Compile(Input{Policies: w.policies, Pods: w.pods, Namespaces: w.namespaces}, Options{})
+	if err != nil {
+		t.Fatalf("Compile: %v", err)
+	}
+	return s
+}
+
+// --- policy builders, mirroring how the upstream suite writes its policies ---
+
+type polOpt func(*networkingv1.NetworkPolicy)
+
+// pol is a policy in namespace x selecting pods with the given labels ({} for all).
+func pol(name string, sel map[string]string, opts ...polOpt) networkingv1.NetworkPolicy {
+	p := networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name},
+		Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: sel}},
+	}
+	for _, o := range opts {
+		o(&p)
+	}
+	return p
+}
+
+func polSel(name string, sel metav1.LabelSelector, opts ...polOpt) networkingv1.NetworkPolicy {
+	p := pol(name, nil, opts...)
+	p.Spec.PodSelector = sel
+	return p
+}
+
+func inNS(ns string) polOpt { return func(p *networkingv1.NetworkPolicy) { p.Namespace = ns } }
+
+// ingress sets the ingress rules and lists Ingress in policyTypes (even with no rules).
+func ingress(rules ...networkingv1.NetworkPolicyIngressRule) polOpt {
+	return func(p *networkingv1.NetworkPolicy) {
+		p.Spec.Ingress = append([]networkingv1.NetworkPolicyIngressRule{}, rules...)
+		p.Spec.PolicyTypes = append(p.Spec.PolicyTypes, networkingv1.PolicyTypeIngress)
+	}
+}
+
+func egress(rules ...networkingv1.NetworkPolicyEgressRule) polOpt {
+	return func(p *networkingv1.NetworkPolicy) {
+		p.Spec.Egress = append([]networkingv1.NetworkPolicyEgressRule{}, rules...)
+		p.Spec.PolicyTypes = append(p.Spec.PolicyTypes, networkingv1.PolicyTypeEgress)
+	}
+}
+
+func from(peers []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) networkingv1.NetworkPolicyIngressRule {
+	return networkingv1.NetworkPolicyIngressRule{From: peers, Ports: ports}
+}
+
+func to(peers []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) networkingv1.NetworkPolicyEgressRule {
+	return networkingv1.NetworkPolicyEgressRule{To: peers, Ports: ports}
+}
+
+func peers(p ...networkingv1.NetworkPolicyPeer) []networkingv1.NetworkPolicyPeer { return p }
+
+func labels(kv ...string) *metav1.LabelSelector {
+	m := map[string]string{}
+	for i := 0; i < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return &metav1.LabelSelector{MatchLabels: m}
+}
+
+func expr(key string, op metav1.LabelSelectorOperator, values ...string) *metav1.LabelSelector {
+	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: op, Values: values}}}
+}
+
+func podPeer(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{PodSelector: s}
+}
+
+func nsPeer(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{NamespaceSelector: s}
+}
+
+func nsPodPeer(ns, pod *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{NamespaceSelector: ns, PodSelector: pod}
+}
+
+func ipPeer(cidr string, except ...string) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr, Except: except}}
+}
+
+func nsName(ns string) *metav1.LabelSelector { return labels(NamespaceNameLabel, ns) }
+
+func port(proto corev1.Protocol, p int32) networkingv1.NetworkPolicyPort {
+	v := intstr.FromInt32(p)
+	return networkingv1.NetworkPolicyPort{Protocol: &proto, Port: &v}
+}
+
+// portNoProto is a numeric port with the protocol left to its default (TCP).
+func portNoProto(p int32) networkingv1.NetworkPolicyPort {
+	v := intstr.FromInt32(p)
+	return networkingv1.NetworkPolicyPort{Port: &v}
+}
+
+func portRange(proto corev1.Protocol, first, last int32) networkingv1.NetworkPolicyPort {
+	v := intstr.FromInt32(first)
+	return networkingv1.NetworkPolicyPort{Protocol: &proto, Port: &v, EndPort: &last}
+}
+
+func named(name string) networkingv1.NetworkPolicyPort {
+	v := intstr.FromString(name)
+	return networkingv1.NetworkPolicyPort{Port: &v}
+}
+
+func namedPortProto(proto corev1.Protocol, name string) networkingv1.NetworkPolicyPort {
+	p := named(name)
+	p.Protocol = &proto
+	return p
+}
+
+func protoOnly(proto corev1.Protocol) networkingv1.NetworkPolicyPort {
+	return networkingv1.NetworkPolicyPort{Protocol: &proto}
+}
+
+const (
+	pTCP  = corev1.ProtocolTCP
+	pUDP  = corev1.ProtocolUDP
+	pSCTP = corev1.ProtocolSCTP
+)
+
+// --- reachability expectations ---
+
+// expectation lists changes to an all-allowed matrix, applied in order, as
+// "FROM>TO" (deny) or "+FROM>TO" (allow again). FROM and TO are "*" (every pod),
+// a namespace "x", or a pod "x/a". Loopback (from == to) is never checked.
+type expectation []string
+
+// check compares the verdict for every ordered pair of distinct pods with exp and reports
+// every difference, with the verdict's explanation.
+func (w *world) check(t *testing.T, s *Set, proto Protocol, port uint16, exp expectation) {
+	t.Helper()
+	names := make([]string, len(w.pods))
+	for i, p := range w.pods {
+		names[i] = p.Namespace + "/" + p.Name
+	}
+	want := map[[2]string]bool{}
+	for _, a := range names {
+		for _, b := range names {
+			want[[2]string{a, b}] = true
+		}
+	}
+	for _, e := range exp {
+		allow := strings.HasPrefix(e, "+")
+		f, tgt, ok := strings.Cut(strings.TrimPrefix(e, "+"), ">")
+		if !ok {
+			t.Fatalf("bad expectation %q", e)
+		}
+		for _, a := range names {
+			for _, b := range names {
+				if matchPodPattern(f, a) && matchPodPattern(tgt, b) {
+					want[[2]string{a, b}] = allow
+				}
+			}
+		}
+	}
+	for _, a := range names {
+		for _, b := range names {
+			if a == b {
+				continue
+			}
+			v, err := s.Decide(Flow{SrcPod: a, DstPod: b, Protocol: proto, Port: port})
+			if err != nil {
+				t.Fatalf("Decide %s→%s: %v", a, b, err)
+			}
+			if w := want[[2]string{a, b}]; v.Allowed != w {
+				t.Errorf("%s/%d %s→%s: allowed=%v, want %v (%s)", proto, port, a, b, v.Allowed, w, v)
+			}
+		}
+	}
+}
+
+func matchPodPattern(pattern, pod string) bool {
+	if pattern == "*" {
+		return true
+	}
+	if strings.Contains(pattern, "/") {
+		return pattern == pod
+	}
+	return strings.HasPrefix(pod, pattern+"/")
+}
+
+// ipOf parses a pod IP for tests that build CIDRs from it.
+func ipOf(s string) netip.Addr { return netip.MustParseAddr(s) }
