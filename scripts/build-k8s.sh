@@ -21,6 +21,13 @@ NAMES=(etcd kube-apiserver kubectl)
 log() { echo "build-k8s: $*" >&2; }
 
 mkdir -p "$OUT" "$MOD"
+# One build at a time: `go test ./...` runs packages in parallel, and each test that needs
+# a control plane may call this script; the others wait here and then find the cache.
+exec 9>"$CACHE/k8s/.lock-$K8S_VERSION"
+if ! flock -n 9; then
+	log "another build of Kubernetes $K8S_VERSION is running; waiting for it"
+	flock 9
+fi
 if [ ! -f "$MOD/go.mod" ]; then
 	log "preparing build module for Kubernetes $K8S_VERSION in $MOD"
 	(
