@@ -288,7 +288,9 @@ func ParsePublicKey(s string) (ed25519.PublicKey, error) {
 }
 
 // EncodePrivateKey is the text form of a private key: the 32-byte seed in base64.
-func EncodePrivateKey(k ed25519.PrivateKey) string { return base64.StdEncoding.EncodeToString(k.Seed()) }
+func EncodePrivateKey(k ed25519.PrivateKey) string {
+	return base64.StdEncoding.EncodeToString(k.Seed())
+}
 
 // ParsePrivateKey reads the text form of a private key.
 func ParsePrivateKey(s string) (ed25519.PrivateKey, error) {
