@@ -1,0 +1,197 @@
+package enforce
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/patronus/patronus/bpf"
+	"github.com/patronus/patronus/policy"
+)
+
+const (
+	actAllow = ^uint32(0) // TC_ACT_UNSPEC (-1): pass on to the next program
+	actDrop  = 2          // TC_ACT_SHOT
+)
+
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (BPF syscall, netns); CI runs as root")
+	}
+}
+
+// loadUnpinned loads the programs with private, unpinned maps.
+func loadUnpinned(t testing.TB) *bpf.PolicyObjects {
+	t.Helper()
+	requireRoot(t)
+	spec, err := bpf.LoadPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	var objs bpf.PolicyObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		t.Fatalf("loading BPF objects: %v", err)
+	}
+	t.Cleanup(func() { objs.Close() })
+	return &objs
+}
+
+type pktSpec struct {
+	src, dst     string
+	proto        uint8
+	sport, dport uint16
+}
+
+// craft builds an Ethernet frame with an IPv4 or IPv6 header and an L4 header whose
+// first four bytes are the ports (TCP, UDP and SCTP all start that way).
+func craft(p pktSpec) []byte {
+	src, dst := netip.MustParseAddr(p.src), netip.MustParseAddr(p.dst)
+	eth := make([]byte, 14)
+	copy(eth[0:6], []byte{2, 0, 0, 0, 0, 1})
+	copy(eth[6:12], []byte{2, 0, 0, 0, 0, 2})
+	l4 := make([]byte, 20)
+	binary.BigEndian.PutUint16(l4[0:], p.sport)
+	binary.BigEndian.PutUint16(l4[2:], p.dport)
+	if p.proto == 1 || p.proto == 58 {
+		l4[0], l4[1] = 8, 0 // echo request
+		if p.proto == 58 {
+			l4[0] = 128
+		}
+	}
+	if src.Is4() {
+		binary.BigEndian.PutUint16(eth[12:], 0x0800)
+		ip := make([]byte, 20)
+		ip[0] = 0x45
+		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
+		ip[8] = 64
+		ip[9] = p.proto
+		s, d := src.As4(), dst.As4()
+		copy(ip[12:], s[:])
+		copy(ip[16:], d[:])
+		return append(append(eth, ip...), l4...)
+	}
+	binary.BigEndian.PutUint16(eth[12:], 0x86dd)
+	ip := make([]byte, 40)
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(l4)))
+	ip[6] = p.proto
+	ip[7] = 64
+	s, d := src.As16(), dst.As16()
+	copy(ip[8:], s[:])
+	copy(ip[24:], d[:])
+	return append(append(eth, ip...), l4...)
+}
+
+func run(t *testing.T, prog *ebpf.Program, p pktSpec) uint32 {
+	t.Helper()
+	ret, err := prog.Run(&ebpf.RunOptions{Data: craft(p)})
+	if err != nil {
+		t.Fatalf("running program: %v", err)
+	}
+	return ret
+}
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// lo is the interface BPF_PROG_TEST_RUN gives the skb (ifindex 1, loopback), so the
+// endpoint under test is keyed by it.
+const lo = 1
+
+func testEndpoint() Endpoint {
+	return Endpoint{
+		EndpointPolicy: policy.EndpointPolicy{
+			Namespace: "ns", Pod: "a",
+			IPs:             []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00::1")},
+			IngressIsolated: true, EgressIsolated: true,
+			Ingress: []policy.Rule{
+				{Policy: "ns/p", Index: 0, Peers: []policy.Peer{{Prefix: pfx("10.1.0.0/16"), Except: []netip.Prefix{pfx("10.1.2.0/24")}}},
+					Ports: []policy.PortRange{{Protocol: policy.TCP, First: 80, Last: 80}}},
+				{Policy: "ns/p", Index: 1, Peers: []policy.Peer{{Prefix: pfx("10.1.2.128/25")}},
+					Ports: []policy.PortRange{{Protocol: policy.UDP, First: 53, Last: 53}}},
+				{Policy: "ns/q", Index: 0, Ports: []policy.PortRange{{Protocol: policy.TCP, First: 8000, Last: 8100}}},
+				{Policy: "ns/q", Index: 1, Peers: []policy.Peer{{Prefix: pfx("10.9.0.0/16")}},
+					Ports: []policy.PortRange{{Protocol: policy.SCTP}}},
+				{Policy: "ns/q", Index: 2, Peers: []policy.Peer{{Prefix: pfx("10.7.0.0/16")}, {Prefix: pfx("fd07::/64")}}},
+			},
+			Egress: []policy.Rule{
+				{Policy: "ns/e", Index: 0, Peers: []policy.Peer{{Prefix: pfx("10.2.0.0/16")}},
+					Ports: []policy.PortRange{{Protocol: policy.TCP, First: 443, Last: 443}}},
+			},
+		},
+		HostVeth: "lo",
+		Priority: 5,
+	}
+}
+
+func TestProgramVerdicts(t *testing.T) {
+	objs := loadUnpinned(t)
+	s, err := newSyncer(mapsOf(objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.sync(map[uint32]Endpoint{lo: testEndpoint()}); err != nil {
+		t.Fatal(err)
+	}
+	const tcp, udp, sctp, icmp = 6, 17, 132, 1
+	tests := []struct {
+		name string
+		prog *ebpf.Program
+		p    pktSpec
+		want uint32
+	}{
+		{"cidr allowed", objs.ToPod, pktSpec{"10.1.1.1", "10.0.0.1", tcp, 1000, 80}, actAllow},
+		{"cidr except denied", objs.ToPod, pktSpec{"10.1.2.1", "10.0.0.1", tcp, 1000, 80}, actDrop},
+		{"rule inside except allows its port", objs.ToPod, pktSpec{"10.1.2.200", "10.0.0.1", udp, 1000, 53}, actAllow},
+		{"rule inside except does not give back the other rule", objs.ToPod, pktSpec{"10.1.2.200", "10.0.0.1", tcp, 1000, 80}, actDrop},
+		{"other port denied", objs.ToPod, pktSpec{"10.1.1.1", "10.0.0.1", tcp, 1000, 81}, actDrop},
+		{"other protocol denied", objs.ToPod, pktSpec{"10.1.1.1", "10.0.0.1", udp, 1000, 80}, actDrop},
+		{"outside cidr denied", objs.ToPod, pktSpec{"10.3.1.1", "10.0.0.1", tcp, 1000, 80}, actDrop},
+		{"range first", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 8000}, actAllow},
+		{"range middle", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 8077}, actAllow},
+		{"range last", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 8100}, actAllow},
+		{"below range", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 7999}, actDrop},
+		{"above range", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 8101}, actDrop},
+		{"range is TCP only", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", udp, 1000, 8050}, actDrop},
+		{"sctp all ports", objs.ToPod, pktSpec{"10.9.3.3", "10.0.0.1", sctp, 1000, 3868}, actAllow},
+		{"sctp rule is not tcp", objs.ToPod, pktSpec{"10.9.3.3", "10.0.0.1", tcp, 1000, 3868}, actDrop},
+		{"all protocols: icmp", objs.ToPod, pktSpec{"10.7.0.9", "10.0.0.1", icmp, 0, 0}, actAllow},
+		{"all protocols: udp", objs.ToPod, pktSpec{"10.7.0.9", "10.0.0.1", udp, 1, 9}, actAllow},
+		{"ipv6 peer allowed", objs.ToPod, pktSpec{"fd07::5", "fd00::1", tcp, 1000, 22}, actAllow},
+		{"ipv6 peer denied", objs.ToPod, pktSpec{"fd08::5", "fd00::1", tcp, 1000, 22}, actDrop},
+		{"v4-mapped any does not leak: v6 to range", objs.ToPod, pktSpec{"fd08::5", "fd00::1", tcp, 1000, 8001}, actAllow},
+		{"egress allowed", objs.FromPod, pktSpec{"10.0.0.1", "10.2.3.4", tcp, 40000, 443}, actAllow},
+		{"egress other cidr denied", objs.FromPod, pktSpec{"10.0.0.1", "10.3.3.4", tcp, 40000, 443}, actDrop},
+		{"egress other port denied", objs.FromPod, pktSpec{"10.0.0.1", "10.2.3.4", tcp, 40000, 444}, actDrop},
+		// Conntrack: the reply of the allowed egress connection above passes although no
+		// ingress rule allows 10.2.3.4; a new connection from there does not.
+		{"reply of allowed connection", objs.ToPod, pktSpec{"10.2.3.4", "10.0.0.1", tcp, 443, 40000}, actAllow},
+		{"new reverse connection", objs.ToPod, pktSpec{"10.2.3.4", "10.0.0.1", tcp, 5555, 40000}, actDrop},
+		{"reply of allowed ingress", objs.FromPod, pktSpec{"10.0.0.1", "10.1.1.1", tcp, 80, 1000}, actAllow},
+		{"continuing allowed flow", objs.ToPod, pktSpec{"10.1.1.1", "10.0.0.1", tcp, 1000, 80}, actAllow},
+	}
+	for _, tc := range tests {
+		if got := run(t, tc.prog, tc.p); got != tc.want {
+			t.Errorf("%s: %+v: got %d, want %d", tc.name, tc.p, int32(got), int32(tc.want))
+		}
+	}
+
+	// Isolation off: everything passes in that direction.
+	ep := testEndpoint()
+	ep.IngressIsolated = false
+	if err := s.sync(map[uint32]Endpoint{lo: ep}); err != nil {
+		t.Fatal(err)
+	}
+	if got := run(t, objs.ToPod, pktSpec{"10.3.1.1", "10.0.0.1", tcp, 1001, 80}); got != actAllow {
+		t.Errorf("ingress not isolated: got %d, want allow", int32(got))
+	}
+	if got := run(t, objs.FromPod, pktSpec{"10.0.0.1", "10.3.3.4", tcp, 40001, 443}); got != actDrop {
+		t.Errorf("egress still isolated: got %d, want drop", int32(got))
+	}
+}
