@@ -42,8 +42,8 @@ func applying(pols ...networkingv1.NetworkPolicy) func(*world) {
 func one(do func(*world), probes ...probe) []step { return []step{{do, probes}} }
 
 var (
-	all  = &metav1.LabelSelector{}
-	podA = map[string]string{"pod": "a"}
+	all    = &metav1.LabelSelector{}
+	podA   = map[string]string{"pod": "a"}
 	anyPod = map[string]string{}
 )
 
@@ -180,7 +180,7 @@ func scenarios() []scenario {
 			{func(w *world) { w.policies = nil }, []probe{tcp(80)}},
 		}},
 		{35, "egress to a CIDR", "xa ya yb", one(func(w *world) {
-			w.apply(pol("allow-client-a-via-cidr-egress-rule", podA, egress(to(peers(ipPeer(w.podIP("y/b") + "/32"))))))
+			w.apply(pol("allow-client-a-via-cidr-egress-rule", podA, egress(to(peers(ipPeer(w.podIP("y/b")+"/32"))))))
 		}, tcp(80, "x/a>*", "+x/a>y/b"))},
 		{36, "egress CIDR with except", "xa xb xc", one(func(w *world) {
 			w.apply(pol("allow-client-a-via-cidr-egress-rule", podA,
@@ -192,7 +192,7 @@ func scenarios() []scenario {
 					egress(to(peers(ipPeer(largeCIDR(w.podIP("x/b")), w.podIP("x/b")+"/32"))))))
 			}, []probe{tcp(80, "x/a>x/b")}},
 			{func(w *world) {
-				w.apply(pol("allow-client-a-via-cidr-egress-rule", podA, egress(to(peers(ipPeer(w.podIP("x/b") + "/32"))))))
+				w.apply(pol("allow-client-a-via-cidr-egress-rule", podA, egress(to(peers(ipPeer(w.podIP("x/b")+"/32"))))))
 			}, []probe{tcp(80, "x/a>*", "+x/a>x/b")}},
 		}},
 		{38, "ingress and egress controlled independently", "xa xb ya", []step{
