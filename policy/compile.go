@@ -86,6 +86,7 @@ type compiler struct {
 	pods       []pod
 	namespaces map[string]*namespace
 	nsNames    []string // sorted keys of namespaces
+	peerCache  map[string]*podPeers
 	problems   []error
 }
 
@@ -98,12 +99,16 @@ type compiler struct {
 // invalid peer or port allows nothing. Every such problem is reported in the returned
 // error (errors.Join), with the Set still complete and usable.
 func Compile(in Input, opts Options) (*Set, error) {
-	c := &compiler{namespaces: make(map[string]*namespace, len(in.Namespaces))}
+	c := &compiler{
+		namespaces: make(map[string]*namespace, len(in.Namespaces)),
+		peerCache:  make(map[string]*podPeers),
+	}
 	c.loadNamespaces(in.Namespaces)
 	c.loadPods(in.Pods)
 
 	set := &Set{byName: make(map[string]int), byIP: make(map[netip.Addr]int)}
 	endpointOf := make([]int, len(c.pods)) // pod index → index in set.Endpoints, or -1
+	var podOf []int                        // index in set.Endpoints → pod index
 	for i := range c.pods {
 		p := &c.pods[i]
 		endpointOf[i] = -1
@@ -111,6 +116,7 @@ func Compile(in Input, opts Options) (*Set, error) {
 			continue
 		}
 		endpointOf[i] = len(set.Endpoints)
+		podOf = append(podOf, i)
 		set.Endpoints = append(set.Endpoints, EndpointPolicy{Namespace: p.ns, Pod: p.name, IPs: p.ips})
 	}
 
@@ -122,7 +128,7 @@ func Compile(in Input, opts Options) (*Set, error) {
 		return cmp.Or(cmp.Compare(nsOf(a.Namespace), nsOf(b.Namespace)), cmp.Compare(a.Name, b.Name))
 	})
 	for _, np := range pols {
-		c.compilePolicy(np, set, endpointOf)
+		c.compilePolicy(np, set, endpointOf, podOf)
 	}
 
 	for i := range set.Endpoints {
@@ -231,7 +237,7 @@ func (c *compiler) problemf(format string, args ...any) {
 }
 
 // compilePolicy adds np's isolation and rules to the endpoints it selects.
-func (c *compiler) compilePolicy(np *networkingv1.NetworkPolicy, set *Set, endpointOf []int) {
+func (c *compiler) compilePolicy(np *networkingv1.NetworkPolicy, set *Set, endpointOf, podOf []int) {
 	ns := nsOf(np.Namespace)
 	name := ns + "/" + np.Name
 	fail := func(field string, err error) { c.problemf("networkpolicy %s: %s: %w", name, field, err) }
@@ -268,7 +274,7 @@ func (c *compiler) compilePolicy(np *networkingv1.NetworkPolicy, set *Set, endpo
 			ep := &set.Endpoints[ei]
 			ep.IngressIsolated = true
 			ep.IngressPolicies = append(ep.IngressPolicies, name)
-			pi := c.podIndex(ep)
+			pi := podOf[ei]
 			for i := range rules {
 				if r, ok := rules[i].ingressFor(&c.pods[pi]); ok {
 					r.Policy, r.Index = name, i
@@ -295,15 +301,6 @@ func (c *compiler) compilePolicy(np *networkingv1.NetworkPolicy, set *Set, endpo
 			ep.Egress = append(ep.Egress, out...)
 		}
 	}
-}
-
-// podIndex finds the compiler pod of an endpoint. Endpoints and pods are both sorted by
-// namespace/name, so a binary search is enough and needs no extra map.
-func (c *compiler) podIndex(ep *EndpointPolicy) int {
-	i, _ := slices.BinarySearchFunc(c.pods, ep, func(p pod, e *EndpointPolicy) int {
-		return cmp.Or(cmp.Compare(p.ns, e.Namespace), cmp.Compare(p.name, e.Pod))
-	})
-	return i
 }
 
 // policyTypes applies the API defaults: Ingress always, Egress when egress rules exist.
@@ -345,8 +342,37 @@ type namedPort struct {
 func (c *compiler) compileRule(ns, field string, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort, fail func(string, error)) compiledRule {
 	var r compiledRule
 	r.anyPeer = len(peers) == 0
+	var sets []*podPeers
 	for i := range peers {
-		c.addPeer(&r, ns, &peers[i], func(err error) { fail(fmt.Sprintf("%s.peers[%d]", field, i), err) })
+		report := func(err error) { fail(fmt.Sprintf("%s.peers[%d]", field, i), err) }
+		p := &peers[i]
+		if p.IPBlock != nil {
+			if p.PodSelector != nil || p.NamespaceSelector != nil {
+				report(errors.New("ipBlock cannot be combined with podSelector or namespaceSelector"))
+				continue
+			}
+			peer, err := parseIPBlock(p.IPBlock)
+			if err != nil {
+				report(fmt.Errorf("ipBlock: %w", err))
+				continue
+			}
+			r.ipBlocks = append(r.ipBlocks, peer)
+			continue
+		}
+		if set := c.selectorPeers(ns, p, report); set != nil {
+			sets = append(sets, set)
+		}
+	}
+	if len(sets) == 1 && len(r.ipBlocks) == 0 {
+		// The common case: share the cached slices (read-only from here on).
+		r.peers, r.peerPods = sets[0].peers, sets[0].pods
+	} else {
+		for _, set := range sets {
+			r.peers = append(r.peers, set.peers...)
+			r.peerPods = append(r.peerPods, set.pods...)
+		}
+		r.peers = append(r.peers, r.ipBlocks...)
+		r.peers = slices.Clip(r.peers)
 	}
 	r.anyPort = len(ports) == 0
 	for i := range ports {
@@ -354,66 +380,80 @@ func (c *compiler) compileRule(ns, field string, peers []networkingv1.NetworkPol
 			fail(fmt.Sprintf("%s.ports[%d]", field, i), err)
 		}
 	}
-	r.peers = slices.Clip(r.peers)
 	r.numeric = slices.Clip(r.numeric)
 	return r
 }
 
-func (c *compiler) addPeer(r *compiledRule, ns string, p *networkingv1.NetworkPolicyPeer, fail func(error)) {
-	if p.IPBlock != nil {
-		if p.PodSelector != nil || p.NamespaceSelector != nil {
-			fail(errors.New("ipBlock cannot be combined with podSelector or namespaceSelector"))
-			return
-		}
-		peer, err := parseIPBlock(p.IPBlock)
-		if err != nil {
-			fail(fmt.Errorf("ipBlock: %w", err))
-			return
-		}
-		r.peers = append(r.peers, peer)
-		r.ipBlocks = append(r.ipBlocks, peer)
-		return
-	}
+// podPeers is what one selector peer selects: its pods, and their addresses as peers.
+type podPeers struct {
+	peers []Peer
+	pods  []int
+}
+
+// selectorPeers evaluates a podSelector/namespaceSelector peer. Results are cached by
+// selector text: policies in a cluster repeat the same few selectors, and sharing the
+// slices keeps the compiled set small.
+func (c *compiler) selectorPeers(ns string, p *networkingv1.NetworkPolicyPeer, fail func(error)) *podPeers {
 	if p.PodSelector == nil && p.NamespaceSelector == nil {
 		fail(errors.New("a peer needs podSelector, namespaceSelector or ipBlock"))
-		return
+		return nil
 	}
 	podSel := selector{} // nil podSelector: every pod of the selected namespaces
 	if p.PodSelector != nil {
 		s, err := compileSelector(p.PodSelector)
 		if err != nil {
 			fail(fmt.Errorf("podSelector: %w", err))
-			return
+			return nil
 		}
 		podSel = s
 	}
+	var nsSel selector
+	var key strings.Builder
+	if p.NamespaceSelector == nil {
+		// A podSelector alone means pods of the policy's own namespace.
+		key.WriteString("ns=")
+		key.WriteString(ns)
+	} else {
+		s, err := compileSelector(p.NamespaceSelector)
+		if err != nil {
+			fail(fmt.Errorf("namespaceSelector: %w", err))
+			return nil
+		}
+		nsSel = s
+		key.WriteString("nsSel=")
+		nsSel.writeKey(&key)
+	}
+	key.WriteString("\x00podSel=")
+	podSel.writeKey(&key)
+	if set, ok := c.peerCache[key.String()]; ok {
+		return set
+	}
+
+	set := &podPeers{}
 	addPods := func(n *namespace) {
 		for _, pi := range n.pods {
 			pd := &c.pods[pi]
 			if !pd.peer || !podSel.matches(pd.labels) {
 				continue
 			}
-			r.peerPods = append(r.peerPods, pi)
+			set.pods = append(set.pods, pi)
 			for _, ip := range pd.ips {
-				r.peers = append(r.peers, Peer{Prefix: netip.PrefixFrom(ip, ip.BitLen())})
+				set.peers = append(set.peers, Peer{Prefix: netip.PrefixFrom(ip, ip.BitLen())})
 			}
 		}
 	}
 	if p.NamespaceSelector == nil {
-		// A podSelector alone means pods of the policy's own namespace.
 		addPods(c.ns(ns))
-		return
-	}
-	nsSel, err := compileSelector(p.NamespaceSelector)
-	if err != nil {
-		fail(fmt.Errorf("namespaceSelector: %w", err))
-		return
-	}
-	for _, name := range c.nsNames {
-		if n := c.namespaces[name]; nsSel.matches(n.labels) {
-			addPods(n)
+	} else {
+		for _, name := range c.nsNames {
+			if n := c.namespaces[name]; nsSel.matches(n.labels) {
+				addPods(n)
+			}
 		}
 	}
+	set.peers, set.pods = slices.Clip(set.peers), slices.Clip(set.pods)
+	c.peerCache[key.String()] = set
+	return set
 }
 
 func parseIPBlock(b *networkingv1.IPBlock) (Peer, error) {
@@ -517,6 +557,10 @@ func resolveNamed(names []namedPort, p *pod) []PortRange {
 	return out
 }
 
+func (r *compiledRule) inIPBlock(a netip.Addr) bool {
+	return slices.ContainsFunc(r.ipBlocks, func(p Peer) bool { return p.Contains(a) })
+}
+
 // ingressFor returns the Rule of r for destination pod p; false when it allows nothing
 // (no peer matched, or every port was a name p does not have).
 func (r *compiledRule) ingressFor(p *pod) (Rule, bool) {
@@ -553,46 +597,57 @@ func (c *compiler) egressRules(r *compiledRule) []Rule {
 	if len(r.named) == 0 {
 		return out
 	}
-	// Destination pods a named port can resolve on: the selected pods, every pod in an
-	// ipBlock (minus except), or every pod when the rule has no peers.
-	var candidates []int
+	// Destination pods a named port can resolve on: the selected pods (all their IPs are
+	// peers), every pod with an IP in an ipBlock (minus except; only those IPs), or every
+	// pod when the rule has no peers.
+	const (
+		notCandidate = iota
+		allIPs       // a selected pod: every IP of it is a peer
+		someIPs      // a pod with an IP in an ipBlock: only those IPs are peers
+	)
+	candidates := make([]uint8, len(c.pods)) // indexed like c.pods, so iteration is in pod order
 	if r.anyPeer {
 		for i := range c.pods {
 			if c.pods[i].peer {
-				candidates = append(candidates, i)
+				candidates[i] = allIPs
 			}
 		}
 	} else {
-		candidates = slices.Clone(r.peerPods)
+		for _, pi := range r.peerPods {
+			candidates[pi] = allIPs
+		}
 		if len(r.ipBlocks) > 0 {
 			for i := range c.pods {
-				if c.pods[i].peer && slices.ContainsFunc(c.pods[i].ips, func(a netip.Addr) bool {
-					return slices.ContainsFunc(r.ipBlocks, func(p Peer) bool { return p.Contains(a) })
-				}) {
-					candidates = append(candidates, i)
+				if c.pods[i].peer && candidates[i] == notCandidate && slices.ContainsFunc(c.pods[i].ips, r.inIPBlock) {
+					candidates[i] = someIPs
 				}
 			}
 		}
-		slices.Sort(candidates)
-		candidates = slices.Compact(candidates)
 	}
 	var byName []Rule
-	groups := map[string]int{} // resolved ports, as text → index in byName
-	for _, pi := range candidates {
+	groups := map[string]int{} // resolved ports, as a key → index in byName
+	var key []byte
+	for pi, cand := range candidates {
+		if cand == notCandidate {
+			continue
+		}
 		p := &c.pods[pi]
 		ports := resolveNamed(r.named, p)
 		if len(ports) == 0 {
 			continue
 		}
-		key := fmt.Sprint(ports)
-		gi, ok := groups[key]
+		key = key[:0]
+		for _, pr := range ports {
+			key = append(key, byte(pr.Protocol), byte(pr.First>>8), byte(pr.First), byte(pr.Last>>8), byte(pr.Last))
+		}
+		gi, ok := groups[string(key)]
 		if !ok {
 			gi = len(byName)
-			groups[key] = gi
+			groups[string(key)] = gi
 			byName = append(byName, Rule{Ports: ports})
 		}
 		for _, ip := range p.ips {
-			if r.anyPeer || slices.ContainsFunc(r.peers, func(peer Peer) bool { return peer.Contains(ip) }) {
+			if cand == allIPs || r.inIPBlock(ip) {
 				byName[gi].Peers = append(byName[gi].Peers, Peer{Prefix: netip.PrefixFrom(ip, ip.BitLen())})
 			}
 		}

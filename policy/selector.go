@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -84,4 +85,13 @@ func (s selector) matches(labels map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// writeKey writes a canonical text form of the selector, for caching its results.
+// Requirements are in a fixed order (matchLabels sorted, then matchExpressions as given),
+// so equal selectors written the same way get equal keys.
+func (s selector) writeKey(b *strings.Builder) {
+	for _, r := range s.reqs {
+		fmt.Fprintf(b, "%q %s %q;", r.key, r.op, r.values)
+	}
 }
