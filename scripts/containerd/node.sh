@@ -117,6 +117,15 @@ descendants() {
 	done
 }
 
+# alive PID: the process exists and is not a zombie (kill -0 succeeds on zombies, which
+# may wait a while for their new parent to reap them).
+alive() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	stat=${stat##*) }
+	[ "${stat:0:1}" != Z ]
+}
+
 down() {
 	[ -d "$dir" ] || return 0
 	local pid="" mntns="" netns=""
@@ -143,10 +152,10 @@ down() {
 		local all
 		all=$(descendants "${roots[@]}" | sort -u)
 		[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
-		for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
 		for p in $all; do kill -KILL "$p" 2>/dev/null || true; done
 		for p in $all; do
-			for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+			for _ in $(seq 1 50); do alive "$p" || break; sleep 0.1; done
 		done
 	fi
 	if [ -f "$dir/cgroup-parent" ]; then
