@@ -1,0 +1,344 @@
+package enforce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/patronus/patronus/bpf"
+)
+
+// DefaultPinDir is where programs, maps and links are pinned (docs/CONTRACT.md).
+const DefaultPinDir = "/sys/fs/bpf/patronus"
+
+// Options configure the eBPF enforcer.
+type Options struct {
+	// PinDir is a directory on a bpffs mount; default DefaultPinDir.
+	PinDir string
+	// NetNS is the path of the network namespace holding the host-side veths (the
+	// node's); "" means the caller's.
+	NetNS string
+	// ServiceCIDRs are destinations whose egress check waits until after DNAT (see
+	// from_pod in bpf/src/policy.c).
+	ServiceCIDRs []netip.Prefix
+	// Uplinks are node interfaces (uplink, tunnels) where traffic of local pods leaves
+	// the node; to_net completes the egress check there for Service traffic DNATed to
+	// remote pods.
+	Uplinks []string
+	Logger  *slog.Logger
+}
+
+// EBPF enforces policy with the TC programs of package bpf. It implements Enforcer.
+type EBPF struct {
+	opts    Options
+	log     *slog.Logger
+	objs    bpf.PolicyObjects
+	linkDir string
+
+	mu     sync.Mutex
+	sync   *syncer
+	byIf   map[uint32]Endpoint // last applied, to name events and counters
+	closed bool
+}
+
+const bpffsMagic = 0xcafe4a11
+
+// NewEBPF loads the programs, reusing maps already pinned in PinDir (conntrack, rule
+// sets and counters of a previous agent survive), and atomically replaces the program
+// of every pinned link with the new one: enforcement never stops during a restart.
+func NewEBPF(opts Options) (*EBPF, error) {
+	if opts.PinDir == "" {
+		opts.PinDir = DefaultPinDir
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating pin dir: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(opts.PinDir, &st); err != nil {
+		return nil, fmt.Errorf("pin dir %s: %w", opts.PinDir, err)
+	}
+	if st.Type != bpffsMagic {
+		return nil, fmt.Errorf("pin dir %s is not on a bpffs mount (mount -t bpf bpf /sys/fs/bpf)", opts.PinDir)
+	}
+	e := &EBPF{opts: opts, log: opts.Logger, linkDir: filepath.Join(opts.PinDir, "links"), byIf: map[uint32]Endpoint{}}
+	if err := os.MkdirAll(e.linkDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating link dir: %w", err)
+	}
+	spec, err := bpf.LoadPolicy()
+	if err != nil {
+		return nil, fmt.Errorf("loading BPF spec: %w", err)
+	}
+	if err := spec.LoadAndAssign(&e.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}}); err != nil {
+		return nil, fmt.Errorf("loading BPF objects (pinned maps in %s): %w", opts.PinDir, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			e.objs.Close()
+		}
+	}()
+	for name, p := range e.progs() {
+		path := filepath.Join(opts.PinDir, name)
+		_ = os.Remove(path) // the old program stays alive through its links
+		if err := p.Pin(path); err != nil {
+			return nil, fmt.Errorf("pinning program %s: %w", name, err)
+		}
+	}
+	if e.sync, err = newSyncer(mapsOf(&e.objs)); err != nil {
+		return nil, err
+	}
+	if err := e.sync.setDeferred(opts.ServiceCIDRs); err != nil {
+		return nil, err
+	}
+	if err := e.replacePrograms(); err != nil {
+		return nil, err
+	}
+	if err := e.inNS(func() error {
+		for _, up := range opts.Uplinks {
+			l, err := netlink.LinkByName(up)
+			if err != nil {
+				return fmt.Errorf("uplink %s: %w", up, err)
+			}
+			if err := e.ensureLink(l.Attrs().Index, "to_net", ebpf.AttachTCXEgress, e.objs.ToNet); err != nil {
+				return fmt.Errorf("uplink %s: %w", up, err)
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	ok = true
+	return e, nil
+}
+
+func (e *EBPF) progs() map[string]*ebpf.Program {
+	return map[string]*ebpf.Program{"from_pod": e.objs.FromPod, "to_pod": e.objs.ToPod, "to_net": e.objs.ToNet}
+}
+
+func (e *EBPF) inNS(f func() error) error {
+	if e.opts.NetNS == "" {
+		return f()
+	}
+	return ns.WithNetNSPath(e.opts.NetNS, func(ns.NetNS) error { return f() })
+}
+
+// linkPath names a pinned link "<ifindex>-<program>".
+func (e *EBPF) linkPath(ifindex int, prog string) string {
+	return filepath.Join(e.linkDir, strconv.Itoa(ifindex)+"-"+prog)
+}
+
+// replacePrograms points every pinned link at this process's programs (BPF_LINK_UPDATE:
+// atomic, no packet sees an empty hook).
+func (e *EBPF) replacePrograms() error {
+	ents, err := os.ReadDir(e.linkDir)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", e.linkDir, err)
+	}
+	progs := e.progs()
+	var errs []error
+	for _, ent := range ents {
+		_, name, ok := strings.Cut(ent.Name(), "-")
+		p := progs[name]
+		if !ok || p == nil {
+			continue
+		}
+		path := filepath.Join(e.linkDir, ent.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("loading pinned link %s: %w", path, err))
+			continue
+		}
+		if err := l.Update(p); err != nil {
+			errs = append(errs, fmt.Errorf("updating link %s: %w", path, err))
+		}
+		l.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// ensureLink makes sure a pinned TCX link runs prog on ifindex. Must run in the
+// node namespace.
+func (e *EBPF) ensureLink(ifindex int, name string, attach ebpf.AttachType, prog *ebpf.Program) error {
+	path := e.linkPath(ifindex, name)
+	if l, err := link.LoadPinnedLink(path, nil); err == nil {
+		info, ierr := l.Info()
+		// A link whose device is gone (or a reused ifindex) reports another ifindex.
+		if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
+			pinfo, _ := prog.Info()
+			id, _ := pinfo.ID()
+			var uerr error
+			if info.Program != id {
+				uerr = l.Update(prog)
+			}
+			l.Close()
+			return uerr
+		}
+		_ = l.Unpin()
+		l.Close()
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: attach, Anchor: link.Head()})
+	if err != nil {
+		return fmt.Errorf("attaching %s to ifindex %d: %w", name, ifindex, err)
+	}
+	defer l.Close()
+	if err := l.Pin(path); err != nil {
+		return fmt.Errorf("pinning link %s: %w", path, err)
+	}
+	return nil
+}
+
+// Set implements Enforcer.
+func (e *EBPF) Set(ctx context.Context, endpoints []Endpoint) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return errors.New("enforcer closed")
+	}
+	desired := map[uint32]Endpoint{}
+	var errs []error
+	err := e.inNS(func() error {
+		for _, ep := range endpoints {
+			l, err := netlink.LinkByName(ep.HostVeth)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("endpoint %s: veth %q: %w (%v)", ep.Key(), ep.HostVeth, ErrNoInterface, err))
+				continue
+			}
+			desired[uint32(l.Attrs().Index)] = ep
+		}
+		// Maps first, then links: a newly attached program finds its endpoint's rules.
+		errs = append(errs, e.sync.sync(desired))
+		for ifindex := range desired {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := e.ensureLink(int(ifindex), "from_pod", ebpf.AttachTCXIngress, e.objs.FromPod); err != nil {
+				errs = append(errs, err)
+			}
+			if err := e.ensureLink(int(ifindex), "to_pod", ebpf.AttachTCXEgress, e.objs.ToPod); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		errs = append(errs, e.gcLinks(desired))
+		return nil
+	})
+	e.byIf = desired
+	return errors.Join(append(errs, err)...)
+}
+
+// gcLinks unpins veth links of interfaces that are no longer endpoints (the uplink
+// links stay).
+func (e *EBPF) gcLinks(desired map[uint32]Endpoint) error {
+	ents, err := os.ReadDir(e.linkDir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, ent := range ents {
+		idx, name, ok := strings.Cut(ent.Name(), "-")
+		if !ok || name == "to_net" {
+			continue
+		}
+		i, err := strconv.Atoi(idx)
+		if err != nil {
+			continue
+		}
+		if _, ok := desired[uint32(i)]; ok {
+			continue
+		}
+		if err := os.Remove(filepath.Join(e.linkDir, ent.Name())); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Remove implements Enforcer: it drops the endpoint found by its veth, its addresses or
+// its name. It reads the kernel state, not only memory: after a restart the first call
+// may be a Remove.
+func (e *EBPF) Remove(ctx context.Context, ep Endpoint) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return errors.New("enforcer closed")
+	}
+	gone := map[uint32]bool{}
+	for _, a := range ep.IPs {
+		var v bpf.PolicyEndpoint
+		if err := e.objs.PtEndpointIps.Lookup(addr16(a), &v); err == nil {
+			gone[v.Ifindex] = true
+		}
+	}
+	for i, d := range e.byIf {
+		if d.Key() == ep.Key() {
+			gone[i] = true
+		}
+	}
+	_ = e.inNS(func() error {
+		if l, err := netlink.LinkByName(ep.HostVeth); err == nil {
+			gone[uint32(l.Attrs().Index)] = true
+		}
+		return nil
+	})
+	var errs []error
+	for i := range gone {
+		if err := e.objs.PtEndpoints.Delete(i); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("deleting endpoint %d: %w", i, err))
+		}
+		for _, p := range []string{"from_pod", "to_pod"} {
+			if err := os.Remove(e.linkPath(int(i), p)); err != nil && !os.IsNotExist(err) {
+				errs = append(errs, err)
+			}
+		}
+		delete(e.byIf, i)
+	}
+	for _, a := range ep.IPs {
+		if err := e.objs.PtEndpointIps.Delete(addr16(a)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	live := map[uint32]bpf.PolicyEndpoint{}
+	var k uint32
+	var v bpf.PolicyEndpoint
+	it := e.objs.PtEndpoints.Iterate()
+	for it.Next(&k, &v) {
+		live[k] = v
+	}
+	errs = append(errs, it.Err(), e.sync.collect(live))
+	return errors.Join(errs...)
+}
+
+// Close releases file descriptors; pinned programs, maps and links keep enforcing.
+func (e *EBPF) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil
+	}
+	e.closed = true
+	return e.objs.Close()
+}
+
+// Uninstall removes all pinned state (links detach, maps go when unused). For
+// `patronus agent --cleanup`-style teardown and tests; not called on restart.
+func (e *EBPF) Uninstall() error {
+	if err := os.RemoveAll(e.opts.PinDir); err != nil {
+		return fmt.Errorf("removing %s: %w", e.opts.PinDir, err)
+	}
+	return nil
+}

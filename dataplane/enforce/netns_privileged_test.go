@@ -1,0 +1,337 @@
+package enforce
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"errors"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/patronus/patronus/dataplane/enforce/enforcetest"
+	"github.com/patronus/patronus/policy"
+)
+
+func host32(a netip.Addr) policy.Peer { return policy.Peer{Prefix: netip.PrefixFrom(a, a.BitLen())} }
+
+func endpoints(tp *enforcetest.Topology) []Endpoint {
+	var out []Endpoint
+	for _, p := range tp.Pods {
+		out = append(out, Endpoint{
+			EndpointPolicy: policy.EndpointPolicy{Namespace: "ns", Pod: p.Name, IPs: []netip.Addr{p.IP}},
+			HostVeth:       p.HostVeth,
+		})
+	}
+	return out
+}
+
+// policyAB: b admits a on TCP 8080 and UDP 5353 and SCTP 3868; a may send only to b on
+// those ports. c has no policy.
+func policyAB(tp *enforcetest.Topology) []Endpoint {
+	eps := endpoints(tp)
+	a, b := tp.Pods[0], tp.Pods[1]
+	ports := []policy.PortRange{{Protocol: policy.TCP, First: 8080, Last: 8080}, {Protocol: policy.UDP, First: 5353, Last: 5353}, {Protocol: policy.SCTP, First: 3868, Last: 3868}}
+	eps[1].IngressIsolated = true
+	eps[1].IngressPolicies = []string{"ns/b-in"}
+	eps[1].Ingress = []policy.Rule{{Policy: "ns/b-in", Peers: []policy.Peer{host32(a.IP)}, Ports: ports}}
+	eps[0].EgressIsolated = true
+	eps[0].EgressPolicies = []string{"ns/a-out"}
+	eps[0].Egress = []policy.Rule{{Policy: "ns/a-out", Peers: []policy.Peer{host32(b.IP)}, Ports: ports}}
+	return eps
+}
+
+type probe struct {
+	from, to int
+	proto    string
+	port     uint16
+	want     bool
+}
+
+func checkProbes(t *testing.T, tp *enforcetest.Topology, stage string, probes []probe) {
+	t.Helper()
+	for _, p := range probes {
+		src, dst := tp.Pods[p.from], tp.Pods[p.to]
+		var got bool
+		switch p.proto {
+		case "tcp":
+			got = src.TCP(dst.AddrPort(p.port))
+		case "udp":
+			got = src.UDP(dst.AddrPort(p.port))
+		case "sctp":
+			var err error
+			got, err = enforcetest.SCTPDelivered(src, dst, p.port)
+			if err != nil {
+				t.Fatalf("%s: sctp probe: %v", stage, err)
+			}
+		}
+		if got != p.want {
+			t.Errorf("%s: %s -> %s %s/%d: got allowed=%v, want %v", stage, src.Name, dst.Name, p.proto, p.port, got, p.want)
+		}
+	}
+}
+
+func serveAll(t *testing.T, tp *enforcetest.Topology) {
+	for _, p := range tp.Pods {
+		p.ServeTCP(t, 8080)
+		p.ServeTCP(t, 9090)
+		p.ServeUDP(t, 5353)
+	}
+}
+
+func TestEBPFNetns(t *testing.T) {
+	tp := enforcetest.NewTopology(t, 3)
+	serveAll(t, tp)
+	pin := filepath.Join(enforcetest.BPFFS(t), "patronus")
+	e, err := NewEBPF(Options{PinDir: pin, NetNS: tp.Node.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ctx := context.Background()
+	if err := e.Set(ctx, endpoints(tp)); err != nil {
+		t.Fatal(err)
+	}
+	checkProbes(t, tp, "no policy", []probe{
+		{0, 1, "tcp", 8080, true}, {2, 1, "tcp", 8080, true}, {2, 1, "udp", 5353, true}, {0, 2, "tcp", 8080, true},
+		{2, 1, "sctp", 3868, true},
+	})
+
+	rd, err := e.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+
+	if err := e.Set(ctx, policyAB(tp)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ { // the second Set changes nothing and must keep enforcing
+		checkProbes(t, tp, "policy", []probe{
+			{0, 1, "tcp", 8080, true},  // allowed both ways
+			{2, 1, "tcp", 8080, false}, // b's ingress
+			{0, 1, "tcp", 9090, false}, // port not allowed
+			{0, 2, "tcp", 8080, false}, // a's egress
+			{2, 0, "tcp", 8080, true},  // a is not ingress-isolated; the reply passes a's egress by conntrack
+			{0, 1, "udp", 5353, true},
+			{2, 1, "udp", 5353, false},
+			{0, 1, "sctp", 3868, true},
+			{2, 1, "sctp", 3868, false},
+			{0, 1, "sctp", 3869, false},
+		})
+		if err := e.Set(ctx, policyAB(tp)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Counters and events.
+	counts, err := e.Denies()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bIn uint64
+	for _, c := range counts {
+		if c.Endpoint.Pod == "b" && c.Direction == Ingress {
+			bIn = c.Packets
+		}
+	}
+	if bIn == 0 {
+		t.Errorf("deny counter of b ingress is 0: %+v", counts)
+	}
+	rd.SetDeadline(time.Now().Add(2 * time.Second))
+	found := false
+	for !found {
+		ev, err := rd.Read()
+		if err != nil {
+			t.Fatalf("no deny event c -> b: %v", err)
+		}
+		if ev.Verdict == Denied && ev.Endpoint == "ns/b" && ev.Src.Addr() == tp.Pods[2].IP && ev.Dst.Port() == 8080 &&
+			ev.Protocol == policy.TCP && ev.Direction == Ingress && len(ev.Policies) == 1 && ev.Policies[0] == "ns/b-in" {
+			found = true
+			if time.Since(ev.Time) > time.Minute || time.Since(ev.Time) < 0 {
+				t.Errorf("event time %v is not now", ev.Time)
+			}
+		}
+	}
+
+	// Policy change: c gets in on 8080; then the rule goes again.
+	eps := policyAB(tp)
+	eps[1].Ingress = append(eps[1].Ingress, policy.Rule{Policy: "ns/b-in2", Peers: []policy.Peer{host32(tp.Pods[2].IP)},
+		Ports: []policy.PortRange{{Protocol: policy.TCP, First: 8000, Last: 8090}}})
+	if err := e.Set(ctx, eps); err != nil {
+		t.Fatal(err)
+	}
+	checkProbes(t, tp, "c admitted", []probe{{2, 1, "tcp", 8080, true}, {2, 1, "tcp", 9090, false}, {0, 1, "tcp", 8080, true}})
+	if err := e.Set(ctx, policyAB(tp)); err != nil {
+		t.Fatal(err)
+	}
+	checkProbes(t, tp, "c removed again", []probe{{2, 1, "tcp", 8080, false}, {0, 1, "tcp", 8080, true}})
+
+	// Only the live rule set remains in the maps.
+	if n := countSets(t, e); n != 2 {
+		t.Errorf("rule sets in the maps after changes: %d, want 2 (a egress, b ingress)", n)
+	}
+
+	// Remove b: unrestricted again.
+	if err := e.Remove(ctx, Endpoint{EndpointPolicy: policy.EndpointPolicy{Namespace: "ns", Pod: "b", IPs: []netip.Addr{tp.Pods[1].IP}}, HostVeth: tp.Pods[1].HostVeth}); err != nil {
+		t.Fatal(err)
+	}
+	checkProbes(t, tp, "b removed", []probe{{2, 1, "tcp", 8080, true}})
+}
+
+func countSets(t *testing.T, e *EBPF) int {
+	t.Helper()
+	sets := map[uint32]bool{}
+	var k struct {
+		Prefixlen, SetID uint32
+		Rest             [20]byte
+	}
+	var v [4]uint64
+	it := e.objs.PtCidrs.Iterate()
+	for it.Next(&k, &v) {
+		sets[k.SetID] = true
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return len(sets)
+}
+
+// TestEBPFRestart: the agent stops (Close) and a new one starts from the same pin dir
+// while a TCP flow runs: the flow keeps going, denied traffic stays denied throughout.
+func TestEBPFRestart(t *testing.T) {
+	tp := enforcetest.NewTopology(t, 3)
+	serveAll(t, tp)
+	pin := filepath.Join(enforcetest.BPFFS(t), "patronus")
+	ctx := context.Background()
+	e, err := NewEBPF(Options{PinDir: pin, NetNS: tp.Node.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Set(ctx, policyAB(tp)); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := tp.Pods[0].DialTCP(tp.Pods[1].AddrPort(8080), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var echoed atomic.Int64
+	flowErr := make(chan error, 1)
+	stop := make(chan struct{})
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			select {
+			case <-stop:
+				flowErr <- nil
+				return
+			default:
+			}
+			_ = conn.SetDeadline(time.Now().Add(time.Second))
+			if _, err := conn.Write(buf); err != nil {
+				flowErr <- err
+				return
+			}
+			if _, err := io.ReadFull(conn, buf); err != nil {
+				flowErr <- err
+				return
+			}
+			echoed.Add(int64(len(buf)))
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	denied := []probe{{2, 1, "tcp", 8080, false}, {0, 2, "tcp", 8080, false}}
+	checkProbes(t, tp, "before restart", denied)
+
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before := echoed.Load()
+	checkProbes(t, tp, "agent down", denied)
+	time.Sleep(100 * time.Millisecond)
+	if echoed.Load() == before {
+		t.Error("flow stalled while the agent was down")
+	}
+
+	e2, err := NewEBPF(Options{PinDir: pin, NetNS: tp.Node.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e2.Close()
+	checkProbes(t, tp, "new agent before Set", denied)
+	if err := e2.Set(ctx, policyAB(tp)); err != nil {
+		t.Fatal(err)
+	}
+	checkProbes(t, tp, "new agent after Set", append(denied, probe{0, 1, "tcp", 8080, true}))
+	mid := echoed.Load()
+	time.Sleep(100 * time.Millisecond)
+	if echoed.Load() == mid {
+		t.Error("flow stalled after the restart")
+	}
+	close(stop)
+	if err := <-flowErr; err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("flow broke: %v", err)
+	}
+	if n := countSets(t, e2); n != 2 {
+		t.Errorf("rule sets after restart and identical Set: %d, want 2 (nothing rewritten)", n)
+	}
+}
+
+// kubeProxyDNAT stands in for kube-proxy (nftables mode) in the node namespace:
+// Service 10.96.0.10:80 → b:8080, 10.96.0.11:80 → c:8080. Bridge netfilter makes the
+// bridged replies go through conntrack, as kube-proxy requires on a bridge.
+func kubeProxyDNAT(t *testing.T, tp *enforcetest.Topology) {
+	t.Helper()
+	tp.NodeSysctl(t, "net/ipv4/ip_forward", "1")
+	tp.NodeSysctl(t, "net/bridge/bridge-nf-call-iptables", "1")
+	rules := `table ip kp {
+  chain pre { type nat hook prerouting priority dstnat; policy accept;
+    ip daddr 10.96.0.10 tcp dport 80 dnat to ` + tp.Pods[1].IP.String() + `:8080
+    ip daddr 10.96.0.11 tcp dport 80 dnat to ` + tp.Pods[2].IP.String() + `:8080
+  }
+}`
+	cmd := exec.Command("ip", "netns", "exec", filepath.Base(tp.Node.Path()), "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft DNAT rules: %v: %s", err, out)
+	}
+}
+
+// TestEBPFServiceDNAT: egress policy is decided on the DNATed destination, not on the
+// Service IP the pod sent to.
+func TestEBPFServiceDNAT(t *testing.T) {
+	tp := enforcetest.NewTopology(t, 3)
+	serveAll(t, tp)
+	kubeProxyDNAT(t, tp)
+	pin := filepath.Join(enforcetest.BPFFS(t), "patronus")
+	e, err := NewEBPF(Options{PinDir: pin, NetNS: tp.Node.Path(), ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	svcB, svcC := netip.MustParseAddrPort("10.96.0.10:80"), netip.MustParseAddrPort("10.96.0.11:80")
+	a, c := tp.Pods[0], tp.Pods[2]
+	if err := e.Set(context.Background(), endpoints(tp)); err != nil {
+		t.Fatal(err)
+	}
+	if !a.TCP(svcB) || !a.TCP(svcC) || !c.TCP(svcB) {
+		t.Fatal("services do not work without policy")
+	}
+	if err := e.Set(context.Background(), policyAB(tp)); err != nil {
+		t.Fatal(err)
+	}
+	if !a.TCP(svcB) {
+		t.Error("a -> Service of b: denied, want allowed (a's egress allows b:8080)")
+	}
+	if a.TCP(svcC) {
+		t.Error("a -> Service of c: allowed, want denied (a's egress does not allow c)")
+	}
+	if c.TCP(svcB) {
+		t.Error("c -> Service of b: allowed, want denied (b's ingress)")
+	}
+}
