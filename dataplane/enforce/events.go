@@ -156,4 +156,3 @@ func (e *EBPF) LostEvents() (uint64, error) {
 	}
 	return n, nil
 }
-

@@ -2,13 +2,13 @@ package enforce
 
 import (
 	"context"
-	"os/exec"
-	"strings"
 	"errors"
 	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
