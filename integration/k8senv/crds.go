@@ -50,6 +50,15 @@ func (c *Cluster) ApplyCRDs(ctx context.Context, docs ...[]byte) error {
 		}
 		names = append(names, obj.GetName())
 	}
+	return c.WaitCRDsEstablished(ctx, names...)
+}
+
+// WaitCRDsEstablished waits until the named CRDs (plural.group) are Established.
+func (c *Cluster) WaitCRDsEstablished(ctx context.Context, names ...string) error {
+	dc, err := dynamic.NewForConfig(c.RESTConfig())
+	if err != nil {
+		return fmt.Errorf("building dynamic client: %w", err)
+	}
 	for _, name := range names {
 		if err := waitEstablished(ctx, dc, name); err != nil {
 			return err

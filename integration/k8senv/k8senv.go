@@ -210,13 +210,13 @@ func (c *Cluster) etcdArgs() []string {
 	client := "http://127.0.0.1:" + strconv.Itoa(c.etcdClientPort)
 	peer := "http://127.0.0.1:" + strconv.Itoa(c.etcdPeerPort)
 	return []string{
-		"--name=default",
+		"--name=patronus-test",
 		"--data-dir=" + filepath.Join(c.dir, "etcd-data"),
 		"--listen-client-urls=" + client,
 		"--advertise-client-urls=" + client,
 		"--listen-peer-urls=" + peer,
 		"--initial-advertise-peer-urls=" + peer,
-		"--initial-cluster=default=" + peer,
+		"--initial-cluster=patronus-test=" + peer,
 		"--unsafe-no-fsync", // tests throw the data away; fsync only costs time
 		"--log-level=warn",
 	}
