@@ -210,24 +210,22 @@ func (c *compiler) loadPods(list []corev1.Pod) {
 
 // podIPs returns status.podIPs, or status.podIP when podIPs is empty, without duplicates.
 func podIPs(p *corev1.Pod, report func(error)) []netip.Addr {
-	var raw []string
-	for _, ip := range p.Status.PodIPs {
-		raw = append(raw, ip.IP)
-	}
-	if len(raw) == 0 && p.Status.PodIP != "" {
-		raw = append(raw, p.Status.PodIP)
-	}
 	var ips []netip.Addr
-	for _, s := range raw {
+	add := func(field, s string) {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
-			report(fmt.Errorf("status.podIPs: %w", err))
-			continue
+			report(fmt.Errorf("%s: %w", field, err))
+			return
 		}
-		a = a.Unmap()
-		if !slices.Contains(ips, a) {
+		if a = a.Unmap(); !slices.Contains(ips, a) {
 			ips = append(ips, a)
 		}
+	}
+	for i, ip := range p.Status.PodIPs {
+		add(fmt.Sprintf("status.podIPs[%d]", i), ip.IP)
+	}
+	if len(p.Status.PodIPs) == 0 && p.Status.PodIP != "" {
+		add("status.podIP", p.Status.PodIP)
 	}
 	return ips
 }
@@ -268,7 +266,7 @@ func (c *compiler) compilePolicy(np *networkingv1.NetworkPolicy, set *Set, endpo
 		rules := make([]compiledRule, len(np.Spec.Ingress))
 		for i := range np.Spec.Ingress {
 			r := &np.Spec.Ingress[i]
-			rules[i] = c.compileRule(ns, fmt.Sprintf("spec.ingress[%d]", i), r.From, r.Ports, fail)
+			rules[i] = c.compileRule(ns, fmt.Sprintf("spec.ingress[%d]", i), "from", r.From, r.Ports, fail)
 		}
 		for _, ei := range selected {
 			ep := &set.Endpoints[ei]
@@ -287,7 +285,7 @@ func (c *compiler) compilePolicy(np *networkingv1.NetworkPolicy, set *Set, endpo
 		var out []Rule
 		for i := range np.Spec.Egress {
 			r := &np.Spec.Egress[i]
-			cr := c.compileRule(ns, fmt.Sprintf("spec.egress[%d]", i), r.To, r.Ports, fail)
+			cr := c.compileRule(ns, fmt.Sprintf("spec.egress[%d]", i), "to", r.To, r.Ports, fail)
 			for _, rule := range c.egressRules(&cr) {
 				rule.Policy, rule.Index = name, i
 				out = append(out, rule)
@@ -301,6 +299,29 @@ func (c *compiler) compilePolicy(np *networkingv1.NetworkPolicy, set *Set, endpo
 			ep.Egress = append(ep.Egress, out...)
 		}
 	}
+}
+
+// ValidatePolicy reports what in np the API server would reject and Compile would
+// compile failing closed: bad selectors, CIDRs, ports, protocols or policy types. Errors
+// name the field ("spec.ingress[0].ports[1]: ...").
+func ValidatePolicy(np *networkingv1.NetworkPolicy) error {
+	c := &compiler{namespaces: map[string]*namespace{}, peerCache: map[string]*podPeers{}}
+	var errs []error
+	fail := func(field string, err error) { errs = append(errs, fmt.Errorf("%s: %w", field, err)) }
+	if _, err := compileSelector(&np.Spec.PodSelector); err != nil {
+		fail("spec.podSelector", err)
+	}
+	policyTypes(&np.Spec, func(err error) { fail("spec.policyTypes", err) })
+	ns := nsOf(np.Namespace)
+	for i := range np.Spec.Ingress {
+		r := &np.Spec.Ingress[i]
+		c.compileRule(ns, fmt.Sprintf("spec.ingress[%d]", i), "from", r.From, r.Ports, fail)
+	}
+	for i := range np.Spec.Egress {
+		r := &np.Spec.Egress[i]
+		c.compileRule(ns, fmt.Sprintf("spec.egress[%d]", i), "to", r.To, r.Ports, fail)
+	}
+	return errors.Join(errs...)
 }
 
 // policyTypes applies the API defaults: Ingress always, Egress when egress rules exist.
@@ -339,12 +360,12 @@ type namedPort struct {
 	proto Protocol
 }
 
-func (c *compiler) compileRule(ns, field string, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort, fail func(string, error)) compiledRule {
+func (c *compiler) compileRule(ns, field, peerField string, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort, fail func(string, error)) compiledRule {
 	var r compiledRule
 	r.anyPeer = len(peers) == 0
 	var sets []*podPeers
 	for i := range peers {
-		report := func(err error) { fail(fmt.Sprintf("%s.peers[%d]", field, i), err) }
+		report := func(err error) { fail(fmt.Sprintf("%s.%s[%d]", field, peerField, i), err) }
 		p := &peers[i]
 		if p.IPBlock != nil {
 			if p.PodSelector != nil || p.NamespaceSelector != nil {

@@ -335,8 +335,8 @@ func TestInvalidPolicyFailsClosed(t *testing.T) {
 	for _, part := range []string{
 		"networkpolicy x/bad-port: spec.ingress[0].ports[0]: endPort",
 		"networkpolicy x/bad-proto: spec.ingress[0].ports[0]: protocol",
-		"networkpolicy x/bad-cidr: spec.egress[0].peers[0]: ipBlock: cidr",
-		"networkpolicy x/bad-sel: spec.ingress[0].peers[0]: podSelector",
+		"networkpolicy x/bad-cidr: spec.egress[0].to[0]: ipBlock: cidr",
+		"networkpolicy x/bad-sel: spec.ingress[0].from[0]: podSelector",
 	} {
 		if !strings.Contains(err.Error(), part) {
 			t.Errorf("error %q does not mention %q", err, part)
