@@ -72,6 +72,7 @@ func newRootCmd(e env) *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
 		newVersionCmd(e),
+		newPolicyCmd(e),
 	)
 	return root
 }
