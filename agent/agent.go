@@ -1,0 +1,317 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/patronus/patronus/config"
+	"github.com/patronus/patronus/kube"
+	"github.com/patronus/patronus/store"
+	"golang.org/x/sync/errgroup"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// agent is one run of the daemon. Fields set before the informers start are read-only
+// afterwards; the rest is guarded as noted.
+type agent struct {
+	opts    Options
+	log     *slog.Logger
+	db      *store.DB
+	clients *kube.Clients
+	metrics *metrics
+	started time.Time
+
+	// cfg is set once the configuration is loaded; readers go through config().
+	cfgMu sync.RWMutex
+	cfg   *config.Config
+
+	ready     atomic.Bool
+	notReady  atomic.Value // string: why /readyz fails
+	mcsUp     atomic.Bool
+	metricsAt atomic.Value // string: the metrics listener's address
+
+	podLister corelisters.PodLister
+	pods      *kube.Controller
+	recorder  *kube.Recorder
+	qosEvents eventDedup
+
+	seen map[string]*seenSet // per kind: keys present in the API
+}
+
+// Run runs the agent until ctx is cancelled (SIGTERM) or a fatal error: an invalid
+// configuration, an unusable database, or a socket already served by another agent.
+// Losing the API server is not fatal: informers reconnect and catch up.
+func Run(ctx context.Context, opts Options) error {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return err
+	}
+	a := &agent{opts: opts, log: opts.Logger, started: time.Now(), seen: newSeenSets()}
+	a.notReady.Store("starting")
+	a.metricsAt.Store("")
+
+	restCfg := opts.RESTConfig
+	if restCfg == nil {
+		var err error
+		if restCfg, err = kube.RESTConfig(opts.Kubeconfig); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+	}
+	clients, err := kube.NewClients(restCfg)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.clients = clients
+
+	db, err := store.Open(ctx, opts.DatabasePath)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer db.Close()
+	a.db = db
+
+	a.metrics, err = newMetrics(opts.Registry)
+	if err != nil {
+		return fmt.Errorf("agent: register metrics: %w", err)
+	}
+
+	// Listen before talking to the API server: /healthz answers at once and /readyz says
+	// why it is not ready yet, which is what an operator needs during an API outage.
+	sockLn, err := listenUnix(opts.SocketPath)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	var metricsLn net.Listener
+	if opts.MetricsAddr != "off" {
+		metricsLn, err = net.Listen("tcp", opts.MetricsAddr)
+		if err != nil {
+			sockLn.Close()
+			return fmt.Errorf("agent: metrics listener on %s (--metrics-addr): %w", opts.MetricsAddr, err)
+		}
+		a.metricsAt.Store(metricsLn.Addr().String())
+	}
+	a.log.Info("agent starting", "node", opts.NodeName, "socket", opts.SocketPath, "database", opts.DatabasePath,
+		"metrics", a.metricsAt.Load(), "apiServer", restCfg.Host)
+
+	g, gctx := errgroup.WithContext(ctx)
+	serve(g, gctx, a.log, "local API", &http.Server{Handler: a.apiMux(), ReadHeaderTimeout: 5 * time.Second}, sockLn)
+	if metricsLn != nil {
+		serve(g, gctx, a.log, "metrics", &http.Server{Handler: a.metricsMux(), ReadHeaderTimeout: 5 * time.Second}, metricsLn)
+	}
+	g.Go(func() error { return a.runKube(gctx, g) })
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		err = nil
+	}
+	if err != nil {
+		a.log.Error("agent stopped", "err", err)
+	} else {
+		a.log.Info("agent stopped")
+	}
+	return err
+}
+
+// serve runs srv on ln in g and shuts it down when ctx ends.
+func serve(g *errgroup.Group, ctx context.Context, log *slog.Logger, name string, srv *http.Server, ln net.Listener) {
+	g.Go(func() error {
+		err := srv.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("agent: %s server on %s: %w", name, ln.Addr(), err)
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("server shutdown", "server", name, "err", err)
+		}
+		return nil
+	})
+}
+
+// listenUnix listens on the socket at path: its directory 0700 and the socket 0600, root
+// only, because the API can reveal every pod on the node. A stale socket from a killed
+// agent is removed; a live one means another agent runs, which is an error.
+func listenUnix(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("socket directory %s (--socket): %w", dir, err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&fs.ModeSocket == 0 {
+			return nil, fmt.Errorf("socket %s (--socket) exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s (--socket): another agent is already listening", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s (--socket): %w", path, err)
+	}
+	// The directory is 0700, so the window before chmod exposes nothing.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+func (a *agent) config() *config.Config {
+	a.cfgMu.RLock()
+	defer a.cfgMu.RUnlock()
+	return a.cfg
+}
+
+// runKube loads the configuration, starts the informers, waits for their caches and runs
+// the controllers (in g) until ctx ends.
+func (a *agent) runKube(ctx context.Context, g *errgroup.Group) error {
+	a.notReady.Store("loading configuration from the API server")
+	cfg, err := a.loadConfig(ctx)
+	if err != nil {
+		return err
+	}
+	for _, w := range cfg.Warnings {
+		a.log.Warn("configuration", "warning", w)
+	}
+	a.cfgMu.Lock()
+	a.cfg = &cfg
+	a.cfgMu.Unlock()
+	a.log.Info("configuration loaded", "clusterID", cfg.ClusterID, "clusterIDSource", cfg.ClusterIDSource,
+		"bridge", cfg.Bridge, "defaultQoSClass", cfg.DefaultQoSClass, "remoteClusters", len(cfg.RemoteClusters))
+	if cfg.Database != "" && cfg.Database != a.opts.DatabasePath {
+		a.log.Warn("the conflist's sdwan.database differs from the agent's database: pods the plugin registers will not be seen",
+			"conflist", cfg.Database, "agent", a.opts.DatabasePath)
+	}
+
+	k := a.clients.Kube
+	a.recorder = kube.NewRecorder(ctx, k, "patronus-agent", a.opts.NodeName, a.log)
+	defer a.recorder.Stop()
+
+	resync := a.opts.ResyncPeriod
+	shared := informers.NewSharedInformerFactory(k, resync)
+	// Only this node's pods: the field selector keeps the watch (and memory) per node.
+	nodePods := informers.NewSharedInformerFactoryWithOptions(k, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.opts.NodeName).String()
+		}))
+
+	podInf := nodePods.Core().V1().Pods()
+	a.podLister = podInf.Lister()
+	a.pods = &kube.Controller{Name: "pods", Reconcile: a.reconcilePod, Workers: a.opts.Workers, Logger: a.log, OnResult: a.metrics.result}
+	if _, err := podInf.Informer().AddEventHandler(a.pods.Handler()); err != nil {
+		return fmt.Errorf("agent: pod informer: %w", err)
+	}
+
+	ctrls := []*kube.Controller{a.pods}
+	synced := []cache.InformerSynced{podInf.Informer().HasSynced}
+	watch := func(kind string, inf cache.SharedIndexInformer) error {
+		c := a.observer(kind, inf.GetIndexer())
+		if _, err := inf.AddEventHandler(c.Handler()); err != nil {
+			return fmt.Errorf("agent: %s informer: %w", kind, err)
+		}
+		ctrls = append(ctrls, c)
+		synced = append(synced, inf.HasSynced)
+		return nil
+	}
+	for kind, inf := range map[string]cache.SharedIndexInformer{
+		kindNamespaces:      shared.Core().V1().Namespaces().Informer(),
+		kindNetworkPolicies: shared.Networking().V1().NetworkPolicies().Informer(),
+		kindServices:        shared.Core().V1().Services().Informer(),
+		kindEndpointSlices:  shared.Discovery().V1().EndpointSlices().Informer(),
+	} {
+		if err := watch(kind, inf); err != nil {
+			return err
+		}
+	}
+
+	shared.Start(ctx.Done())
+	nodePods.Start(ctx.Done())
+	defer shared.Shutdown()
+	defer nodePods.Shutdown()
+
+	a.notReady.Store("waiting for the Kubernetes caches to sync")
+	a.log.Info("waiting for caches to sync")
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return ctx.Err()
+	}
+	a.ready.Store(true)
+	a.metrics.ready.Set(1)
+	a.log.Info("caches synced, agent ready")
+
+	var wg sync.WaitGroup
+	for _, c := range ctrls {
+		wg.Go(func() { c.Run(ctx) })
+	}
+	wg.Go(func() { a.pollStore(ctx) })
+	wg.Go(func() { a.runMCS(ctx) })
+	wg.Wait()
+	return nil
+}
+
+// loadConfig reads the ConfigMap (retrying while the API server is unreachable or
+// refuses) and the conflist, and validates them. Invalid configuration is returned at
+// once: retrying cannot fix it, and the error names the key.
+func (a *agent) loadConfig(ctx context.Context) (config.Config, error) {
+	in := config.Input{ClusterIDEnv: a.opts.ClusterID, NodeName: a.opts.NodeName, ConflistPath: a.opts.ConflistPath}
+	b, err := os.ReadFile(a.opts.ConflistPath)
+	switch {
+	case err == nil:
+		in.Conflist = b
+	case errors.Is(err, fs.ErrNotExist):
+		a.log.Info("no CNI conflist yet; using defaults for the bridge and QoS class", "path", a.opts.ConflistPath)
+	default:
+		return config.Config{}, fmt.Errorf("agent: read conflist %s: %w", a.opts.ConflistPath, err)
+	}
+
+	delay := 500 * time.Millisecond
+	for {
+		cm, err := a.clients.Kube.CoreV1().ConfigMaps(a.opts.ConfigNamespace).Get(ctx, config.ConfigMapName, metav1.GetOptions{})
+		if err == nil {
+			in.ConfigMap = cm.Data
+			if in.ConfigMap == nil {
+				in.ConfigMap = map[string]string{}
+			}
+			break
+		}
+		if apierrors.IsNotFound(err) {
+			a.log.Info("no ConfigMap; using the environment, the conflist and defaults",
+				"configMap", a.opts.ConfigNamespace+"/"+config.ConfigMapName)
+			break
+		}
+		a.log.Warn("cannot read the ConfigMap yet, retrying", "configMap", a.opts.ConfigNamespace+"/"+config.ConfigMapName,
+			"retryIn", delay, "err", err)
+		select {
+		case <-ctx.Done():
+			return config.Config{}, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 30*time.Second)
+	}
+	cfg, err := config.Load(in)
+	if err != nil {
+		return config.Config{}, fmt.Errorf("agent: %w", err)
+	}
+	return cfg, nil
+}

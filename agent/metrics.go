@@ -1,0 +1,46 @@
+package agent
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the agent's own Prometheus metrics (docs/CONTRACT.md, "Metrics").
+type metrics struct {
+	ready       prometheus.Gauge
+	mcs         prometheus.Gauge
+	podsManaged prometheus.Gauge
+	objects     *prometheus.GaugeVec
+	reconciles  *prometheus.CounterVec
+	qosErrors   prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{Name: "patronus_agent_ready",
+			Help: "1 once the agent's Kubernetes caches have synced."}),
+		mcs: prometheus.NewGauge(prometheus.GaugeOpts{Name: "patronus_agent_mcs_available",
+			Help: "1 while the agent watches the MCS API (ServiceExport/ServiceImport CRDs installed)."}),
+		podsManaged: prometheus.NewGauge(prometheus.GaugeOpts{Name: "patronus_agent_pods_managed",
+			Help: "Pod attachments registered in the node database by the CNI plugin."}),
+		objects: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "patronus_agent_objects",
+			Help: "Kubernetes objects the agent sees, by kind."}, []string{"kind"}),
+		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "patronus_agent_reconciles_total",
+			Help: "Reconciles by controller and result (ok or error)."}, []string{"controller", "result"}),
+		qosErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "patronus_agent_invalid_qos_annotations_total",
+			Help: "Invalid pod QoS annotation values reported as Events."}),
+	}
+	for _, c := range []prometheus.Collector{m.ready, m.mcs, m.podsManaged, m.objects, m.reconciles, m.qosErrors} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) result(controller string, err error) {
+	r := "ok"
+	if err != nil {
+		r = "error"
+	}
+	m.reconciles.WithLabelValues(controller, r).Inc()
+}

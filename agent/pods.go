@@ -1,0 +1,182 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/patronus/patronus/qos"
+	"github.com/patronus/patronus/store"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
+)
+
+// ReasonInvalidQoSAnnotation is the reason of the Event emitted on a pod whose QoS
+// annotation is invalid.
+const ReasonInvalidQoSAnnotation = "InvalidQoSAnnotation"
+
+// reconcilePod makes the database rows of pod key ("namespace/name") carry what the API
+// says about the pod: UID, labels, annotations and the effective QoS class.
+//
+// Rows are the CNI plugin's: the agent never adds or removes them (the plugin's DEL and GC
+// do), so a restart or an API outage cannot disturb a working pod. A row whose API object
+// is gone keeps its last known state until the plugin removes it.
+func (a *agent) reconcilePod(ctx context.Context, key string) error {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil // malformed key: nothing to retry
+	}
+	pod, err := a.podLister.Pods(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		pod = nil
+	} else if err != nil {
+		return err
+	}
+	cfg := a.config()
+
+	var spec qos.Spec
+	if pod != nil {
+		var errs []*qos.AnnotationError
+		spec, errs = qos.Parse(pod.Annotations, cfg.DefaultQoSClass)
+		a.reportQoS(pod, errs)
+	} else {
+		a.qosEvents.forget(ns, name)
+	}
+
+	rows, err := a.db.ListPods(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range rows {
+		if r.Namespace != ns || r.Name != name || pod == nil {
+			continue
+		}
+		// The runtime passes K8S_POD_UID; a row with another UID is an older incarnation
+		// of a pod with the same name (its DEL has not come yet): leave it alone.
+		if r.UID != "" && r.UID != string(pod.UID) {
+			a.log.Debug("database row belongs to another pod incarnation", "pod", key, "rowUID", r.UID, "apiUID", pod.UID)
+			continue
+		}
+		if upToDate(r, pod, spec.Class) {
+			continue
+		}
+		err := a.db.SetPodAPIState(ctx, r.ContainerID, r.IfName, string(pod.UID), string(spec.Class), pod.Labels, pod.Annotations, time.Now())
+		if errors.Is(err, store.ErrNotFound) {
+			continue // removed by CNI DEL meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		a.log.Info("pod matched with its API object", "pod", key, "container", r.ContainerID, "ifname", r.IfName,
+			"qosClass", spec.Class, "ips", r.IPs)
+	}
+	return nil
+}
+
+func upToDate(r store.Pod, pod *corev1.Pod, class qos.Class) bool {
+	return !r.APISyncedAt.IsZero() && r.UID == string(pod.UID) && r.QoSClass == string(class) &&
+		maps.Equal(r.Labels, nonNilMap(pod.Labels)) && maps.Equal(r.Annotations, nonNilMap(pod.Annotations))
+}
+
+func nonNilMap(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
+}
+
+// reportQoS emits one Warning Event per invalid annotation value, once per pod UID and
+// distinct set of errors: the periodic resync must not flood the API with Events.
+func (a *agent) reportQoS(pod *corev1.Pod, errs []*qos.AnnotationError) {
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	if !a.qosEvents.changed(pod.Namespace, pod.Name, pod.UID, strings.Join(msgs, "\n")) {
+		return
+	}
+	for _, e := range errs {
+		a.metrics.qosErrors.Inc()
+		a.log.Warn("invalid QoS annotation", "pod", pod.Namespace+"/"+pod.Name, "annotation", e.Annotation, "value", e.Value)
+		a.recorder.Event(pod, corev1.EventTypeWarning, ReasonInvalidQoSAnnotation, e.Error())
+	}
+}
+
+// eventDedup remembers, per pod, the QoS errors last reported.
+type eventDedup struct {
+	mu   sync.Mutex
+	last map[string]string // "ns/name" -> uid + "\x00" + messages
+}
+
+func (d *eventDedup) changed(ns, name string, uid types.UID, msgs string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.last == nil {
+		d.last = map[string]string{}
+	}
+	k, v := ns+"/"+name, string(uid)+"\x00"+msgs
+	old, ok := d.last[k]
+	d.last[k] = v
+	if msgs == "" {
+		return false
+	}
+	return !ok || old != v
+}
+
+func (d *eventDedup) forget(ns, name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.last, ns+"/"+name)
+}
+
+// pollStore scans the database for attachments the CNI plugin added or removed and queues
+// their pods. The plugin is a separate short-lived process, so polling a small indexed
+// table is the simplest reliable signal; the informer resync covers the rest.
+func (a *agent) pollStore(ctx context.Context) {
+	known := map[string]string{} // container/ifname -> ns/name
+	t := time.NewTicker(a.opts.StorePollInterval)
+	defer t.Stop()
+	lastFull := time.Now()
+	for {
+		rows, err := a.db.ListPods(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Warn("cannot read the node database", "path", a.opts.DatabasePath, "err", err)
+		} else {
+			full := time.Since(lastFull) >= a.opts.ResyncPeriod
+			if full {
+				lastFull = time.Now()
+			}
+			now := make(map[string]string, len(rows))
+			for _, r := range rows {
+				if r.Namespace == "" || r.Name == "" {
+					continue // not a Kubernetes pod (no K8S_POD_* in CNI_ARGS)
+				}
+				id, key := r.ContainerID+"/"+r.IfName, r.Namespace+"/"+r.Name
+				now[id] = key
+				if _, ok := known[id]; !ok || full {
+					a.pods.Enqueue(key)
+				}
+			}
+			for id, key := range known {
+				if _, ok := now[id]; !ok {
+					a.pods.Enqueue(key)
+				}
+			}
+			known = now
+			a.metrics.podsManaged.Set(float64(len(rows)))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

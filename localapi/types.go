@@ -1,0 +1,94 @@
+// Package localapi is the agent's local HTTP API over a unix socket: the JSON types it
+// serves and a small client used by the CLI and the CNI plugin. It imports nothing from
+// Kubernetes so that the CNI plugin, which runs once per pod ADD, stays cheap.
+package localapi
+
+import "time"
+
+// DefaultSocket is where the agent listens (docs/CONTRACT.md).
+const DefaultSocket = "/var/run/patronus/agent.sock"
+
+// Paths the agent serves.
+const (
+	PathReadyz  = "/readyz" // 200 once the agent's caches are synced (the CNI STATUS check)
+	PathHealthz = "/healthz"
+	PathStatus  = "/v1/status"
+	PathPods    = "/v1/pods"
+)
+
+// Status is GET /v1/status: what `patronus status` prints.
+type Status struct {
+	Node      string    `json:"node"`
+	ClusterID string    `json:"clusterID"`
+	Version   string    `json:"version,omitempty"`
+	StartedAt time.Time `json:"startedAt"`
+	// Ready is true once the Kubernetes caches have synced; NotReadyReason says why not.
+	Ready          bool   `json:"ready"`
+	NotReadyReason string `json:"notReadyReason,omitempty"`
+	// MetricsAddr is the address /metrics is served on ("" when disabled).
+	MetricsAddr string   `json:"metricsAddr,omitempty"`
+	Database    string   `json:"database"`
+	Bridge      Bridge   `json:"bridge"`
+	Tunnels     []Tunnel `json:"tunnels"`
+	// PodsManaged counts the pods registered in the node database.
+	PodsManaged int   `json:"podsManaged"`
+	Pods        []Pod `json:"pods"`
+	// NetworkPolicies counts the NetworkPolicies the agent sees in the cluster.
+	NetworkPolicies int `json:"networkPolicies"`
+	Namespaces      int `json:"namespaces"`
+	Services        int `json:"services"`
+	EndpointSlices  int `json:"endpointSlices"`
+	// MCS is the state of the Multi-Cluster Services API (ServiceExport/ServiceImport).
+	MCS MCS `json:"mcs"`
+}
+
+// Bridge is the node's pod bridge.
+type Bridge struct {
+	Name      string   `json:"name"`
+	Present   bool     `json:"present"`
+	Addresses []string `json:"addresses,omitempty"`
+}
+
+// Tunnel is one WireGuard tunnel to a remote cluster (none yet: later issues add them).
+type Tunnel struct {
+	Cluster   string `json:"cluster"`
+	Interface string `json:"interface"`
+	Endpoint  string `json:"endpoint"`
+	Up        bool   `json:"up"`
+}
+
+// MCS reports whether the MCS CRDs are installed and what the agent sees of them.
+type MCS struct {
+	Available      bool `json:"available"`
+	ServiceExports int  `json:"serviceExports"`
+	ServiceImports int  `json:"serviceImports"`
+}
+
+// Pod is one pod attachment registered by the CNI plugin, enriched with its API object.
+type Pod struct {
+	Namespace   string            `json:"namespace"`
+	Name        string            `json:"name"`
+	UID         string            `json:"uid,omitempty"`
+	ContainerID string            `json:"containerID"`
+	IfName      string            `json:"ifname"`
+	HostVeth    string            `json:"hostVeth,omitempty"`
+	IPs         []string          `json:"ips"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	QoS         QoS               `json:"qos"`
+	// Synced is true once the agent matched the attachment with its API object.
+	Synced   bool      `json:"synced"`
+	SyncedAt time.Time `json:"syncedAt,omitzero"`
+}
+
+// QoS is the pod's effective QoS; Errors lists invalid annotations (the defaults apply).
+type QoS struct {
+	Class            string   `json:"class"`
+	MaxLatencyMs     uint32   `json:"maxLatencyMs,omitempty"`
+	MinBandwidthMbps uint32   `json:"minBandwidthMbps,omitempty"`
+	Errors           []string `json:"errors,omitempty"`
+}
+
+// PodList is GET /v1/pods.
+type PodList struct {
+	Items []Pod `json:"items"`
+}
