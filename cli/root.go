@@ -73,6 +73,7 @@ func newRootCmd(e env) *cobra.Command {
 	root.AddCommand(
 		newVersionCmd(e),
 		newPolicyCmd(e),
+		newAgentCmd(e),
 	)
 	return root
 }

@@ -1,0 +1,91 @@
+package cli
+
+import (
+	"context"
+	"log/slog"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/patronus/patronus/agent"
+	"github.com/patronus/patronus/config"
+	"github.com/patronus/patronus/localapi"
+	"github.com/patronus/patronus/store"
+	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
+)
+
+func newAgentCmd(e env) *cobra.Command {
+	var (
+		o         agent.Options
+		logFormat string
+		logLevel  string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent (the DaemonSet process)",
+		Long: `Run the node agent: it watches the Kubernetes API (pods on this node, namespaces,
+NetworkPolicies, Services, EndpointSlices, MCS ServiceExports/ServiceImports), matches the
+pods the CNI plugin registered in the node database with their API objects, and serves the
+local API (` + localapi.DefaultSocket + `) and metrics (` + agent.DefaultMetricsAddr + `).
+
+Configuration: CLUSTER_ID and NODE_NAME from the environment (or the flags), the
+ConfigMap kube-system/patronus-config, and the CNI conflist's sdwan section.
+SIGTERM or SIGINT stops it cleanly.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(e, logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			if o.Kubeconfig == "" {
+				o.Kubeconfig = e.getenv("KUBECONFIG")
+			}
+			if o.NodeName == "" {
+				o.NodeName = e.getenv(config.EnvNodeName)
+			}
+			if o.ClusterID == "" {
+				o.ClusterID = e.getenv(config.EnvClusterID)
+			}
+			o.Logger = log
+			o.Version = Version
+			// client-go logs through klog, a process-wide logger; send it to the same
+			// structured output. This is the process's main, so setting it here is fine.
+			klog.SetSlogLogger(log)
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return agent.Run(ctx, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG, else the in-cluster ServiceAccount)")
+	f.StringVar(&o.NodeName, "node-name", "", "this node's name (default $NODE_NAME)")
+	f.StringVar(&o.ClusterID, "cluster-id", "", "cluster id, same precedence as $CLUSTER_ID (default $CLUSTER_ID)")
+	f.StringVar(&o.DatabasePath, "database", store.DefaultPath, "node database shared with the CNI plugin")
+	f.StringVar(&o.SocketPath, "socket", localapi.DefaultSocket, "local API unix socket")
+	f.StringVar(&o.MetricsAddr, "metrics-addr", agent.DefaultMetricsAddr, "metrics and health address (host:port, or off)")
+	f.StringVar(&o.ConflistPath, "cni-conflist", config.DefaultConflistPath, "CNI conflist to read the bridge and sdwan settings from")
+	f.StringVar(&o.ConfigNamespace, "config-namespace", config.ConfigMapNamespace, "namespace of the patronus-config ConfigMap")
+	f.DurationVar(&o.ResyncPeriod, "resync", agent.DefaultResyncPeriod, "periodic full resync of the informers")
+	f.DurationVar(&o.StorePollInterval, "db-poll", agent.DefaultStorePollInterval, "how often the database is scanned for pods the plugin added or removed")
+	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	return cmd
+}
+
+// newLogger builds the agent's logger on stdout (the audit log's home, docs/CONTRACT.md).
+func newLogger(e env, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level %q: use debug, info, warn or error", level)
+	}
+	ho := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "json":
+		return slog.New(slog.NewJSONHandler(e.stdout, ho)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(e.stdout, ho)), nil
+	default:
+		return nil, usagef("--log-format %q: use json or text", format)
+	}
+}
