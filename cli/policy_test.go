@@ -122,7 +122,9 @@ func TestPolicyTrace(t *testing.T) {
 	code, out, _ := runCLI(t, "policy", "trace", "--from-dir", backendDir, "--from", "default/frontend", "--to", "default/backend", "--port", "8080", "-o", "json")
 	var v struct {
 		Allowed bool
-		Ingress struct{ AllowedBy []struct{ Policy, Direction string } }
+		Ingress struct {
+			AllowedBy []struct{ Policy, Direction string }
+		}
 	}
 	if err := json.Unmarshal([]byte(out), &v); code != 0 || err != nil || !v.Allowed ||
 		len(v.Ingress.AllowedBy) != 1 || v.Ingress.AllowedBy[0].Policy != "default/backend-policy" {
