@@ -365,3 +365,26 @@ func TestVerdictExplanation(t *testing.T) {
 		t.Errorf("got  %s\nwant %s", v, want)
 	}
 }
+
+func TestEndpointPolicyEqual(t *testing.T) {
+	w := newWorld("xa xb ya")
+	w.apply(pol("p", podA, ingress(from(peers(ipPeer("10.0.0.0/8", "10.0.1.0/24")), port(pTCP, 80)))))
+	a, b := w.compile(t), w.compile(t)
+	for i := range a.Endpoints {
+		if !a.Endpoints[i].Equal(&b.Endpoints[i]) {
+			t.Errorf("%s: two compilations of one state differ", a.Endpoints[i].Name())
+		}
+	}
+	w.apply(pol("p", podA, ingress(from(peers(ipPeer("10.0.0.0/8", "10.0.2.0/24")), port(pTCP, 80)))))
+	c := w.compile(t)
+	xa, _ := a.Endpoint("x/a")
+	xa2, _ := c.Endpoint("x/a")
+	if xa.Equal(xa2) {
+		t.Error("a changed except is not seen")
+	}
+	xb, _ := a.Endpoint("x/b")
+	xb2, _ := c.Endpoint("x/b")
+	if !xb.Equal(xb2) {
+		t.Error("an endpoint the change does not touch differs")
+	}
+}
