@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/netip"
@@ -9,7 +10,10 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
+	"github.com/patronus/patronus/kube"
 	"github.com/patronus/patronus/policy"
 )
 
@@ -34,19 +38,17 @@ type probeResult struct {
 }
 
 func newPolicyMatrixCmd(e env) *cobra.Command {
-	var dir, ports, protocols, output string
+	var dir, kubeconfig, ports, protocols, output string
 	cmd := &cobra.Command{
-		Use:   "matrix --from DIR",
+		Use:   "matrix [--from DIR | --kubeconfig FILE]",
 		Short: "Print the verdict for every pair of pods, port and protocol",
 		Long: "Reads every *.yaml, *.yml and *.json file in DIR (multi-document YAML and List kinds\n" +
 			"accepted), takes its Namespaces, Pods and NetworkPolicies, and prints whether each pod\n" +
 			"may connect to each other pod on each port and protocol. In the table, rows are\n" +
-			"sources, columns destinations: '.' allowed, 'X' denied, '-' the pod itself.",
+			"sources, columns destinations: '.' allowed, 'X' denied, '-' the pod itself.\n" +
+			"Without --from, the live cluster is read (--kubeconfig, $KUBECONFIG, or in-cluster).",
 		Args: cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			if dir == "" {
-				return usagef("--from DIR is required")
-			}
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			portList, err := parsePorts(ports)
 			if err != nil {
 				return err
@@ -55,7 +57,7 @@ func newPolicyMatrixCmd(e env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			set, err := loadPolicySet(e, dir)
+			set, err := loadPolicySet(cmd.Context(), e, dir, kubeconfig)
 			if err != nil {
 				return err
 			}
@@ -93,7 +95,8 @@ func newPolicyMatrixCmd(e env) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&dir, "from", "", "directory of manifests (Namespaces, Pods, NetworkPolicies)")
+	cmd.Flags().StringVar(&dir, "from", "", "directory of manifests (Namespaces, Pods, NetworkPolicies); default: the live cluster")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the live cluster (default $KUBECONFIG, else in-cluster)")
 	cmd.Flags().StringVar(&ports, "ports", "80,81", "comma-separated destination ports")
 	cmd.Flags().StringVar(&protocols, "protocols", "TCP", "comma-separated protocols: TCP, UDP, SCTP")
 	outputFlag(cmd, &output)
@@ -145,20 +148,18 @@ func printMatrixTables(tw *tabwriter.Writer, pods []*policy.EndpointPolicy, port
 }
 
 func newPolicyTraceCmd(e env) *cobra.Command {
-	var from, to, dir, protocol, output string
+	var from, to, dir, kubeconfig, protocol, output string
 	var port int
 	cmd := &cobra.Command{
-		Use:   "trace --from ns/pod --to ns/pod --port N --from-dir DIR",
+		Use:   "trace --from ns/pod --to ns/pod --port N [--from-dir DIR | --kubeconfig FILE]",
 		Short: "Explain the verdict for one flow: which policies isolate each side, which rules allow it",
 		Long: "Decides one flow the way the datapath does, on the manifests in --from-dir, and prints\n" +
 			"the verdict with the policies that isolate the source's egress and the destination's\n" +
 			"ingress and the rules that allowed it. --from and --to take a pod (namespace/name) or\n" +
-			"an IP address (for addresses outside the cluster). Live-cluster mode is not built yet.",
+			"an IP address (for addresses outside the cluster). Without --from-dir, the live cluster\n" +
+			"is read (--kubeconfig, $KUBECONFIG, or in-cluster).",
 		Args: cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			if dir == "" {
-				return usagef("--from-dir DIR is required")
-			}
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			if port < 1 || port > 65535 {
 				return usagef("--port %d: must be in 1-65535", port)
 			}
@@ -173,7 +174,7 @@ func newPolicyTraceCmd(e env) *cobra.Command {
 			if flow.DstPod, flow.DstIP, err = parseFlowEnd("--to", to); err != nil {
 				return err
 			}
-			set, err := loadPolicySet(e, dir)
+			set, err := loadPolicySet(cmd.Context(), e, dir, kubeconfig)
 			if err != nil {
 				return err
 			}
@@ -193,7 +194,8 @@ func newPolicyTraceCmd(e env) *cobra.Command {
 	cmd.Flags().StringVar(&to, "to", "", "destination: namespace/pod or an IP address")
 	cmd.Flags().IntVar(&port, "port", 0, "destination port")
 	cmd.Flags().StringVar(&protocol, "protocol", "TCP", "protocol: TCP, UDP or SCTP")
-	cmd.Flags().StringVar(&dir, "from-dir", "", "directory of manifests (Namespaces, Pods, NetworkPolicies)")
+	cmd.Flags().StringVar(&dir, "from-dir", "", "directory of manifests (Namespaces, Pods, NetworkPolicies); default: the live cluster")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the live cluster (default $KUBECONFIG, else in-cluster)")
 	outputFlag(cmd, &output)
 	return cmd
 }
@@ -248,20 +250,84 @@ func parseProtocols(s string) ([]policy.Protocol, error) {
 	return out, nil
 }
 
-// loadPolicySet reads the manifests of dir and compiles them. Objects of other kinds are
-// mentioned on stderr so that a user who expected them to count is not misled.
-func loadPolicySet(e env, dir string) (*policy.Set, error) {
-	l, err := policy.LoadDir(dir)
-	if err != nil {
-		return nil, err
+// loadPolicySet reads the manifests of dir, or the live cluster when dir is empty, and
+// compiles them. Objects of other kinds are mentioned on stderr so that a user who
+// expected them to count is not misled.
+func loadPolicySet(ctx context.Context, e env, dir, kubeconfig string) (*policy.Set, error) {
+	var in policy.Input
+	source := dir
+	if dir != "" {
+		l, err := policy.LoadDir(dir)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range l.Skipped {
+			fmt.Fprintln(e.stderr, "note:", s)
+		}
+		in = l.Input
+	} else {
+		if kubeconfig == "" {
+			kubeconfig = e.getenv("KUBECONFIG")
+		}
+		cfg, err := kube.RESTConfig(kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		cfg.UserAgent = "patronus-policy"
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client: %w", err)
+		}
+		if in, err = listCluster(ctx, client); err != nil {
+			return nil, err
+		}
+		source = "the cluster at " + cfg.Host
 	}
-	for _, s := range l.Skipped {
-		fmt.Fprintln(e.stderr, "note:", s)
-	}
-	set, err := policy.Compile(l.Input, policy.Options{})
+	set, err := policy.Compile(in, policy.Options{})
 	if err != nil {
 		// The loader validated every object; anything left is still the input's fault.
-		return nil, fmt.Errorf("compile policies from %s: %w", dir, err)
+		return nil, fmt.Errorf("compile policies from %s: %w", source, err)
 	}
 	return set, nil
+}
+
+// listCluster reads every Namespace, Pod and NetworkPolicy, in pages so that a large
+// cluster does not need one huge response.
+func listCluster(ctx context.Context, c kubernetes.Interface) (policy.Input, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var in policy.Input
+	opts := metav1.ListOptions{Limit: 500}
+	for opts.Continue = ""; ; {
+		l, err := c.CoreV1().Namespaces().List(ctx, opts)
+		if err != nil {
+			return in, fmt.Errorf("list namespaces: %w", err)
+		}
+		in.Namespaces = append(in.Namespaces, l.Items...)
+		if opts.Continue = l.Continue; opts.Continue == "" {
+			break
+		}
+	}
+	for opts.Continue = ""; ; {
+		l, err := c.CoreV1().Pods("").List(ctx, opts)
+		if err != nil {
+			return in, fmt.Errorf("list pods: %w", err)
+		}
+		in.Pods = append(in.Pods, l.Items...)
+		if opts.Continue = l.Continue; opts.Continue == "" {
+			break
+		}
+	}
+	for opts.Continue = ""; ; {
+		l, err := c.NetworkingV1().NetworkPolicies("").List(ctx, opts)
+		if err != nil {
+			return in, fmt.Errorf("list networkpolicies: %w", err)
+		}
+		in.Policies = append(in.Policies, l.Items...)
+		if opts.Continue = l.Continue; opts.Continue == "" {
+			break
+		}
+	}
+	return in, nil
 }

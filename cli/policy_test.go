@@ -161,7 +161,7 @@ func TestPolicyErrors(t *testing.T) {
 		code  int
 		want  []string
 	}{
-		{"no --from", []string{"policy", "matrix"}, nil, 2, []string{"--from DIR is required"}},
+		{"no --from, bad kubeconfig", []string{"policy", "matrix", "--kubeconfig", "/nonexistent/kubeconfig"}, nil, 1, []string{"kubeconfig /nonexistent/kubeconfig"}},
 		{"bad --ports", []string{"policy", "matrix", "--from", backendDir, "--ports", "80,0"}, nil, 2, []string{`--ports: "0"`}},
 		{"bad --ports text", []string{"policy", "matrix", "--from", backendDir, "--ports", "http"}, nil, 2, []string{`--ports: "http"`}},
 		{"bad --protocols", []string{"policy", "matrix", "--from", backendDir, "--protocols", "TCP,ICMP"}, nil, 2, []string{`unknown protocol "ICMP"`}},
