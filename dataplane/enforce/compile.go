@@ -74,20 +74,21 @@ type compiled struct {
 	Hash  uint64 // of flags and entries: equal hash, equal map contents
 }
 
-// class is a set of rules that can share one bit: allowed iff the peer matches one of
-// Peers (or Any) and the port matches one of Ports (or AllPorts).
-type class struct {
+// Class is a set of rules that can share one bit: allowed iff the peer matches one of
+// Peers (or Any) and the port matches one of Ports (or AllPorts). The nftables
+// datapath uses the same grouping for its sets.
+type Class struct {
 	Any      bool
 	Peers    []policy.Peer
 	AllPorts bool
 	Ports    []policy.PortRange
 }
 
-// classes groups rules: first by identical port sets (peers are unioned), then classes
+// Classes groups rules: first by identical port sets (peers are unioned), then classes
 // with identical peer sets are merged (ports unioned). Both keep the meaning "some rule
 // matches both the peer and the port".
-func classes(rules []policy.Rule) []class {
-	var out []class
+func Classes(rules []policy.Rule) []Class {
+	var out []Class
 	byPorts := map[string]int{}
 	for _, r := range rules {
 		pk := portsKey(r.Ports)
@@ -95,14 +96,14 @@ func classes(rules []policy.Rule) []class {
 		if !ok {
 			i = len(out)
 			byPorts[pk] = i
-			out = append(out, class{AllPorts: len(r.Ports) == 0, Ports: r.Ports})
+			out = append(out, Class{AllPorts: len(r.Ports) == 0, Ports: r.Ports})
 		}
 		if len(r.Peers) == 0 {
 			out[i].Any = true
 		}
 		out[i].Peers = append(out[i].Peers, r.Peers...)
 	}
-	var merged []class
+	var merged []Class
 	byPeers := map[string]int{}
 	for _, c := range out {
 		k := peersKey(c)
@@ -131,7 +132,7 @@ func portsKey(ps []policy.PortRange) string {
 	return strings.Join(slices.Compact(ss), ",")
 }
 
-func peersKey(c class) string {
+func peersKey(c Class) string {
 	if c.Any {
 		return "*"
 	}
@@ -167,7 +168,7 @@ func covers(a, b netip.Prefix) bool {
 // or are disjoint, the longest boundary matching an address carries exactly the classes
 // matching that address; an except gets its own entry (possibly with an empty mask) so
 // that it hides its parent.
-func cidrEntries(dir Direction, cs []class) []cidrEntry {
+func cidrEntries(dir Direction, cs []Class) []cidrEntry {
 	bset := map[netip.Prefix]bool{}
 	for _, c := range cs {
 		if c.Any {
@@ -258,7 +259,7 @@ func portCovers(a, b portEntry) bool {
 	return a.Port>>shift == b.Port>>shift
 }
 
-func portEntries(dir Direction, cs []class) []portEntry {
+func portEntries(dir Direction, cs []Class) []portEntry {
 	type key struct {
 		bits  int
 		proto uint8
@@ -334,7 +335,7 @@ func compile(ep Endpoint) (compiled, error) {
 		if !d.isolated {
 			continue
 		}
-		cs := classes(d.rules)
+		cs := Classes(d.rules)
 		if len(cs) > MaxClasses {
 			return compiled{}, fmt.Errorf("endpoint %s/%s %s: %d classes (max %d): %w",
 				ep.Namespace, ep.Pod, d.dir, len(cs), MaxClasses, ErrTooManyClasses)

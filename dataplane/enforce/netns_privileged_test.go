@@ -45,43 +45,18 @@ func policyAB(tp *enforcetest.Topology) []Endpoint {
 	return eps
 }
 
-type probe struct {
-	from, to int
-	proto    string
-	port     uint16
-	want     bool
+type probe = enforcetest.Probe
+
+func pr(from, to int, proto string, port uint16, want bool) probe {
+	return probe{From: from, To: to, Proto: proto, Port: port, Want: want}
 }
 
 func checkProbes(t *testing.T, tp *enforcetest.Topology, stage string, probes []probe) {
 	t.Helper()
-	for _, p := range probes {
-		src, dst := tp.Pods[p.from], tp.Pods[p.to]
-		var got bool
-		switch p.proto {
-		case "tcp":
-			got = src.TCP(dst.AddrPort(p.port))
-		case "udp":
-			got = src.UDP(dst.AddrPort(p.port))
-		case "sctp":
-			var err error
-			got, err = enforcetest.SCTPDelivered(src, dst, p.port)
-			if err != nil {
-				t.Fatalf("%s: sctp probe: %v", stage, err)
-			}
-		}
-		if got != p.want {
-			t.Errorf("%s: %s -> %s %s/%d: got allowed=%v, want %v", stage, src.Name, dst.Name, p.proto, p.port, got, p.want)
-		}
-	}
+	tp.Check(t, stage, probes)
 }
 
-func serveAll(t *testing.T, tp *enforcetest.Topology) {
-	for _, p := range tp.Pods {
-		p.ServeTCP(t, 8080)
-		p.ServeTCP(t, 9090)
-		p.ServeUDP(t, 5353)
-	}
-}
+func serveAll(t *testing.T, tp *enforcetest.Topology) { tp.ServeAll(t) }
 
 func TestEBPFNetns(t *testing.T) {
 	tp := enforcetest.NewTopology(t, 3)
@@ -97,8 +72,8 @@ func TestEBPFNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkProbes(t, tp, "no policy", []probe{
-		{0, 1, "tcp", 8080, true}, {2, 1, "tcp", 8080, true}, {2, 1, "udp", 5353, true}, {0, 2, "tcp", 8080, true},
-		{2, 1, "sctp", 3868, true},
+		pr(0, 1, "tcp", 8080, true), pr(2, 1, "tcp", 8080, true), pr(2, 1, "udp", 5353, true), pr(0, 2, "tcp", 8080, true),
+		pr(2, 1, "sctp", 3868, true),
 	})
 
 	rd, err := e.Events()
@@ -112,16 +87,16 @@ func TestEBPFNetns(t *testing.T) {
 	}
 	for i := 0; i < 2; i++ { // the second Set changes nothing and must keep enforcing
 		checkProbes(t, tp, "policy", []probe{
-			{0, 1, "tcp", 8080, true},  // allowed both ways
-			{2, 1, "tcp", 8080, false}, // b's ingress
-			{0, 1, "tcp", 9090, false}, // port not allowed
-			{0, 2, "tcp", 8080, false}, // a's egress
-			{2, 0, "tcp", 8080, true},  // a is not ingress-isolated; the reply passes a's egress by conntrack
-			{0, 1, "udp", 5353, true},
-			{2, 1, "udp", 5353, false},
-			{0, 1, "sctp", 3868, true},
-			{2, 1, "sctp", 3868, false},
-			{0, 1, "sctp", 3869, false},
+			pr(0, 1, "tcp", 8080, true),  // allowed both ways
+			pr(2, 1, "tcp", 8080, false), // b's ingress
+			pr(0, 1, "tcp", 9090, false), // port not allowed
+			pr(0, 2, "tcp", 8080, false), // a's egress
+			pr(2, 0, "tcp", 8080, true),  // a is not ingress-isolated; the reply passes a's egress by conntrack
+			pr(0, 1, "udp", 5353, true),
+			pr(2, 1, "udp", 5353, false),
+			pr(0, 1, "sctp", 3868, true),
+			pr(2, 1, "sctp", 3868, false),
+			pr(0, 1, "sctp", 3869, false),
 		})
 		if err := e.Set(ctx, policyAB(tp)); err != nil {
 			t.Fatal(err)
@@ -165,11 +140,11 @@ func TestEBPFNetns(t *testing.T) {
 	if err := e.Set(ctx, eps); err != nil {
 		t.Fatal(err)
 	}
-	checkProbes(t, tp, "c admitted", []probe{{2, 1, "tcp", 8080, true}, {2, 1, "tcp", 9090, false}, {0, 1, "tcp", 8080, true}})
+	checkProbes(t, tp, "c admitted", []probe{pr(2, 1, "tcp", 8080, true), pr(2, 1, "tcp", 9090, false), pr(0, 1, "tcp", 8080, true)})
 	if err := e.Set(ctx, policyAB(tp)); err != nil {
 		t.Fatal(err)
 	}
-	checkProbes(t, tp, "c removed again", []probe{{2, 1, "tcp", 8080, false}, {0, 1, "tcp", 8080, true}})
+	checkProbes(t, tp, "c removed again", []probe{pr(2, 1, "tcp", 8080, false), pr(0, 1, "tcp", 8080, true)})
 
 	// Only the live rule set remains in the maps.
 	if n := countSets(t, e); n != 2 {
@@ -180,7 +155,7 @@ func TestEBPFNetns(t *testing.T) {
 	if err := e.Remove(ctx, Endpoint{EndpointPolicy: policy.EndpointPolicy{Namespace: "ns", Pod: "b", IPs: []netip.Addr{tp.Pods[1].IP}}, HostVeth: tp.Pods[1].HostVeth}); err != nil {
 		t.Fatal(err)
 	}
-	checkProbes(t, tp, "b removed", []probe{{2, 1, "tcp", 8080, true}})
+	checkProbes(t, tp, "b removed", []probe{pr(2, 1, "tcp", 8080, true)})
 }
 
 func countSets(t *testing.T, e *EBPF) int {
@@ -245,7 +220,7 @@ func TestEBPFRestart(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
-	denied := []probe{{2, 1, "tcp", 8080, false}, {0, 2, "tcp", 8080, false}}
+	denied := []probe{pr(2, 1, "tcp", 8080, false), pr(0, 2, "tcp", 8080, false)}
 	checkProbes(t, tp, "before restart", denied)
 
 	if err := e.Close(); err != nil {
@@ -267,7 +242,7 @@ func TestEBPFRestart(t *testing.T) {
 	if err := e2.Set(ctx, policyAB(tp)); err != nil {
 		t.Fatal(err)
 	}
-	checkProbes(t, tp, "new agent after Set", append(denied, probe{0, 1, "tcp", 8080, true}))
+	checkProbes(t, tp, "new agent after Set", append(denied, pr(0, 1, "tcp", 8080, true)))
 	mid := echoed.Load()
 	time.Sleep(100 * time.Millisecond)
 	if echoed.Load() == mid {

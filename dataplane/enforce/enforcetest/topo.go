@@ -377,3 +377,57 @@ func BPFFS(t testing.TB) string {
 	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
 	return dir
 }
+
+// Probe is one expected verdict: pod From reaches pod To on Proto ("tcp", "udp",
+// "sctp") port Port, or not.
+type Probe struct {
+	From, To int
+	Proto    string
+	Port     uint16
+	Want     bool
+}
+
+// ServeAll starts TCP echo servers on 8080 and 9090 and a UDP echo server on 5353 in
+// every pod.
+func (tp *Topology) ServeAll(t testing.TB) {
+	for _, p := range tp.Pods {
+		p.ServeTCP(t, 8080)
+		p.ServeTCP(t, 9090)
+		p.ServeUDP(t, 5353)
+	}
+}
+
+// Check runs the probes and reports every mismatch.
+func (tp *Topology) Check(t testing.TB, stage string, probes []Probe) {
+	t.Helper()
+	for _, p := range probes {
+		src, dst := tp.Pods[p.From], tp.Pods[p.To]
+		var got bool
+		// An expected success gets three tries (a first SYN or datagram may be lost
+		// while a fresh link settles); an expected failure is one short try, and any
+		// success fails the test.
+		tries := 1
+		if p.Want {
+			tries = 3
+		}
+		for i := 0; i < tries && !got; i++ {
+			switch p.Proto {
+			case "tcp":
+				got = src.TCP(dst.AddrPort(p.Port))
+			case "udp":
+				got = src.UDP(dst.AddrPort(p.Port))
+			case "sctp":
+				var err error
+				got, err = SCTPDelivered(src, dst, p.Port)
+				if err != nil {
+					t.Fatalf("%s: sctp probe: %v", stage, err)
+				}
+			default:
+				t.Fatalf("unknown probe protocol %q", p.Proto)
+			}
+		}
+		if got != p.Want {
+			t.Errorf("%s: %s -> %s %s/%d: got allowed=%v, want %v", stage, src.Name, dst.Name, p.Proto, p.Port, got, p.Want)
+		}
+	}
+}
