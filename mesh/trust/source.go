@@ -192,3 +192,6 @@ func (s SecretSource) ensure(ctx context.Context, name string, data map[string][
 	}
 	return existing.Data, nil
 }
+
+// EncodeGossipKey is the text form of a gossip key (base64, as serf keygen prints it).
+func EncodeGossipKey(k []byte) string { return base64.StdEncoding.EncodeToString(k) }
