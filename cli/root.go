@@ -74,6 +74,9 @@ func newRootCmd(e env) *cobra.Command {
 		newVersionCmd(e),
 		newPolicyCmd(e),
 		newAgentCmd(e),
+		newMeshCmd(e),
+		newMembersCmd(e),
+		newEventCmd(e),
 	)
 	return root
 }
