@@ -6,6 +6,16 @@
 // Binaries come from PATRONUS_K8S_BIN (a directory holding etcd, kube-apiserver and
 // kubectl), else from ./scripts/build-k8s.sh at the module root, which builds them once
 // and caches them.
+//
+// Typical use:
+//
+//	c := k8senv.Start(t, k8senv.WithMCSCRDs())
+//	cs := c.Client()                                 // admin clientset
+//	saCfg, kubeconfig, err := c.InstallPatronus(ctx) // manifests/ + the agent's own token
+//	c.StopAPIServer(); err = c.StartAPIServer()      // same port, same data
+//
+// Set PATRONUS_K8S_KEEP=1 to keep a cluster's directory (PKI, etcd data, etcd.log,
+// kube-apiserver.log) after the test; failed tests print the logs' tails.
 package k8senv
 
 import (

@@ -45,11 +45,13 @@ func TestRestartKeepsPortAndData(t *testing.T) {
 	}
 	host := c.Host()
 
+	began := time.Now()
 	c.StopAPIServer()
+	t.Logf("API server stopped in %s", time.Since(began).Round(time.Millisecond))
 	if _, err := cs.CoreV1().ConfigMaps("default").Get(ctx, "survives", metav1.GetOptions{}); err == nil {
 		t.Fatal("API server still answers after StopAPIServer")
 	}
-	began := time.Now()
+	began = time.Now()
 	if err := c.StartAPIServer(); err != nil {
 		t.Fatal(err)
 	}
@@ -62,10 +64,14 @@ func TestRestartKeepsPortAndData(t *testing.T) {
 		t.Fatalf("after API server restart: %v %v", got, err)
 	}
 
+	began = time.Now()
 	c.Stop()
+	t.Logf("control plane stopped in %s", time.Since(began).Round(time.Millisecond))
+	began = time.Now()
 	if err := c.Restart(); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("control plane restarted in %s", time.Since(began).Round(time.Millisecond))
 	if _, err := cs.CoreV1().ConfigMaps("default").Get(ctx, "survives", metav1.GetOptions{}); err != nil {
 		t.Fatalf("after full restart: %v", err)
 	}
