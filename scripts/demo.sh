@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# The Patronus demo on this one machine (`make demo`; `make demo-down` or
+# `./scripts/demo.sh down` removes it).
+#
+#   ./scripts/demo.sh            install what is missing, build, start the demo node and run
+#                                every scenario; the node keeps running afterwards so you
+#                                can look around (the script prints how)
+#   ./scripts/demo.sh --teardown the same, then remove everything at the end
+#   ./scripts/demo.sh down       remove the demo node and all its state
+#
+# The node is a network namespace, patronus-demo-node, with containerd 1.6 (Debian's)
+# running inside it in a private mount namespace; patronus-cni is its CNI plugin. Nothing
+# in the root network namespace is changed. State: /tmp/patronus-demo (PATRONUS_DEMO_DIR).
+# Re-running first removes the previous demo.
+#
+# Each scenario is a function `scenario_*` listed in SCENARIOS; a scenario whose parts are
+# not built yet prints "skipped: not built yet".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DEMO_DIR=${PATRONUS_DEMO_DIR:-/tmp/patronus-demo}
+NODE_DIR=$DEMO_DIR/node
+NETNS=patronus-demo-node
+PATRONUS=$ROOT/bin/patronus
+BUSYBOX=patronus.local/busybox:1.35
+PODS=(pod-a pod-b)
+
+SCENARIOS=(scenario_pods scenario_ping scenario_status scenario_api_server scenario_agent)
+
+if [ -t 1 ]; then B=$'\e[1m' G=$'\e[32m' Y=$'\e[33m' N=$'\e[0m'; else B= G= Y= N=; fi
+step() { printf '%s==>%s %s\n' "$B" "$N" "$*"; }
+scenario() { printf '\n%s=== %s ===%s\n' "$B" "$*" "$N"; }
+ok() { printf '  %s✓%s %s\n' "$G" "$N" "$*"; }
+skipped() { printf '  %sskipped: %s%s\n' "$Y" "$*" "$N"; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+
+# crictl against the demo node, inside its netns (exec streams via the node's loopback).
+crictl() { nsenter --net="/run/netns/$NETNS" -- "$CRICTL" --config "$NODE_DIR/crictl.yaml" "$@"; }
+
+# in_node CMD...: run CMD inside the node's network and mount namespaces, where /var/lib
+# and /run are the node's own (so default paths such as the database work as on a node).
+in_node() { nsenter --target "$(cat "$NODE_DIR/containerd.pid")" --net --mount -- "$@"; }
+
+down() {
+	if [ -d "$NODE_DIR" ]; then
+		step "removing the demo node $NETNS (pods get their CNI DEL first)"
+		CRICTL=${CRICTL:-$(ls "${XDG_CACHE_HOME:-$HOME/.cache}"/patronus/tools/crictl/*/crictl 2>/dev/null | tail -1)} \
+			./scripts/containerd/node.sh down "$NODE_DIR"
+	fi
+	# A node dir that is gone but a netns that is not (e.g. removed by hand): remove it too.
+	if [ -e "/run/netns/$NETNS" ]; then ip netns del "$NETNS" 2>/dev/null || true; fi
+	rm -rf "$DEMO_DIR"
+}
+
+prepare() {
+	step "installing Debian packages if missing (containerd, runc, iproute2, ...)"
+	./scripts/deps.sh
+	step "building patronus (make build; first time: a minute or two)"
+	make --no-print-directory build >/dev/null
+	step "building or reusing crictl (first time: about 2 minutes)"
+	CRICTL=$(./scripts/containerd/build-crictl.sh)/crictl
+	step "building or reusing the reference CNI plugins (containerd needs 'loopback')"
+	PLUGINS=$(./scripts/build-cni-plugins.sh)
+}
+
+start_node() {
+	step "starting containerd in network namespace $NETNS (state in $NODE_DIR)"
+	mkdir -p "$DEMO_DIR"
+	./scripts/containerd/node.sh up "$NODE_DIR" "$NETNS" 2>&1 | sed 's/^/    /'
+	local bin=$NODE_DIR/cni/bin conf=$NODE_DIR/cni/net.d
+	if "$PATRONUS" install-cni --help >/dev/null 2>&1; then
+		step "installing patronus-cni and its conflist with: patronus install-cni --bin-dir $bin --conf-dir $conf"
+		"$PATRONUS" install-cni --bin-dir "$bin" --conf-dir "$conf" | sed 's/^/    /'
+	else
+		step "installing patronus-cni and manifests/10-patronus.conflist by copying (patronus install-cni not built yet)"
+		install -m 0755 "$PATRONUS" "$bin/patronus-cni"
+		install -m 0644 manifests/10-patronus.conflist "$conf/10-patronus.conflist"
+	fi
+	install -m 0755 "$PLUGINS/loopback" "$bin/loopback"
+	install -m 0755 "$PLUGINS/host-local" "$bin/host-local"
+	step "building and importing the local images (pause, busybox)"
+	./scripts/images.sh --import "$NODE_DIR/containerd.sock" | sed 's/^/    /'
+	step "waiting for containerd's CRI to load the CNI config"
+	for _ in $(seq 1 100); do
+		crictl info 2>/dev/null | grep -A2 '"type": "NetworkReady"' | grep -q '"status": true' && break
+		sleep 0.2
+	done
+	# A wrapper so a person can look around afterwards.
+	cat >"$DEMO_DIR/crictl" <<WRAP
+#!/bin/sh
+exec nsenter --net=/run/netns/$NETNS -- $CRICTL --config $NODE_DIR/crictl.yaml "\$@"
+WRAP
+	chmod +x "$DEMO_DIR/crictl"
+}
+
+# --- scenarios ---------------------------------------------------------------------------
+
+scenario_pods() {
+	scenario "Pods through containerd's CRI get their network from patronus-cni"
+	local cg
+	cg=$(cat "$NODE_DIR/cgroup-parent")
+	for pod in "${PODS[@]}"; do
+		cat >"$DEMO_DIR/$pod.json" <<JSON
+{"metadata": {"name": "$pod", "namespace": "default", "uid": "demo-$pod", "attempt": 0},
+ "log_directory": "$DEMO_DIR/logs/$pod", "linux": {"cgroup_parent": "$cg"}}
+JSON
+		cat >"$DEMO_DIR/$pod-shell.json" <<JSON
+{"metadata": {"name": "shell"}, "image": {"image": "$BUSYBOX"},
+ "command": ["sleep", "86400"], "log_path": "shell.log", "linux": {}}
+JSON
+		local id ctr ip
+		id=$(crictl runp "$DEMO_DIR/$pod.json")
+		ctr=$(crictl create "$id" "$DEMO_DIR/$pod-shell.json" "$DEMO_DIR/$pod.json")
+		crictl start "$ctr" >/dev/null
+		ip=$(crictl inspectp "$id" | sed -n 's/^ *"ip": "\(.*\)",\{0,1\}$/\1/p' | head -1)
+		[ -n "$ip" ] || die "pod $pod got no IP (see $NODE_DIR/containerd.log)"
+		echo "$id" >"$DEMO_DIR/$pod.id"
+		echo "$ctr" >"$DEMO_DIR/$pod.ctr"
+		echo "$ip" >"$DEMO_DIR/$pod.ip"
+		ok "$(printf '%-6s sandbox %.12s  IP %s' "$pod" "$id" "$ip")"
+	done
+	echo
+	crictl pods | sed 's/^/    /'
+	echo
+	echo "    the node's bridge:"
+	ip -n "$NETNS" -br addr show cni-bridge0 | sed 's/^/      /'
+}
+
+scenario_ping() {
+	scenario "pod-a pings pod-b (busybox ping inside pod-a's container, via crictl exec)"
+	local a_ctr b_ip
+	a_ctr=$(cat "$DEMO_DIR/pod-a.ctr")
+	b_ip=$(cat "$DEMO_DIR/pod-b.ip")
+	crictl exec "$a_ctr" ping -c 3 -W 2 "$b_ip" | sed 's/^/    /'
+	ok "pod-a ($(cat "$DEMO_DIR/pod-a.ip")) reached pod-b ($b_ip)"
+}
+
+scenario_status() {
+	scenario "patronus status (inside the node, where the database is /var/lib/patronus/k8s-sdwan.db)"
+	if ! "$PATRONUS" status --help >/dev/null 2>&1; then
+		skipped "not built yet (patronus status)"
+		return 0
+	fi
+	local args=()
+	local help
+	help=$("$PATRONUS" status --help 2>&1)
+	# Point the command at the demo node's CNI dirs where it has flags for them.
+	case "$help" in *--bin-dir*) args+=(--bin-dir "$NODE_DIR/cni/bin") ;; esac
+	case "$help" in *--conf-dir*) args+=(--conf-dir "$NODE_DIR/cni/net.d") ;; esac
+	in_node "$PATRONUS" status "${args[@]}" | sed 's/^/    /'
+}
+
+scenario_api_server() {
+	scenario "A real Kubernetes API server for the demo node"
+	skipped "not built yet (the lead adds kube-apiserver + etcd here)"
+}
+
+scenario_agent() {
+	scenario "patronus agent: pods as Kubernetes sees them"
+	skipped "not built yet (the lead adds the agent here)"
+}
+
+main() {
+	local teardown=0
+	case "${1:-}" in
+	down) [ "$(id -u)" = 0 ] || die "run as root"; down; echo "demo removed"; return 0 ;;
+	--teardown) teardown=1 ;;
+	"") ;;
+	*) die "usage: $0 [--teardown | down]" ;;
+	esac
+	[ "$(id -u)" = 0 ] || die "run as root: the demo makes a network namespace and runs containerd"
+	if [ -d "$DEMO_DIR" ] || [ -e "/run/netns/$NETNS" ]; then
+		step "removing the previous demo first"
+		down
+	fi
+	prepare
+	start_node
+	local s
+	for s in "${SCENARIOS[@]}"; do "$s"; done
+	echo
+	if [ $teardown = 1 ]; then
+		down
+		echo "demo finished and removed"
+		return 0
+	fi
+	cat <<EOF2
+${B}The demo node keeps running.${N} Look around:
+  $DEMO_DIR/crictl pods                          pods of the node
+  $DEMO_DIR/crictl exec -it \$(cat $DEMO_DIR/pod-a.ctr) sh
+  ip netns exec $NETNS ip addr                    the node's network
+Remove it with: make demo-down   (or ./scripts/demo.sh down)
+EOF2
+}
+
+main "$@"
