@@ -124,3 +124,25 @@ func TestMCSCRDsKubectlAndServiceAccountToken(t *testing.T) {
 		t.Errorf("whoami with the token kubeconfig = %q", who)
 	}
 }
+
+// BenchmarkStart measures Start (PKI, etcd, kube-apiserver /readyz, system namespaces);
+// each cluster is stopped outside the timer so memory stays flat.
+func BenchmarkStart(b *testing.B) {
+	for b.Loop() {
+		c := Start(b)
+		b.StopTimer()
+		c.Stop()
+		b.StartTimer()
+	}
+}
+
+// BenchmarkRestartAPIServer measures StopAPIServer+StartAPIServer (what a reconnect test waits for).
+func BenchmarkRestartAPIServer(b *testing.B) {
+	c := Start(b)
+	for b.Loop() {
+		c.StopAPIServer()
+		if err := c.StartAPIServer(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
