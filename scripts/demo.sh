@@ -174,11 +174,13 @@ main() {
 		step "removing the previous demo first"
 		down
 	fi
+	local start=$SECONDS
 	prepare
 	start_node
 	local s
 	for s in "${SCENARIOS[@]}"; do "$s"; done
 	echo
+	echo "demo ran in $((SECONDS - start))s"
 	if [ $teardown = 1 ]; then
 		down
 		echo "demo finished and removed"

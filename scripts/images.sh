@@ -60,8 +60,9 @@ oci_archive() {
 	echo '{"imageLayoutVersion":"1.0.0"}' >"$lay/oci-layout"
 	local out=$IMAGES/$name-${manifest:0:16}.tar
 	if [ ! -s "$out" ]; then
-		tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$lay" -cf "$out.tmp" oci-layout index.json blobs
-		mv -f "$out.tmp" "$out"
+		# Unique temp name + rename: concurrent runs (tests in parallel) never see half a file.
+		tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$lay" -cf "$out.tmp.$$" oci-layout index.json blobs
+		mv -f "$out.tmp.$$" "$out"
 		log "built $ref -> $out"
 	fi
 	echo "$out"
@@ -78,11 +79,14 @@ mkdir -p "$debs"
 deb=$(ls "$debs"/busybox-static_*.deb 2>/dev/null | head -1 || true)
 if [ -z "$deb" ]; then
 	log "downloading Debian's busybox-static with apt"
-	if ! (cd "$debs" && apt-get download busybox-static >/dev/null 2>&1); then
+	mkdir -p "$work/dl"
+	if ! (cd "$work/dl" && apt-get download busybox-static >/dev/null 2>&1); then
 		apt-get update >/dev/null 2>&1
-		(cd "$debs" && apt-get download busybox-static >/dev/null)
+		(cd "$work/dl" && apt-get download busybox-static >/dev/null)
 	fi
-	deb=$(ls "$debs"/busybox-static_*.deb | head -1)
+	dl=$(ls "$work"/dl/busybox-static_*.deb | head -1)
+	mv -f "$dl" "$debs/"
+	deb=$debs/$(basename "$dl")
 fi
 dpkg-deb -x "$deb" "$work/bb-deb"
 bb=$work/busybox-root
