@@ -23,6 +23,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/patronus/patronus/dataplane/enforce"
@@ -44,7 +45,11 @@ type Options struct {
 	// comparisons instead of sets: the classic linear chain, kept as a benchmark
 	// baseline.
 	Linear bool
-	Logger *slog.Logger
+	// EveryPacket drops the "ct state established,related accept" shortcut, so every
+	// packet walks the endpoint chains, as a stateless filter does. Benchmark baseline
+	// only: replies toward an isolated endpoint are then dropped.
+	EveryPacket bool
+	Logger      *slog.Logger
 }
 
 // Enforcer is the nftables datapath.
@@ -72,7 +77,7 @@ func New(opts Options) (*Enforcer, error) {
 		opts.Logger = slog.Default()
 	}
 	e := &Enforcer{opts: opts, log: opts.Logger, known: map[string]enforce.Endpoint{}}
-	connOpts := []nftables.ConnOption{nftables.AsLasting()}
+	connOpts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(bigBuffers)}
 	if opts.NetNS != "" {
 		f, err := os.Open(opts.NetNS)
 		if err != nil {
@@ -93,6 +98,29 @@ func New(opts Options) (*Enforcer, error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// bigBuffers lets one batch (one atomic transaction) carry thousands of rules: netlink
+// refuses a message larger than the socket's send buffer, whose default is 208 KiB.
+func bigBuffers(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 64<<20); serr != nil {
+			return
+		}
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20)
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("netlink socket buffers: %w", serr)
+	}
+	return nil
 }
 
 func (e *Enforcer) closeNS() {
@@ -160,14 +188,17 @@ func (e *Enforcer) ensureBase() error {
 	if err := e.conn.Flush(); err != nil {
 		return fmt.Errorf("creating nft table inet %s: %w", e.opts.Table, err)
 	}
-	want := [][]expr.Any{{
-		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
-			Xor:  binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Verdict{Kind: expr.VerdictAccept},
-	}}
+	var want [][]expr.Any
+	if !e.opts.EveryPacket {
+		want = append(want, []expr.Any{
+			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
+				Xor:  binaryutil.NativeEndian.PutUint32(0)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+			&expr.Verdict{Kind: expr.VerdictAccept},
+		})
+	}
 	// Egress of the sender first, then ingress of the receiver: both must let a new
 	// flow through (each endpoint chain returns on a match and drops otherwise).
 	for _, m := range vmaps {
