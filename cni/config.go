@@ -2,12 +2,14 @@ package cni
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/allocator"
 )
 
 // Defaults (docs/CONTRACT.md).
@@ -36,8 +38,10 @@ type NetConf struct {
 	// ValidAttachments is cni.dev/valid-attachments, present on GC only.
 	ValidAttachments []types.GCAttachment `json:"cni.dev/valid-attachments,omitempty"`
 
-	// ipamType is IPAM.Type; raw is the original document, handed to IPAM as is.
+	// raw is the original document, handed to IPAM as is.
 	raw []byte
+	// hostLocal is the parsed ipam section when its type is host-local.
+	hostLocal *allocator.IPAMConfig
 }
 
 // SDWANConf is the "sdwan" section.
@@ -77,8 +81,7 @@ func ParseConfig(b []byte) (*NetConf, error) {
 
 func decodeError(err error) *types.Error {
 	var te *json.UnmarshalTypeError
-	if e, ok := err.(*json.UnmarshalTypeError); ok {
-		te = e
+	if errors.As(err, &te) {
 		return types.NewError(types.ErrDecodingFailure,
 			fmt.Sprintf("cannot decode network configuration: field %q must be a %s, not a JSON %s", te.Field, te.Type, te.Value), "")
 	}
@@ -109,6 +112,13 @@ func (c *NetConf) validate() *types.Error {
 	}
 	if strings.ContainsAny(c.IPAM.Type, "/\\") || c.IPAM.Type == "." || c.IPAM.Type == ".." {
 		return invalid("ipam.type", "%q must be a plugin name, not a path", c.IPAM.Type)
+	}
+	if c.IPAM.Type == HostLocal {
+		ic, _, err := allocator.LoadIPAMConfig(c.raw, "")
+		if err != nil {
+			return invalid("ipam", "host-local: %v", err)
+		}
+		c.hostLocal = ic
 	}
 	s := &c.SDWAN
 	if s.Database == "" {
@@ -209,16 +219,30 @@ func ParseConfList(b []byte) (*ConfList, error) {
 		}
 		found = true
 		entry["name"] = l.Name
-		entry["cniVersion"] = versions[len(versions)-1]
+		entry["cniVersion"] = highest(versions)
 		one, _ := json.Marshal(entry)
 		if _, err := ParseConfig(one); err != nil {
-			e := err.(*types.Error)
-			e.Msg = fmt.Sprintf("plugins[%d]: %s", i, e.Msg)
-			return nil, e
+			var e *types.Error
+			if errors.As(err, &e) {
+				return nil, types.NewError(e.Code, fmt.Sprintf("plugins[%d]: %s", i, e.Msg), e.Details)
+			}
+			return nil, err
 		}
 	}
 	if !found {
 		return nil, invalid("plugins", "no entry has \"type\": %q", PluginName)
 	}
 	return l, nil
+}
+
+// highest returns the newest of supported versions (the one a runtime picks from
+// cniVersions).
+func highest(vs []string) string {
+	best := ""
+	for _, v := range vs {
+		if best == "" || slices.Index(SupportedVersions, v) > slices.Index(SupportedVersions, best) {
+			best = v
+		}
+	}
+	return best
 }

@@ -38,9 +38,12 @@ func newIPAM(conf *NetConf, cniArgs string, forceExec bool) (ipamBackend, error)
 	if conf.IPAM.Type != HostLocal || forceExec {
 		return execIPAM{typ: conf.IPAM.Type, raw: conf.raw}, nil
 	}
-	ic, _, err := allocator.LoadIPAMConfig(conf.raw, ipArg(cniArgs))
-	if err != nil {
-		return nil, invalid("ipam", "%v", err)
+	ic := conf.hostLocal
+	if a := ipArg(cniArgs); a != "" {
+		var err error
+		if ic, _, err = allocator.LoadIPAMConfig(conf.raw, a); err != nil {
+			return nil, invalid("ipam", "host-local: %v", err)
+		}
 	}
 	return &hostLocal{conf: ic, cniVersion: conf.CNIVersion}, nil
 }
