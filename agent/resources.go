@@ -77,16 +77,21 @@ func (a *agent) observer(kind string, store cache.Store) *kube.Controller {
 // without them are normal (the CRDs are an optional add-on): the agent says so and looks
 // again every MCSRetryInterval instead of failing.
 func (a *agent) runMCS(ctx context.Context) {
-	logged := false
+	lastErr, logged := "", false
 	for {
 		ok, err := kube.MCSAvailable(a.clients.Kube)
 		switch {
-		case err != nil:
-			a.log.Warn("cannot look for the MCS API", "groupVersion", kube.MCSGroupVersion, "err", err, "retryIn", a.opts.MCSRetryInterval)
-		case !ok && !logged:
+		case err != nil && err.Error() != lastErr:
+			// Once per distinct error: an API outage must not flood the log.
+			a.log.Warn("cannot look for the MCS API", "groupVersion", kube.MCSGroupVersion, "err", err, "retryEvery", a.opts.MCSRetryInterval)
+			lastErr = err.Error()
+		case err == nil && !ok && !logged:
 			a.log.Info("MCS API (ServiceExport/ServiceImport CRDs) not installed; multi-cluster services disabled until it is",
-				"groupVersion", kube.MCSGroupVersion, "retryIn", a.opts.MCSRetryInterval)
+				"groupVersion", kube.MCSGroupVersion, "retryEvery", a.opts.MCSRetryInterval)
 			logged = true
+		}
+		if err == nil {
+			lastErr = ""
 		}
 		if ok {
 			break

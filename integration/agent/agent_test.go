@@ -260,7 +260,9 @@ func TestAPIServerRestart(t *testing.T) {
 	opts := baseOptions(t, c, dir)
 	ra := startAgent(t, opts)
 
+	t0 := time.Now()
 	c.StopAPIServer()
+	t.Logf("API server stopped in %s", time.Since(t0))
 	time.Sleep(2 * time.Second)
 	if err := ra.client.Healthz(context.Background()); err != nil {
 		t.Fatalf("healthz during outage: %v", err)
@@ -268,9 +270,11 @@ func TestAPIServerRestart(t *testing.T) {
 	if err := ra.client.Ready(context.Background()); err != nil {
 		t.Fatalf("readyz must stay ok during an API outage (CNI STATUS depends on it): %v", err)
 	}
+	t0 = time.Now()
 	if err := c.StartAPIServer(); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("API server started in %s", time.Since(t0))
 	select {
 	case err := <-ra.done:
 		t.Fatalf("agent exited during the outage: %v", err)
@@ -288,13 +292,18 @@ func TestAPIServerRestart(t *testing.T) {
 		return nil
 	})
 
+	t.Logf("agent caught up %s after the API server restart", time.Since(t0))
+
 	// Whole control plane (etcd too) restarted.
+	t0 = time.Now()
 	if err := c.Restart(); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("control plane restarted in %s", time.Since(t0))
 	p2 := createPod(t, k, "default", "later", map[string]string{"app": "later"}, nil)
 	registerPod(t, opts.DatabasePath, store.Pod{ContainerID: "ctr-later", Namespace: "default", Name: "later", UID: string(p2.UID)})
 	waitPod(t, ra.client, "default", "later", nil)
+	t.Logf("agent caught up %s after the control plane restart", time.Since(t0))
 }
 
 // Without the MCS CRDs the agent runs and says so; once they are installed it watches
