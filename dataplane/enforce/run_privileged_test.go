@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 
 	"github.com/patronus/patronus/bpf"
 	"github.com/patronus/patronus/policy"
@@ -193,5 +194,48 @@ func TestProgramVerdicts(t *testing.T) {
 	}
 	if got := run(t, objs.FromPod, pktSpec{"10.0.0.1", "10.3.3.4", tcp, 40001, 443}); got != actDrop {
 		t.Errorf("egress still isolated: got %d, want drop", int32(got))
+	}
+}
+
+// TestProgramPriority: packets from the pod get the endpoint's QoS priority.
+func TestProgramPriority(t *testing.T) {
+	objs := loadUnpinned(t)
+	s, err := newSyncer(mapsOf(objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := testEndpoint()
+	ep.EgressIsolated = false
+	if err := s.sync(map[uint32]Endpoint{lo: ep}); err != nil {
+		t.Fatal(err)
+	}
+	kspec, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatalf("kernel BTF: %v", err)
+	}
+	var skb *btf.Struct
+	if err := kspec.TypeByName("__sk_buff", &skb); err != nil {
+		t.Fatal(err)
+	}
+	var prioOff uint32
+	for _, m := range skb.Members {
+		if m.Name == "priority" {
+			prioOff = m.Offset.Bytes()
+		}
+	}
+	out := make([]byte, skb.Size)
+	ret, err := objs.FromPod.Run(&ebpf.RunOptions{
+		Data:       craft(pktSpec{"10.0.0.1", "10.5.5.5", 17, 1000, 53}),
+		Context:    make([]byte, skb.Size),
+		ContextOut: out,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ret != actAllow {
+		t.Fatalf("verdict %d, want allow", int32(ret))
+	}
+	if got := binary.LittleEndian.Uint32(out[prioOff:]); got != 5 {
+		t.Errorf("skb->priority = %d, want 5 (the endpoint's QoS priority)", got)
 	}
 }

@@ -372,3 +372,26 @@ func echo1(path string) error {
 	}
 	return nil
 }
+
+// Addrs returns the global-scope addresses of a node-side link (what `patronus status`
+// shows for the bridge).
+func (Netlink) Addrs(name string) ([]netip.Prefix, error) {
+	l, err := netlink.LinkByName(name)
+	if isNotFound(err) {
+		return nil, fmt.Errorf("link %s: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up %s: %w", name, err)
+	}
+	as, err := retryDump(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_ALL) })
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", name, err)
+	}
+	var out []netip.Prefix
+	for _, a := range as {
+		if p, ok := prefixOf(a.IPNet); ok && a.Scope == int(netlink.SCOPE_UNIVERSE) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
