@@ -239,3 +239,29 @@ func TestProgramPriority(t *testing.T) {
 		t.Errorf("skb->priority = %d, want 5 (the endpoint's QoS priority)", got)
 	}
 }
+
+// TestProgramToNet: at the uplink, a local pod's egress is checked against the
+// (translated) destination; traffic of other sources passes.
+func TestProgramToNet(t *testing.T) {
+	objs := loadUnpinned(t)
+	s, err := newSyncer(mapsOf(objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The endpoint's veth is some other interface: to_net finds it by address.
+	if err := s.sync(map[uint32]Endpoint{77: testEndpoint()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		p    pktSpec
+		want uint32
+	}{
+		{pktSpec{"10.0.0.1", "10.2.3.4", 6, 40000, 443}, actAllow},
+		{pktSpec{"10.0.0.1", "10.3.3.4", 6, 40000, 443}, actDrop},
+		{pktSpec{"10.0.0.99", "10.3.3.4", 6, 40000, 443}, actAllow},
+	} {
+		if got := run(t, objs.ToNet, tc.p); got != tc.want {
+			t.Errorf("%+v: got %d, want %d", tc.p, int32(got), int32(tc.want))
+		}
+	}
+}
