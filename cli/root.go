@@ -72,6 +72,8 @@ func newRootCmd(e env) *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
 		newVersionCmd(e),
+		newInstallCNICmd(e),
+		newStatusCmd(e),
 		newPolicyCmd(e),
 		newAgentCmd(e),
 		newMeshCmd(e),
