@@ -200,6 +200,7 @@ struct pkt {
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
+	__u8 syn; /* TCP SYN without ACK: always a new connection */
 };
 
 /* parse fills p for IPv4/IPv6 packets. Returns 0 for packets policy ignores (non-IP,
@@ -254,6 +255,12 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			return -1;
 		p->sport = pp[0];
 		p->dport = pp[1];
+		if (p->proto == IPPROTO_TCP) {
+			__u8 flags;
+			if (bpf_skb_load_bytes(skb, l4 + 13, &flags, 1) < 0)
+				return -1;
+			p->syn = (flags & 0x12) == 0x02;
+		}
 	}
 	return 1;
 }
@@ -325,6 +332,10 @@ static __always_inline int ct_known(const struct pkt *p, __u32 ifindex, __u8 dir
 	struct ct_key k;
 	struct ct_val *v;
 
+	/* A SYN opens a new connection even if its 5-tuple was seen before: it is checked
+	 * against the current rules, so a reused tuple does not inherit an old verdict. */
+	if (p->syn)
+		return 0;
 	ct_key_of(&k, p, ifindex, 0);
 	v = bpf_map_lookup_elem(&pt_conntrack, &k);
 	if (v && v->dir == dir && ct_live(v, p->proto, now))

@@ -48,6 +48,7 @@ type pktSpec struct {
 	src, dst     string
 	proto        uint8
 	sport, dport uint16
+	syn          bool
 }
 
 // craft builds an Ethernet frame with an IPv4 or IPv6 header and an L4 header whose
@@ -60,6 +61,12 @@ func craft(p pktSpec) []byte {
 	l4 := make([]byte, 20)
 	binary.BigEndian.PutUint16(l4[0:], p.sport)
 	binary.BigEndian.PutUint16(l4[2:], p.dport)
+	if p.proto == 6 {
+		l4[12] = 5 << 4
+		if p.syn {
+			l4[13] = 0x02
+		}
+	}
 	if p.proto == 1 || p.proto == 58 {
 		l4[0], l4[1] = 8, 0 // echo request
 		if p.proto == 58 {
@@ -147,40 +154,54 @@ func TestProgramVerdicts(t *testing.T) {
 		p    pktSpec
 		want uint32
 	}{
-		{"cidr allowed", objs.ToPod, pktSpec{"10.1.1.1", "10.0.0.1", tcp, 1000, 80}, actAllow},
-		{"cidr except denied", objs.ToPod, pktSpec{"10.1.2.1", "10.0.0.1", tcp, 1000, 80}, actDrop},
-		{"rule inside except allows its port", objs.ToPod, pktSpec{"10.1.2.200", "10.0.0.1", udp, 1000, 53}, actAllow},
-		{"rule inside except does not give back the other rule", objs.ToPod, pktSpec{"10.1.2.200", "10.0.0.1", tcp, 1000, 80}, actDrop},
-		{"other port denied", objs.ToPod, pktSpec{"10.1.1.1", "10.0.0.1", tcp, 1000, 81}, actDrop},
-		{"other protocol denied", objs.ToPod, pktSpec{"10.1.1.1", "10.0.0.1", udp, 1000, 80}, actDrop},
-		{"outside cidr denied", objs.ToPod, pktSpec{"10.3.1.1", "10.0.0.1", tcp, 1000, 80}, actDrop},
-		{"range first", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 8000}, actAllow},
-		{"range middle", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 8077}, actAllow},
-		{"range last", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 8100}, actAllow},
-		{"below range", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 7999}, actDrop},
-		{"above range", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 8101}, actDrop},
-		{"range is TCP only", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", udp, 1000, 8050}, actDrop},
-		{"sctp all ports", objs.ToPod, pktSpec{"10.9.3.3", "10.0.0.1", sctp, 1000, 3868}, actAllow},
-		{"sctp rule is not tcp", objs.ToPod, pktSpec{"10.9.3.3", "10.0.0.1", tcp, 1000, 3868}, actDrop},
-		{"all protocols: icmp", objs.ToPod, pktSpec{"10.7.0.9", "10.0.0.1", icmp, 0, 0}, actAllow},
-		{"all protocols: udp", objs.ToPod, pktSpec{"10.7.0.9", "10.0.0.1", udp, 1, 9}, actAllow},
-		{"ipv6 peer allowed", objs.ToPod, pktSpec{"fd07::5", "fd00::1", tcp, 1000, 22}, actAllow},
-		{"ipv6 peer denied", objs.ToPod, pktSpec{"fd08::5", "fd00::1", tcp, 1000, 22}, actDrop},
-		{"v4-mapped any does not leak: v6 to range", objs.ToPod, pktSpec{"fd08::5", "fd00::1", tcp, 1000, 8001}, actAllow},
-		{"egress allowed", objs.FromPod, pktSpec{"10.0.0.1", "10.2.3.4", tcp, 40000, 443}, actAllow},
-		{"egress other cidr denied", objs.FromPod, pktSpec{"10.0.0.1", "10.3.3.4", tcp, 40000, 443}, actDrop},
-		{"egress other port denied", objs.FromPod, pktSpec{"10.0.0.1", "10.2.3.4", tcp, 40000, 444}, actDrop},
+		{"cidr allowed", objs.ToPod, pktSpec{"10.1.1.1", "10.0.0.1", tcp, 1000, 80, false}, actAllow},
+		{"cidr except denied", objs.ToPod, pktSpec{"10.1.2.1", "10.0.0.1", tcp, 1000, 80, false}, actDrop},
+		{"rule inside except allows its port", objs.ToPod, pktSpec{"10.1.2.200", "10.0.0.1", udp, 1000, 53, false}, actAllow},
+		{"rule inside except does not give back the other rule", objs.ToPod, pktSpec{"10.1.2.200", "10.0.0.1", tcp, 1000, 80, false}, actDrop},
+		{"other port denied", objs.ToPod, pktSpec{"10.1.1.1", "10.0.0.1", tcp, 1000, 81, false}, actDrop},
+		{"other protocol denied", objs.ToPod, pktSpec{"10.1.1.1", "10.0.0.1", udp, 1000, 80, false}, actDrop},
+		{"outside cidr denied", objs.ToPod, pktSpec{"10.3.1.1", "10.0.0.1", tcp, 1000, 80, false}, actDrop},
+		{"range first", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 8000, false}, actAllow},
+		{"range middle", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 8077, false}, actAllow},
+		{"range last", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 8100, false}, actAllow},
+		{"below range", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 7999, false}, actDrop},
+		{"above range", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", tcp, 1000, 8101, false}, actDrop},
+		{"range is TCP only", objs.ToPod, pktSpec{"1.2.3.4", "10.0.0.1", udp, 1000, 8050, false}, actDrop},
+		{"sctp all ports", objs.ToPod, pktSpec{"10.9.3.3", "10.0.0.1", sctp, 1000, 3868, false}, actAllow},
+		{"sctp rule is not tcp", objs.ToPod, pktSpec{"10.9.3.3", "10.0.0.1", tcp, 1000, 3868, false}, actDrop},
+		{"all protocols: icmp", objs.ToPod, pktSpec{"10.7.0.9", "10.0.0.1", icmp, 0, 0, false}, actAllow},
+		{"all protocols: udp", objs.ToPod, pktSpec{"10.7.0.9", "10.0.0.1", udp, 1, 9, false}, actAllow},
+		{"ipv6 peer allowed", objs.ToPod, pktSpec{"fd07::5", "fd00::1", tcp, 1000, 22, false}, actAllow},
+		{"ipv6 peer denied", objs.ToPod, pktSpec{"fd08::5", "fd00::1", tcp, 1000, 22, false}, actDrop},
+		{"v4-mapped any does not leak: v6 to range", objs.ToPod, pktSpec{"fd08::5", "fd00::1", tcp, 1000, 8001, false}, actAllow},
+		{"egress allowed", objs.FromPod, pktSpec{"10.0.0.1", "10.2.3.4", tcp, 40000, 443, false}, actAllow},
+		{"egress other cidr denied", objs.FromPod, pktSpec{"10.0.0.1", "10.3.3.4", tcp, 40000, 443, false}, actDrop},
+		{"egress other port denied", objs.FromPod, pktSpec{"10.0.0.1", "10.2.3.4", tcp, 40000, 444, false}, actDrop},
 		// Conntrack: the reply of the allowed egress connection above passes although no
 		// ingress rule allows 10.2.3.4; a new connection from there does not.
-		{"reply of allowed connection", objs.ToPod, pktSpec{"10.2.3.4", "10.0.0.1", tcp, 443, 40000}, actAllow},
-		{"new reverse connection", objs.ToPod, pktSpec{"10.2.3.4", "10.0.0.1", tcp, 5555, 40000}, actDrop},
-		{"reply of allowed ingress", objs.FromPod, pktSpec{"10.0.0.1", "10.1.1.1", tcp, 80, 1000}, actAllow},
-		{"continuing allowed flow", objs.ToPod, pktSpec{"10.1.1.1", "10.0.0.1", tcp, 1000, 80}, actAllow},
+		{"reply of allowed connection", objs.ToPod, pktSpec{"10.2.3.4", "10.0.0.1", tcp, 443, 40000, false}, actAllow},
+		{"new reverse connection", objs.ToPod, pktSpec{"10.2.3.4", "10.0.0.1", tcp, 5555, 40000, false}, actDrop},
+		{"reply of allowed ingress", objs.FromPod, pktSpec{"10.0.0.1", "10.1.1.1", tcp, 80, 1000, false}, actAllow},
+		{"continuing allowed flow", objs.ToPod, pktSpec{"10.1.1.1", "10.0.0.1", tcp, 1000, 80, false}, actAllow},
 	}
 	for _, tc := range tests {
 		if got := run(t, tc.prog, tc.p); got != tc.want {
 			t.Errorf("%s: %+v: got %d, want %d", tc.name, tc.p, int32(got), int32(tc.want))
 		}
+	}
+
+	// Policy change: a's egress no longer allows 10.2.3.4. The established flow goes on
+	// (conntrack), a SYN on the same 5-tuple is a new connection and is checked.
+	ep0 := testEndpoint()
+	ep0.Egress[0].Peers = []policy.Peer{{Prefix: pfx("10.8.0.0/16")}}
+	if err := s.sync(map[uint32]Endpoint{lo: ep0}); err != nil {
+		t.Fatal(err)
+	}
+	if got := run(t, objs.FromPod, pktSpec{"10.0.0.1", "10.2.3.4", tcp, 40000, 443, false}); got != actAllow {
+		t.Errorf("established flow after policy change: got %d, want allow", int32(got))
+	}
+	if got := run(t, objs.FromPod, pktSpec{"10.0.0.1", "10.2.3.4", tcp, 40000, 443, true}); got != actDrop {
+		t.Errorf("new SYN on a known tuple after policy change: got %d, want drop", int32(got))
 	}
 
 	// Isolation off: everything passes in that direction.
@@ -189,10 +210,10 @@ func TestProgramVerdicts(t *testing.T) {
 	if err := s.sync(map[uint32]Endpoint{lo: ep}); err != nil {
 		t.Fatal(err)
 	}
-	if got := run(t, objs.ToPod, pktSpec{"10.3.1.1", "10.0.0.1", tcp, 1001, 80}); got != actAllow {
+	if got := run(t, objs.ToPod, pktSpec{"10.3.1.1", "10.0.0.1", tcp, 1001, 80, false}); got != actAllow {
 		t.Errorf("ingress not isolated: got %d, want allow", int32(got))
 	}
-	if got := run(t, objs.FromPod, pktSpec{"10.0.0.1", "10.3.3.4", tcp, 40001, 443}); got != actDrop {
+	if got := run(t, objs.FromPod, pktSpec{"10.0.0.1", "10.3.3.4", tcp, 40001, 443, false}); got != actDrop {
 		t.Errorf("egress still isolated: got %d, want drop", int32(got))
 	}
 }
@@ -225,7 +246,7 @@ func TestProgramPriority(t *testing.T) {
 	}
 	out := make([]byte, skb.Size)
 	ret, err := objs.FromPod.Run(&ebpf.RunOptions{
-		Data:       craft(pktSpec{"10.0.0.1", "10.5.5.5", 17, 1000, 53}),
+		Data:       craft(pktSpec{"10.0.0.1", "10.5.5.5", 17, 1000, 53, false}),
 		Context:    make([]byte, skb.Size),
 		ContextOut: out,
 	})
@@ -256,9 +277,9 @@ func TestProgramToNet(t *testing.T) {
 		p    pktSpec
 		want uint32
 	}{
-		{pktSpec{"10.0.0.1", "10.2.3.4", 6, 40000, 443}, actAllow},
-		{pktSpec{"10.0.0.1", "10.3.3.4", 6, 40000, 443}, actDrop},
-		{pktSpec{"10.0.0.99", "10.3.3.4", 6, 40000, 443}, actAllow},
+		{pktSpec{"10.0.0.1", "10.2.3.4", 6, 40000, 443, false}, actAllow},
+		{pktSpec{"10.0.0.1", "10.3.3.4", 6, 40000, 443, false}, actDrop},
+		{pktSpec{"10.0.0.99", "10.3.3.4", 6, 40000, 443, false}, actAllow},
 	} {
 		if got := run(t, objs.ToNet, tc.p); got != tc.want {
 			t.Errorf("%+v: got %d, want %d", tc.p, int32(got), int32(tc.want))
