@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
@@ -155,4 +156,50 @@ func (e *EBPF) LostEvents() (uint64, error) {
 		n += c
 	}
 	return n, nil
+}
+
+// AuditRecord is an Event as one line of the audit log (JSON lines).
+type AuditRecord struct {
+	Time        time.Time `json:"time"`
+	Source      string    `json:"source"`
+	Destination string    `json:"destination"`
+	Port        uint16    `json:"port"`
+	Protocol    string    `json:"protocol"`
+	Verdict     string    `json:"verdict"`
+	// Policy lists the policies selecting the endpoint in Direction, comma-separated:
+	// for a denial, none of their rules allowed the flow.
+	Policy    string `json:"policy"`
+	Endpoint  string `json:"endpoint"`
+	Direction string `json:"direction"`
+}
+
+// Audit converts the event for the audit log.
+func (ev Event) Audit() AuditRecord {
+	return AuditRecord{
+		Time:        ev.Time,
+		Source:      ev.Src.Addr().String(),
+		Destination: ev.Dst.Addr().String(),
+		Port:        ev.Dst.Port(),
+		Protocol:    protocolName(ev.Protocol),
+		Verdict:     ev.Verdict.String(),
+		Policy:      strings.Join(ev.Policies, ","),
+		Endpoint:    ev.Endpoint,
+		Direction:   ev.Direction.String(),
+	}
+}
+
+func protocolName(p policy.Protocol) string {
+	switch p {
+	case policy.TCP:
+		return "TCP"
+	case policy.UDP:
+		return "UDP"
+	case policy.SCTP:
+		return "SCTP"
+	case 1:
+		return "ICMP"
+	case 58:
+		return "ICMPv6"
+	}
+	return strconv.Itoa(int(p))
 }
