@@ -96,8 +96,11 @@ type compiler struct {
 //
 // Policies the API server would have rejected (unknown operator, bad CIDR, bad port...)
 // are compiled failing closed: the policy still isolates the pods it selects, but the
-// invalid peer or port allows nothing. Every such problem is reported in the returned
-// error (errors.Join), with the Set still complete and usable.
+// invalid peer or port allows nothing. Two exceptions, where the policy's reach itself is
+// unknown: an invalid spec.podSelector selects no pod, and an unknown policy type isolates
+// nothing in that direction. Every such problem in a policy that selects an endpoint is
+// reported in the returned error (errors.Join), with the Set still complete and usable;
+// ValidatePolicy checks one policy on its own.
 func Compile(in Input, opts Options) (*Set, error) {
 	c := &compiler{
 		namespaces: make(map[string]*namespace, len(in.Namespaces)),
