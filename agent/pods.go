@@ -2,12 +2,14 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"maps"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/patronus/patronus/localapi"
 	"github.com/patronus/patronus/qos"
 	"github.com/patronus/patronus/store"
 	corev1 "k8s.io/api/core/v1"
@@ -139,6 +141,7 @@ func (d *eventDedup) forget(ns, name string) {
 // table is the simplest reliable signal; the informer resync covers the rest.
 func (a *agent) pollStore(ctx context.Context) {
 	known := map[string]string{} // container/ifname -> ns/name
+	var snap snapshotState
 	t := time.NewTicker(a.opts.StorePollInterval)
 	defer t.Stop()
 	lastFull := time.Now()
@@ -173,10 +176,41 @@ func (a *agent) pollStore(ctx context.Context) {
 			known = now
 			a.metrics.podsManaged.Set(float64(len(rows)))
 		}
+		a.saveSnapshot(ctx, &snap)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// snapshotState is the last summary written to the database.
+type snapshotState struct {
+	last    string
+	written time.Time
+}
+
+// saveSnapshot keeps localapi.Snapshot current in the database: written when it changes,
+// and at least every minute so its UpdatedAt says how stale it is.
+func (a *agent) saveSnapshot(ctx context.Context, st *snapshotState) {
+	cfg := a.config()
+	if cfg == nil {
+		return
+	}
+	s := localapi.Snapshot{Node: a.opts.NodeName, ClusterID: cfg.ClusterID,
+		NetworkPolicies: a.seen[kindNetworkPolicies].len(), Tunnels: []localapi.Tunnel{}}
+	key, _ := json.Marshal(s)
+	if string(key) == st.last && time.Since(st.written) < time.Minute {
+		return
+	}
+	s.UpdatedAt = time.Now().UTC()
+	b, _ := json.Marshal(s)
+	if err := a.db.Set(ctx, localapi.SnapshotKey, string(b)); err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("cannot save the status snapshot", "err", err)
+		}
+		return
+	}
+	st.last, st.written = string(key), time.Now()
 }

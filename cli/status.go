@@ -13,6 +13,7 @@ import (
 
 	"github.com/patronus/patronus/cni"
 	"github.com/patronus/patronus/dataplane/link"
+	"github.com/patronus/patronus/localapi"
 	"github.com/patronus/patronus/store"
 )
 
@@ -20,7 +21,8 @@ import (
 // how to print itself as ✓/✗ lines; a new part (tunnels, policies) adds a field here, a
 // gather call in gatherStatus and its lines in Status.lines.
 type Status struct {
-	CNI CNIStatus `json:"cni"`
+	CNI   CNIStatus    `json:"cni"`
+	Agent *AgentStatus `json:"agent,omitempty"` // status_agent.go
 }
 
 // CNIStatus is the node's CNI side: plugin, bridge, database, pods.
@@ -79,11 +81,12 @@ func (s Status) lines() []statusLine {
 	}
 	if c.Database.OK {
 		out = append(out, statusLine{true, "SD-WAN database: " + c.Database.Path})
+		out = append(out, s.Agent.tunnelLines()...)
 		out = append(out, statusLine{true, fmt.Sprintf("Pods managed: %d", c.Database.PodsManaged)})
 	} else {
 		out = append(out, statusLine{false, fmt.Sprintf("SD-WAN database: %s: %s", c.Database.Path, c.Database.Error)})
 	}
-	return out
+	return append(out, s.Agent.lines()...)
 }
 
 func joinComma(ss []string) string {
@@ -100,10 +103,15 @@ func joinComma(ss []string) string {
 // statusOptions are the paths status looks at (flags; defaults from docs/CONTRACT.md).
 type statusOptions struct {
 	binDir, database, bridge string
+	// socket is the agent's; databaseSet/bridgeSet: the user chose them (else the running
+	// agent's are shown).
+	socket                 string
+	databaseSet, bridgeSet bool
 }
 
 func gatherStatus(ctx context.Context, o statusOptions) Status {
-	return Status{CNI: gatherCNIStatus(ctx, o)}
+	agent := gatherAgentStatus(ctx, &o)
+	return Status{CNI: gatherCNIStatus(ctx, o), Agent: agent}
 }
 
 func gatherCNIStatus(ctx context.Context, o statusOptions) CNIStatus {
@@ -172,11 +180,12 @@ func newStatusCmd(e env) *cobra.Command {
 	var format string
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show this node's Patronus state: CNI plugin, bridge, database, pods",
+		Short: "Show this node's Patronus state: CNI plugin, bridge, database, tunnels, pods, NetworkPolicies",
 		Long: "Prints one ✓/✗ line per check. Exit code 1 when any check failed.\n" +
 			"Run it in the node's network namespace (the bridge is looked up there).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.databaseSet, o.bridgeSet = cmd.Flags().Changed("database"), cmd.Flags().Changed("bridge")
 			s := gatherStatus(cmd.Context(), o)
 			if err := printStatus(e.stdout, format, s); err != nil {
 				return err
@@ -192,6 +201,7 @@ func newStatusCmd(e env) *cobra.Command {
 	cmd.Flags().StringVar(&o.binDir, "cni-bin-dir", "/opt/cni/bin", "CNI plugin directory")
 	cmd.Flags().StringVar(&o.database, "database", store.DefaultPath, "node database")
 	cmd.Flags().StringVar(&o.bridge, "bridge", cni.DefaultBridge, "pod bridge")
+	cmd.Flags().StringVar(&o.socket, "socket", localapi.DefaultSocket, "agent API socket (when the agent answers, its view is shown)")
 	outputFlag(cmd, &format)
 	return cmd
 }

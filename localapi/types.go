@@ -92,3 +92,16 @@ type QoS struct {
 type PodList struct {
 	Items []Pod `json:"items"`
 }
+
+// SnapshotKey is the node database key (store kv table) under which the agent keeps a
+// summary of what it last saw, so `patronus status` can show it while the agent is down.
+const SnapshotKey = "agent.status"
+
+// Snapshot is the value stored under SnapshotKey (JSON).
+type Snapshot struct {
+	Node            string    `json:"node"`
+	ClusterID       string    `json:"clusterID"`
+	NetworkPolicies int       `json:"networkPolicies"`
+	Tunnels         []Tunnel  `json:"tunnels"`
+	UpdatedAt       time.Time `json:"updatedAt"`
+}

@@ -1,0 +1,136 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/patronus/patronus/localapi"
+	"github.com/patronus/patronus/store"
+)
+
+// AgentStatus is the agent's part of `patronus status`: live from its socket when it
+// answers, else the snapshot it last left in the node database.
+type AgentStatus struct {
+	Socket   string             `json:"socket"`
+	Running  bool               `json:"running"`
+	Error    string             `json:"error,omitempty"`
+	Live     *localapi.Status   `json:"live,omitempty"`
+	LastSeen *localapi.Snapshot `json:"lastSeen,omitempty"`
+}
+
+// agentStatusTimeout bounds the socket query: status must answer even if the agent hangs.
+const agentStatusTimeout = 3 * time.Second
+
+// gatherAgentStatus asks the agent; when it answers and the user did not choose the
+// database or bridge, the agent's own ones are shown (they may differ from the defaults).
+func gatherAgentStatus(ctx context.Context, o *statusOptions) *AgentStatus {
+	a := &AgentStatus{Socket: o.socket}
+	c := localapi.NewClient(o.socket)
+	defer c.Close()
+	qctx, cancel := context.WithTimeout(ctx, agentStatusTimeout)
+	defer cancel()
+	s, err := c.Status(qctx)
+	if err == nil {
+		a.Running, a.Live = true, &s
+		if !o.databaseSet && s.Database != "" {
+			o.database = s.Database
+		}
+		if !o.bridgeSet && s.Bridge.Name != "" {
+			o.bridge = s.Bridge.Name
+		}
+		return a
+	}
+	a.Error = err.Error()
+	if errors.Is(err, localapi.ErrNotRunning) {
+		a.Error = "not running (no answer on " + o.socket + ")"
+	}
+	a.LastSeen = readSnapshot(ctx, o.database)
+	return a
+}
+
+// readSnapshot reads the agent's last summary without creating the database.
+func readSnapshot(ctx context.Context, path string) *localapi.Snapshot {
+	if _, err := os.Stat(path); err != nil {
+		return nil
+	}
+	db, err := store.Open(ctx, path)
+	if err != nil {
+		return nil
+	}
+	defer db.Close()
+	v, ok, err := db.Get(ctx, localapi.SnapshotKey)
+	if err != nil || !ok {
+		return nil
+	}
+	var s localapi.Snapshot
+	if json.Unmarshal([]byte(v), &s) != nil {
+		return nil
+	}
+	return &s
+}
+
+// tunnelLines is the seed's "Active tunnels" line (between database and pods).
+func (a *AgentStatus) tunnelLines() []statusLine {
+	switch {
+	case a == nil:
+		return nil
+	case a.Live != nil:
+		return []statusLine{tunnelLine(a.Live.Tunnels, "")}
+	case a.LastSeen != nil:
+		return []statusLine{tunnelLine(a.LastSeen.Tunnels, lastSeenSuffix(a.LastSeen))}
+	}
+	return nil
+}
+
+func tunnelLine(ts []localapi.Tunnel, suffix string) statusLine {
+	var up, down []string
+	for _, t := range ts {
+		if t.Up {
+			up = append(up, t.Cluster)
+		} else {
+			down = append(down, t.Cluster)
+		}
+	}
+	text := fmt.Sprintf("Active tunnels: %d", len(up))
+	if len(up) > 0 {
+		text += " (" + strings.Join(up, ", ") + ")"
+	}
+	if len(down) > 0 {
+		text += "; down: " + strings.Join(down, ", ")
+	}
+	return statusLine{len(down) == 0, text + suffix}
+}
+
+func lastSeenSuffix(s *localapi.Snapshot) string {
+	return " (last seen by the agent at " + s.UpdatedAt.Local().Format(time.RFC3339) + ")"
+}
+
+// lines are the NetworkPolicies line and the agent's own line. With no agent answering
+// and no snapshot (an agent never ran with this database), nothing is added: a node that
+// only has the plugin shows the plugin's lines.
+func (a *AgentStatus) lines() []statusLine {
+	switch {
+	case a == nil:
+		return nil
+	case a.Live != nil:
+		s := a.Live
+		out := []statusLine{{true, fmt.Sprintf("NetworkPolicies: %d", s.NetworkPolicies)}}
+		if s.Ready {
+			out = append(out, statusLine{true, fmt.Sprintf("Agent: ready, node %s in cluster %s (%s)", s.Node, s.ClusterID, a.Socket)})
+		} else {
+			out = append(out, statusLine{false, fmt.Sprintf("Agent: running but not ready: %s (%s)", s.NotReadyReason, a.Socket)})
+		}
+		return out
+	case a.LastSeen != nil:
+		return []statusLine{
+			{true, fmt.Sprintf("NetworkPolicies: %d", a.LastSeen.NetworkPolicies) + lastSeenSuffix(a.LastSeen)},
+			{false, "Agent: " + a.Error + "; tunnels and NetworkPolicies above are from the database"},
+		}
+	}
+	return nil
+}
