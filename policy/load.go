@@ -84,6 +84,19 @@ func (l *Loader) addObject(where, file string, js []byte) error {
 	if len(js) == 0 || string(js) == "null" {
 		return nil // an empty document, or only comments
 	}
+	if js[0] == '[' {
+		// A bare array of objects, as some tools write JSON.
+		var items []json.RawMessage
+		if err := json.Unmarshal(js, &items); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+		for i, item := range items {
+			if err := l.addObject(fmt.Sprintf("%s: [%d]", where, i), file, item); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	var tm struct {
 		metav1.TypeMeta
 		Metadata struct{ Namespace, Name string }
