@@ -271,14 +271,21 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	if err := p.fault("register"); err != nil {
 		return err
 	}
-	if err := db.PutPod(context.Background(), store.Pod{
-		ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, Network: conf.Name,
-		Namespace: pa.Namespace, Name: pa.Name, UID: pa.UID, HostVeth: hostName, IPs: podAddrs,
-		QoSClass: conf.SDWAN.DefaultQoSClass,
-	}); err != nil {
+	err = withWriteLock(conf.SDWAN.Database, func() error {
+		return db.PutPod(context.Background(), store.Pod{
+			ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, Network: conf.Name,
+			Namespace: pa.Namespace, Name: pa.Name, UID: pa.UID, HostVeth: hostName, IPs: podAddrs,
+			QoSClass: conf.SDWAN.DefaultQoSClass,
+		})
+	})
+	if err != nil {
 		return dbError(err)
 	}
-	undo = append(undo, func() error { return db.DeletePod(context.Background(), args.ContainerID, args.IfName) })
+	undo = append(undo, func() error {
+		return withWriteLock(conf.SDWAN.Database, func() error {
+			return db.DeletePod(context.Background(), args.ContainerID, args.IfName)
+		})
+	})
 
 	podIdx := 2
 	res.Interfaces = []*current.Interface{
@@ -330,7 +337,10 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err != nil {
 		errs = append(errs, err)
 	} else {
-		if err := db.DeletePod(context.Background(), args.ContainerID, args.IfName); err != nil {
+		err := withWriteLock(conf.SDWAN.Database, func() error {
+			return db.DeletePod(context.Background(), args.ContainerID, args.IfName)
+		})
+		if err != nil {
 			errs = append(errs, dbError(err))
 		}
 		db.Close()

@@ -132,7 +132,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 				errs = append(errs, err)
 			}
 		}
-		if err := db.DeletePod(ctx, pod.ContainerID, pod.IfName); err != nil {
+		if err := withWriteLock(conf.SDWAN.Database, func() error { return db.DeletePod(ctx, pod.ContainerID, pod.IfName) }); err != nil {
 			errs = append(errs, dbError(err))
 		}
 	}

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# CNI ADD/DEL latency: the reference bridge plugin (+ host-local binary) against
+# patronus-cni (host-local in-process, and with the host-local binary exec'd), in the same
+# run, same kind of namespaces, same host-local IPAM; then p50/p99 of C concurrent ADDs.
+# Also the binary's package-init cost (GODEBUG=inittrace=1), paid on every plugin call.
+#
+#   scripts/bench/cni.sh [N]      N sequential ADD+DEL cycles per plugin (default 300)
+#   C=32 ROUNDS=5 scripts/bench/cni.sh
+#
+# Needs root. Everything runs in its own "node" namespace (pt-bench-*) with pods in
+# their own namespaces; nothing touches the root namespace. Prints a Markdown report.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-300}
+C=${C:-32}
+ROUNDS=${ROUNDS:-5}
+[ "$(id -u)" = 0 ] || { echo "cni.sh: needs root (network namespaces)" >&2; exit 1; }
+
+PLUGINS=${PATRONUS_CNI_PLUGINS:-$(./scripts/build-cni-plugins.sh)}
+TMP=$(mktemp -d /tmp/pt-bench-cni.XXXXXX)
+TAG=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
+NODE=pt-bench-node-$TAG
+PODS=()
+cleanup() {
+	for p in "${PODS[@]}"; do ip netns del "$p" 2>/dev/null || true; done
+	ip netns del "$NODE" 2>/dev/null || true
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+BIN=${PATRONUS_BIN:-}
+if [ -z "$BIN" ]; then
+	echo "cni.sh: building patronus" >&2
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$TMP/patronus" .
+	BIN=$TMP/patronus
+fi
+mkdir -p "$TMP/bin"
+cp "$BIN" "$TMP/bin/patronus-cni"
+ln -s "$PLUGINS/bridge" "$PLUGINS/host-local" "$TMP/bin/"
+
+ip netns add "$NODE"
+ip netns exec "$NODE" ip link set lo up
+for i in $(seq 0 $((C - 1))); do
+	PODS+=("pt-bench-p$i-$TAG")
+	ip netns add "pt-bench-p$i-$TAG"
+done
+
+mkdir -p "$TMP/driver"
+cat >"$TMP/driver/go.mod" <<'GOMOD'
+module cnibench
+
+go 1.22
+GOMOD
+cat >"$TMP/driver/main.go" <<'GO'
+// cnibench execs CNI plugins as a runtime does and times each call.
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+type variant struct {
+	name, plugin, conf string
+	env               []string
+}
+
+func call(bin string, v variant, cmd, id, netns string) (time.Duration, error) {
+	c := exec.Command(filepath.Join(bin, v.plugin))
+	c.Env = append([]string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=" + id, "CNI_NETNS=" + netns,
+		"CNI_IFNAME=eth0", "CNI_PATH=" + bin, "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=" + id}, v.env...)
+	c.Stdin = strings.NewReader(v.conf)
+	var out bytes.Buffer
+	c.Stdout, c.Stderr = &out, &out
+	start := time.Now()
+	err := c.Run()
+	d := time.Since(start)
+	if err != nil {
+		return d, fmt.Errorf("%s %s %s: %v: %s", v.name, cmd, id, err, out.String())
+	}
+	return d, nil
+}
+
+func pct(ds []time.Duration, p float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(float64(len(s)-1) * p)
+	return s[i]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
+
+func mean(ds []time.Duration) time.Duration {
+	var t time.Duration
+	for _, d := range ds {
+		t += d
+	}
+	return t / time.Duration(len(ds))
+}
+
+func main() {
+	bin := flag.String("bin", "", "plugin dir")
+	tmp := flag.String("tmp", "", "scratch dir")
+	n := flag.Int("n", 300, "sequential cycles")
+	rounds := flag.Int("rounds", 5, "concurrent rounds")
+	pods := flag.String("pods", "", "comma-separated pod netns paths")
+	flag.Parse()
+	netnses := strings.Split(*pods, ",")
+	routes := `"routes":[{"dst":"0.0.0.0/0"},{"dst":"10.96.0.0/12"}]`
+	vs := []variant{
+		{name: "reference bridge + host-local (exec)", plugin: "bridge",
+			conf: `{"cniVersion":"1.0.0","name":"bench-ref","type":"bridge","bridge":"refbr0","isGateway":true,"ipam":{"type":"host-local","subnet":"10.10.0.0/16",` + routes + `,"dataDir":"` + *tmp + `/ipam"}}`},
+		{name: "patronus-cni, host-local in-process", plugin: "patronus-cni",
+			conf: `{"cniVersion":"1.0.0","name":"bench-pt","type":"patronus-cni","bridge":"cni-bridge0","ipam":{"type":"host-local","subnet":"10.20.0.0/16",` + routes + `,"dataDir":"` + *tmp + `/ipam"},"sdwan":{"database":"` + *tmp + `/db/k8s-sdwan.db","cluster_id":"bench"}}`},
+		{name: "patronus-cni, host-local exec'd", plugin: "patronus-cni", env: []string{"PATRONUS_CNI_EXEC_IPAM=1"},
+			conf: `{"cniVersion":"1.0.0","name":"bench-ptx","type":"patronus-cni","bridge":"ptxbr0","ipam":{"type":"host-local","subnet":"10.30.0.0/16",` + routes + `,"dataDir":"` + *tmp + `/ipam"},"sdwan":{"database":"` + *tmp + `/db/k8s-sdwan.db","cluster_id":"bench"}}`},
+	}
+	// Warm up: creates bridges, database, data dirs, page cache.
+	for _, v := range vs {
+		for i := 0; i < 5; i++ {
+			id := fmt.Sprintf("warm-%d", i)
+			if _, err := call(*bin, v, "ADD", id, netnses[0]); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			if _, err := call(*bin, v, "DEL", id, netnses[0]); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+		}
+	}
+	add := make([][]time.Duration, len(vs))
+	del := make([][]time.Duration, len(vs))
+	// Interleaved so drift in machine load hits every variant alike.
+	for i := 0; i < *n; i++ {
+		for k, v := range vs {
+			id := fmt.Sprintf("seq-%d", i)
+			d, err := call(*bin, v, "ADD", id, netnses[0])
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			add[k] = append(add[k], d)
+			d, err = call(*bin, v, "DEL", id, netnses[0])
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			del[k] = append(del[k], d)
+		}
+	}
+	fmt.Printf("Sequential, %d ADD+DEL cycles per plugin (interleaved), ms:\n\n", *n)
+	fmt.Println("| plugin | ADD p50 | ADD p99 | ADD mean | DEL p50 | DEL p99 |")
+	fmt.Println("|---|---|---|---|---|---|")
+	for k, v := range vs {
+		fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", v.name, ms(pct(add[k], .5)), ms(pct(add[k], .99)), ms(mean(add[k])), ms(pct(del[k], .5)), ms(pct(del[k], .99)))
+	}
+	fmt.Printf("\n%d concurrent ADDs (separate pod namespaces), %d rounds per plugin, ms:\n\n", len(netnses), *rounds)
+	fmt.Println("| plugin | ADD p50 | ADD p99 | ADD max | errors |")
+	fmt.Println("|---|---|---|---|---|")
+	for _, v := range vs {
+		var all []time.Duration
+		errs := 0
+		for r := 0; r < *rounds; r++ {
+			lat := make([]time.Duration, len(netnses))
+			fail := make([]error, len(netnses))
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			for i, p := range netnses {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					lat[i], fail[i] = call(*bin, v, "ADD", fmt.Sprintf("conc-%d-%d", r, i), p)
+				}()
+			}
+			close(start)
+			wg.Wait()
+			for i, e := range fail {
+				if e != nil {
+					errs++
+					fmt.Fprintln(os.Stderr, e)
+				} else {
+					all = append(all, lat[i])
+				}
+			}
+			for i, p := range netnses {
+				if _, err := call(*bin, v, "DEL", fmt.Sprintf("conc-%d-%d", r, i), p); err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					os.Exit(1)
+				}
+			}
+		}
+		fmt.Printf("| %s | %s | %s | %s | %d |\n", v.name, ms(pct(all, .5)), ms(pct(all, .99)), ms(pct(all, 1)), errs)
+	}
+}
+GO
+(cd "$TMP/driver" && CGO_ENABLED=0 GOFLAGS= go build -o "$TMP/cnibench" .)
+
+pods=$(printf "/var/run/netns/%s," "${PODS[@]}")
+echo "## CNI benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), $(go env GOVERSION))"
+echo
+echo "Command: \`scripts/bench/cni.sh $N\` (C=$C, ROUNDS=$ROUNDS)"
+echo
+ip netns exec "$NODE" "$TMP/cnibench" -bin "$TMP/bin" -tmp "$TMP" -n "$N" -rounds "$ROUNDS" -pods "${pods%,}"
+echo
+echo "Package init of the binary (GODEBUG=inittrace=1, CNI_COMMAND=VERSION, median of 20 runs):"
+echo
+for i in $(seq 1 20); do
+	GODEBUG=inittrace=1 CNI_COMMAND=VERSION "$TMP/bin/patronus-cni" 2>&1 >/dev/null | awk '/^init /{ms+=$5} END {printf "%.3f\n", ms}'
+done | sort -n | awk '{a[NR]=$1} END {printf "- total: %s ms\n", a[int((NR+1)/2)]}'
+echo "- largest (one run):"
+GODEBUG=inittrace=1 CNI_COMMAND=VERSION "$TMP/bin/patronus-cni" 2>&1 >/dev/null | awk '/^init /{print $5, $2}' | sort -rn | head -8 | awk '{printf "  - %s: %s ms\n", $2, $1}'
