@@ -25,7 +25,7 @@ type fakeKernel struct {
 	mu      sync.Mutex
 	links   map[string]link.Link
 	pods    map[string]link.PodConfig // netns + "/" + ifname
-	peer    map[string]string // host veth -> pod key
+	peer    map[string]string         // host veth -> pod key
 	fwd     bool
 	nextIdx int
 }
