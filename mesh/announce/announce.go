@@ -12,6 +12,7 @@ package announce
 
 import (
 	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +31,9 @@ const (
 	KindPrefix  Kind = "prefix"  // a cluster's pod CIDRs and service CIDR, as seen from one node
 	KindService Kind = "service" // an exported service (multi-cluster services)
 	KindProbe   Kind = "probe"   // a summary of the origin's link probes
+	// KindTunnel is a gateway's WireGuard public key and underlay endpoints, with the pod
+	// CIDRs (Prefixes) reachable through it: what peers program their tunnel from.
+	KindTunnel Kind = "tunnel"
 )
 
 // Announcement is one signed statement by an origin node. Origin, Cluster, Seq and Expires
@@ -47,6 +51,14 @@ type Announcement struct {
 	Prefixes []netip.Prefix `json:"prefixes,omitempty"`
 	Service  *Service       `json:"service,omitempty"`
 	Probe    *Probe         `json:"probe,omitempty"`
+	Tunnel   *Tunnel        `json:"tunnel,omitempty"`
+}
+
+// Tunnel is a gateway's WireGuard identity. A key rotation is a new announcement in the
+// same slot (the newer sequence replaces the old key).
+type Tunnel struct {
+	PublicKey string           `json:"pub"` // WireGuard public key, base64 (32 bytes)
+	Endpoints []netip.AddrPort `json:"eps"` // underlay endpoints, preferred first
 }
 
 // Service is an exported service.
@@ -111,6 +123,26 @@ func (a Announcement) validate() error {
 	case KindProbe:
 		if !a.Withdraw && a.Probe == nil {
 			return errors.New("probe announcement without links")
+		}
+	case KindTunnel:
+		if a.Withdraw {
+			break
+		}
+		if a.Tunnel == nil || len(a.Prefixes) == 0 {
+			return errors.New("tunnel announcement without key or prefixes")
+		}
+		if k, err := base64.StdEncoding.DecodeString(a.Tunnel.PublicKey); err != nil || len(k) != 32 {
+			return errors.New("tunnel announcement with an invalid WireGuard public key")
+		}
+		for _, p := range a.Prefixes {
+			if !p.IsValid() {
+				return errors.New("invalid prefix")
+			}
+		}
+		for _, ep := range a.Tunnel.Endpoints {
+			if !ep.IsValid() || ep.Port() == 0 {
+				return errors.New("invalid tunnel endpoint")
+			}
 		}
 	default:
 		return fmt.Errorf("unknown kind %q", a.Kind)
