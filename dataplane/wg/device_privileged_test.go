@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -138,5 +139,39 @@ func ping(t *testing.T, netns, dst string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("ping %s from %s: %v\n%s", dst, netns, err, out)
 		}
+	}
+}
+
+func TestMSSClamp(t *testing.T) {
+	enforcetest.RequireRoot(t)
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	name := "pt-wgm-" + hex.EncodeToString(b)
+	n := enforcetest.NewNS(t, name)
+	list := func() string {
+		out, err := exec.Command("ip", "netns", "exec", name, "nft", "-a", "list", "chain", "inet", MSSTable, MSSChain).CombinedOutput()
+		if err != nil {
+			t.Fatalf("nft list: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	if err := EnsureMSSClamp(n.Path(), []string{"wg-b", "wg-a"}); err != nil {
+		t.Fatal(err)
+	}
+	out := list()
+	for _, want := range []string{`oifname "wg-a"`, `oifname "wg-b"`, "tcp option maxseg size set rt mtu", "hook forward priority mangle"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("chain lacks %q:\n%s", want, out)
+		}
+	}
+	// Unchanged: no write (the rule handles stay the same).
+	if err := EnsureMSSClamp(n.Path(), []string{"wg-a", "wg-b"}); err != nil || list() != out {
+		t.Fatalf("second Ensure rewrote the chain (%v):\n%s", err, list())
+	}
+	if err := EnsureMSSClamp(n.Path(), []string{"wg-a"}); err != nil {
+		t.Fatal(err)
+	}
+	if out := list(); strings.Contains(out, "wg-b") || !strings.Contains(out, "wg-a") {
+		t.Fatalf("after removing wg-b:\n%s", out)
 	}
 }
