@@ -29,6 +29,11 @@ type Options struct {
 	// Node, when set, limits the endpoints to pods whose spec.nodeName is Node (what one
 	// agent enforces). Peers are always taken from every pod of the cluster.
 	Node string
+	// KnownIPs gives addresses of pods ("namespace/name") whose status does not show
+	// them yet: the agent knows a new pod's address from its own IPAM before the kubelet
+	// reports it, and must isolate the pod (and let others' rules match it) from the
+	// first packet. Used only for pods with no IP in status.
+	KnownIPs map[string][]netip.Addr
 }
 
 // Set is the compiled policy of a cluster (or of one node's pods): one EndpointPolicy per
@@ -107,7 +112,7 @@ func Compile(in Input, opts Options) (*Set, error) {
 		peerCache:  make(map[string]*podPeers),
 	}
 	c.loadNamespaces(in.Namespaces)
-	c.loadPods(in.Pods)
+	c.loadPods(in.Pods, opts.KnownIPs)
 
 	set := &Set{byName: make(map[string]int), byIP: make(map[netip.Addr]int)}
 	endpointOf := make([]int, len(c.pods)) // pod index → index in set.Endpoints, or -1
@@ -178,7 +183,7 @@ func (c *compiler) ns(name string) *namespace {
 	return n
 }
 
-func (c *compiler) loadPods(list []corev1.Pod) {
+func (c *compiler) loadPods(list []corev1.Pod, known map[string][]netip.Addr) {
 	c.pods = make([]pod, 0, len(list))
 	for i := range list {
 		in := &list[i]
@@ -194,6 +199,13 @@ func (c *compiler) loadPods(list []corev1.Pod) {
 			p.ports = append(p.ports, ctr.Ports...)
 		}
 		p.ips = podIPs(in, func(err error) { c.problemf("pod %s/%s: %w", p.ns, p.name, err) })
+		if len(p.ips) == 0 && len(known) > 0 {
+			for _, a := range known[p.ns+"/"+p.name] {
+				if a = a.Unmap(); a.IsValid() && !slices.Contains(p.ips, a) {
+					p.ips = append(p.ips, a)
+				}
+			}
+		}
 		p.peer = p.endpoint && len(p.ips) > 0
 		c.pods = append(c.pods, p)
 	}

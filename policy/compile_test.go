@@ -388,3 +388,27 @@ func TestEndpointPolicyEqual(t *testing.T) {
 		t.Error("an endpoint the change does not touch differs")
 	}
 }
+
+// A new pod's address known to the agent before its status shows it: the pod is an
+// endpoint with that address, and other pods' rules match it.
+func TestKnownIPs(t *testing.T) {
+	w := newWorld("xa ya")
+	w.pods = append(w.pods, corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "new", Labels: map[string]string{"pod": "new"}}})
+	w.apply(
+		pol("to-new", podA, egress(to(peers(podPeer(labels("pod", "new")))))),
+		pol("new-from-a", map[string]string{"pod": "new"}, ingress(from(peers(podPeer(labels("pod", "a")))))),
+	)
+	known := map[string][]netip.Addr{"x/new": {netip.MustParseAddr("10.0.0.50")}, "x/a": {netip.MustParseAddr("10.9.9.9")}}
+	s, err := Compile(Input{Policies: w.policies, Pods: w.pods, Namespaces: w.namespaces}, Options{KnownIPs: known})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFlows(t, s, []flowWant{
+		{"x/a", "x/new", TCP, 80, true},
+		{"y/a", "x/new", TCP, 80, false},
+		{"x/a", "y/a", TCP, 80, false},
+	})
+	if ep, _ := s.Endpoint("x/a"); !slices.Equal(ep.IPs, []netip.Addr{netip.MustParseAddr("10.0.0.1")}) {
+		t.Errorf("x/a IPs %v: status wins over KnownIPs", ep.IPs)
+	}
+}
