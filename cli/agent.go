@@ -47,6 +47,9 @@ SIGTERM or SIGINT stops it cleanly.`,
 			if o.ClusterID == "" {
 				o.ClusterID = e.getenv(config.EnvClusterID)
 			}
+			if !cmd.Flags().Changed("config-namespace") && e.getenv("POD_NAMESPACE") != "" {
+				o.ConfigNamespace = e.getenv("POD_NAMESPACE") // the DaemonSet's namespace (docs/CONTRACT.md)
+			}
 			o.Logger = log
 			o.Version = Version
 			// client-go logs through klog, a process-wide logger; send it to the same
@@ -65,7 +68,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.StringVar(&o.SocketPath, "socket", localapi.DefaultSocket, "local API unix socket")
 	f.StringVar(&o.MetricsAddr, "metrics-addr", agent.DefaultMetricsAddr, "metrics and health address (host:port, or off)")
 	f.StringVar(&o.ConflistPath, "cni-conflist", config.DefaultConflistPath, "CNI conflist to read the bridge and sdwan settings from")
-	f.StringVar(&o.ConfigNamespace, "config-namespace", config.ConfigMapNamespace, "namespace of the patronus-config ConfigMap")
+	f.StringVar(&o.ConfigNamespace, "config-namespace", config.ConfigMapNamespace, "namespace of the patronus-config ConfigMap (default $POD_NAMESPACE, else kube-system)")
 	f.DurationVar(&o.ResyncPeriod, "resync", agent.DefaultResyncPeriod, "periodic full resync of the informers")
 	f.DurationVar(&o.StorePollInterval, "db-poll", agent.DefaultStorePollInterval, "how often the database is scanned for pods the plugin added or removed")
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
