@@ -49,6 +49,9 @@ func newPolicyMatrixCmd(e env) *cobra.Command {
 			"Without --from, the live cluster is read (--kubeconfig, $KUBECONFIG, or in-cluster).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutputFormat(output); err != nil {
+				return err
+			}
 			portList, err := parsePorts(ports)
 			if err != nil {
 				return err
@@ -160,6 +163,9 @@ func newPolicyTraceCmd(e env) *cobra.Command {
 			"is read (--kubeconfig, $KUBECONFIG, or in-cluster).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutputFormat(output); err != nil {
+				return err
+			}
 			if port < 1 || port > 65535 {
 				return usagef("--port %d: must be in 1-65535", port)
 			}
@@ -208,6 +214,15 @@ func printTrace(w io.Writer, v policy.Verdict) error {
 	_, err := fmt.Fprintf(w, "%s %s (%s) → %s (%s) %s/%d\n%s\n",
 		verdict, v.From, v.SrcIP, v.To, v.DstIP, v.Protocol, v.Port, v)
 	return err
+}
+
+// checkOutputFormat rejects a bad -o before any work (reading a live cluster can take a while).
+func checkOutputFormat(f string) error {
+	switch f {
+	case "table", "json", "yaml", "":
+		return nil
+	}
+	return usagef("unknown output format %q: use table, json or yaml", f)
 }
 
 // parseFlowEnd accepts "namespace/pod" or an IP address.
