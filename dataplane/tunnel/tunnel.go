@@ -1,0 +1,244 @@
+// Package tunnel turns verified mesh state into the tunnel dataplane of a node: WireGuard
+// peers for the remote clusters' gateways and routes for their pod CIDRs. Compute is the
+// pure core: its input is only what the mesh verified (signed tunnel announcements of
+// trusted remote clusters: public key, underlay endpoints, pod CIDRs) plus the
+// ConfigMap's remote-clusters entries, which are hints — a hint that disagrees with the
+// announced state is returned as a Condition and never programmed. A Reconciler applies
+// a Plan through dataplane/wg and dataplane/route (both diff before touching the kernel),
+// and a Rotator rotates the node's WireGuard key: new key applied locally first, then
+// announced signed through the mesh so peers update on receipt.
+package tunnel
+
+import (
+	"cmp"
+	"encoding/base64"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/patronus/patronus/dataplane/route"
+	"github.com/patronus/patronus/dataplane/wg"
+	"github.com/patronus/patronus/mesh/announce"
+)
+
+// Gateway is one verified gateway of a remote cluster (from a tunnel announcement).
+type Gateway struct {
+	Cluster   string
+	Node      string
+	PublicKey wgtypes.Key
+	Endpoints []netip.AddrPort
+	PodCIDRs  []netip.Prefix
+	Expires   time.Time
+}
+
+// GatewaysFromAnnouncements extracts the gateways of clusters other than local from
+// verified announcements (announce.State.List); other kinds are ignored. Announcements
+// that expired or were withdrawn are no longer in the state, so their gateways vanish.
+func GatewaysFromAnnouncements(anns []announce.Announcement, local string) []Gateway {
+	var out []Gateway
+	for _, a := range anns {
+		if a.Kind != announce.KindTunnel || a.Withdraw || a.Tunnel == nil || a.Cluster == local {
+			continue
+		}
+		k, err := wgtypes.ParseKey(a.Tunnel.PublicKey)
+		if err != nil {
+			continue // the receiver validated it; a state restored from disk might not be
+		}
+		out = append(out, Gateway{Cluster: a.Cluster, Node: a.Origin, PublicKey: k,
+			Endpoints: slices.Clone(a.Tunnel.Endpoints), PodCIDRs: slices.Clone(a.Prefixes), Expires: a.ExpiresAt()})
+	}
+	return out
+}
+
+// Announcement is what a gateway announces for its tunnel (signed by mesh.Node.Announce).
+func Announcement(pub wgtypes.Key, endpoints []netip.AddrPort, podCIDRs []netip.Prefix) announce.Announcement {
+	return announce.Announcement{Kind: announce.KindTunnel, Prefixes: slices.Clone(podCIDRs),
+		Tunnel: &announce.Tunnel{PublicKey: base64.StdEncoding.EncodeToString(pub[:]), Endpoints: slices.Clone(endpoints)}}
+}
+
+// Hint is a ConfigMap remote-clusters entry as far as tunnels care.
+type Hint struct {
+	Cluster  string
+	CIDRs    []netip.Prefix
+	Endpoint string // host:port as configured ("" = none)
+}
+
+// Input is everything Compute needs.
+type Input struct {
+	LocalCluster string
+	// Gateway is true on a gateway node: it terminates tunnels. Other nodes route remote
+	// pod CIDRs to GatewayAddr on GatewayDev.
+	Gateway     bool
+	Device      string // the WireGuard interface (gateways)
+	GatewayAddr netip.Addr
+	GatewayDev  string
+	// Table is the routing table for the routes (0 = main).
+	Table     int
+	Keepalive time.Duration
+	Gateways  []Gateway
+	Hints     []Hint
+}
+
+// Condition reports something wrong or noteworthy about one remote cluster.
+type Condition struct {
+	Cluster string `json:"cluster"`
+	Type    string `json:"type"`
+	Message string `json:"message"`
+}
+
+// Condition types.
+const (
+	CondCIDRMismatch     = "CIDRMismatch"     // ConfigMap cidr differs from the announced pod CIDRs
+	CondEndpointMismatch = "EndpointMismatch" // ConfigMap endpoint is not among the announced ones
+	CondNotAnnounced     = "NotAnnounced"     // configured, but no verified tunnel announcement
+	CondNoEndpoint       = "NoEndpoint"       // announced without an underlay endpoint
+	CondPrefixConflict   = "PrefixConflict"   // two clusters announce overlapping prefixes
+)
+
+// Tunnel is one active tunnel as `patronus status` shows it.
+type Tunnel struct {
+	Cluster   string         `json:"cluster"`
+	Gateway   string         `json:"gateway"`
+	PublicKey string         `json:"publicKey"`
+	Endpoint  netip.AddrPort `json:"endpoint"`
+	PodCIDRs  []netip.Prefix `json:"podCIDRs"`
+}
+
+// Plan is the desired dataplane.
+type Plan struct {
+	Peers      []wg.Peer
+	Routes     []route.Route
+	Tunnels    []Tunnel
+	Conditions []Condition
+}
+
+// Compute derives the plan. It is deterministic: the same input gives the same plan.
+func Compute(in Input) Plan {
+	var p Plan
+	byCluster := map[string][]Gateway{}
+	for _, g := range in.Gateways {
+		if g.Cluster == in.LocalCluster {
+			continue
+		}
+		byCluster[g.Cluster] = append(byCluster[g.Cluster], g)
+	}
+	clusters := make([]string, 0, len(byCluster))
+	for c := range byCluster {
+		clusters = append(clusters, c)
+	}
+	slices.Sort(clusters)
+	var taken []struct {
+		p       netip.Prefix
+		cluster string
+	}
+	for _, c := range clusters {
+		gws := byCluster[c]
+		// One peer per cluster: WireGuard routes each allowed IP to exactly one peer. The
+		// gateway with an endpoint and the smallest node name is chosen, so every node of
+		// every cluster picks the same one.
+		slices.SortFunc(gws, func(a, b Gateway) int { return cmp.Compare(a.Node, b.Node) })
+		var chosen *Gateway
+		var cidrs []netip.Prefix
+		for i := range gws {
+			cidrs = append(cidrs, gws[i].PodCIDRs...)
+			if chosen == nil && len(gws[i].Endpoints) > 0 {
+				chosen = &gws[i]
+			}
+		}
+		if chosen == nil {
+			p.Conditions = append(p.Conditions, Condition{c, CondNoEndpoint, "no gateway of the cluster announces an underlay endpoint"})
+			continue
+		}
+		cidrs = normalize(cidrs)
+		var allowed []netip.Prefix
+		for _, pf := range cidrs {
+			conflict := ""
+			for _, t := range taken {
+				if t.p.Overlaps(pf) {
+					conflict = t.cluster
+				}
+			}
+			if conflict != "" {
+				p.Conditions = append(p.Conditions, Condition{c, CondPrefixConflict,
+					fmt.Sprintf("%s overlaps a prefix of cluster %s: not programmed", pf, conflict)})
+				continue
+			}
+			taken = append(taken, struct {
+				p       netip.Prefix
+				cluster string
+			}{pf, c})
+			allowed = append(allowed, pf)
+		}
+		if len(allowed) == 0 {
+			continue
+		}
+		ep := chosen.Endpoints[0]
+		p.Tunnels = append(p.Tunnels, Tunnel{Cluster: c, Gateway: chosen.Node, PublicKey: chosen.PublicKey.String(), Endpoint: ep, PodCIDRs: allowed})
+		if in.Gateway {
+			p.Peers = append(p.Peers, wg.Peer{PublicKey: chosen.PublicKey, Endpoint: ep, AllowedIPs: allowed, Keepalive: in.Keepalive})
+			for _, pf := range allowed {
+				p.Routes = append(p.Routes, route.Route{Dst: pf, Dev: in.Device, Table: in.Table})
+			}
+		} else if in.GatewayAddr.IsValid() && in.GatewayDev != "" {
+			for _, pf := range allowed {
+				p.Routes = append(p.Routes, route.Route{Dst: pf, Dev: in.GatewayDev, Via: in.GatewayAddr, Table: in.Table})
+			}
+		}
+	}
+	p.Conditions = append(p.Conditions, checkHints(in.Hints, byCluster)...)
+	return p
+}
+
+func checkHints(hints []Hint, byCluster map[string][]Gateway) []Condition {
+	var out []Condition
+	for _, h := range hints {
+		gws := byCluster[h.Cluster]
+		if len(gws) == 0 {
+			out = append(out, Condition{h.Cluster, CondNotAnnounced, "configured in remote-clusters, but no verified tunnel announcement (yet)"})
+			continue
+		}
+		var announced []netip.Prefix
+		var eps []string
+		for _, g := range gws {
+			announced = append(announced, g.PodCIDRs...)
+			for _, e := range g.Endpoints {
+				eps = append(eps, e.String())
+			}
+		}
+		announced = normalize(announced)
+		if hc := normalize(h.CIDRs); len(hc) > 0 && !slices.Equal(hc, announced) {
+			out = append(out, Condition{h.Cluster, CondCIDRMismatch,
+				fmt.Sprintf("ConfigMap cidr %s, announced %s: the announced prefixes are programmed", join(hc), join(announced))})
+		}
+		if h.Endpoint != "" && !slices.Contains(eps, h.Endpoint) {
+			out = append(out, Condition{h.Cluster, CondEndpointMismatch,
+				fmt.Sprintf("ConfigMap endpoint %s, announced %s: the announced endpoint is used", h.Endpoint, strings.Join(eps, ","))})
+		}
+	}
+	return out
+}
+
+func normalize(ps []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ps))
+	for _, p := range ps {
+		if p.IsValid() {
+			out = append(out, p.Masked())
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+	})
+	return slices.Compact(out)
+}
+
+func join(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
