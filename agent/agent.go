@@ -274,7 +274,8 @@ func (a *agent) runKube(ctx context.Context, g *errgroup.Group) error {
 // refuses) and the conflist, and validates them. Invalid configuration is returned at
 // once: retrying cannot fix it, and the error names the key.
 func (a *agent) loadConfig(ctx context.Context) (config.Config, error) {
-	in := config.Input{ClusterIDEnv: a.opts.ClusterID, NodeName: a.opts.NodeName, ConflistPath: a.opts.ConflistPath}
+	in := config.Input{ClusterIDEnv: a.opts.ClusterID, NodeName: a.opts.NodeName, ConflistPath: a.opts.ConflistPath,
+		ConfigMapNamespace: a.opts.ConfigNamespace}
 	b, err := os.ReadFile(a.opts.ConflistPath)
 	switch {
 	case err == nil:

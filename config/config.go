@@ -116,6 +116,8 @@ type Input struct {
 	// it in errors.
 	Conflist     []byte
 	ConflistPath string
+	// ConfigMapNamespace names the ConfigMap's namespace in messages (default kube-system).
+	ConfigMapNamespace string
 }
 
 // Error is a configuration error naming its source and key.
@@ -130,8 +132,15 @@ func (e *Error) Error() string {
 }
 func (e *Error) Unwrap() error { return e.Err }
 
-// ConfigMapSource names the ConfigMap in errors.
+// ConfigMapSource names the ConfigMap (in the default namespace) in errors.
 const ConfigMapSource = "ConfigMap " + ConfigMapNamespace + "/" + ConfigMapName
+
+func configMapSource(ns string) string {
+	if ns == "" {
+		return ConfigMapSource
+	}
+	return "ConfigMap " + ns + "/" + ConfigMapName
+}
 
 // knownKeys is the set of ConfigMap keys the agent reads.
 func knownKeys() map[string]bool {
@@ -167,6 +176,7 @@ func Load(in Input) (Config, error) {
 	}
 
 	conflistSource := "conflist " + in.ConflistPath
+	cmSource := configMapSource(in.ConfigMapNamespace)
 	var conf conflistInfo
 	if in.Conflist != nil {
 		c, kerr := parseConflist(in.Conflist)
@@ -194,13 +204,13 @@ func Load(in Input) (Config, error) {
 		ids = append(ids, idSource{"environment " + EnvClusterID, in.ClusterIDEnv})
 	}
 	if v, ok := in.ConfigMap[KeyClusterID]; ok {
-		ids = append(ids, idSource{ConfigMapSource + " key " + KeyClusterID, strings.TrimSpace(v)})
+		ids = append(ids, idSource{cmSource + " key " + KeyClusterID, strings.TrimSpace(v)})
 	}
 	if conf.clusterID != "" {
 		ids = append(ids, idSource{conflistSource + " key sdwan.cluster_id", conf.clusterID})
 	}
 	if len(ids) == 0 {
-		return Config{}, &Error{Source: "environment", Key: EnvClusterID, Err: fmt.Errorf("cluster id not set: set %s, %s key %s, or sdwan.cluster_id in the conflist", EnvClusterID, ConfigMapSource, KeyClusterID)}
+		return Config{}, &Error{Source: "environment", Key: EnvClusterID, Err: fmt.Errorf("cluster id not set: set %s, %s key %s, or sdwan.cluster_id in the conflist", EnvClusterID, cmSource, KeyClusterID)}
 	}
 	for _, s := range ids[1:] {
 		if s.value != ids[0].value {
@@ -212,15 +222,14 @@ func Load(in Input) (Config, error) {
 	}
 	cfg.ClusterID, cfg.ClusterIDSource = ids[0].value, ids[0].name
 
-	if err := applyConfigMap(&cfg, in.ConfigMap); err != nil {
+	if err := applyConfigMap(&cfg, in.ConfigMap, cmSource); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil
 }
 
-func cmErr(key string, err error) error { return &Error{Source: ConfigMapSource, Key: key, Err: err} }
-
-func applyConfigMap(cfg *Config, data map[string]string) error {
+func applyConfigMap(cfg *Config, data map[string]string, source string) error {
+	cmErr := func(key string, err error) error { return &Error{Source: source, Key: key, Err: err} }
 	known := knownKeys()
 	var unknown []string
 	for k := range data {
@@ -230,7 +239,7 @@ func applyConfigMap(cfg *Config, data map[string]string) error {
 	}
 	sort.Strings(unknown)
 	for _, k := range unknown {
-		cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("%s: unknown key %q ignored", ConfigMapSource, k))
+		cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("%s: unknown key %q ignored", source, k))
 	}
 
 	if v, ok := data[KeyClusterCIDR]; ok {
@@ -298,7 +307,7 @@ func applyConfigMap(cfg *Config, data map[string]string) error {
 		cfg.ProbeInterval = d
 	}
 	if v, ok := data[KeyRemoteClusters]; ok {
-		rcs, err := parseRemoteClusters(v, cfg.ClusterID, cfg.ClusterCIDR)
+		rcs, err := parseRemoteClusters(v, cfg.ClusterID, cfg.ClusterCIDR, cmErr)
 		if err != nil {
 			return err
 		}
@@ -363,7 +372,7 @@ type remoteClusterYAML struct {
 	Paths     []string `json:"paths,omitempty"`
 }
 
-func parseRemoteClusters(v, localID string, localCIDR netip.Prefix) ([]RemoteCluster, error) {
+func parseRemoteClusters(v, localID string, localCIDR netip.Prefix, cmErr func(string, error) error) ([]RemoteCluster, error) {
 	var raw []remoteClusterYAML
 	if err := yaml.UnmarshalStrict([]byte(v), &raw); err != nil {
 		return nil, cmErr(KeyRemoteClusters, fmt.Errorf("not a YAML list of {id, endpoint, cidr, gossip?, publicKey?, paths?}: %w", err))

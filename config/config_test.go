@@ -211,3 +211,15 @@ func TestLoadConfigMapInvalidNamesKey(t *testing.T) {
 		})
 	}
 }
+
+func TestConfigMapNamespaceInMessages(t *testing.T) {
+	_, err := Load(Input{NodeName: "n", ConfigMapNamespace: "patronus", ConfigMap: map[string]string{"cluster-id": "c", "datapath": "x"}})
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Source != "ConfigMap patronus/patronus-config" {
+		t.Fatalf("want the ConfigMap's real namespace in the error, got %v", err)
+	}
+	_, err = Load(Input{NodeName: "n", ConfigMapNamespace: "patronus", ClusterIDEnv: "a", ConfigMap: map[string]string{"cluster-id": "b"}})
+	if err == nil || !strings.Contains(err.Error(), "ConfigMap patronus/patronus-config key cluster-id") {
+		t.Fatalf("disagreement must name the ConfigMap's namespace: %v", err)
+	}
+}
