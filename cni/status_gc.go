@@ -34,7 +34,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 		return notAvailable(err)
 	}
 	perr := db.Ping(context.Background())
-	db.Close()
+	p.closeDB(db)
 	if perr != nil {
 		return notAvailable(perr)
 	}
@@ -117,7 +117,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	defer db.Close()
+	defer p.closeDB(db)
 	ctx := context.Background()
 	pods, err := db.ListPods(ctx)
 	if err != nil {
