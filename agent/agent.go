@@ -90,6 +90,11 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("agent: register metrics: %w", err)
 	}
 
+	apiMux, err := a.apiMux()
+	if err != nil {
+		return err
+	}
+
 	// Listen before talking to the API server: /healthz answers at once and /readyz says
 	// why it is not ready yet, which is what an operator needs during an API outage.
 	sockLn, err := listenUnix(opts.SocketPath)
@@ -109,7 +114,7 @@ func Run(ctx context.Context, opts Options) error {
 		"metrics", a.metricsAt.Load(), "apiServer", restCfg.Host)
 
 	g, gctx := errgroup.WithContext(ctx)
-	serve(g, gctx, a.log, "local API", &http.Server{Handler: a.apiMux(), ReadHeaderTimeout: 5 * time.Second}, sockLn)
+	serve(g, gctx, a.log, "local API", &http.Server{Handler: apiMux, ReadHeaderTimeout: 5 * time.Second}, sockLn)
 	if metricsLn != nil {
 		serve(g, gctx, a.log, "metrics", &http.Server{Handler: a.metricsMux(), ReadHeaderTimeout: 5 * time.Second}, metricsLn)
 	}

@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -103,3 +105,33 @@ func TestRunValidatesOptions(t *testing.T) {
 }
 
 func typesUID(s string) types.UID { return types.UID(s) }
+
+func TestAPIMuxExtraHandlers(t *testing.T) {
+	a := &agent{opts: Options{APIHandlers: []Handler{
+		{Pattern: "GET /v1/members", Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("members")) })},
+	}}.withDefaults(), seen: newSeenSets()}
+	a.notReady.Store("starting")
+	mux, err := a.apiMux()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]int{"/v1/members": 200, "/healthz": 200, "/readyz": 503, "/nope": 404} {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		if rec.Code != want {
+			t.Errorf("GET %s: %d, want %d", path, rec.Code, want)
+		}
+	}
+	a.ready.Store(true)
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != 200 {
+		t.Errorf("readyz after ready: %d", rec.Code)
+	}
+
+	// A conflicting pattern is an error, not a panic.
+	a.opts.APIHandlers = append(a.opts.APIHandlers, Handler{Pattern: "GET /v1/status", Handler: http.NotFoundHandler()})
+	if _, err := a.apiMux(); err == nil {
+		t.Error("conflicting handler accepted")
+	}
+}

@@ -12,9 +12,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// apiMux is the local API (unix socket).
-func (a *agent) apiMux() *http.ServeMux {
-	mux := http.NewServeMux()
+// apiMux is the local API (unix socket). Extra handlers come from Options.APIHandlers; a
+// pattern that conflicts with another is an error, not a panic.
+func (a *agent) apiMux() (mux *http.ServeMux, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("agent: local API handlers: %v", r)
+		}
+	}()
+	mux = http.NewServeMux()
 	mux.HandleFunc("GET "+localapi.PathHealthz, a.healthz)
 	mux.HandleFunc("GET "+localapi.PathReadyz, a.readyz)
 	mux.HandleFunc("GET "+localapi.PathStatus, a.handleStatus)
@@ -22,7 +28,7 @@ func (a *agent) apiMux() *http.ServeMux {
 	for _, h := range a.opts.APIHandlers {
 		mux.Handle(h.Pattern, h.Handler)
 	}
-	return mux
+	return mux, nil
 }
 
 // metricsMux is the TCP listener: Prometheus metrics and the kubelet probes.
