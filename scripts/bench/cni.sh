@@ -65,6 +65,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -73,20 +74,31 @@ type variant struct {
 	env               []string
 }
 
+// call runs one plugin command; it returns the wall time and the CPU time (user+sys) of
+// the plugin process and its children (host-local when exec'd).
 func call(bin string, v variant, cmd, id, netns string) (time.Duration, error) {
+	d, _, err := callCPU(bin, v, cmd, id, netns)
+	return d, err
+}
+
+func callCPU(bin string, v variant, cmd, id, netns string) (time.Duration, time.Duration, error) {
 	c := exec.Command(filepath.Join(bin, v.plugin))
 	c.Env = append([]string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=" + id, "CNI_NETNS=" + netns,
 		"CNI_IFNAME=eth0", "CNI_PATH=" + bin, "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=" + id}, v.env...)
 	c.Stdin = strings.NewReader(v.conf)
 	var out bytes.Buffer
 	c.Stdout, c.Stderr = &out, &out
+	var before, after syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &before)
 	start := time.Now()
 	err := c.Run()
 	d := time.Since(start)
+	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &after)
+	cpu := time.Duration(after.Utime.Nano()+after.Stime.Nano()-before.Utime.Nano()-before.Stime.Nano())
 	if err != nil {
-		return d, fmt.Errorf("%s %s %s: %v: %s", v.name, cmd, id, err, out.String())
+		return d, cpu, fmt.Errorf("%s %s %s: %v: %s", v.name, cmd, id, err, out.String())
 	}
-	return d, nil
+	return d, cpu, nil
 }
 
 func pct(ds []time.Duration, p float64) time.Duration {
@@ -138,17 +150,19 @@ func main() {
 		}
 	}
 	add := make([][]time.Duration, len(vs))
+	addCPU := make([][]time.Duration, len(vs))
 	del := make([][]time.Duration, len(vs))
 	// Interleaved so drift in machine load hits every variant alike.
 	for i := 0; i < *n; i++ {
 		for k, v := range vs {
 			id := fmt.Sprintf("seq-%d", i)
-			d, err := call(*bin, v, "ADD", id, netnses[0])
+			d, cpu, err := callCPU(*bin, v, "ADD", id, netnses[0])
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)
 			}
 			add[k] = append(add[k], d)
+			addCPU[k] = append(addCPU[k], cpu)
 			d, err = call(*bin, v, "DEL", id, netnses[0])
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
@@ -158,10 +172,10 @@ func main() {
 		}
 	}
 	fmt.Printf("Sequential, %d ADD+DEL cycles per plugin (interleaved), ms:\n\n", *n)
-	fmt.Println("| plugin | ADD p50 | ADD p99 | ADD mean | DEL p50 | DEL p99 |")
-	fmt.Println("|---|---|---|---|---|---|")
+	fmt.Println("| plugin | ADD p50 | ADD p99 | ADD mean | ADD CPU mean (user+sys, incl. IPAM child) | DEL p50 | DEL p99 |")
+	fmt.Println("|---|---|---|---|---|---|---|")
 	for k, v := range vs {
-		fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", v.name, ms(pct(add[k], .5)), ms(pct(add[k], .99)), ms(mean(add[k])), ms(pct(del[k], .5)), ms(pct(del[k], .99)))
+		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s |\n", v.name, ms(pct(add[k], .5)), ms(pct(add[k], .99)), ms(mean(add[k])), ms(mean(addCPU[k])), ms(pct(del[k], .5)), ms(pct(del[k], .99)))
 	}
 	fmt.Printf("\n%d concurrent ADDs (separate pod namespaces), %d rounds per plugin, ms:\n\n", len(netnses), *rounds)
 	fmt.Println("| plugin | ADD p50 | ADD p99 | ADD max | errors |")
@@ -208,7 +222,7 @@ GO
 pods=$(printf "/var/run/netns/%s," "${PODS[@]}")
 echo "## CNI benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), $(go env GOVERSION))"
 echo
-echo "Command: \`scripts/bench/cni.sh $N\` (C=$C, ROUNDS=$ROUNDS)"
+echo "Command: \`scripts/bench/cni.sh $N\` (C=$C, ROUNDS=$ROUNDS); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 ip netns exec "$NODE" "$TMP/cnibench" -bin "$TMP/bin" -tmp "$TMP" -n "$N" -rounds "$ROUNDS" -pods "${pods%,}"
 echo
