@@ -366,3 +366,48 @@ func compile(ep Endpoint) (compiled, error) {
 	c.Hash = h.Sum64()
 	return c, nil
 }
+
+// fingerprint hashes everything compile reads (isolation, audit flag, peers, ports),
+// cheaply, so unchanged endpoints can skip compilation.
+func fingerprint(ep Endpoint) uint64 {
+	h := fnv.New64a()
+	var b [8]byte
+	put := func(v uint64) {
+		binary.LittleEndian.PutUint64(b[:], v)
+		h.Write(b[:])
+	}
+	prefix := func(p netip.Prefix) {
+		a := p.Addr().As16()
+		h.Write(a[:])
+		put(uint64(p.Bits()) + 1000*uint64(p.Addr().BitLen()))
+	}
+	flags := uint64(0)
+	if ep.IngressIsolated {
+		flags |= 1
+	}
+	if ep.EgressIsolated {
+		flags |= 2
+	}
+	if ep.AuditAllowed {
+		flags |= 4
+	}
+	put(flags)
+	for _, rules := range [][]policy.Rule{ep.Ingress, ep.Egress} {
+		put(uint64(len(rules)))
+		for _, r := range rules {
+			put(uint64(len(r.Peers)))
+			for _, p := range r.Peers {
+				prefix(p.Prefix)
+				put(uint64(len(p.Except)))
+				for _, x := range p.Except {
+					prefix(x)
+				}
+			}
+			put(uint64(len(r.Ports)))
+			for _, pr := range r.Ports {
+				put(uint64(pr.Protocol)<<32 | uint64(pr.First)<<16 | uint64(pr.Last))
+			}
+		}
+	}
+	return h.Sum64()
+}

@@ -296,10 +296,9 @@ func (e *EBPF) Remove(ctx context.Context, ep Endpoint) error {
 		return nil
 	})
 	var errs []error
+	var ifs []uint32
 	for i := range gone {
-		if err := e.objs.PtEndpoints.Delete(i); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("deleting endpoint %d: %w", i, err))
-		}
+		ifs = append(ifs, i)
 		for _, p := range []string{"from_pod", "to_pod"} {
 			if err := os.Remove(e.linkPath(int(i), p)); err != nil && !os.IsNotExist(err) {
 				errs = append(errs, err)
@@ -307,19 +306,17 @@ func (e *EBPF) Remove(ctx context.Context, ep Endpoint) error {
 		}
 		delete(e.byIf, i)
 	}
+	// Addresses of the endpoint: those given, and those the kernel maps to it.
+	var addrs [][16]byte
 	for _, a := range ep.IPs {
-		if err := e.objs.PtEndpointIps.Delete(addr16(a)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, err)
+		addrs = append(addrs, addr16(a))
+	}
+	for a, v := range e.sync.ips {
+		if gone[v.Ifindex] {
+			addrs = append(addrs, a)
 		}
 	}
-	live := map[uint32]bpf.PolicyEndpoint{}
-	var k uint32
-	var v bpf.PolicyEndpoint
-	it := e.objs.PtEndpoints.Iterate()
-	for it.Next(&k, &v) {
-		live[k] = v
-	}
-	errs = append(errs, it.Err(), e.sync.collect(live))
+	errs = append(errs, e.sync.remove(ifs, addrs))
 	return errors.Join(errs...)
 }
 

@@ -58,18 +58,55 @@ func portKey(setID uint32, e portEntry) bpf.PolicyPortKey {
 // its entries are written first, then its endpoint entry is switched to the new id in
 // one map update, then the old set is deleted. A packet therefore sees either the old
 // or the new rules, never a mix. Unchanged endpoints cause no writes at all.
+//
+// The syncer is the only writer of the endpoint maps, so it reads them once (at load,
+// to take over a previous agent's state) and keeps a mirror, and it caches compiled
+// rules by a fingerprint of their input: a Set that changes nothing costs no syscalls
+// and no compilation.
 type syncer struct {
 	m       maps
 	nextSet uint32
 	gc      bool // collect orphan sets on the next sync (set after load: a crash may leave some)
+
+	eps   map[uint32]bpf.PolicyEndpoint   // mirror of pt_endpoints
+	ips   map[[16]byte]bpf.PolicyEndpoint // mirror of pt_endpoint_ips
+	cache map[uint32]cached               // compiled rules by ifindex
+}
+
+type staleSet struct {
+	id uint32
+	c  compiled
+}
+
+// deleteSet deletes the entries of a rule set no endpoint uses any more.
+func (s *syncer) deleteSet(st staleSet) error {
+	var errs []error
+	for _, e := range st.c.Cidrs {
+		if err := s.m.cidrs.Delete(cidrKey(st.id, e)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for _, e := range st.c.Ports {
+		if err := s.m.ports.Delete(portKey(st.id, e)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+type cached struct {
+	fp uint64
+	c  compiled
 }
 
 func newSyncer(m maps) (*syncer, error) {
-	s := &syncer{m: m, nextSet: 1, gc: true}
+	s := &syncer{m: m, nextSet: 1, gc: true, eps: map[uint32]bpf.PolicyEndpoint{},
+		ips: map[[16]byte]bpf.PolicyEndpoint{}, cache: map[uint32]cached{}}
 	var k uint32
 	var v bpf.PolicyEndpoint
 	it := m.endpoints.Iterate()
 	for it.Next(&k, &v) {
+		s.eps[k] = v
 		if v.SetId >= s.nextSet {
 			s.nextSet = v.SetId + 1
 		}
@@ -77,7 +114,29 @@ func newSyncer(m maps) (*syncer, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading endpoints map: %w", err)
 	}
+	var a [16]byte
+	it = m.endpointIPs.Iterate()
+	for it.Next(&a, &v) {
+		s.ips[a] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading endpoint IPs map: %w", err)
+	}
 	return s, nil
+}
+
+// compileCached compiles ep unless its rules are unchanged since the last call.
+func (s *syncer) compileCached(ifindex uint32, ep Endpoint) (compiled, error) {
+	fp := fingerprint(ep)
+	if c, ok := s.cache[ifindex]; ok && c.fp == fp {
+		return c.c, nil
+	}
+	c, err := compile(ep)
+	if err != nil {
+		return c, err
+	}
+	s.cache[ifindex] = cached{fp, c}
+	return c, nil
 }
 
 func (s *syncer) allocSet(used map[uint32]bool) uint32 {
@@ -97,26 +156,19 @@ func (s *syncer) allocSet(used map[uint32]bool) uint32 {
 // compile keep their previous state and are reported in the error.
 func (s *syncer) sync(desired map[uint32]Endpoint) error {
 	var errs []error
-	cur := map[uint32]bpf.PolicyEndpoint{}
-	{
-		var k uint32
-		var v bpf.PolicyEndpoint
-		it := s.m.endpoints.Iterate()
-		for it.Next(&k, &v) {
-			cur[k] = v
-		}
-		if err := it.Err(); err != nil {
-			return fmt.Errorf("reading endpoints map: %w", err)
-		}
-	}
+	cur := s.eps
 	used := map[uint32]bool{}
 	for _, v := range cur {
 		used[v.SetId] = true
 	}
-	changed := s.gc
+	// Old rule sets are deleted key by key when their compiled form is still cached;
+	// otherwise (after a restart, after an error) by a full scan of the tries.
+	full := s.gc
+	var stale []staleSet
 	next := map[uint32]bpf.PolicyEndpoint{}
 	for ifindex, ep := range desired {
-		c, err := compile(ep)
+		prev, hadPrev := s.cache[ifindex]
+		c, err := s.compileCached(ifindex, ep)
 		if err != nil {
 			errs = append(errs, err)
 			if old, ok := cur[ifindex]; ok {
@@ -135,30 +187,70 @@ func (s *syncer) sync(desired map[uint32]Endpoint) error {
 				if old, ok := cur[ifindex]; ok {
 					next[ifindex] = old
 				}
-				changed = true // the half-written set is collected below
+				full = true // the half-written set is collected below
 				continue
 			}
-			changed = true
+			if old, ok := cur[ifindex]; ok {
+				if hadPrev && prev.c.Hash == old.Hash {
+					stale = append(stale, staleSet{old.SetId, prev.c})
+				} else {
+					full = true
+				}
+			}
 		}
 		next[ifindex] = val
 		if old, ok := cur[ifindex]; !ok || old != val {
 			if err := s.m.endpoints.Put(ifindex, val); err != nil {
 				errs = append(errs, fmt.Errorf("endpoint %s: %w", ep.Key(), err))
+				delete(s.cache, ifindex) // recompile and retry next time
+				if ok {
+					next[ifindex] = old
+				} else {
+					delete(next, ifindex)
+				}
 			}
 		}
 	}
-	for ifindex := range cur {
+	for ifindex, old := range cur {
 		if _, ok := next[ifindex]; !ok {
+			if _, want := desired[ifindex]; want {
+				continue // failed above; nothing was written for it
+			}
 			if err := s.m.endpoints.Delete(ifindex); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				errs = append(errs, fmt.Errorf("deleting endpoint %d: %w", ifindex, err))
+				next[ifindex] = old
+				continue
 			}
-			changed = true
+			if c, ok := s.cache[ifindex]; ok && c.c.Hash == old.Hash {
+				stale = append(stale, staleSet{old.SetId, c.c})
+			} else {
+				full = true
+			}
+			for _, d := range []uint32{uint32(Ingress), uint32(Egress)} {
+				_ = s.m.denies.Delete(bpf.PolicyDenyKey{Ifindex: ifindex, Dir: d})
+			}
 		}
 	}
+	for ifindex := range s.cache {
+		if _, ok := desired[ifindex]; !ok {
+			delete(s.cache, ifindex)
+		}
+	}
+	s.eps = next
 	errs = append(errs, s.syncIPs(desired, next))
-	if changed {
-		errs = append(errs, s.collect(next))
-		s.gc = false
+	if full {
+		if err := s.collect(next); err != nil {
+			errs = append(errs, err)
+		} else {
+			s.gc = false
+		}
+	} else {
+		for _, st := range stale {
+			if err := s.deleteSet(st); err != nil {
+				errs = append(errs, err)
+				s.gc = true // leftovers are collected by the next full scan
+			}
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -192,28 +284,22 @@ func (s *syncer) syncIPs(desired map[uint32]Endpoint, next map[uint32]bpf.Policy
 		}
 	}
 	var errs []error
-	var k [16]byte
-	var v bpf.PolicyEndpoint
-	have := map[[16]byte]bpf.PolicyEndpoint{}
-	it := s.m.endpointIPs.Iterate()
-	for it.Next(&k, &v) {
-		have[k] = v
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("reading endpoint IPs: %w", err)
-	}
 	for a, v := range want {
-		if old, ok := have[a]; !ok || old != v {
+		if old, ok := s.ips[a]; !ok || old != v {
 			if err := s.m.endpointIPs.Put(a, v); err != nil {
 				errs = append(errs, fmt.Errorf("endpoint IP %s: %w", netip.AddrFrom16(a).Unmap(), err))
+				continue
 			}
+			s.ips[a] = v
 		}
 	}
-	for a := range have {
+	for a := range s.ips {
 		if _, ok := want[a]; !ok {
 			if err := s.m.endpointIPs.Delete(a); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				errs = append(errs, err)
+				continue
 			}
+			delete(s.ips, a)
 		}
 	}
 	return errors.Join(errs...)
@@ -312,4 +398,42 @@ func (s *syncer) setDeferred(prefixes []netip.Prefix) error {
 		}
 	}
 	return nil
+}
+
+// remove deletes endpoints and addresses at once (CNI DEL) and collects their rule sets.
+func (s *syncer) remove(ifindexes []uint32, addrs [][16]byte) error {
+	var errs []error
+	full := false
+	var stale []staleSet
+	for _, i := range ifindexes {
+		old, known := s.eps[i]
+		if err := s.m.endpoints.Delete(i); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("deleting endpoint %d: %w", i, err))
+			continue
+		}
+		if c, ok := s.cache[i]; ok && known && c.c.Hash == old.Hash {
+			stale = append(stale, staleSet{old.SetId, c.c})
+		} else {
+			full = true
+		}
+		for _, d := range []uint32{uint32(Ingress), uint32(Egress)} {
+			_ = s.m.denies.Delete(bpf.PolicyDenyKey{Ifindex: i, Dir: d})
+		}
+		delete(s.eps, i)
+		delete(s.cache, i)
+	}
+	for _, a := range addrs {
+		if err := s.m.endpointIPs.Delete(a); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		delete(s.ips, a)
+	}
+	if full || s.gc {
+		return errors.Join(append(errs, s.collect(s.eps))...)
+	}
+	for _, st := range stale {
+		errs = append(errs, s.deleteSet(st))
+	}
+	return errors.Join(errs...)
 }
