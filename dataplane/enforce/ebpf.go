@@ -51,6 +51,7 @@ type EBPF struct {
 	mu     sync.Mutex
 	sync   *syncer
 	byIf   map[uint32]Endpoint // last applied, to name events and counters
+	linked map[string]bool     // "ifindex/veth" whose links this process has ensured
 	closed bool
 }
 
@@ -76,7 +77,7 @@ func NewEBPF(opts Options) (*EBPF, error) {
 	if st.Type != bpffsMagic {
 		return nil, fmt.Errorf("pin dir %s is not on a bpffs mount (mount -t bpf bpf /sys/fs/bpf)", opts.PinDir)
 	}
-	e := &EBPF{opts: opts, log: opts.Logger, linkDir: filepath.Join(opts.PinDir, "links"), byIf: map[uint32]Endpoint{}}
+	e := &EBPF{opts: opts, log: opts.Logger, linkDir: filepath.Join(opts.PinDir, "links"), byIf: map[uint32]Endpoint{}, linked: map[string]bool{}}
 	if err := os.MkdirAll(e.linkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating link dir: %w", err)
 	}
@@ -213,13 +214,17 @@ func (e *EBPF) Set(ctx context.Context, endpoints []Endpoint) error {
 	desired := map[uint32]Endpoint{}
 	var errs []error
 	err := e.inNS(func() error {
+		byName, err := linkIndexes()
+		if err != nil {
+			return err
+		}
 		for _, ep := range endpoints {
-			l, err := netlink.LinkByName(ep.HostVeth)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("endpoint %s: veth %q: %w (%v)", ep.Key(), ep.HostVeth, ErrNoInterface, err))
+			idx, ok := byName[ep.HostVeth]
+			if !ok {
+				errs = append(errs, fmt.Errorf("endpoint %s: veth %q: %w", ep.Key(), ep.HostVeth, ErrNoInterface))
 				continue
 			}
-			desired[uint32(l.Attrs().Index)] = ep
+			desired[uint32(idx)] = ep
 		}
 		// Maps first, then links: a newly attached program finds its endpoint's rules.
 		errs = append(errs, e.sync.sync(desired))
@@ -227,12 +232,22 @@ func (e *EBPF) Set(ctx context.Context, endpoints []Endpoint) error {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
+			// Links this process attached or checked stay valid while their interface
+			// lives (an ifindex is not reused while the veth exists; a new veth under
+			// an old ifindex has a different name, hence the name in the key).
+			key := fmt.Sprintf("%d/%s", ifindex, desired[ifindex].HostVeth)
+			if e.linked[key] {
+				continue
+			}
 			if err := e.ensureLink(int(ifindex), "from_pod", ebpf.AttachTCXIngress, e.objs.FromPod); err != nil {
 				errs = append(errs, err)
+				continue
 			}
 			if err := e.ensureLink(int(ifindex), "to_pod", ebpf.AttachTCXEgress, e.objs.ToPod); err != nil {
 				errs = append(errs, err)
+				continue
 			}
+			e.linked[key] = true
 		}
 		errs = append(errs, e.gcLinks(desired))
 		return nil
@@ -260,6 +275,11 @@ func (e *EBPF) gcLinks(desired map[uint32]Endpoint) error {
 		}
 		if _, ok := desired[uint32(i)]; ok {
 			continue
+		}
+		for k := range e.linked {
+			if strings.HasPrefix(k, idx+"/") {
+				delete(e.linked, k)
+			}
 		}
 		if err := os.Remove(filepath.Join(e.linkDir, ent.Name())); err != nil && !os.IsNotExist(err) {
 			errs = append(errs, err)
@@ -305,6 +325,11 @@ func (e *EBPF) Remove(ctx context.Context, ep Endpoint) error {
 			}
 		}
 		delete(e.byIf, i)
+		for k := range e.linked {
+			if strings.HasPrefix(k, strconv.Itoa(int(i))+"/") {
+				delete(e.linked, k)
+			}
+		}
 	}
 	// Addresses of the endpoint: those given, and those the kernel maps to it.
 	var addrs [][16]byte
@@ -338,4 +363,25 @@ func (e *EBPF) Uninstall() error {
 		return fmt.Errorf("removing %s: %w", e.opts.PinDir, err)
 	}
 	return nil
+}
+
+// linkIndexes maps interface names to indexes with one netlink dump, retried when the
+// kernel reports the dump was interrupted by a concurrent change.
+func linkIndexes() (map[string]int, error) {
+	var links []netlink.Link
+	var err error
+	for try := 0; try < 5; try++ {
+		links, err = netlink.LinkList()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing links: %w", err)
+	}
+	out := make(map[string]int, len(links))
+	for _, l := range links {
+		out[l.Attrs().Name] = l.Attrs().Index
+	}
+	return out, nil
 }
