@@ -385,7 +385,10 @@ func (c *Cluster) Kubectl(args ...string) (string, error) {
 // KubectlAs runs kubectl with the given kubeconfig (for example one from
 // ServiceAccountKubeconfig).
 func (c *Cluster) KubectlAs(kubeconfig string, args ...string) (string, error) {
-	cmd := exec.Command(filepath.Join(c.bin, "kubectl"), append([]string{"--kubeconfig=" + kubeconfig}, args...)...)
+	// A bound, so a kubectl stuck on a stopped API server fails the test instead of hanging it.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, "kubectl"), append([]string{"--kubeconfig=" + kubeconfig}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
