@@ -63,8 +63,27 @@ func randID() string {
 	return hex.EncodeToString(b)
 }
 
-// newPair builds both sides; the WireGuard devices exist but have no peers yet.
+// newPair builds both sides with in-process WireGuard devices, routers and reconcilers;
+// the devices have no peers yet.
 func newPair(t *testing.T) (a, b *side) {
+	t.Helper()
+	a, b = newTopology(t)
+	for _, s := range []*side{a, b} {
+		s.openDevice(t, mustKey(t))
+		var err error
+		s.kernel, err = route.NewNetlinkKernel(s.gw.Path())
+		must(t, err)
+		t.Cleanup(s.kernel.Close)
+		s.router = route.NewRouter(route.Options{Kernel: s.kernel})
+		gwPath := s.gw.Path()
+		s.rec = tunnel.NewReconciler(tunnel.ReconcilerOptions{Device: s.dev, Routes: s.router,
+			MSS: func(devs []string) error { return wg.EnsureMSSClamp(gwPath, devs) }})
+	}
+	return a, b
+}
+
+// newTopology builds the namespaces, underlay, bridges and pods of both sides.
+func newTopology(t *testing.T) (a, b *side) {
 	t.Helper()
 	enforcetest.RequireRoot(t)
 	id := randID()
@@ -129,15 +148,6 @@ func newPair(t *testing.T) (a, b *side) {
 			}
 			return netlink.RouteAdd(&netlink.Route{Gw: gwAddr.AsSlice()})
 		}))
-		s.openDevice(t, mustKey(t))
-		var err error
-		s.kernel, err = route.NewNetlinkKernel(s.gw.Path())
-		must(t, err)
-		t.Cleanup(s.kernel.Close)
-		s.router = route.NewRouter(route.Options{Kernel: s.kernel})
-		gwPath := s.gw.Path()
-		s.rec = tunnel.NewReconciler(tunnel.ReconcilerOptions{Device: s.dev, Routes: s.router,
-			MSS: func(devs []string) error { return wg.EnsureMSSClamp(gwPath, devs) }})
 	}
 	return a, b
 }
