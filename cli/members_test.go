@@ -42,7 +42,11 @@ func fakeMeshAgent(t *testing.T) (socket string, events func() []mesh.EventReque
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	return socket, func() []mesh.EventRequest { mu.Lock(); defer mu.Unlock(); return append([]mesh.EventRequest(nil), got...) }
+	return socket, func() []mesh.EventRequest {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]mesh.EventRequest(nil), got...)
+	}
 }
 
 func TestMembers(t *testing.T) {
