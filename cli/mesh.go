@@ -158,15 +158,6 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 	if f.cluster == "" || f.clusterKey == "" {
 		return usagef("--cluster-id (or $CLUSTER_ID) and --cluster-key are required")
 	}
-	src := trust.FileSource{ClusterKeyFile: f.clusterKey, GossipKeyFile: f.gossipKey}
-	ckey, err := src.ClusterKey(ctx)
-	if err != nil {
-		return err
-	}
-	gkeys, err := src.GossipKeys(ctx)
-	if err != nil {
-		return err
-	}
 	var localCIDRs []netip.Prefix
 	for _, s := range []string{f.clusterCIDR, f.serviceCIDR} {
 		ps, err := mesh.ParsePrefixes(s)
@@ -175,36 +166,23 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 		}
 		localCIDRs = append(localCIDRs, ps...)
 	}
-	var remotes []trust.Cluster
-	seeds := f.joins
+	var remotes []mesh.RemoteCluster
 	if f.remotes != "" {
 		b, err := os.ReadFile(f.remotes)
 		if err != nil {
 			return fmt.Errorf("read --remote-clusters: %w", err)
 		}
-		rs, err := mesh.ParseRemoteClusters(b)
-		if err != nil {
+		if remotes, err = mesh.ParseRemoteClusters(b); err != nil {
 			return err
 		}
-		for _, r := range rs {
-			if tc, ok, err := r.Trust(); err != nil {
-				return err
-			} else if ok {
-				remotes = append(remotes, tc)
-			}
-			if g, _ := r.GossipAddr(); g != "" {
-				seeds = append(seeds, g)
-			}
-		}
 	}
-	verifier, err := trust.NewVerifier(trust.Cluster{ID: f.cluster, PublicKey: ckey.Public().(ed25519.PublicKey), CIDRs: localCIDRs}, remotes...)
+	tr, err := mesh.BuildTrust(ctx, mesh.TrustConfig{ClusterID: f.cluster, NodeName: f.node,
+		Keys:       trust.FileSource{ClusterKeyFile: f.clusterKey, GossipKeyFile: f.gossipKey},
+		LocalCIDRs: localCIDRs, Remotes: remotes, CertValidity: f.certValidity})
 	if err != nil {
 		return err
 	}
-	id, err := trust.NewIdentity(f.cluster, ckey, f.node, time.Now(), f.certValidity)
-	if err != nil {
-		return err
-	}
+	seeds := append(append([]string(nil), f.joins...), tr.Seeds...)
 	announced, err := mesh.ParsePrefixes(joinArgs(f.announce))
 	if err != nil {
 		return usagef("--announce: %v", err)
@@ -244,15 +222,15 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 	}
 	pods := append([]netip.Prefix(nil), announced...)
 	opts := mesh.Options{
-		NodeName: f.node, ClusterID: f.cluster, Identity: id, Verifier: verifier,
+		NodeName: f.node, ClusterID: f.cluster, Identity: tr.Identity, Verifier: tr.Verifier,
 		BindAddr: bindHost, BindPort: bindPort, AdvertiseAddr: advHost, AdvertisePort: advPort,
-		GossipKeys: gkeys, Seeds: seeds,
+		GossipKeys: tr.GossipKeys, Seeds: seeds,
 		Tags:           mesh.Tags{Role: f.role, PodCIDRs: pods, WireGuardKey: f.wgKey, Endpoints: f.endpoints, Version: Version},
 		DisableBeacons: f.noBeacons, BeaconGroup: group, BeaconInterfaces: f.ifaces, BeaconInterval: f.beaconEvery,
 		Prefixes: announced, Refresh: f.refresh, TTL: f.ttl, Profile: f.profile, ReconnectInterval: f.reconnect,
 		EventHandlers: handlers, Store: kv, Logger: log, Registerer: reg,
 	}
-	if f.gossipKey != "" && gkeys != nil {
+	if f.gossipKey != "" && tr.GossipKeys != nil {
 		opts.KeyringFile = f.gossipKey
 	}
 	node, err := mesh.New(opts)
@@ -275,7 +253,7 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Info("mesh agent running", "node", f.node, "cluster", f.cluster, "bind", f.bind, "socket", f.socket,
-		"public_key", trust.EncodeKey(ckey.Public().(ed25519.PublicKey)), "seeds", seeds)
+		"public_key", trust.EncodeKey(tr.ClusterPublicKey), "seeds", seeds)
 	return node.Run(ctx)
 }
 

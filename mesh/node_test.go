@@ -24,7 +24,7 @@ type testCluster struct {
 	v   *trust.Verifier
 }
 
-func newTestCluster(t *testing.T, id string, cidr string, pinned ...*testCluster) *testCluster {
+func newTestCluster(t testing.TB, id string, cidr string, pinned ...*testCluster) *testCluster {
 	t.Helper()
 	k, err := trust.GenerateClusterKey()
 	if err != nil {
