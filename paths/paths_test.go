@@ -188,7 +188,7 @@ func TestScore(t *testing.T) {
 		{"perfect", up(0, 0, 0), nil, 100},
 		{"down", Stats{State: StateDown}, nil, 0},
 		{"unknown", Stats{State: StateUnknown}, nil, 0},
-		{"30ms", up(30*ms1, 0, 0), nil, 96},             // 40·30/300
+		{"30ms", up(30*ms1, 0, 0), nil, 96},                 // 40·30/300
 		{"300ms saturates", up(time.Second, 0, 0), nil, 60}, // full latency penalty
 		{"jitter 25ms", up(0, 25*ms1, 0), nil, 92.5},
 		{"loss 5%", up(0, 0, 0.05), nil, 80},
