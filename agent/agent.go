@@ -47,6 +47,7 @@ type agent struct {
 
 	podLister corelisters.PodLister
 	pods      *kube.Controller
+	rows      rowIndex // the database's pod rows as of the last scan
 	recorder  *kube.Recorder
 	qosEvents eventDedup
 
@@ -89,6 +90,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("agent: register metrics: %w", err)
 	}
+	defer a.metrics.unregister()
 
 	apiMux, err := a.apiMux()
 	if err != nil {
@@ -265,11 +267,14 @@ func (a *agent) runKube(ctx context.Context, g *errgroup.Group) error {
 	a.metrics.ready.Set(1)
 	a.log.Info("caches synced, agent ready")
 
+	// One scan before the workers start: every registered pod is queued once.
+	sc := newStoreScanner(a)
+	sc.scan(ctx)
 	var wg sync.WaitGroup
 	for _, c := range ctrls {
 		wg.Go(func() { c.Run(ctx) })
 	}
-	wg.Go(func() { a.pollStore(ctx) })
+	wg.Go(func() { a.pollStore(ctx, sc) })
 	wg.Go(func() { a.runMCS(ctx) })
 	wg.Wait()
 	return nil

@@ -6,6 +6,8 @@ import (
 
 // metrics are the agent's own Prometheus metrics (docs/CONTRACT.md, "Metrics").
 type metrics struct {
+	reg         prometheus.Registerer
+	collectors  []prometheus.Collector
 	ready       prometheus.Gauge
 	mcs         prometheus.Gauge
 	podsManaged prometheus.Gauge
@@ -29,12 +31,24 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		qosErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "patronus_agent_invalid_qos_annotations_total",
 			Help: "Invalid pod QoS annotation values reported as Events."}),
 	}
+	m.reg = reg
 	for _, c := range []prometheus.Collector{m.ready, m.mcs, m.podsManaged, m.objects, m.reconciles, m.qosErrors} {
 		if err := reg.Register(c); err != nil {
+			m.unregister()
 			return nil, err
 		}
+		m.collectors = append(m.collectors, c)
 	}
 	return m, nil
+}
+
+// unregister removes the agent's collectors, so a registry can outlive one Run (tests,
+// or an embedding program restarting the agent).
+func (m *metrics) unregister() {
+	for _, c := range m.collectors {
+		m.reg.Unregister(c)
+	}
+	m.collectors = nil
 }
 
 func (m *metrics) result(controller string, err error) {

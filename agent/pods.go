@@ -2,9 +2,12 @@ package agent
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -50,14 +53,12 @@ func (a *agent) reconcilePod(ctx context.Context, key string) error {
 		a.qosEvents.forget(ns, name)
 	}
 
-	rows, err := a.db.ListPods(ctx)
-	if err != nil {
-		return err
+	if pod == nil {
+		return nil
 	}
-	for _, r := range rows {
-		if r.Namespace != ns || r.Name != name || pod == nil {
-			continue
-		}
+	// The rows come from the last database scan, which queued this key after it saw them;
+	// a row deleted since then makes SetPodAPIState return ErrNotFound.
+	for _, r := range a.rows.get(key) {
 		// The runtime passes K8S_POD_UID; a row with another UID is an older incarnation
 		// of a pod with the same name (its DEL has not come yet): leave it alone.
 		if r.UID != "" && r.UID != string(pod.UID) {
@@ -74,6 +75,7 @@ func (a *agent) reconcilePod(ctx context.Context, key string) error {
 		if err != nil {
 			return err
 		}
+		a.rows.markSynced(key, r.ContainerID, r.IfName, string(pod.UID), string(spec.Class), pod.Labels, pod.Annotations)
 		a.log.Info("pod matched with its API object", "pod", key, "container", r.ContainerID, "ifname", r.IfName,
 			"qosClass", spec.Class, "ips", r.IPs)
 	}
@@ -136,52 +138,148 @@ func (d *eventDedup) forget(ns, name string) {
 	delete(d.last, ns+"/"+name)
 }
 
-// pollStore scans the database for attachments the CNI plugin added or removed and queues
-// their pods. The plugin is a separate short-lived process, so polling a small indexed
+// pollStore scans the database for attachments the CNI plugin added, changed or removed
+// and queues their pods. The plugin is a separate short-lived process, so polling a small
 // table is the simplest reliable signal; the informer resync covers the rest.
-func (a *agent) pollStore(ctx context.Context) {
-	known := map[string]string{} // container/ifname -> ns/name
+func (a *agent) pollStore(ctx context.Context, sc *storeScanner) {
+	defer sc.close()
 	var snap snapshotState
 	t := time.NewTicker(a.opts.StorePollInterval)
 	defer t.Stop()
-	lastFull := time.Now()
 	for {
-		rows, err := a.db.ListPods(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			a.log.Warn("cannot read the node database", "path", a.opts.DatabasePath, "err", err)
-		} else {
-			full := time.Since(lastFull) >= a.opts.ResyncPeriod
-			if full {
-				lastFull = time.Now()
-			}
-			now := make(map[string]string, len(rows))
-			for _, r := range rows {
-				if r.Namespace == "" || r.Name == "" {
-					continue // not a Kubernetes pod (no K8S_POD_* in CNI_ARGS)
-				}
-				id, key := r.ContainerID+"/"+r.IfName, r.Namespace+"/"+r.Name
-				now[id] = key
-				if _, ok := known[id]; !ok || full {
-					a.pods.Enqueue(key)
-				}
-			}
-			for id, key := range known {
-				if _, ok := now[id]; !ok {
-					a.pods.Enqueue(key)
-				}
-			}
-			known = now
-			a.metrics.podsManaged.Set(float64(len(rows)))
-		}
-		a.saveSnapshot(ctx, &snap)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		sc.scan(ctx)
+		a.saveSnapshot(ctx, &snap)
+	}
+}
+
+// storeScanner remembers what the last scan saw, to queue only what changed (and
+// everything once per resync period).
+type storeScanner struct {
+	a        *agent
+	enqueue  func(key string)
+	known    map[string]string // container/ifname -> fingerprint (key, IPs, synced)
+	lastFull time.Time
+
+	// conn is a dedicated read connection whose PRAGMA data_version changes only when
+	// another connection (a plugin process, or the agent's own writes) committed: an idle
+	// node costs one tiny query per poll instead of decoding every row.
+	conn        *sql.Conn
+	lastVersion int64
+}
+
+func newStoreScanner(a *agent) *storeScanner {
+	return &storeScanner{a: a, enqueue: a.pods.Enqueue, known: map[string]string{}, lastFull: time.Now(), lastVersion: -1}
+}
+
+func (sc *storeScanner) close() {
+	if sc.conn != nil {
+		sc.conn.Close()
+		sc.conn = nil
+	}
+}
+
+// changed reports whether the database may have changed since the last call (true when
+// it cannot tell).
+func (sc *storeScanner) changed(ctx context.Context) bool {
+	if sc.conn == nil {
+		c, err := sc.a.db.SQL().Conn(ctx)
+		if err != nil {
+			return true
+		}
+		sc.conn = c
+	}
+	var v int64
+	if err := sc.conn.QueryRowContext(ctx, `PRAGMA data_version`).Scan(&v); err != nil {
+		sc.close()
+		return true
+	}
+	ch := v != sc.lastVersion
+	sc.lastVersion = v
+	return ch
+}
+
+func (sc *storeScanner) scan(ctx context.Context) {
+	a := sc.a
+	full := time.Since(sc.lastFull) >= a.opts.ResyncPeriod
+	if !sc.changed(ctx) && !full {
+		return
+	}
+	if full {
+		sc.lastFull = time.Now()
+	}
+	rows, err := a.db.ListPods(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("cannot read the node database", "path", a.opts.DatabasePath, "err", err)
+		}
+		return
+	}
+	a.rows.replace(rows)
+	a.metrics.podsManaged.Set(float64(len(rows)))
+	now := make(map[string]string, len(rows))
+	for _, r := range rows {
+		if r.Namespace == "" || r.Name == "" {
+			continue // not a Kubernetes pod (no K8S_POD_* in CNI_ARGS)
+		}
+		id, key := r.ContainerID+"/"+r.IfName, r.Namespace+"/"+r.Name
+		// A repeated ADD replaces the row (new IPs, API state reset): that is a change too.
+		fp := fmt.Sprintf("%s|%v|%t", key, r.IPs, r.APISyncedAt.IsZero())
+		now[id] = fp
+		if old, ok := sc.known[id]; !ok || old != fp || full {
+			sc.enqueue(key)
+		}
+	}
+	for id, fp := range sc.known {
+		if _, ok := now[id]; !ok {
+			sc.enqueue(strings.SplitN(fp, "|", 2)[0])
+		}
+	}
+	sc.known = now
+}
+
+// rowIndex is the last scan's rows by pod key, so a reconcile does not read the whole
+// table (a full resync would otherwise cost O(pods²)).
+type rowIndex struct {
+	mu    sync.RWMutex
+	byKey map[string][]store.Pod
+}
+
+func (x *rowIndex) replace(rows []store.Pod) {
+	m := make(map[string][]store.Pod, len(rows))
+	for _, r := range rows {
+		k := r.Namespace + "/" + r.Name
+		m[k] = append(m[k], r)
+	}
+	x.mu.Lock()
+	x.byKey = m
+	x.mu.Unlock()
+}
+
+func (x *rowIndex) get(key string) []store.Pod {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return slices.Clone(x.byKey[key])
+}
+
+// markSynced records a write the reconcile made, so the next reconcile of the same key
+// before the next scan sees the row up to date.
+func (x *rowIndex) markSynced(key, containerID, ifname, uid, class string, labels, annotations map[string]string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	rows := slices.Clone(x.byKey[key])
+	for i := range rows {
+		if rows[i].ContainerID == containerID && rows[i].IfName == ifname {
+			rows[i].UID, rows[i].QoSClass, rows[i].APISyncedAt = uid, class, time.Now()
+			rows[i].Labels, rows[i].Annotations = maps.Clone(nonNilMap(labels)), maps.Clone(nonNilMap(annotations))
+		}
+	}
+	if x.byKey != nil {
+		x.byKey[key] = rows
 	}
 }
 

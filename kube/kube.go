@@ -8,7 +8,6 @@ package kube
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -127,9 +126,3 @@ func NewRecorder(ctx context.Context, k kubernetes.Interface, component, host st
 
 // Stop shuts the broadcaster down.
 func (r *Recorder) Stop() { r.broadcaster.Shutdown() }
-
-// IsNotFound reports whether err is an API NotFound.
-func IsNotFound(err error) bool {
-	var se apierrors.APIStatus
-	return errors.As(err, &se) && apierrors.IsNotFound(err)
-}

@@ -106,7 +106,7 @@ func TestPodLifecycleAndRestart(t *testing.T) {
 	if _, err := os.Stat(opts.SocketPath); !os.IsNotExist(err) {
 		t.Errorf("socket still present after shutdown: %v", err)
 	}
-	opts.Registry = nil // a fresh process has a fresh registry
+	// Same registry: the first run unregistered its collectors on the way out.
 	ra = startAgent(t, opts)
 	waitPod(t, ra.client, "default", "web", func(p *localapi.Pod) error {
 		if p.Labels["version"] != "v2" {
