@@ -6,6 +6,8 @@
 #
 #   scripts/bench/cni.sh [N]      N sequential ADD+DEL cycles per plugin (default 300)
 #   C=32 ROUNDS=5 scripts/bench/cni.sh
+#   CNI_ONLY=1 scripts/bench/cni.sh   the plugin linked alone (no agent/CLI package init)
+#   PATRONUS_BIN=bin/patronus scripts/bench/cni.sh   an already built binary
 #
 # Needs root. Everything runs in its own "node" namespace (pt-bench-*) with pods in
 # their own namespaces; nothing touches the root namespace. Prints a Markdown report.
@@ -29,7 +31,15 @@ cleanup() {
 trap cleanup EXIT
 
 BIN=${PATRONUS_BIN:-}
-if [ -z "$BIN" ]; then
+if [ "${CNI_ONLY:-0}" = 1 ]; then
+	# The plugin's own cost: the same module with a main that links only cni.Main (what
+	# patronus-cni would cost if the rest of the binary added no package init).
+	echo "cni.sh: building a CNI-only binary (CNI_ONLY=1)" >&2
+	printf 'package main\n\nimport "github.com/patronus/patronus/cni"\n\nfunc main() { cni.Main() }\n' >"$TMP/cnionly.go"
+	printf '{"Replace":{"%s/main.go":"%s/cnionly.go"}}' "$PWD" "$TMP" >"$TMP/overlay.json"
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -overlay "$TMP/overlay.json" -o "$TMP/patronus" .
+	BIN=$TMP/patronus
+elif [ -z "$BIN" ]; then
 	echo "cni.sh: building patronus" >&2
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$TMP/patronus" .
 	BIN=$TMP/patronus
@@ -222,14 +232,22 @@ GO
 pods=$(printf "/var/run/netns/%s," "${PODS[@]}")
 echo "## CNI benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), $(go env GOVERSION))"
 echo
-echo "Command: \`scripts/bench/cni.sh $N\` (C=$C, ROUNDS=$ROUNDS); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "Command: \`CNI_ONLY=${CNI_ONLY:-0} scripts/bench/cni.sh $N\` (C=$C, ROUNDS=$ROUNDS, binary $(du -h "$BIN" | cut -f1)); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 ip netns exec "$NODE" "$TMP/cnibench" -bin "$TMP/bin" -tmp "$TMP" -n "$N" -rounds "$ROUNDS" -pods "${pods%,}"
 echo
-echo "Package init of the binary (GODEBUG=inittrace=1, CNI_COMMAND=VERSION, median of 20 runs):"
+echo "Package init of the binary (GODEBUG=inittrace=1, CNI_COMMAND=VERSION, 20 runs), and the CPU of a"
+echo "bare VERSION call (process start + init; perf stat if present):"
 echo
 for i in $(seq 1 20); do
-	GODEBUG=inittrace=1 CNI_COMMAND=VERSION "$TMP/bin/patronus-cni" 2>&1 >/dev/null | awk '/^init /{ms+=$5} END {printf "%.3f\n", ms}'
-done | sort -n | awk '{a[NR]=$1} END {printf "- total: %s ms\n", a[int((NR+1)/2)]}'
-echo "- largest (one run):"
-GODEBUG=inittrace=1 CNI_COMMAND=VERSION "$TMP/bin/patronus-cni" 2>&1 >/dev/null | awk '/^init /{print $5, $2}' | sort -rn | head -8 | awk '{printf "  - %s: %s ms\n", $2, $1}'
+	GODEBUG=inittrace=1 CNI_COMMAND=VERSION "$TMP/bin/patronus-cni" 2>&1 >/dev/null | awk '/^init /{print $2, $5}'
+done >"$TMP/inittrace"
+awk '{t+=$2} END {printf "- total init (clock), mean of 20 runs: %.2f ms\n", t/20}' "$TMP/inittrace"
+echo "- largest packages (mean ms per run):"
+awk '{s[$1]+=$2} END {for (p in s) printf "%.3f %s\n", s[p]/20, p}' "$TMP/inittrace" | sort -rn | head -8 | awk '{printf "  - %s: %s ms\n", $2, $1}'
+if command -v perf >/dev/null; then
+	for b in "$TMP/bin/patronus-cni" "$TMP/bin/bridge"; do
+		perf stat -r 20 -x, -e task-clock env CNI_COMMAND=VERSION "$b" </dev/null 2>&1 >/dev/null |
+			awk -F, -v b="$(basename "$b")" '/task-clock/ {printf "- %s VERSION: %.2f ms CPU\n", b, $1}'
+	done
+fi
