@@ -79,6 +79,8 @@ func newRootCmd(e env) *cobra.Command {
 		newMeshCmd(e),
 		newMembersCmd(e),
 		newEventCmd(e),
+		newPathsCmd(e),
+		newWanemCmd(e),
 	)
 	return root
 }
