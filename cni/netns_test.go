@@ -564,3 +564,46 @@ func TestDelegatedIPAMSharesHostLocalState(t *testing.T) {
 	}
 	h.assertClean()
 }
+
+func TestDualStack(t *testing.T) {
+	h := newHarness(t)
+	p := h.plugin()
+	ipam := p["ipam"].(map[string]any)
+	delete(ipam, "subnet")
+	delete(ipam, "rangeStart")
+	delete(ipam, "rangeEnd")
+	delete(ipam, "gateway")
+	ipam["ranges"] = []any{
+		[]any{map[string]any{"subnet": "10.244.0.0/16"}},
+		[]any{map[string]any{"subnet": "fd00:244::/64"}},
+	}
+	ipam["routes"] = []any{map[string]any{"dst": "0.0.0.0/0"}, map[string]any{"dst": "::/0"}}
+	l := h.list("1.1.0", p)
+	a, b := h.newPod("v6a"), h.newPod("v6b")
+	ra, err := h.add(l, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.add(l, b); err != nil {
+		t.Fatal(err)
+	}
+	res := ra.current(t)
+	if len(res.IPs) != 2 || res.IPs[1].Address.IP.To4() != nil {
+		t.Fatalf("want an IPv4 and an IPv6 address: %+v", res.IPs)
+	}
+	if out, err := podExec(t, b.netns, "ping", "-6", "-c", "1", "-W", "2", res.IPs[1].Address.IP.String()); err != nil {
+		t.Fatalf("ping6 between pods: %v\n%s", err, out)
+	}
+	if out, err := podExec(t, a.netns, "ping", "-6", "-c", "1", "-W", "2", "fd00:244::1"); err != nil {
+		t.Fatalf("ping6 gateway: %v\n%s", err, out)
+	}
+	if err := h.check(l, a); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	for _, p := range []pod{a, b} {
+		if err := h.del(l, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.assertClean()
+}
