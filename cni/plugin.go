@@ -172,10 +172,6 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a, ones), true
 }
 
-func ipNetOf(p netip.Prefix) net.IPNet {
-	return net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
 // Add implements CNI ADD.
 func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	conf, err := ParseConfig(args.StdinData)
