@@ -110,7 +110,7 @@ func (r *Reconciler) Reconcile(in Input) (Plan, error) {
 	}
 	if !slices.Equal(prev.Conditions, p.Conditions) {
 		for _, c := range p.Conditions {
-			r.o.Logger.Warn("remote cluster condition", "cluster", c.Cluster, "type", c.Type, "message", c.Message)
+			r.o.Logger.Warn("remote cluster condition", "remote", c.Cluster, "type", c.Type, "message", c.Message)
 		}
 	}
 	return p, err

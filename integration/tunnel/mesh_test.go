@@ -198,6 +198,14 @@ func TestMeshDrivenTunnel(t *testing.T) {
 	dir := t.TempDir()
 	ga := startGateway(t, a, gatewayConfig{Cluster: a.cluster, ClusterKey: keyA, Remote: b.cluster, RemotePub: keyB.Public().(ed25519.PublicKey),
 		RemoteCIDR: b.podCIDR.String(), PodCIDR: a.podCIDR.String(), Underlay: a.underlay.String(), Socket: filepath.Join(dir, "a.sock"), Rotation: time.Hour})
+	// B joins through A's gossip address: A must listen first (a failed join is retried
+	// only every 30 s). A's local API answers once its mesh node listens.
+	eventually(t, 20*time.Second, "gateway A serving", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := ga.tunnels(ctx)
+		return err
+	})
 	gb := startGateway(t, b, gatewayConfig{Cluster: b.cluster, ClusterKey: keyB, Remote: a.cluster, RemotePub: keyA.Public().(ed25519.PublicKey),
 		RemoteCIDR: a.podCIDR.String(), PodCIDR: b.podCIDR.String(), Underlay: b.underlay.String(),
 		Seeds: []string{net.JoinHostPort(a.underlay.String(), "7946")}, Socket: filepath.Join(dir, "b.sock"), Rotation: time.Hour})
