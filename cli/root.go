@@ -78,6 +78,7 @@ func newRootCmd(e env) *cobra.Command {
 		newAgentCmd(e),
 		newMeshCmd(e),
 		newMembersCmd(e),
+		newKeysCmd(e),
 		newEventCmd(e),
 		newPathsCmd(e),
 		newWanemCmd(e),
