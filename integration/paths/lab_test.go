@@ -84,7 +84,7 @@ func veth(x ns.NetNS, xn string, y ns.NetNS, yn string) error {
 
 // newLab builds the namespaces, relays (path RTT delays rtt[0], rtt[1]), responder and
 // prober; everything stops at cleanup.
-func newLab(t *testing.T, cfg paths.Config, rtt [2]time.Duration, reqs []paths.Requirement) *lab {
+func newLab(t testing.TB, cfg paths.Config, rtt [2]time.Duration, reqs []paths.Requirement) *lab {
 	t.Helper()
 	enforcetest.RequireRoot(t)
 	id := strconv.FormatInt(time.Now().UnixNano()%0xffffff, 16)
@@ -164,14 +164,14 @@ func (l *lab) selected(c paths.Class) string {
 }
 
 // setRTT makes path i's round trip d (the relay delays each direction by d/2).
-func (l *lab) setRTT(t *testing.T, i int, d time.Duration) {
+func (l *lab) setRTT(t testing.TB, i int, d time.Duration) {
 	t.Helper()
 	imp := l.relays[i].Impairment()
 	imp.Delay = d / 2
 	must(t, l.relays[i].Set(imp))
 }
 
-func (l *lab) blackhole(t *testing.T, i int, on bool) {
+func (l *lab) blackhole(t testing.TB, i int, on bool) {
 	t.Helper()
 	imp := l.relays[i].Impairment()
 	imp.Blackhole = on
@@ -180,7 +180,7 @@ func (l *lab) blackhole(t *testing.T, i int, on bool) {
 
 // waitMove waits for the selection of class to move to path `to` and returns when the
 // prober reported it.
-func (l *lab) waitMove(t *testing.T, class paths.Class, to string, timeout time.Duration) move {
+func (l *lab) waitMove(t testing.TB, class paths.Class, to string, timeout time.Duration) move {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -219,7 +219,7 @@ func (l *lab) drain() {
 	}
 }
 
-func (l *lab) waitFor(t *testing.T, d time.Duration, what string, f func() bool) {
+func (l *lab) waitFor(t testing.TB, d time.Duration, what string, f func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !f() {
