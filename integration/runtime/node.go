@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -36,7 +37,7 @@ type Tools struct {
 // FindTools locates or builds what a runtime test needs, or skips the test saying why.
 // Overrides: PATRONUS_CRICTL (crictl binary), PATRONUS_CNI_PLUGINS (reference plugin
 // dir), PATRONUS_BIN (patronus binary). Without them the project's scripts build them
-// into the cache (or `go build` for patronus).
+// into the cache (TestMain builds patronus once for the package).
 func FindTools(t testing.TB) Tools {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -66,26 +67,37 @@ func FindTools(t testing.TB) Tools {
 	}
 	tools.Patronus = os.Getenv("PATRONUS_BIN")
 	if tools.Patronus == "" {
-		tools.Patronus = filepath.Join(t.TempDir(), "patronus")
-		cmd := exec.Command("go", "build", "-o", tools.Patronus, ".")
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build patronus: %v\n%s", err, out)
-		}
+		t.Fatal("PATRONUS_BIN is not set: build patronus (make build) and point PATRONUS_BIN at it; this package's TestMain does that when run as root")
 	}
 	return tools
 }
 
 // scriptOutput runs one of the project's build scripts and returns the last line it
-// printed (the directory it built into).
+// printed (the directory it built into). A cold build can be slow: it gets the test's
+// remaining time less a minute, then fails with a message saying how to prebuild,
+// rather than letting the test binary time out (which would skip every cleanup).
 func scriptOutput(t testing.TB, root, script string) string {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(root, script))
+	ctx := context.Background()
+	if dt, ok := t.(interface{ Deadline() (time.Time, bool) }); ok {
+		if d, ok := dt.Deadline(); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, d.Add(-time.Minute))
+			defer cancel()
+		}
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(root, script))
 	cmd.Dir = root
+	// Kill the whole group (go install and the compilers), not just the script.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
+	if ctx.Err() != nil {
+		t.Fatalf("%s did not finish before the test deadline (a cold build on a busy machine); run it once beforehand, or go test with a longer -timeout (scripts/test.sh uses 40m)\n%s", script, stderr.String())
+	}
 	if err != nil {
 		t.Fatalf("%s: %v\n%s", script, err, stderr.String())
 	}

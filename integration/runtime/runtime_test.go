@@ -201,35 +201,48 @@ func TestPatronusCNIThroughContainerd(t *testing.T) {
 	}
 
 	t.Run("stopp runs DEL: IP free, row gone, other pod unaffected", func(t *testing.T) {
-		n.RemovePod(t, a)
-		res := reservations(t, ipamDir)
-		if id, held := res[a.IP]; held {
-			t.Errorf("IP %s still reserved (by %s) after stopp+rmp", a.IP, id)
-		}
-		if res[b.IP] != b.ID {
-			t.Errorf("pod-b's reservation lost: %v", res)
-		}
+		// Remove the pod whose host veth lends the bridge its MAC, if one does: a Linux
+		// bridge without an explicitly set MAC takes its lowest port MAC and changes it
+		// when that port goes, which leaves the other pods with a stale gateway neighbour
+		// entry (several seconds without network). The plugin must pin the bridge's MAC.
+		victim, survivor := a, b
+		brMAC := linkMAC(t, n, "cni-bridge0")
 		rows := podRows(t, n.DBPath)
-		if _, ok := findRow(rows, a.ID); ok {
-			t.Errorf("database still has pod-a after DEL: %+v", rows)
+		if r, ok := findRow(rows, b.ID); ok && r.HostVeth != "" && linkMAC(t, n, r.HostVeth) == brMAC {
+			victim, survivor = b, a
 		}
-		if _, ok := findRow(rows, b.ID); !ok {
-			t.Errorf("database lost pod-b: %+v", rows)
+		t.Logf("removing %s; bridge MAC %s", victim.Name, brMAC)
+		n.RemovePod(t, victim)
+		res := reservations(t, ipamDir)
+		if id, held := res[victim.IP]; held {
+			t.Errorf("IP %s still reserved (by %s) after stopp+rmp", victim.IP, id)
 		}
-		if err := n.PingFromPod(b, gw.Addr()); err != nil {
-			t.Errorf("pod-b lost its network after pod-a was removed: %v", err)
+		if res[survivor.IP] != survivor.ID {
+			t.Errorf("%s's reservation lost: %v", survivor.Name, res)
 		}
-		// The freed address is really reusable: a new pod may get it (host-local goes
-		// round-robin, so only check the new pod works and holds a fresh reservation).
+		rows = podRows(t, n.DBPath)
+		if _, ok := findRow(rows, victim.ID); ok {
+			t.Errorf("database still has %s after DEL: %+v", victim.Name, rows)
+		}
+		if _, ok := findRow(rows, survivor.ID); !ok {
+			t.Errorf("database lost %s: %+v", survivor.Name, rows)
+		}
+		if after := linkMAC(t, n, "cni-bridge0"); after != brMAC {
+			t.Errorf("bridge MAC changed from %s to %s when %s was removed: the other pods' gateway neighbour entries go stale (pin the bridge's MAC when creating it)", brMAC, after, victim.Name)
+		}
+		if err := n.PingFromPod(survivor, gw.Addr()); err != nil {
+			t.Errorf("%s lost its network after %s was removed: %v", survivor.Name, victim.Name, err)
+		}
+		// The node still serves new pods, which reach the survivor.
 		c := n.RunPod(t, "default", "pod-c")
-		if c.IP == b.IP {
-			t.Errorf("pod-c got pod-b's IP %s", c.IP)
+		if c.IP == survivor.IP {
+			t.Errorf("pod-c got %s's IP %s", survivor.Name, c.IP)
 		}
-		if err := n.PingFromPod(c, b.IP); err != nil {
+		if err := n.PingFromPod(c, survivor.IP); err != nil {
 			t.Error(err)
 		}
 		n.RemovePod(t, c)
-		n.RemovePod(t, b)
+		n.RemovePod(t, survivor)
 		if res := reservations(t, ipamDir); len(res) != 0 {
 			t.Errorf("reservations left after every pod was removed: %v", res)
 		}
@@ -237,6 +250,20 @@ func TestPatronusCNIThroughContainerd(t *testing.T) {
 			t.Errorf("database rows left after every pod was removed: %+v", rows)
 		}
 	})
+}
+
+// linkMAC returns the MAC address of a link in the node's netns.
+func linkMAC(t testing.TB, n *Node, name string) string {
+	t.Helper()
+	out, err := n.InNode("ip", "-j", "link", "show", "dev", name)
+	if err != nil {
+		t.Fatalf("link %s in node netns: %v\n%s", name, err, out)
+	}
+	var links []struct{ Address string }
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+		t.Fatalf("link %s: %v\n%s", name, err, out)
+	}
+	return links[0].Address
 }
 
 // TestNodeCleanupAfterContainerdCrash proves the harness leaves nothing behind when the
