@@ -286,11 +286,15 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	err = withWriteLock(conf.SDWAN.Database, func() error {
-		return db.PutPod(context.Background(), store.Pod{
+		err := db.PutPod(context.Background(), store.Pod{
 			ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, Network: conf.Name,
 			Namespace: pa.Namespace, Name: pa.Name, UID: pa.UID, HostVeth: hostName, IPs: podAddrs,
 			QoSClass: conf.SDWAN.DefaultQoSClass,
 		})
+		if err == nil {
+			trimWAL(db)
+		}
+		return err
 	})
 	if err != nil {
 		return dbError(err)
@@ -352,7 +356,11 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		errs = append(errs, err)
 	} else {
 		err := withWriteLock(conf.SDWAN.Database, func() error {
-			return db.DeletePod(context.Background(), args.ContainerID, args.IfName)
+			err := db.DeletePod(context.Background(), args.ContainerID, args.IfName)
+			if err == nil {
+				trimWAL(db)
+			}
+			return err
 		})
 		if err != nil {
 			errs = append(errs, dbError(err))
