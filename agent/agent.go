@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,9 @@ type agent struct {
 	// cfg is set once the configuration is loaded; readers go through config().
 	cfgMu sync.RWMutex
 	cfg   *config.Config
+
+	baseInput     config.Input // the configuration sources except the ConfigMap, as read at start
+	configWarning atomic.Value // string: why the ConfigMap differs from the running configuration
 
 	ready     atomic.Bool
 	notReady  atomic.Value // string: why /readyz fails
@@ -217,9 +221,10 @@ func (a *agent) runKube(ctx context.Context, g *errgroup.Group) error {
 	defer a.recorder.Stop()
 
 	resync := a.opts.ResyncPeriod
-	shared := informers.NewSharedInformerFactory(k, resync)
+	shared := informers.NewSharedInformerFactoryWithOptions(k, resync, informers.WithTransform(kube.StripManagedFields))
 	// Only this node's pods: the field selector keeps the watch (and memory) per node.
 	nodePods := informers.NewSharedInformerFactoryWithOptions(k, resync,
+		informers.WithTransform(kube.StripManagedFields),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.opts.NodeName).String()
 		}))
@@ -252,6 +257,25 @@ func (a *agent) runKube(ctx context.Context, g *errgroup.Group) error {
 			return err
 		}
 	}
+
+	// The ConfigMap itself, by name only (the RBAC rules allow nothing broader): changes
+	// are validated and reported; they apply on the next start.
+	cmFactory := informers.NewSharedInformerFactoryWithOptions(k, resync,
+		informers.WithNamespace(a.opts.ConfigNamespace),
+		informers.WithTransform(kube.StripManagedFields),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", config.ConfigMapName).String()
+		}))
+	cmInf := cmFactory.Core().V1().ConfigMaps()
+	cmCtrl := &kube.Controller{Name: "config", Workers: 1, Logger: a.log, OnResult: a.metrics.result,
+		Reconcile: func(context.Context, string) error { a.checkConfig(cmInf.Lister()); return nil }}
+	if _, err := cmInf.Informer().AddEventHandler(cmCtrl.Handler()); err != nil {
+		return fmt.Errorf("agent: ConfigMap informer: %w", err)
+	}
+	ctrls = append(ctrls, cmCtrl)
+	synced = append(synced, cmInf.Informer().HasSynced)
+	cmFactory.Start(ctx.Done())
+	defer cmFactory.Shutdown()
 
 	shared.Start(ctx.Done())
 	nodePods.Start(ctx.Done())
@@ -320,9 +344,53 @@ func (a *agent) loadConfig(ctx context.Context) (config.Config, error) {
 		}
 		delay = min(delay*2, 30*time.Second)
 	}
+	base := in
+	base.ConfigMap = nil
+	a.baseInput = base
 	cfg, err := config.Load(in)
 	if err != nil {
 		return config.Config{}, fmt.Errorf("agent: %w", err)
 	}
 	return cfg, nil
+}
+
+// checkConfig compares the ConfigMap as it is now with the configuration the agent runs
+// with. A change is reported (log, metric, /v1/status), not applied: the cluster id and
+// the CIDRs shape everything else, and an invalid edit must not take a running node down.
+func (a *agent) checkConfig(l corelisters.ConfigMapLister) {
+	in := a.baseInput
+	cm, err := l.ConfigMaps(a.opts.ConfigNamespace).Get(config.ConfigMapName)
+	if err == nil {
+		in.ConfigMap = cm.Data
+		if in.ConfigMap == nil {
+			in.ConfigMap = map[string]string{}
+		}
+	}
+	cfg, err := config.Load(in)
+	cur := a.config()
+	var warning string
+	switch {
+	case err != nil:
+		warning = "the ConfigMap is now invalid (the agent keeps the configuration it started with): " + err.Error()
+	case cur != nil && !sameConfig(cfg, *cur):
+		warning = "the configuration changed since the agent started; restart the agent to apply it"
+	}
+	if old, _ := a.configWarning.Load().(string); old != warning {
+		if warning != "" {
+			a.log.Warn("configuration", "warning", warning)
+		} else {
+			a.log.Info("the ConfigMap matches the running configuration again")
+		}
+	}
+	a.configWarning.Store(warning)
+	if warning != "" {
+		a.metrics.configStale.Set(1)
+	} else {
+		a.metrics.configStale.Set(0)
+	}
+}
+
+func sameConfig(x, y config.Config) bool {
+	x.Warnings, y.Warnings = nil, nil
+	return reflect.DeepEqual(x, y)
 }

@@ -113,6 +113,7 @@ func (a *agent) status(ctx context.Context) (localapi.Status, error) {
 	if !s.Ready {
 		s.NotReadyReason = a.notReady.Load().(string)
 	}
+	s.ConfigWarning, _ = a.configWarning.Load().(string)
 	bridge := ""
 	if cfg := a.config(); cfg != nil {
 		s.ClusterID = cfg.ClusterID

@@ -14,6 +14,7 @@ type metrics struct {
 	objects     *prometheus.GaugeVec
 	reconciles  *prometheus.CounterVec
 	qosErrors   prometheus.Counter
+	configStale prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -30,9 +31,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Reconciles by controller and result (ok or error)."}, []string{"controller", "result"}),
 		qosErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "patronus_agent_invalid_qos_annotations_total",
 			Help: "Invalid pod QoS annotation values reported as Events."}),
+		configStale: prometheus.NewGauge(prometheus.GaugeOpts{Name: "patronus_agent_config_stale",
+			Help: "1 when the patronus-config ConfigMap differs from (or is no longer valid against) the configuration the agent started with."}),
 	}
 	m.reg = reg
-	for _, c := range []prometheus.Collector{m.ready, m.mcs, m.podsManaged, m.objects, m.reconciles, m.qosErrors} {
+	for _, c := range []prometheus.Collector{m.ready, m.mcs, m.podsManaged, m.objects, m.reconciles, m.qosErrors, m.configStale} {
 		if err := reg.Register(c); err != nil {
 			m.unregister()
 			return nil, err

@@ -120,6 +120,9 @@ func (a *AgentStatus) lines() []statusLine {
 	case a.Live != nil:
 		s := a.Live
 		out := []statusLine{{true, fmt.Sprintf("NetworkPolicies: %d", s.NetworkPolicies)}}
+		if s.ConfigWarning != "" {
+			out = append(out, statusLine{false, "Configuration: " + s.ConfigWarning})
+		}
 		if s.Ready {
 			out = append(out, statusLine{true, fmt.Sprintf("Agent: ready, node %s in cluster %s (%s)", s.Node, s.ClusterID, a.Socket)})
 		} else {

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 )
@@ -140,4 +141,14 @@ func (c *Controller) safeReconcile(ctx context.Context, key string) (err error) 
 		}
 	}()
 	return c.Reconcile(ctx, key)
+}
+
+// StripManagedFields is an informer transform that drops metadata.managedFields before
+// objects enter the cache: the agent never reads them, and they are often the largest
+// part of an object.
+func StripManagedFields(obj any) (any, error) {
+	if acc, err := meta.Accessor(obj); err == nil {
+		acc.SetManagedFields(nil)
+	}
+	return obj, nil
 }

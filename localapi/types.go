@@ -25,6 +25,9 @@ type Status struct {
 	// Ready is true once the Kubernetes caches have synced; NotReadyReason says why not.
 	Ready          bool   `json:"ready"`
 	NotReadyReason string `json:"notReadyReason,omitempty"`
+	// ConfigWarning is set when the ConfigMap changed (or became invalid) since the agent
+	// started; the agent keeps running with the configuration it started with.
+	ConfigWarning string `json:"configWarning,omitempty"`
 	// MetricsAddr is the address /metrics is served on ("" when disabled).
 	MetricsAddr string   `json:"metricsAddr,omitempty"`
 	Database    string   `json:"database"`

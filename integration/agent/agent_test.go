@@ -385,3 +385,60 @@ func TestConfigurationErrors(t *testing.T) {
 		})
 	}
 }
+
+// A ConfigMap edit while the agent runs is validated and reported, never applied
+// half-way and never fatal: an invalid edit leaves the agent running.
+func TestConfigMapChangedWhileRunning(t *testing.T) {
+	c := k8senv.Start(t)
+	k := c.Client()
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "patronus-config"},
+		Data: map[string]string{"cluster-id": "test-cluster", "cluster-cidr": "10.244.0.0/16"}}
+	if _, err := k.CoreV1().ConfigMaps("kube-system").Create(context.Background(), cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ra := startAgent(t, baseOptions(t, c, nodeDir(t)))
+	warning := func() string {
+		s, err := ra.client.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.ConfigWarning
+	}
+	if w := warning(); w != "" {
+		t.Fatalf("warning at start: %q", w)
+	}
+	update := func(cidr string) {
+		t.Helper()
+		cm.Data["cluster-cidr"] = cidr
+		var err error
+		if cm, err = k.CoreV1().ConfigMaps("kube-system").Update(context.Background(), cm, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	update("10.244.0.0/33")
+	waitFor(t, 30*time.Second, "invalid ConfigMap reported", func() error {
+		if w := warning(); !strings.Contains(w, "cluster-cidr") || !strings.Contains(w, "invalid") {
+			return fmt.Errorf("warning %q", w)
+		}
+		return nil
+	})
+	update("10.250.0.0/16")
+	waitFor(t, 30*time.Second, "changed ConfigMap reported", func() error {
+		if w := warning(); !strings.Contains(w, "restart the agent") {
+			return fmt.Errorf("warning %q", w)
+		}
+		return nil
+	})
+	update("10.244.0.0/16")
+	waitFor(t, 30*time.Second, "warning cleared", func() error {
+		if w := warning(); w != "" {
+			return fmt.Errorf("warning %q", w)
+		}
+		return nil
+	})
+	select {
+	case err := <-ra.done:
+		t.Fatalf("agent exited: %v", err)
+	default:
+	}
+}
