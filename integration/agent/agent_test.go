@@ -442,3 +442,35 @@ func TestConfigMapChangedWhileRunning(t *testing.T) {
 	default:
 	}
 }
+
+// An agent started while the API server is down waits (healthy, not ready, saying why)
+// instead of exiting into a crash loop, and becomes ready when the API server is back.
+func TestStartWithAPIServerDown(t *testing.T) {
+	c := k8senv.Start(t)
+	c.StopAPIServer()
+	opts := baseOptions(t, c, nodeDir(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx, opts) }()
+	client := localapi.NewClient(opts.SocketPath)
+	waitFor(t, 30*time.Second, "healthz while the API server is down", func() error { return client.Healthz(context.Background()) })
+	time.Sleep(2 * time.Second)
+	err := client.Ready(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "configuration") {
+		t.Fatalf("readyz while the API server is down: want 503 naming what it waits for, got %v", err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("agent exited while the API server was down: %v", err)
+	default:
+	}
+	if err := c.StartAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "ready after the API server came up", func() error { return client.Ready(context.Background()) })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("clean shutdown: %v", err)
+	}
+}
