@@ -77,7 +77,11 @@ type Input struct {
 	GatewayAddr netip.Addr
 	GatewayDev  string
 	// Table is the routing table for the routes (0 = main).
-	Table     int
+	Table int
+	// Keepalive is the peers' persistent keepalive: 0 means DefaultKeepalive, negative
+	// off. Besides keeping NAT bindings, it makes a newly added peer start its handshake
+	// at once: without it, a peer added after the other side's first handshake attempt
+	// (a restart, a rotation) waits for WireGuard's 5 s retry.
 	Keepalive time.Duration
 	Gateways  []Gateway
 	Hints     []Hint
@@ -116,9 +120,18 @@ type Plan struct {
 	Conditions []Condition
 }
 
+// DefaultKeepalive is the peers' persistent keepalive interval.
+const DefaultKeepalive = 25 * time.Second
+
 // Compute derives the plan. It is deterministic: the same input gives the same plan.
 func Compute(in Input) Plan {
 	var p Plan
+	switch {
+	case in.Keepalive == 0:
+		in.Keepalive = DefaultKeepalive
+	case in.Keepalive < 0:
+		in.Keepalive = 0
+	}
 	byCluster := map[string][]Gateway{}
 	for _, g := range in.Gateways {
 		if g.Cluster == in.LocalCluster {

@@ -44,6 +44,30 @@ type gatewayConfig struct {
 	Seeds      []string
 	Socket     string
 	Rotation   time.Duration
+	StateFile  string // stands in for the node database (key and mesh state survive a restart)
+}
+
+// fileKV is a JSON file standing in for the node database's kv table.
+type fileKV struct{ path string }
+
+func (f fileKV) load() map[string]string {
+	m := map[string]string{}
+	if b, err := os.ReadFile(f.path); err == nil {
+		_ = json.Unmarshal(b, &m)
+	}
+	return m
+}
+
+func (f fileKV) Get(_ context.Context, k string) (string, bool, error) {
+	v, ok := f.load()[k]
+	return v, ok, nil
+}
+
+func (f fileKV) Set(_ context.Context, k, v string) error {
+	m := f.load()
+	m[k] = v
+	b, _ := json.Marshal(m)
+	return os.WriteFile(f.path, b, 0o600)
 }
 
 func TestMain(m *testing.M) {
@@ -81,7 +105,8 @@ func runGateway(js string) error {
 	if err != nil {
 		return err
 	}
-	key, created, err := tunnel.LoadOrCreateKey(ctx, nil, time.Now())
+	kv := fileKV{c.StateFile}
+	key, created, err := tunnel.LoadOrCreateKey(ctx, kv, time.Now())
 	if err != nil {
 		return err
 	}
@@ -94,7 +119,7 @@ func runGateway(js string) error {
 	n, err := mesh.New(mesh.Options{NodeName: node, ClusterID: c.Cluster, Identity: id, Verifier: v,
 		BindAddr: c.Underlay, BindPort: mesh.DefaultGossipPort, Seeds: c.Seeds, DisableBeacons: true, Profile: "local",
 		Refresh: time.Second, TTL: 3 * time.Second, ReconnectInterval: time.Second,
-		Tags: mesh.Tags{Role: "gateway", WireGuardKey: key.PublicKey().String()}, Logger: log.With("part", "mesh")})
+		Tags: mesh.Tags{Role: "gateway", WireGuardKey: key.PublicKey().String()}, Store: kv, Logger: log.With("part", "mesh")})
 	if err != nil {
 		return err
 	}
@@ -110,7 +135,7 @@ func runGateway(js string) error {
 	router := route.NewRouter(route.Options{Kernel: k, Events: events, Logger: log})
 	rec := tunnel.NewReconciler(tunnel.ReconcilerOptions{Device: dev, Routes: router, Logger: log,
 		MSS: func(devs []string) error { return wg.EnsureMSSClamp("", devs) }})
-	rot := tunnel.NewRotator(tunnel.RotatorOptions{Device: dev, Spec: spec, CreatedAt: created, Announce: n.Announce,
+	rot := tunnel.NewRotator(tunnel.RotatorOptions{Device: dev, Spec: spec, CreatedAt: created, Store: kv, Announce: n.Announce,
 		Endpoints: []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr(c.Underlay), wg.DefaultPort)},
 		PodCIDRs:  []netip.Prefix{podCIDR}, Interval: c.Rotation, Logger: log})
 	if err := rot.Announce(); err != nil {
@@ -123,6 +148,7 @@ func runGateway(js string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+tunnel.PathTunnels, rec.ServeTunnels)
 	mux.HandleFunc("POST "+tunnel.PathKeysRotate, rot.ServeRotate)
+	_ = os.Remove(c.Socket) // left by the previous run of this gateway
 	ln, err := net.Listen("unix", c.Socket)
 	if err != nil {
 		return err
@@ -176,6 +202,13 @@ func (g *gatewayProc) tunnels(ctx context.Context) (tunnel.Status, error) {
 	return st, err
 }
 
+func mustStatus(t *testing.T, ctx context.Context, g *gatewayProc) tunnel.Status {
+	t.Helper()
+	st, err := g.tunnels(ctx)
+	must(t, err)
+	return st
+}
+
 func tail(s string, n int) string {
 	lines := strings.Split(s, "\n")
 	if len(lines) > n {
@@ -196,8 +229,12 @@ func TestMeshDrivenTunnel(t *testing.T) {
 	keyB, err := trust.GenerateClusterKey()
 	must(t, err)
 	dir := t.TempDir()
-	ga := startGateway(t, a, gatewayConfig{Cluster: a.cluster, ClusterKey: keyA, Remote: b.cluster, RemotePub: keyB.Public().(ed25519.PublicKey),
-		RemoteCIDR: b.podCIDR.String(), PodCIDR: a.podCIDR.String(), Underlay: a.underlay.String(), Socket: filepath.Join(dir, "a.sock"), Rotation: time.Hour})
+	cfgA := gatewayConfig{Cluster: a.cluster, ClusterKey: keyA, Remote: b.cluster, RemotePub: keyB.Public().(ed25519.PublicKey),
+		RemoteCIDR: b.podCIDR.String(), PodCIDR: a.podCIDR.String(), Underlay: a.underlay.String(),
+		// Both sides seed each other, as remote-clusters does in production: a restarted
+		// gateway rejoins at once instead of waiting for the other side's 30 s retry.
+		Seeds: []string{net.JoinHostPort(b.underlay.String(), "7946")}, Socket: filepath.Join(dir, "a.sock"), Rotation: time.Hour, StateFile: filepath.Join(dir, "a.json")}
+	ga := startGateway(t, a, cfgA)
 	// B joins through A's gossip address: A must listen first (a failed join is retried
 	// only every 30 s). A's local API answers once its mesh node listens.
 	eventually(t, 20*time.Second, "gateway A serving", func() error {
@@ -208,7 +245,7 @@ func TestMeshDrivenTunnel(t *testing.T) {
 	})
 	gb := startGateway(t, b, gatewayConfig{Cluster: b.cluster, ClusterKey: keyB, Remote: a.cluster, RemotePub: keyA.Public().(ed25519.PublicKey),
 		RemoteCIDR: a.podCIDR.String(), PodCIDR: b.podCIDR.String(), Underlay: b.underlay.String(),
-		Seeds: []string{net.JoinHostPort(a.underlay.String(), "7946")}, Socket: filepath.Join(dir, "b.sock"), Rotation: time.Hour})
+		Seeds: []string{net.JoinHostPort(a.underlay.String(), "7946")}, Socket: filepath.Join(dir, "b.sock"), Rotation: time.Hour, StateFile: filepath.Join(dir, "b.json")})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -261,6 +298,31 @@ func TestMeshDrivenTunnel(t *testing.T) {
 	})
 	t.Logf("mesh-announced rotation under a TCP stream: %d MB, no reset; longest stall %v (before: %v)",
 		res.received>>20, res.maxGap.Round(time.Millisecond), res.maxGapBefore.Round(time.Millisecond))
+
+	// Gateway A's agent restarts (SIGTERM, then started again on its database) under a
+	// stream: its userspace device goes away with the process and its graceful leave makes
+	// B withdraw A's announcements; the stream must survive and the gap is logged.
+	keyBefore := mustStatus(t, ctx, ga).PublicKey
+	var restartedIn time.Duration
+	res = streamDuring(t, a, b, 8*time.Second, func(mark func()) {
+		time.Sleep(1500 * time.Millisecond)
+		mark()
+		t0 := time.Now()
+		_ = ga.cmd.Process.Signal(syscall.SIGTERM)
+		_ = ga.cmd.Wait()
+		ga = startGateway(t, a, cfgA)
+		eventually(t, 30*time.Second, "restarted A has its tunnel to B", func() error { _, err := tunnelTo(ga, b.cluster); return err })
+		eventually(t, 30*time.Second, "pod A reaches pod B after A's restart", func() error { return ping(a.podName, b.podIP, 0) })
+		restartedIn = time.Since(t0)
+	})
+	if res.err != nil || res.sent != res.received {
+		t.Fatalf("stream across a gateway agent restart: %v (sent %d, received %d)", res.err, res.sent, res.received)
+	}
+	if k := mustStatus(t, ctx, ga).PublicKey; k != keyBefore {
+		t.Fatalf("the restarted gateway changed its key (%s → %s): it must load it from its database", keyBefore, k)
+	}
+	t.Logf("gateway A agent restart (SIGTERM → tunnel back, pod ping answered): %v; longest stall of a TCP stream across it %v; no reset",
+		restartedIn.Round(time.Millisecond), res.maxGap.Round(time.Millisecond))
 
 	// Gateway B dies without leaving: its announcements expire (TTL 3s) and A withdraws.
 	must(t, gb.cmd.Process.Kill())
