@@ -124,7 +124,7 @@ func Run(ctx context.Context, opts Options) error {
 	if metricsLn != nil {
 		serve(g, gctx, a.log, "metrics", &http.Server{Handler: a.metricsMux(), ReadHeaderTimeout: 5 * time.Second}, metricsLn)
 	}
-	g.Go(func() error { return a.runKube(gctx, g) })
+	g.Go(func() error { return a.runKube(gctx) })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		err = nil
@@ -196,8 +196,8 @@ func (a *agent) config() *config.Config {
 }
 
 // runKube loads the configuration, starts the informers, waits for their caches and runs
-// the controllers (in g) until ctx ends.
-func (a *agent) runKube(ctx context.Context, g *errgroup.Group) error {
+// the controllers until ctx ends.
+func (a *agent) runKube(ctx context.Context) error {
 	a.notReady.Store("loading configuration from the API server")
 	cfg, err := a.loadConfig(ctx)
 	if err != nil {
@@ -287,13 +287,12 @@ func (a *agent) runKube(ctx context.Context, g *errgroup.Group) error {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return ctx.Err()
 	}
-	a.ready.Store(true)
-	a.metrics.ready.Set(1)
-	a.log.Info("caches synced, agent ready")
-
 	// One scan before the workers start: every registered pod is queued once.
 	sc := newStoreScanner(a)
 	sc.scan(ctx)
+	a.ready.Store(true)
+	a.metrics.ready.Set(1)
+	a.log.Info("caches synced, agent ready")
 	var wg sync.WaitGroup
 	for _, c := range ctrls {
 		wg.Go(func() { c.Run(ctx) })
