@@ -4,8 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -49,7 +55,132 @@ agent's GET /v1/paths.`,
 	}
 	cmd.Flags().StringVar(&socket, "socket", localapi.DefaultSocket, "agent API unix socket")
 	outputFlag(cmd, &output)
+	cmd.AddCommand(newPathsRunCmd(e))
 	return cmd
+}
+
+func newPathsRunCmd(e env) *cobra.Command {
+	var (
+		pathFlags                    []string
+		respond, apiSocket, l7Socket string
+		interval, holdDown           time.Duration
+		misses                       int
+	)
+	cmd := &cobra.Command{
+		Use:   "run --path id=ID,remote=HOST:PORT[,dst=CLUSTER][,src=ADDR][,dev=IF][,bandwidth=MBPS] ... [--api-socket PATH]",
+		Short: "Probe paths and select per QoS class without an agent (tests, demo); answers probes too",
+		Long: `Run the path prober and the probe responder in the foreground, as the agent does on a
+gateway node. Every selection change is printed as one line. With --api-socket, GET
+/v1/paths is served there for "patronus paths --socket PATH".`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ps []probe.Path
+			for _, f := range pathFlags {
+				p, err := parsePathFlag(f)
+				if err != nil {
+					return usagef("--path %q: %v", f, err)
+				}
+				ps = append(ps, p)
+			}
+			if len(ps) == 0 && respond == "off" {
+				return usagef("nothing to do: give --path or a --respond address")
+			}
+			log := slog.New(slog.NewTextHandler(e.stderr, nil))
+			cfg := paths.Config{Interval: interval, DownAfter: misses, HoldDown: holdDown}
+			if l7Socket == "" {
+				l7Socket = "off"
+			}
+			svc, err := probe.NewService(probe.ServiceOptions{ResponderAddr: respond, MetricsSocket: l7Socket, Logger: log,
+				Prober: probe.Options{Paths: ps, Config: cfg, OnChange: func(c paths.Change) {
+					from := c.From
+					if from == "" {
+						from = "-"
+					}
+					to := c.To
+					if to == "" {
+						to = "-"
+					}
+					fmt.Fprintf(e.stdout, "%s %s %s %s -> %s (%s)\n", c.At.UTC().Format("15:04:05.000"), c.Dst,
+						classLabel(c.Class, float64(c.MaxLatency)/float64(time.Millisecond)), from, to, c.Reason)
+				}}})
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if apiSocket != "" {
+				if err := os.Remove(apiSocket); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return err
+				}
+				l, err := net.Listen("unix", apiSocket)
+				if err != nil {
+					return err
+				}
+				mux := http.NewServeMux()
+				mux.Handle(probe.PathsAPIPath, svc.Handler())
+				srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+				go func() { _ = srv.Serve(l) }()
+				defer srv.Close()
+			}
+			if a := svc.ResponderAddr(); a != nil {
+				log.Info("answering probes", "addr", a.String())
+			}
+			return svc.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&pathFlags, "path", nil, "a path: id=ID,remote=HOST:PORT[,dst=CLUSTER][,src=ADDR][,dev=IF][,bandwidth=MBPS] (repeatable)")
+	f.StringVar(&respond, "respond", fmt.Sprintf(":%d", probe.DefaultPort), `answer probes on this UDP address ("off": do not)`)
+	f.StringVar(&apiSocket, "api-socket", "", "serve GET /v1/paths on this unix socket")
+	f.StringVar(&l7Socket, "metrics-socket", "", "accept L7 metrics on this unix socket")
+	f.DurationVar(&interval, "probe-interval", 50*time.Millisecond, "probe interval")
+	f.IntVar(&misses, "misses", 3, "consecutive lost probes that mark a path down")
+	f.DurationVar(&holdDown, "hold-down", 5*time.Second, "no discretionary move within this time of the last; failback waits this long of health")
+	return cmd
+}
+
+// parsePathFlag reads id=..,remote=..[,dst=..][,src=..][,dev=..][,bandwidth=..].
+func parsePathFlag(s string) (probe.Path, error) {
+	p := probe.Path{PathSpec: paths.PathSpec{Dst: "remote"}}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || v == "" {
+			return p, fmt.Errorf("%q: want key=value", kv)
+		}
+		switch k {
+		case "id":
+			p.ID = v
+		case "remote":
+			if _, _, err := net.SplitHostPort(v); err != nil {
+				return p, fmt.Errorf("remote: %w", err)
+			}
+			p.Remote = v
+		case "dst":
+			p.Dst = v
+		case "src":
+			p.LocalAddr, p.Src = v, v
+		case "dev":
+			p.Device = v
+			if p.Src == "" {
+				p.Src = v
+			}
+		case "bandwidth":
+			bw, err := strconv.ParseFloat(v, 64)
+			if err != nil || bw < 0 {
+				return p, fmt.Errorf("bandwidth %q: want Mbps ≥ 0", v)
+			}
+			p.BandwidthMbps = bw
+		default:
+			return p, fmt.Errorf("unknown key %q (id, remote, dst, src, dev, bandwidth)", k)
+		}
+	}
+	if p.ID == "" || p.Remote == "" {
+		return p, fmt.Errorf("id and remote are required")
+	}
+	if p.Src == "" {
+		p.Src = "default"
+	}
+	return p, nil
 }
 
 func pathsTable(tw *tabwriter.Writer, snap paths.Snapshot, now time.Time) {

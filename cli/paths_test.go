@@ -114,3 +114,35 @@ func TestWanemCommands(t *testing.T) {
 		t.Errorf("run without --target: exit %d", code)
 	}
 }
+
+func TestParsePathFlag(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want paths.PathSpec
+		dev  string
+		err  string
+	}{
+		{"id=p1,remote=10.0.0.2:7948", paths.PathSpec{ID: "p1", Src: "default", Dst: "remote", Remote: "10.0.0.2:7948"}, "", ""},
+		{"id=p1,remote=10.0.0.2:7948,dst=b,src=10.0.0.1,bandwidth=250", paths.PathSpec{ID: "p1", Src: "10.0.0.1", Dst: "b", Remote: "10.0.0.2:7948", BandwidthMbps: 250}, "", ""},
+		{"id=p2,remote=[fd00::2]:7948,dev=eth1", paths.PathSpec{ID: "p2", Src: "eth1", Dst: "remote", Remote: "[fd00::2]:7948"}, "eth1", ""},
+		{"remote=10.0.0.2:7948", paths.PathSpec{}, "", "required"},
+		{"id=p1,remote=10.0.0.2", paths.PathSpec{}, "", "remote"},
+		{"id=p1,remote=h:1,bandwidth=-3", paths.PathSpec{}, "", "bandwidth"},
+		{"id=p1,remote=h:1,colour=red", paths.PathSpec{}, "", "unknown key"},
+		{"id=p1,remote", paths.PathSpec{}, "", "key=value"},
+	} {
+		got, err := parsePathFlag(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: err %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got.PathSpec != tc.want || got.Device != tc.dev {
+			t.Errorf("%s: %+v %v, want %+v", tc.in, got, err, tc.want)
+		}
+	}
+	if code, _, _ := runPathsCLI(t, "paths", "run", "--respond", "off"); code != ExitUsage {
+		t.Errorf("paths run with nothing to do: exit %d", code)
+	}
+}
