@@ -3,6 +3,7 @@ package wg
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os/exec"
@@ -174,4 +175,40 @@ func TestMSSClamp(t *testing.T) {
 	if out := list(); strings.Contains(out, "wg-b") || !strings.Contains(out, "wg-a") {
 		t.Fatalf("after removing wg-b:\n%s", out)
 	}
+}
+
+// Without a wireguard kernel module (this machine), ModeKernel fails with
+// ErrNoKernelModule and ModeAuto falls back to the userspace implementation; with one,
+// both give a kernel device.
+func TestModeDetection(t *testing.T) {
+	enforcetest.RequireRoot(t)
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	n := enforcetest.NewNS(t, "pt-wgd-"+hex.EncodeToString(b))
+	key, _ := wgtypes.GeneratePrivateKey()
+	spec := Spec{Name: "wg-detect", ListenPort: 51999, PrivateKey: key}
+	_, kerr := Open(Options{NetNS: n.Path(), Mode: ModeKernel}, spec)
+	d, err := Open(Options{NetNS: n.Path()}, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	st, err := d.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kerr != nil {
+		if !errors.Is(kerr, ErrNoKernelModule) {
+			t.Fatalf("ModeKernel without a module: %v, want ErrNoKernelModule", kerr)
+		}
+		if st.Type != wgtypes.Userspace {
+			t.Fatalf("auto mode without a kernel module gave a %v device", st.Type)
+		}
+	} else if st.Type != wgtypes.LinuxKernel {
+		t.Fatalf("auto mode with a kernel module gave a %v device", st.Type)
+	}
+	if st.PublicKey != key.PublicKey() || st.ListenPort != 51999 {
+		t.Fatalf("state %+v", st)
+	}
+	t.Logf("kernel mode: %v; auto mode chose %v", kerr, st.Type)
 }
