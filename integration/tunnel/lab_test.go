@@ -304,3 +304,7 @@ func prefixes(s ...string) []netip.Prefix {
 	}
 	return out
 }
+
+func prefixIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
