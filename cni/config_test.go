@@ -195,3 +195,13 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestDBErrorCodes(t *testing.T) {
+	var te *types.Error
+	if err := dbError(errors.New("store: register pod: database is locked (5) (SQLITE_BUSY)")); !errors.As(err, &te) || te.Code != types.ErrTryAgainLater {
+		t.Fatalf("a lock timeout must be CNI error 11, got %v", err)
+	}
+	if err := dbError(errors.New("disk I/O error")); errors.As(err, &te) {
+		t.Fatalf("other database errors keep their message and code 999, got %v", err)
+	}
+}
