@@ -1,0 +1,556 @@
+// Package nodenet is pod networking across the nodes of one cluster: each node gets its
+// own pod block (the Node's spec.podCIDRs when kube-controller-manager allocates them,
+// otherwise a block of the cluster CIDR claimed by the agents among themselves through one
+// Lease per block, the API server's create being the compare-and-swap), writes the CNI
+// conflist for that block, and routes every other node's block: directly via the peer's
+// underlay address when both are on one L2 segment, else over the VXLAN device ptx0. Pod
+// traffic leaving the cluster CIDR is masqueraded to the node address; pod-to-pod never is.
+//
+// The pure parts (block arithmetic, claim resolution) are in nodenet/alloc; the plan is
+// computed by Compute and applied by a Datapath (netlink + nftables in one namespace).
+package nodenet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/patronus/patronus/manifests"
+	"github.com/patronus/patronus/mesh/announce"
+	"github.com/patronus/patronus/nodenet/alloc"
+	"github.com/patronus/patronus/store"
+)
+
+// Defaults of Options.
+const (
+	DefaultNamespace    = "kube-system"
+	DefaultBlockSize    = 24
+	DefaultConfListPath = "/etc/cni/net.d/" + manifests.ConfListName
+	DefaultResync       = 10 * time.Second
+	DefaultMasqTable    = "patronus"
+	DefaultMasqChain    = "nodenet-masq"
+	// DefaultOrphanGrace is how long a block Lease whose holder has no Node object is
+	// kept before any agent releases it (a Node deleted while no agent was watching).
+	DefaultOrphanGrace = 5 * time.Minute
+	// EventReasonBlockLost is the reason of the Warning Event on the Node when its saved
+	// block is held by another node and pods still have addresses in it.
+	EventReasonBlockLost = "PodBlockLost"
+)
+
+// Options configure a Controller. Zero values take the defaults noted.
+type Options struct {
+	// Client talks to the API server. Required.
+	Client kubernetes.Interface
+	// NodeName is this node's Node object name. Required.
+	NodeName string
+	// Namespace holds the block Leases (default kube-system: the agent's POD_NAMESPACE).
+	Namespace string
+	// ClusterCIDR is the ConfigMap's cluster-cidr: blocks are claimed out of it, and pod
+	// traffic to it is never masqueraded. Zero with no Node podCIDR: the node keeps the
+	// seed's conflist (single node) and installs no masquerade.
+	ClusterCIDR netip.Prefix
+	// BlockSize is the ConfigMap's node-block-size (default 24).
+	BlockSize int
+
+	// DB is the node database: the claimed block is kept at kv key nodenet/block, and its
+	// pods are checked when a block is lost. Optional (tests).
+	DB *store.DB
+
+	// ConfListPath is where the conflist is written once the block is known (default
+	// /etc/cni/net.d/10-patronus.conflist). Empty directory part is not allowed.
+	ConfListPath string
+	// BaseConfList is the conflist whose IPAM range is replaced by the block (default the
+	// embedded manifests.ConfList, the one install-cni writes).
+	BaseConfList []byte
+
+	// NetNSPath is the namespace whose routes, VXLAN device and nftables are managed
+	// ("" = the caller's; tests give a node namespace).
+	NetNSPath string
+	// Datapath overrides the netlink datapath (tests); NetNSPath is then unused.
+	Datapath Datapath
+	// NodeIP overrides the underlay address (default the Node's first IPv4 InternalIP).
+	NodeIP netip.Addr
+
+	// NoMasquerade disables the masquerade chain.
+	NoMasquerade bool
+	// MasqTable and MasqChain name the nftables inet table and chain (defaults patronus,
+	// nodenet-masq).
+	MasqTable, MasqChain string
+
+	// Resync is how often the datapath is re-applied and the claim re-verified (default 10s).
+	Resync time.Duration
+	// OrphanGrace (default 5m): see DefaultOrphanGrace.
+	OrphanGrace time.Duration
+
+	// Announce, if set, is called with a signed-announcement template for the node's block
+	// each time the block is (re)acquired (mesh.Node.Announce).
+	Announce func(announce.Announcement) error
+
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// LostPod is a pod on this node still holding an address of a block the node lost.
+type LostPod struct {
+	Namespace, Name, ContainerID string
+	IPs                          []netip.Prefix
+	Block                        netip.Prefix
+}
+
+// Status is what the controller has done.
+type Status struct {
+	Block  netip.Prefix // zero until known
+	Source string       // SourceNode | SourceLease | "" (seed defaults)
+	// ConfList is the path written (empty while not written).
+	ConfList string
+	Peers    int // peers with a block and an address
+	Routes   []Route
+	VXLAN    bool
+	// Conflicts are peer blocks not routed (overlaps).
+	Conflicts []string
+	// Lost are pods still holding addresses of a block this node lost.
+	Lost      []LostPod
+	LastError string
+}
+
+// Controller runs per-node pod networking for one node.
+type Controller struct {
+	o       Options
+	log     *slog.Logger
+	claimer *claimer
+
+	mu     sync.Mutex
+	status Status
+	ready  chan struct{}
+	once   sync.Once
+}
+
+// New checks o and makes a controller.
+func New(o Options) (*Controller, error) {
+	if o.Client == nil {
+		return nil, errors.New("nodenet: Options.Client is required")
+	}
+	if o.NodeName == "" {
+		return nil, errors.New("nodenet: Options.NodeName is required")
+	}
+	if o.Namespace == "" {
+		o.Namespace = DefaultNamespace
+	}
+	if o.BlockSize == 0 {
+		o.BlockSize = DefaultBlockSize
+	}
+	if o.ClusterCIDR.IsValid() {
+		o.ClusterCIDR = o.ClusterCIDR.Masked()
+		if err := alloc.Validate(o.ClusterCIDR, o.BlockSize); err != nil {
+			return nil, err
+		}
+	}
+	if o.ConfListPath == "" {
+		o.ConfListPath = DefaultConfListPath
+	}
+	if o.BaseConfList == nil {
+		o.BaseConfList = manifests.ConfList
+	}
+	if _, err := RenderConfList(o.BaseConfList, netip.MustParsePrefix("10.0.0.0/24")); err != nil {
+		return nil, err
+	}
+	if o.Resync <= 0 {
+		o.Resync = DefaultResync
+	}
+	if o.OrphanGrace <= 0 {
+		o.OrphanGrace = DefaultOrphanGrace
+	}
+	if o.MasqTable == "" {
+		o.MasqTable = DefaultMasqTable
+	}
+	if o.MasqChain == "" {
+		o.MasqChain = DefaultMasqChain
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	c := &Controller{o: o, log: o.Logger.With("controller", "nodenet"), ready: make(chan struct{})}
+	var kv KV
+	if o.DB != nil {
+		kv = o.DB
+	}
+	c.claimer = &claimer{client: o.Client, ns: o.Namespace, node: o.NodeName, cluster: o.ClusterCIDR,
+		bits: o.BlockSize, kv: kv, log: c.log, now: o.Now}
+	return c, nil
+}
+
+// Ready is closed once the node's conflist is written (or the node keeps the seed's
+// defaults): the node is ready for pods.
+func (c *Controller) Ready() <-chan struct{} { return c.ready }
+
+// Status returns a copy of the current status.
+func (c *Controller) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.status
+	s.Routes = slices.Clone(s.Routes)
+	s.Conflicts = slices.Clone(s.Conflicts)
+	s.Lost = slices.Clone(s.Lost)
+	return s
+}
+
+// Run acquires the node's block, writes the conflist, and keeps the node-to-node routes
+// following the Node objects and block Leases until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	dp := c.o.Datapath
+	if dp == nil {
+		var err error
+		if dp, err = OpenDatapath(c.o.NetNSPath); err != nil {
+			return err
+		}
+		defer dp.Close()
+	}
+	trigger := make(chan struct{}, 1)
+	kick := func() {
+		select {
+		case trigger <- struct{}{}:
+		default:
+		}
+	}
+	deleted := make(chan string, 64)
+
+	nodeFactory := informers.NewSharedInformerFactory(c.o.Client, 0)
+	nodes := nodeFactory.Core().V1().Nodes()
+	nodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { kick() },
+		UpdateFunc: func(old, cur any) { kick() },
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if n, ok := obj.(*corev1.Node); ok {
+				select {
+				case deleted <- n.Name:
+				default: // the orphan sweep catches it
+				}
+			}
+			kick()
+		},
+	})
+	leaseFactory := informers.NewSharedInformerFactoryWithOptions(c.o.Client, 0, informers.WithNamespace(c.o.Namespace),
+		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = LeaseSelector }))
+	leases := leaseFactory.Coordination().V1().Leases()
+	leases.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { kick() }, UpdateFunc: func(any, any) { kick() }, DeleteFunc: func(any) { kick() },
+	})
+	nodeFactory.Start(ctx.Done())
+	leaseFactory.Start(ctx.Done())
+	defer nodeFactory.Shutdown()
+	defer leaseFactory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), nodes.Informer().HasSynced, leases.Informer().HasSynced) {
+		return ctx.Err()
+	}
+	nl, ll := nodes.Lister(), leases.Lister().Leases(c.o.Namespace)
+
+	tick := time.NewTicker(c.o.Resync)
+	defer tick.Stop()
+	kick()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case name := <-deleted:
+			if name == c.o.NodeName {
+				continue // our own Node: an agent never releases its own claim
+			}
+			if rel, err := ReleaseNode(ctx, c.o.Client, c.o.Namespace, name); err != nil {
+				c.log.Warn("release blocks of deleted node", "node", name, "err", err)
+			} else if len(rel) > 0 {
+				c.log.Info("released blocks of deleted node", "node", name, "blocks", rel)
+			}
+			continue
+		case <-trigger:
+		case <-tick.C:
+			c.sweepOrphans(ctx, nl, ll)
+		}
+		err := c.reconcile(ctx, dp, nl, ll)
+		c.mu.Lock()
+		c.status.LastError = ""
+		if err != nil {
+			c.status.LastError = err.Error()
+		}
+		c.mu.Unlock()
+		if err != nil {
+			c.log.Warn("reconcile", "err", err)
+		}
+	}
+}
+
+type nodeLister interface {
+	Get(name string) (*corev1.Node, error)
+	List(selector labels.Selector) ([]*corev1.Node, error)
+}
+
+type leaseLister interface {
+	List(selector labels.Selector) ([]*coordinationv1.Lease, error)
+}
+
+// reconcile is level-based: it reads the Node and Lease caches and the kernel, and makes
+// the block, the conflist and the datapath what they should be.
+func (c *Controller) reconcile(ctx context.Context, dp Datapath, nl nodeLister, ll leaseLister) error {
+	self, err := nl.Get(c.o.NodeName)
+	if err != nil {
+		return fmt.Errorf("nodenet: own Node %s: %w", c.o.NodeName, err)
+	}
+	c.claimer.nodeUID = self.UID
+	all, err := nl.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	ls, err := ll.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	if err := c.ensureBlock(ctx, self, ls); err != nil {
+		return err
+	}
+
+	held := map[string][]netip.Prefix{}
+	for _, l := range ls {
+		if b, ok := leaseBlock(l); ok && l.Spec.HolderIdentity != nil && l.DeletionTimestamp == nil {
+			held[*l.Spec.HolderIdentity] = append(held[*l.Spec.HolderIdentity], b)
+		}
+	}
+	var peers []Peer
+	for _, n := range all {
+		if n.Name == c.o.NodeName || n.DeletionTimestamp != nil {
+			continue
+		}
+		p := Peer{Name: n.Name}
+		p.Addr, _ = nodeIP(n)
+		if b, ok := nodeBlock(n); ok {
+			p.Blocks = []netip.Prefix{b}
+		} else {
+			p.Blocks = held[n.Name]
+		}
+		if p.Addr.IsValid() && len(p.Blocks) > 0 {
+			peers = append(peers, p)
+		}
+	}
+
+	st := c.Status()
+	local := Local{Name: c.o.NodeName, Block: st.Block, Addr: c.o.NodeIP}
+	if !local.Addr.IsValid() {
+		local.Addr, _ = nodeIP(self)
+	}
+	var errs []error
+	if local.Addr.IsValid() {
+		if local.Dev, local.Net, err = dp.LocalLink(local.Addr); err != nil {
+			errs = append(errs, err)
+		}
+	} else if len(peers) > 0 {
+		errs = append(errs, fmt.Errorf("nodenet: Node %s has no IPv4 InternalIP: cannot route to peers", c.o.NodeName))
+	}
+	plan := Compute(local, peers)
+	if local.Dev != "" {
+		if err := dp.Apply(local, plan); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if !c.o.NoMasquerade {
+		m := Masquerade{Table: c.o.MasqTable, Chain: c.o.MasqChain}
+		if st.Block.IsValid() {
+			m.Sources = []netip.Prefix{st.Block}
+			m.Cluster = []netip.Prefix{st.Block}
+			if c.o.ClusterCIDR.IsValid() {
+				m.Cluster = []netip.Prefix{c.o.ClusterCIDR}
+			}
+			for _, p := range peers {
+				for _, b := range p.Blocks {
+					if !slices.ContainsFunc(m.Cluster, func(x netip.Prefix) bool { return x.Contains(b.Addr()) && x.Bits() <= b.Bits() }) {
+						m.Cluster = append(m.Cluster, b) // podCIDRs outside cluster-cidr
+					}
+				}
+			}
+		}
+		if err := dp.SetMasquerade(m); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	c.mu.Lock()
+	c.status.Peers, c.status.Routes, c.status.VXLAN, c.status.Conflicts = len(peers), plan.Routes, plan.VXLAN, plan.Conflicts
+	c.mu.Unlock()
+	for _, cf := range plan.Conflicts {
+		c.log.Warn("peer block not routed", "reason", cf)
+	}
+	return errors.Join(errs...)
+}
+
+// ensureBlock decides the node's block and writes the conflist when it changes.
+func (c *Controller) ensureBlock(ctx context.Context, self *corev1.Node, ls []*coordinationv1.Lease) error {
+	st := c.Status()
+	if b, ok := nodeBlock(self); ok {
+		if st.Block != b || st.Source != SourceNode {
+			c.log.Info("pod block from Node spec.podCIDRs", "block", b)
+			if err := c.claimer.save(ctx, savedBlock{Block: b, Source: SourceNode, ClaimedAt: c.o.Now()}); err != nil {
+				return err
+			}
+			return c.useBlock(ctx, b, SourceNode)
+		}
+		return c.writeConfList(b)
+	}
+	if !c.o.ClusterCIDR.IsValid() {
+		// Single node, nothing configured: the seed's conflist stays as install-cni wrote it.
+		c.once.Do(func() {
+			c.log.Info("no Node podCIDR and no cluster-cidr: keeping the installed conflist")
+			close(c.ready)
+		})
+		return nil
+	}
+	if st.Source == SourceLease && st.Block.IsValid() {
+		// Still ours in the cache? Then nothing to ask the API server.
+		for _, l := range ls {
+			if b, ok := leaseBlock(l); ok && b == st.Block && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == c.o.NodeName {
+				return c.writeConfList(st.Block)
+			}
+		}
+	}
+	block, lost, err := c.claimer.Acquire(ctx)
+	if lost.IsValid() {
+		c.reportLost(ctx, lost)
+	}
+	if err != nil {
+		return err
+	}
+	if block != st.Block || st.Source != SourceLease {
+		return c.useBlock(ctx, block, SourceLease)
+	}
+	return c.writeConfList(block)
+}
+
+func (c *Controller) useBlock(ctx context.Context, b netip.Prefix, source string) error {
+	c.mu.Lock()
+	c.status.Block, c.status.Source = b, source
+	c.mu.Unlock()
+	if c.o.Announce != nil {
+		if err := c.o.Announce(BlockAnnouncement(b)); err != nil {
+			c.log.Warn("announce pod block", "block", b, "err", err)
+		}
+	}
+	return c.writeConfList(b)
+}
+
+func (c *Controller) writeConfList(b netip.Prefix) error {
+	data, err := RenderConfList(c.o.BaseConfList, b)
+	if err != nil {
+		return err
+	}
+	changed, err := WriteFileAtomic(c.o.ConfListPath, data, 0o644)
+	if err != nil {
+		return err
+	}
+	if changed {
+		c.log.Info("wrote CNI conflist", "path", c.o.ConfListPath, "block", b)
+	}
+	c.mu.Lock()
+	c.status.ConfList = c.o.ConfListPath
+	c.mu.Unlock()
+	c.once.Do(func() { close(c.ready) })
+	return nil
+}
+
+// BlockAnnouncement is the mesh announcement of a node's block: a prefix announcement
+// whose only prefix is the block (the Signer fills origin, cluster, sequence and expiry).
+// Peers that see two origins announcing overlapping blocks resolve it with
+// alloc.Resolve.
+func BlockAnnouncement(block netip.Prefix) announce.Announcement {
+	return announce.Announcement{Kind: announce.KindPrefix, Prefixes: []netip.Prefix{block.Masked()}}
+}
+
+// LostPods returns the pods in pods holding an address in block.
+func LostPods(pods []store.Pod, block netip.Prefix) []LostPod {
+	var out []LostPod
+	for _, p := range pods {
+		var ips []netip.Prefix
+		for _, ip := range p.IPs {
+			if block.Contains(ip.Addr()) {
+				ips = append(ips, ip)
+			}
+		}
+		if len(ips) > 0 {
+			out = append(out, LostPod{Namespace: p.Namespace, Name: p.Name, ContainerID: p.ContainerID, IPs: ips, Block: block})
+		}
+	}
+	return out
+}
+
+// reportLost records the pods still holding addresses of lost, logs them, and raises a
+// Warning Event on the Node.
+func (c *Controller) reportLost(ctx context.Context, lost netip.Prefix) {
+	var pods []LostPod
+	if c.o.DB != nil {
+		ps, err := c.o.DB.ListPods(ctx)
+		if err != nil {
+			c.log.Warn("list pods for lost block", "err", err)
+		}
+		pods = LostPods(ps, lost)
+	}
+	c.mu.Lock()
+	c.status.Lost = append(slices.DeleteFunc(c.status.Lost, func(l LostPod) bool { return l.Block == lost }), pods...)
+	c.mu.Unlock()
+	names := make([]string, 0, len(pods))
+	for _, p := range pods {
+		names = append(names, p.Namespace+"/"+p.Name)
+	}
+	c.log.Warn("pod block lost to another node", "block", lost, "pods", names)
+	msg := fmt.Sprintf("pod block %s is held by another node; %d pods still hold addresses in it", lost, len(pods))
+	if len(names) > 0 {
+		msg += ": " + strings.Join(names, ", ")
+	}
+	now := metav1.NewTime(c.o.Now())
+	ev := &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{GenerateName: c.o.NodeName + ".", Namespace: metav1.NamespaceDefault},
+		InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: c.o.NodeName, UID: c.claimer.nodeUID, APIVersion: "v1"},
+		Reason:         EventReasonBlockLost, Message: msg, Type: corev1.EventTypeWarning,
+		FirstTimestamp: now, LastTimestamp: now, Count: 1,
+		Source: corev1.EventSource{Component: "patronus-agent", Host: c.o.NodeName},
+	}
+	if _, err := c.o.Client.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+		c.log.Warn("event for lost block", "err", err)
+	}
+}
+
+// sweepOrphans releases block Leases whose holder has had no Node object for the grace
+// period (their Node was deleted while no agent watched).
+func (c *Controller) sweepOrphans(ctx context.Context, nl nodeLister, ll leaseLister) {
+	ls, err := ll.List(labels.Everything())
+	if err != nil {
+		return
+	}
+	for _, l := range ls {
+		h := l.Spec.HolderIdentity
+		if h == nil || *h == c.o.NodeName || c.o.Now().Sub(l.CreationTimestamp.Time) < c.o.OrphanGrace {
+			continue
+		}
+		if _, err := nl.Get(*h); !apierrors.IsNotFound(err) {
+			continue
+		}
+		if rel, err := ReleaseNode(ctx, c.o.Client, c.o.Namespace, *h); err == nil && len(rel) > 0 {
+			c.log.Info("released blocks of a node that no longer exists", "node", *h, "blocks", rel)
+		}
+	}
+}

@@ -1,0 +1,145 @@
+package nodenet
+
+import (
+	"cmp"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+)
+
+// VXLAN device parameters (docs/CONTRACT.md).
+const (
+	VXLANDevice = "ptx0"
+	VXLANID     = 1
+	VXLANPort   = 4789
+	// RouteProtocol marks the node-to-node routes nodenet owns (`ip route show proto
+	// 78`). It differs from the tunnel dataplane's 77 because dataplane/route makes the
+	// whole set of proto-77 routes match one desired set: two owners of one number in the
+	// same namespace would delete each other's routes.
+	RouteProtocol = 78
+)
+
+// Peer is another node of the cluster as the API (or the mesh) shows it.
+type Peer struct {
+	Name   string
+	Addr   netip.Addr     // underlay (InternalIP)
+	Blocks []netip.Prefix // pod blocks
+}
+
+// Local is this node's side.
+type Local struct {
+	Name  string
+	Addr  netip.Addr   // underlay address
+	Net   netip.Prefix // the underlay address's subnet on Dev: peers in it are L2 neighbours
+	Dev   string       // the underlay interface
+	Block netip.Prefix // this node's pod block (may be zero)
+}
+
+// Route is one node-to-node route.
+type Route struct {
+	Dst    netip.Prefix
+	Via    netip.Addr
+	Dev    string
+	OnLink bool // VXLAN: the next hop is the peer's VTEP address, known only by neighbour entry
+}
+
+func (r Route) String() string {
+	s := fmt.Sprintf("%s via %s dev %s", r.Dst, r.Via, r.Dev)
+	if r.OnLink {
+		s += " onlink"
+	}
+	return s
+}
+
+// Neigh is a static neighbour (VTEP address → VTEP MAC) on the VXLAN device.
+type Neigh struct {
+	IP  netip.Addr
+	MAC string
+}
+
+// FDB is a forwarding entry on the VXLAN device: frames for MAC go to Dst over UDP.
+type FDB struct {
+	MAC string
+	Dst netip.Addr
+}
+
+// Plan is the desired node-to-node datapath.
+type Plan struct {
+	Routes []Route
+	// VXLAN is set when some peer is not on the local L2 segment: ptx0 must exist on
+	// Local.Dev with VTEPAddr and VTEPMAC.
+	VXLAN    bool
+	VTEPAddr netip.Addr
+	VTEPMAC  string
+	Neighs   []Neigh
+	FDB      []FDB
+	// Conflicts name peer blocks left out because they overlap this node's block or an
+	// earlier peer's (a claim conflict: never route one block two ways).
+	Conflicts []string
+}
+
+// VTEPMAC is the VXLAN device's MAC for a node with underlay address a: locally
+// administered 0e:70 followed by the IPv4 address, so every node computes a peer's MAC
+// without an annotation.
+func VTEPMAC(a netip.Addr) string {
+	b := a.As4()
+	return net.HardwareAddr{0x0e, 0x70, b[0], b[1], b[2], b[3]}.String()
+}
+
+// VTEPAddr is a node's address on ptx0: its block's network address (as flannel does),
+// which no pod uses (host-local starts at the gateway, the first address).
+func VTEPAddr(block netip.Prefix) netip.Addr { return block.Masked().Addr() }
+
+// Compute is the pure planner: every peer block gets a direct route via the peer's
+// underlay address when the peer is in Local.Net, otherwise a route over ptx0 with the
+// neighbour and FDB entries it needs. Peers are taken in name order, so overlaps are
+// resolved the same way on every node.
+func Compute(local Local, peers []Peer) Plan {
+	var p Plan
+	ps := slices.Clone(peers)
+	slices.SortFunc(ps, func(a, b Peer) int { return cmp.Compare(a.Name, b.Name) })
+	var used []netip.Prefix
+	if local.Block.IsValid() {
+		used = append(used, local.Block.Masked())
+	}
+	for _, peer := range ps {
+		if peer.Name == local.Name || !peer.Addr.IsValid() || !peer.Addr.Is4() {
+			continue
+		}
+		direct := local.Net.IsValid() && local.Net.Contains(peer.Addr)
+		var vtep netip.Addr
+		for _, b := range peer.Blocks {
+			b = b.Masked()
+			if !b.IsValid() || !b.Addr().Is4() {
+				continue
+			}
+			if slices.ContainsFunc(used, b.Overlaps) {
+				p.Conflicts = append(p.Conflicts, fmt.Sprintf("%s of node %s overlaps another node's block", b, peer.Name))
+				continue
+			}
+			used = append(used, b)
+			if direct {
+				p.Routes = append(p.Routes, Route{Dst: b, Via: peer.Addr, Dev: local.Dev})
+				continue
+			}
+			if !vtep.IsValid() {
+				vtep = VTEPAddr(b)
+				mac := VTEPMAC(peer.Addr)
+				p.Neighs = append(p.Neighs, Neigh{IP: vtep, MAC: mac})
+				p.FDB = append(p.FDB, FDB{MAC: mac, Dst: peer.Addr})
+			}
+			p.Routes = append(p.Routes, Route{Dst: b, Via: vtep, Dev: VXLANDevice, OnLink: true})
+		}
+	}
+	if len(p.FDB) > 0 && local.Addr.Is4() && local.Block.IsValid() {
+		p.VXLAN, p.VTEPAddr, p.VTEPMAC = true, VTEPAddr(local.Block), VTEPMAC(local.Addr)
+	} else if len(p.FDB) > 0 {
+		// Without an own block there is no VTEP address: drop the encapsulated routes
+		// rather than install half a path.
+		p.Conflicts = append(p.Conflicts, "VXLAN peers need this node's block and IPv4 underlay address")
+		p.Routes = slices.DeleteFunc(p.Routes, func(r Route) bool { return r.Dev == VXLANDevice })
+		p.Neighs, p.FDB = nil, nil
+	}
+	return p
+}
