@@ -151,6 +151,13 @@ func TestEBPFNetns(t *testing.T) {
 		t.Errorf("rule sets in the maps after changes: %d, want 2 (a egress, b ingress)", n)
 	}
 
+	// An endpoint whose veth does not exist yet is reported, the others still applied.
+	withGhost := append(policyAB(tp), Endpoint{EndpointPolicy: policy.EndpointPolicy{Namespace: "ns", Pod: "ghost"}, HostVeth: "ptnosuchveth"})
+	if err := e.Set(ctx, withGhost); !errors.Is(err, ErrNoInterface) {
+		t.Errorf("Set with a missing veth: %v, want ErrNoInterface", err)
+	}
+	checkProbes(t, tp, "with a missing endpoint", []probe{pr(2, 1, "tcp", 8080, false), pr(0, 1, "tcp", 8080, true)})
+
 	// Remove b: unrestricted again.
 	if err := e.Remove(ctx, Endpoint{EndpointPolicy: policy.EndpointPolicy{Namespace: "ns", Pod: "b", IPs: []netip.Addr{tp.Pods[1].IP}}, HostVeth: tp.Pods[1].HostVeth}); err != nil {
 		t.Fatal(err)

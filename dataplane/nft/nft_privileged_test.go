@@ -94,6 +94,23 @@ func testMode(t *testing.T, linear bool) {
 	}
 	tp.Check(t, "policy again", probes[:3])
 
+	// Agent restart: a new enforcer on the existing table changes nothing on an
+	// identical Set.
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e, err = New(Options{NetNS: tp.Node.Path(), Linear: linear})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if err := e.Set(ctx, policyAB(tp)); err != nil {
+		t.Fatal(err)
+	}
+	if after := nftList(t, tp); stripCounters(after) != stripCounters(before) {
+		t.Errorf("Set after restart changed the table:\n%s\n---\n%s", before, after)
+	}
+
 	// Change: c admitted on 8080, then not again.
 	eps := policyAB(tp)
 	eps[1].Ingress = append(eps[1].Ingress, policy.Rule{Policy: "ns/b-in2", Peers: []policy.Peer{host32(tp.Pods[2].IP)},
