@@ -81,7 +81,7 @@ func newLab(t *testing.T, cfg paths.Config) *lab {
 		ps = append(ps, Path{PathSpec: paths.PathSpec{ID: []string{"p1", "p2"}[i], Src: "lo", Dst: "b",
 			Remote: r.Addr().String(), BandwidthMbps: []float64{100, 1000}[i]}, LocalAddr: "127.0.0.1"})
 	}
-	l.prober, err = New(Options{Paths: ps, Config: cfg, Registerer: l.reg,
+	l.prober, err = New(Options{Paths: ps, Config: cfg, Registerer: l.reg, LocalCluster: "a",
 		OnChange: func(c paths.Change) { l.moves <- c }})
 	if err != nil {
 		t.Fatal(err)
@@ -155,6 +155,21 @@ patronus_path_up{dst="b",path_id="p1",src="lo"} 0
 patronus_path_up{dst="b",path_id="p2",src="lo"} 1
 `), "patronus_path_up"); err != nil {
 		t.Error(err)
+	}
+	// After the failover every class uses p2 (about 30ms).
+	if n, err := testutil.GatherAndCount(l.reg, "patronus_pod_latency_ms"); err != nil || n != 3 {
+		t.Errorf("patronus_pod_latency_ms: %d series, %v", n, err)
+	}
+	mfs, _ := l.reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != "patronus_pod_latency_ms" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if v := m.GetGauge().GetValue(); v < 25 || v > 500 {
+				t.Errorf("pod latency %v ms with labels %v", v, m.GetLabel())
+			}
+		}
 	}
 	// The API handler serves the snapshot.
 	rec := httptest.NewRecorder()

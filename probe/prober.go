@@ -39,9 +39,12 @@ type Options struct {
 	Requirements []paths.Requirement
 	// OnChange is called (from the prober's goroutine) for every selection that moved;
 	// the agent steers traffic from here.
-	OnChange   func(paths.Change)
-	Registerer prometheus.Registerer
-	Logger     *slog.Logger
+	OnChange func(paths.Change)
+	// LocalCluster labels patronus_pod_latency_ms (src_cluster); without it that metric
+	// is not exported.
+	LocalCluster string
+	Registerer   prometheus.Registerer
+	Logger       *slog.Logger
 }
 
 type pathConn struct {
@@ -97,7 +100,7 @@ func New(opts Options) (*Prober, error) {
 	if opts.Registerer != nil {
 		p.changes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "patronus_path_selection_changes_total",
 			Help: "Moves of a QoS class's selected path, by destination, class and reason."}, []string{"dst", "class", "reason"})
-		for _, c := range []prometheus.Collector{newCollector(p.mon), p.changes} {
+		for _, c := range []prometheus.Collector{newCollector(p.mon, opts.LocalCluster), p.changes} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("probe: metrics: %w", err)
 			}
