@@ -2,6 +2,7 @@ package cni_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/patronus/patronus/dataplane/link"
+	"github.com/patronus/patronus/manifests"
 	"github.com/patronus/patronus/store"
 )
 
@@ -609,6 +611,62 @@ func TestDualStack(t *testing.T) {
 		if err := h.del(l, p); err != nil {
 			t.Fatal(err)
 		}
+	}
+	h.assertClean()
+}
+
+// TestShippedConflist runs the conflist install-cni writes (manifests/10-patronus.conflist),
+// with only its paths moved into the test's directory: libcni picks 1.1.0 from cniVersions,
+// policy enforcement is on, so STATUS follows the agent's /readyz.
+func TestShippedConflist(t *testing.T) {
+	h := newHarness(t)
+	var m map[string]any
+	if err := json.Unmarshal(manifests.ConfList, &m); err != nil {
+		t.Fatal(err)
+	}
+	entry := m["plugins"].([]any)[0].(map[string]any)
+	entry["ipam"].(map[string]any)["dataDir"] = h.dataDir
+	sd := entry["sdwan"].(map[string]any)
+	sd["database"] = h.db
+	if sd["enable_policy_enforcement"] != true {
+		t.Fatalf("the shipped conflist should enforce policy: %v", sd)
+	}
+	h.network = m["name"].(string)
+	sd["agent_socket"] = filepath.Join(h.dir, "absent.sock")
+	b, _ := json.Marshal(m)
+	l, err := libcni.NetworkConfFromBytes(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.CNIVersion != "1.1.0" {
+		t.Fatalf("libcni chose cniVersion %s from %v", l.CNIVersion, m["cniVersions"])
+	}
+	var te *types.Error
+	if err := h.status(l); !errors.As(err, &te) || te.Code != types.ErrPluginNotAvailable {
+		t.Fatalf("STATUS without the agent: want 50, got %v", err)
+	}
+	sd["agent_socket"] = agentServer(t, http.StatusOK)
+	b, _ = json.Marshal(m)
+	if l, err = libcni.NetworkConfFromBytes(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.status(l); err != nil {
+		t.Fatalf("STATUS with a ready agent: %v", err)
+	}
+	p := h.newPod("shipped")
+	r, err := h.add(l, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := r.current(t)
+	if len(res.IPs) != 1 || !netip.MustParsePrefix("10.244.0.0/16").Contains(netip.MustParseAddr(res.IPs[0].Address.IP.String())) {
+		t.Fatalf("result %+v", res.IPs)
+	}
+	if err := h.check(l, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.del(l, p); err != nil {
+		t.Fatal(err)
 	}
 	h.assertClean()
 }
