@@ -54,8 +54,8 @@ func TestSelectionFollowsDelaysAndBlackholes(t *testing.T) {
 	if m.Reason != paths.ReasonFailover {
 		t.Errorf("reason %s, want %s", m.Reason, paths.ReasonFailover)
 	}
-	if gap > floor+200*ms {
-		t.Errorf("failover took %v, more than interval×misses + 200ms", gap)
+	if gap > floor+350*ms {
+		t.Errorf("failover took %v, more than interval×misses + 350ms", gap)
 	}
 	l.waitFor(t, time.Second, "bulk failover", func() bool { return l.selected(paths.Bulk) == "p1" })
 
