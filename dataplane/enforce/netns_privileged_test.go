@@ -2,7 +2,12 @@ package enforce
 
 import (
 	"context"
+	"fmt"
+
 	"errors"
+	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 	"io"
 	"net/netip"
 	"os"
@@ -133,6 +138,22 @@ func TestEBPFNetns(t *testing.T) {
 		}
 	}
 
+	// Audit mode for b: allowed new flows are reported too.
+	audited := policyAB(tp)
+	audited[1].AuditAllowed = true
+	if err := e.Set(ctx, audited); err != nil {
+		t.Fatal(err)
+	}
+	checkProbes(t, tp, "audit all", []probe{pr(0, 1, "tcp", 9090, false), pr(0, 1, "udp", 5353, true)})
+	rd.SetDeadline(time.Now().Add(2 * time.Second))
+	for found = false; !found; {
+		ev, err := rd.Read()
+		if err != nil {
+			t.Fatalf("no allow event a -> b udp/5353: %v", err)
+		}
+		found = ev.Verdict == Allowed && ev.Endpoint == "ns/b" && ev.Src.Addr() == tp.Pods[0].IP && ev.Dst.Port() == 5353 && ev.Protocol == policy.UDP
+	}
+
 	// Policy change: c gets in on 8080; then the rule goes again.
 	eps := policyAB(tp)
 	eps[1].Ingress = append(eps[1].Ingress, policy.Rule{Policy: "ns/b-in2", Peers: []policy.Peer{host32(tp.Pods[2].IP)},
@@ -246,6 +267,27 @@ func TestEBPFRestart(t *testing.T) {
 	}
 	defer e2.Close()
 	checkProbes(t, tp, "new agent before Set", denied)
+	// The pinned links now run the new process's programs (replaced in place).
+	for _, name := range []string{"from_pod", "to_pod"} {
+		l, err := link.LoadPinnedLink(filepath.Join(pin, "links", fmt.Sprintf("%d-%s", vethIndex(t, tp, 1), name)), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		prog := e2.objs.FromPod
+		if name == "to_pod" {
+			prog = e2.objs.ToPod
+		}
+		pinfo, _ := prog.Info()
+		id, _ := pinfo.ID()
+		if info.Program != id {
+			t.Errorf("link %s runs program %d, want the new agent's %d", name, info.Program, id)
+		}
+	}
 	if err := e2.Set(ctx, policyAB(tp)); err != nil {
 		t.Fatal(err)
 	}
@@ -316,4 +358,21 @@ func TestEBPFServiceDNAT(t *testing.T) {
 	if c.TCP(svcB) {
 		t.Error("c -> Service of b: allowed, want denied (b's ingress)")
 	}
+}
+
+func vethIndex(t *testing.T, tp *enforcetest.Topology, pod int) int {
+	t.Helper()
+	var idx int
+	err := tp.Node.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(tp.Pods[pod].HostVeth)
+		if err != nil {
+			return err
+		}
+		idx = l.Attrs().Index
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return idx
 }
