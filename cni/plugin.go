@@ -249,7 +249,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	if err := p.fault("veth"); err != nil {
 		return err
 	}
-	host, pod, err := p.o.Kernel.AddVeth(link.VethSpec{HostName: hostName, PodIfName: args.IfName, PodNetns: args.Netns, Bridge: conf.Bridge, MTU: conf.MTU})
+	host, pod, err := p.o.Kernel.AddVeth(link.VethSpec{HostName: hostName, PodIfName: args.IfName, PodNetns: args.Netns, Bridge: conf.Bridge, BridgeIndex: br.Index, MTU: conf.MTU})
 	if err != nil {
 		return err
 	}

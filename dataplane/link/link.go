@@ -68,7 +68,9 @@ type VethSpec struct {
 	PodIfName string
 	PodNetns  string
 	Bridge    string
-	MTU       int
+	// BridgeIndex, when known (from EnsureBridge), saves looking Bridge up.
+	BridgeIndex int
+	MTU         int
 }
 
 // PodConfig is what the pod side of the veth gets.

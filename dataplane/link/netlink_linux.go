@@ -138,34 +138,44 @@ func (Netlink) AddVeth(s VethSpec) (Link, Link, error) {
 		return Link{}, Link{}, fmt.Errorf("open pod network namespace %s: %w", s.PodNetns, err)
 	}
 	defer nsh.Close()
-	br, err := netlink.LinkByName(s.Bridge)
-	if err != nil {
-		return Link{}, Link{}, fmt.Errorf("look up bridge %s: %w", s.Bridge, err)
+	master := s.BridgeIndex
+	if master == 0 {
+		br, err := netlink.LinkByName(s.Bridge)
+		if err != nil {
+			return Link{}, Link{}, fmt.Errorf("look up bridge %s: %w", s.Bridge, err)
+		}
+		master = br.Attrs().Index
 	}
-	if old, err := netlink.LinkByName(s.HostName); err == nil {
-		if err := netlink.LinkDel(old); err != nil && !isNotFound(err) {
-			return Link{}, Link{}, fmt.Errorf("remove leftover veth %s: %w", s.HostName, err)
+	newVeth := func() *netlink.Veth {
+		return &netlink.Veth{
+			// Created up and attached: no extra round trips on the pod start path.
+			LinkAttrs:     netlink.LinkAttrs{Name: s.HostName, MTU: s.MTU, MasterIndex: master, TxQLen: -1, Flags: net.FlagUp},
+			PeerName:      s.PodIfName,
+			PeerNamespace: netlink.NsFd(int(nsh)),
+			PeerMTU:       uint32(max(s.MTU, 0)),
 		}
 	}
-	v := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: s.HostName, MTU: s.MTU, MasterIndex: br.Attrs().Index, TxQLen: -1},
-		PeerName:      s.PodIfName,
-		PeerNamespace: netlink.NsFd(int(nsh)),
-		PeerMTU:       uint32(max(s.MTU, 0)),
+	err = netlink.LinkAdd(newVeth())
+	if errors.Is(err, unix.EEXIST) {
+		// A leftover host end of the same name (an ADD retried after a crash) is
+		// replaced; if that was not the clash, the pod already has the interface.
+		if old, lerr := netlink.LinkByName(s.HostName); lerr == nil {
+			if derr := netlink.LinkDel(old); derr != nil && !isNotFound(derr) {
+				return Link{}, Link{}, fmt.Errorf("remove leftover veth %s: %w", s.HostName, derr)
+			}
+			err = netlink.LinkAdd(newVeth())
+		}
 	}
-	if err := netlink.LinkAdd(v); err != nil {
+	if err != nil {
 		if errors.Is(err, unix.EEXIST) {
-			return Link{}, Link{}, fmt.Errorf("create veth %s/%s: an interface named %s already exists in the pod namespace %s (or %s on the node): %w",
-				s.HostName, s.PodIfName, s.PodIfName, s.PodNetns, s.HostName, err)
+			return Link{}, Link{}, fmt.Errorf("create veth %s/%s: an interface named %s already exists in the pod namespace %s: %w",
+				s.HostName, s.PodIfName, s.PodIfName, s.PodNetns, err)
 		}
 		return Link{}, Link{}, fmt.Errorf("create veth %s with peer %s in %s: %w", s.HostName, s.PodIfName, s.PodNetns, err)
 	}
 	host, err := netlink.LinkByName(s.HostName)
 	if err != nil {
 		return Link{}, Link{}, fmt.Errorf("look up new veth %s: %w", s.HostName, err)
-	}
-	if err := netlink.LinkSetUp(host); err != nil {
-		return Link{}, Link{}, fmt.Errorf("set veth %s up: %w", s.HostName, err)
 	}
 	h, err := netlink.NewHandleAt(nsh)
 	if err != nil {

@@ -3,6 +3,7 @@ package link
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
 )
 
 func TestHostVethName(t *testing.T) {
@@ -119,6 +121,39 @@ func TestNetlinkPodLifecycle(t *testing.T) {
 			return err
 		}
 		return k.DeletePodLink("/var/run/netns/pt-does-not-exist", "eth0")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNetlinkAddVethReplacesLeftover: an ADD retried after a crash finds its host veth
+// name taken by the previous attempt's leftover and replaces it.
+func TestNetlinkAddVethReplacesLeftover(t *testing.T) {
+	node, pod := newTestNS(t), newTestNS(t)
+	k := Netlink{}
+	host := HostVethName("retried", "eth0")
+	err := node.Do(func(ns.NetNS) error {
+		if _, err := k.EnsureBridge(BridgeSpec{Name: "ptbr1"}); err != nil {
+			return err
+		}
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}, PeerName: "leftover"}); err != nil {
+			return err
+		}
+		h, p, err := k.AddVeth(VethSpec{HostName: host, PodIfName: "eth0", PodNetns: pod.Path(), Bridge: "ptbr1"})
+		if err != nil {
+			return fmt.Errorf("AddVeth over a leftover: %w", err)
+		}
+		if h.Master == 0 || p.Name != "eth0" {
+			return fmt.Errorf("host %+v pod %+v", h, p)
+		}
+		if l, err := netlink.LinkByName(host); err != nil || l.Attrs().Flags&net.FlagUp == 0 {
+			return fmt.Errorf("host veth not up: %v", err)
+		}
+		if _, err := netlink.LinkByName("leftover"); err == nil {
+			return errors.New("the leftover's peer survived")
+		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
