@@ -385,3 +385,22 @@ func linkIndexes() (map[string]int, error) {
 	}
 	return out, nil
 }
+
+// MountBPFFS mounts a bpffs on dir unless one is already there (the agent calls it for
+// /sys/fs/bpf at start; this machine's images do not mount it).
+func MountBPFFS(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", dir, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type == bpffsMagic {
+		return nil
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mounting bpffs on %s: %w", dir, err)
+	}
+	return nil
+}
