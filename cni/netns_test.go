@@ -181,6 +181,13 @@ func TestCheckDetectsRemovals(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, "IP"}, // replaced by the pod's address
+		{"mtu", func(t *testing.T, h *harness, p pod, _ netip.Addr) {
+			nh := podLinkHandle(t, p.netns)
+			l, _ := nh.LinkByName("eth0")
+			if err := nh.LinkSetMTU(l, 1300); err != nil {
+				t.Fatal(err)
+			}
+		}, "mtu 1300"},
 		{"host veth", func(t *testing.T, h *harness, p pod, _ netip.Addr) {
 			if err := h.inNode(func() error { return link.Netlink{}.DeleteLink(link.HostVethName(p.id, "eth0")) }); err != nil {
 				t.Fatal(err)

@@ -427,7 +427,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	if podIdx < 0 {
 		return fmt.Errorf("prevResult has no interface %s inside a sandbox", args.IfName)
 	}
-	pc := link.PodConfig{Netns: args.Netns, IfName: args.IfName}
+	pc := link.PodConfig{Netns: args.Netns, IfName: args.IfName, MTU: conf.MTU, HostIndex: host.Index}
 	for _, ipc := range prev.IPs {
 		if ipc.Interface != nil && *ipc.Interface != podIdx {
 			continue

@@ -79,6 +79,10 @@ type PodConfig struct {
 	IfName string
 	Addrs  []netip.Prefix
 	Routes []Route
+	// Checked by CheckPod only, when non-zero: the MTU, and the ifindex of the host end
+	// the pod interface must be the veth peer of.
+	MTU       int
+	HostIndex int
 }
 
 // Kernel is every kernel change and query the CNI plugin makes. Implementations must be

@@ -237,6 +237,15 @@ func (Netlink) CheckPod(c PodConfig) error {
 	if err != nil {
 		return fmt.Errorf("interface %s in %s: %w", c.IfName, c.Netns, err)
 	}
+	if _, ok := l.(*netlink.Veth); !ok {
+		return fmt.Errorf("interface %s in %s is a %s, not a veth", c.IfName, c.Netns, l.Type())
+	}
+	if c.HostIndex != 0 && l.Attrs().ParentIndex != c.HostIndex {
+		return fmt.Errorf("interface %s in %s is not the peer of the host veth (peer ifindex %d, host veth %d)", c.IfName, c.Netns, l.Attrs().ParentIndex, c.HostIndex)
+	}
+	if c.MTU != 0 && l.Attrs().MTU != c.MTU {
+		return fmt.Errorf("interface %s in %s has mtu %d, the network configures %d", c.IfName, c.Netns, l.Attrs().MTU, c.MTU)
+	}
 	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return fmt.Errorf("list addresses of %s in %s: %w", c.IfName, c.Netns, err)
