@@ -111,10 +111,11 @@ type NodeOptions struct {
 	// Plugins are copied from Tools.PluginsDir into the node's CNI bin dir ("loopback" is
 	// always added: containerd's CRI sets up the pod's lo with it).
 	Plugins []string
-	// PatronusCNI installs Tools.Patronus as patronus-cni in the CNI bin dir.
+	// PatronusCNI installs Tools.Patronus as patronus-cni with `patronus install-cni`
+	// (with ConfList as --conflist when set).
 	PatronusCNI bool
 	// ConfList builds the conflist from the node's directories; it is written to
-	// cni/net.d/10-<name>.conflist before containerd starts.
+	// cni/net.d/10-<name>.conflist (by install-cni with PatronusCNI).
 	ConfList func(n *Node) string
 }
 
@@ -163,17 +164,32 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 	for _, p := range append([]string{"loopback"}, opts.Plugins...) {
 		copyFile(t, filepath.Join(opts.Tools.PluginsDir, p), filepath.Join(n.BinDir, p))
 	}
-	if opts.PatronusCNI {
-		copyFile(t, opts.Tools.Patronus, filepath.Join(n.BinDir, "patronus-cni"))
-	}
+	conf := ""
 	if opts.ConfList != nil {
-		conf := opts.ConfList(n)
+		conf = opts.ConfList(n)
 		var probe struct{ Name string }
 		if err := json.Unmarshal([]byte(conf), &probe); err != nil || probe.Name == "" {
 			t.Fatalf("conflist is not JSON with a name (%v): %s", err, conf)
 		}
-		if err := os.WriteFile(filepath.Join(n.ConfDir, "10-"+probe.Name+".conflist"), []byte(conf), 0o644); err != nil {
-			t.Fatal(err)
+		if !opts.PatronusCNI {
+			if err := os.WriteFile(filepath.Join(n.ConfDir, "10-"+probe.Name+".conflist"), []byte(conf), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if opts.PatronusCNI {
+		// What the DaemonSet's init step does: patronus install-cni puts the plugin and the
+		// conflist into the runtime's CNI dirs.
+		args := []string{"install-cni", "--bin-dir", n.BinDir, "--conf-dir", n.ConfDir}
+		if conf != "" {
+			path := filepath.Join(dir, "conflist.json")
+			if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			args = append(args, "--conflist", path)
+		}
+		if out, err := exec.Command(opts.Tools.Patronus, args...).CombinedOutput(); err != nil {
+			t.Fatalf("patronus %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
 

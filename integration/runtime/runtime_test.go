@@ -195,6 +195,33 @@ func TestPatronusCNIThroughContainerd(t *testing.T) {
 		}
 	})
 
+	t.Run("patronus status reports the node", func(t *testing.T) {
+		// In the node's netns: status looks the bridge up there.
+		out, err := n.InNode(tools.Patronus, "status", "--database", n.DBPath, "--cni-bin-dir", n.BinDir,
+			"--socket", filepath.Join(n.Dir, "no-agent.sock"), "-o", "json")
+		if err != nil {
+			t.Fatalf("patronus status: %v\n%s", err, out)
+		}
+		var st struct {
+			CNI struct {
+				Plugin   struct{ Installed bool }
+				Bridge   struct{ Present bool }
+				Database struct {
+					OK          bool
+					PodsManaged int
+				}
+			}
+		}
+		if err := json.Unmarshal(out, &st); err != nil {
+			t.Fatalf("decode status: %v\n%s", err, out)
+		}
+		c := st.CNI
+		if !c.Plugin.Installed || !c.Bridge.Present || !c.Database.OK || c.Database.PodsManaged != 2 {
+			t.Errorf("patronus status: plugin installed %v, bridge present %v, database ok %v, pods managed %d (want true, true, true, 2)\n%s",
+				c.Plugin.Installed, c.Bridge.Present, c.Database.OK, c.Database.PodsManaged, out)
+		}
+	})
+
 	ipamDir := filepath.Join(n.IPAMDir, "patronus-k8s")
 	if res := reservations(t, ipamDir); res[a.IP] != a.ID || res[b.IP] != b.ID {
 		t.Fatalf("host-local reservations %v, want %s→%s and %s→%s", res, a.IP, a.ID, b.IP, b.ID)
