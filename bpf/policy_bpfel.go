@@ -97,6 +97,7 @@ const (
 	PolicyMapPtCidrs       = "pt_cidrs"
 	PolicyMapPtConntrack   = "pt_conntrack"
 	PolicyMapPtDenies      = "pt_denies"
+	PolicyMapPtDenySeen    = "pt_deny_seen"
 	PolicyMapPtEgressDefer = "pt_egress_defer"
 	PolicyMapPtEndpointIps = "pt_endpoint_ips"
 	PolicyMapPtEndpoints   = "pt_endpoints"
@@ -163,6 +164,7 @@ type PolicyMapSpecs struct {
 	PtCidrs       *ebpf.MapSpec `ebpf:"pt_cidrs"`
 	PtConntrack   *ebpf.MapSpec `ebpf:"pt_conntrack"`
 	PtDenies      *ebpf.MapSpec `ebpf:"pt_denies"`
+	PtDenySeen    *ebpf.MapSpec `ebpf:"pt_deny_seen"`
 	PtEgressDefer *ebpf.MapSpec `ebpf:"pt_egress_defer"`
 	PtEndpointIps *ebpf.MapSpec `ebpf:"pt_endpoint_ips"`
 	PtEndpoints   *ebpf.MapSpec `ebpf:"pt_endpoints"`
@@ -201,6 +203,7 @@ type PolicyMaps struct {
 	PtCidrs       *ebpf.Map `ebpf:"pt_cidrs"`
 	PtConntrack   *ebpf.Map `ebpf:"pt_conntrack"`
 	PtDenies      *ebpf.Map `ebpf:"pt_denies"`
+	PtDenySeen    *ebpf.Map `ebpf:"pt_deny_seen"`
 	PtEgressDefer *ebpf.Map `ebpf:"pt_egress_defer"`
 	PtEndpointIps *ebpf.Map `ebpf:"pt_endpoint_ips"`
 	PtEndpoints   *ebpf.Map `ebpf:"pt_endpoints"`
@@ -214,6 +217,7 @@ func (m *PolicyMaps) Close() error {
 		m.PtCidrs,
 		m.PtConntrack,
 		m.PtDenies,
+		m.PtDenySeen,
 		m.PtEgressDefer,
 		m.PtEndpointIps,
 		m.PtEndpoints,

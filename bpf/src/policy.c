@@ -176,6 +176,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pt_denies SEC(".maps");
 
+/* Last time a denial of this flow was reported: a flood of denied packets (a UDP
+ * stream, SYN retries) is counted in full but reported once a second per flow. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pt_deny_seen SEC(".maps");
+
 /* Index 0: events lost because the ring buffer was full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -396,6 +406,13 @@ static __always_inline int deny(const struct pkt *p, const struct endpoint *ep, 
 		__u64 one = 1;
 		bpf_map_update_elem(&pt_denies, &k, &one, BPF_NOEXIST);
 	}
+	struct ct_key fk;
+	ct_key_of(&fk, p, ep->ifindex, 0);
+	fk.pad[0] = dir;
+	__u64 *last = bpf_map_lookup_elem(&pt_deny_seen, &fk);
+	if (last && now - *last < 1000000000ULL)
+		return TC_ACT_SHOT;
+	bpf_map_update_elem(&pt_deny_seen, &fk, &now, BPF_ANY);
 	report(p, ep, dir, VERDICT_DENY, now);
 	return TC_ACT_SHOT;
 }

@@ -5,9 +5,11 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/patronus/patronus/bpf"
 	"github.com/patronus/patronus/policy"
@@ -284,5 +286,53 @@ func TestProgramToNet(t *testing.T) {
 		if got := run(t, objs.ToNet, tc.p); got != tc.want {
 			t.Errorf("%+v: got %d, want %d", tc.p, int32(got), int32(tc.want))
 		}
+	}
+}
+
+// TestProgramDenyReporting: every denied packet is counted, a flow's denials are
+// reported once a second.
+func TestProgramDenyReporting(t *testing.T) {
+	objs := loadUnpinned(t)
+	s, err := newSyncer(mapsOf(objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.sync(map[uint32]Endpoint{lo: testEndpoint()}); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := ringbuf.NewReader(objs.PtEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	for i := 0; i < 5; i++ {
+		if got := run(t, objs.ToPod, pktSpec{"10.3.1.1", "10.0.0.1", 17, 1000, 80, false}); got != actDrop {
+			t.Fatalf("got %d, want drop", int32(got))
+		}
+	}
+	if got := run(t, objs.ToPod, pktSpec{"10.3.1.1", "10.0.0.1", 17, 1001, 80, false}); got != actDrop {
+		t.Fatalf("got %d, want drop", int32(got))
+	}
+	var per []uint64
+	if err := objs.PtDenies.Lookup(bpf.PolicyDenyKey{Ifindex: lo, Dir: uint32(Ingress)}, &per); err != nil {
+		t.Fatal(err)
+	}
+	var total uint64
+	for _, v := range per {
+		total += v
+	}
+	if total != 6 {
+		t.Errorf("deny counter %d, want 6", total)
+	}
+	events := 0
+	rd.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	for {
+		if _, err := rd.Read(); err != nil {
+			break
+		}
+		events++
+	}
+	if events != 2 {
+		t.Errorf("%d deny events, want 2 (one per flow)", events)
 	}
 }
