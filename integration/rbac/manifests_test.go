@@ -2,6 +2,7 @@ package rbac
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -19,6 +20,8 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/patronus/patronus/integration/k8senv"
+	"github.com/patronus/patronus/nodenet"
+	"github.com/patronus/patronus/nodenet/alloc"
 )
 
 const ns = k8senv.PatronusNamespace
@@ -78,6 +81,10 @@ var needed = []access{
 	{verb: "get", group: "coordination.k8s.io", resource: "leases", namespace: ns, name: "patronus"},
 	{verb: "create", group: "coordination.k8s.io", resource: "leases", namespace: ns},
 	{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: ns, name: "patronus"},
+	// Pod block Leases (nodenet): claim, watch, release a deleted Node's blocks.
+	{verb: "list", group: "coordination.k8s.io", resource: "leases", namespace: ns},
+	{verb: "watch", group: "coordination.k8s.io", resource: "leases", namespace: ns},
+	{verb: "delete", group: "coordination.k8s.io", resource: "leases", namespace: ns, name: "patronus-block-10-244-1-0-24"},
 }
 
 // denied is broader access a compromised agent must not have.
@@ -105,7 +112,9 @@ var denied = []access{
 	{verb: "list", resource: "configmaps", namespace: ns},
 	{verb: "update", resource: "configmaps", namespace: ns, name: "patronus-config"},
 	{verb: "get", group: "coordination.k8s.io", resource: "leases", namespace: "default", name: "patronus"},
-	{verb: "delete", group: "coordination.k8s.io", resource: "leases", namespace: ns, name: "patronus"},
+	{verb: "delete", group: "coordination.k8s.io", resource: "leases", namespace: "default", name: "patronus-block-10-244-1-0-24"},
+	{verb: "create", group: "coordination.k8s.io", resource: "leases", namespace: "default"},
+	{verb: "list", group: "coordination.k8s.io", resource: "leases"}, // cluster-wide
 	{verb: "create", group: "rbac.authorization.k8s.io", resource: "clusterrolebindings"},
 	{verb: "escalate", group: "rbac.authorization.k8s.io", resource: "clusterroles", name: "patronus"},
 	{verb: "create", group: "apiextensions.k8s.io", resource: "customresourcedefinitions"},
@@ -336,6 +345,20 @@ func realCalls(t *testing.T, ctx context.Context, c *k8senv.Cluster, admin, sa k
 		if _, err := sa.CoordinationV1().Leases(ns).Update(ctx, got, metav1.UpdateOptions{}); err != nil {
 			t.Errorf("update lease: %v", err)
 		}
+	}
+
+	// A pod block Lease (nodenet's claim), listed by label and released as nodenet does
+	// for a deleted Node (delete with a UID precondition).
+	block := netip.MustParsePrefix("10.244.1.0/24")
+	claimer := "node-b"
+	if _, err := sa.CoordinationV1().Leases(ns).Create(ctx, &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: alloc.LeaseName(block), Labels: map[string]string{nodenet.LabelComponent: nodenet.ComponentPodBlock},
+			Annotations: map[string]string{nodenet.AnnotationBlock: block.String()}},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &claimer},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Errorf("create block lease: %v", err)
+	} else if rel, err := nodenet.ReleaseNode(ctx, sa, ns, claimer); err != nil || len(rel) != 1 || rel[0] != block {
+		t.Errorf("release block lease: %v %v", rel, err)
 	}
 
 	// An Event about a pod.
