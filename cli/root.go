@@ -76,6 +76,7 @@ func newRootCmd(e env) *cobra.Command {
 		newStatusCmd(e),
 		newPolicyCmd(e),
 		newAgentCmd(e),
+		newPodsCmd(e),
 		newMeshCmd(e),
 		newMembersCmd(e),
 		newKeysCmd(e),

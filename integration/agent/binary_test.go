@@ -118,6 +118,17 @@ func TestBinaryAgent(t *testing.T) {
 		t.Fatalf("status from the env/flags: %+v, %v", s, err)
 	}
 
+	// `patronus pods`: the pod as Kubernetes sees it.
+	po, err := exec.Command(bin, "pods", "--socket", sock).CombinedOutput()
+	if err != nil {
+		t.Fatalf("patronus pods: %v\n%s", err, po)
+	}
+	for _, want := range []string{"default", "web", "10.244.1.50/16", "best-effort", "app=web", "true"} {
+		if !strings.Contains(string(po), want) {
+			t.Errorf("patronus pods lacks %q:\n%s", want, po)
+		}
+	}
+
 	// `patronus status` against the running agent.
 	// (Its exit code is 1 here: no plugin is installed in the empty --cni-bin-dir.)
 	st := exec.Command(bin, "status", "--socket", sock, "--cni-bin-dir", dir)
