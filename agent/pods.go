@@ -44,18 +44,13 @@ func (a *agent) reconcilePod(ctx context.Context, key string) error {
 	}
 	cfg := a.config()
 
-	var spec qos.Spec
-	if pod != nil {
-		var errs []*qos.AnnotationError
-		spec, errs = qos.Parse(pod.Annotations, cfg.DefaultQoSClass)
-		a.reportQoS(pod, errs)
-	} else {
-		a.qosEvents.forget(ns, name)
-	}
-
 	if pod == nil {
+		a.qosEvents.forget(ns, name)
 		return nil
 	}
+	spec, errs := qos.Parse(pod.Annotations, cfg.DefaultQoSClass)
+	a.reportQoS(pod, errs)
+
 	// The rows come from the last database scan, which queued this key after it saw them;
 	// a row deleted since then makes SetPodAPIState return ErrNotFound.
 	for _, r := range a.rows.get(key) {
