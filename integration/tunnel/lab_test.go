@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -156,7 +157,11 @@ func newTopology(t *testing.T) (a, b *side) {
 func (s *side) openDevice(t *testing.T, key wgtypes.Key) {
 	t.Helper()
 	s.spec = wg.Spec{Name: wg.InterfaceName(s.cluster), ListenPort: wg.DefaultPort, PrivateKey: key, MTU: 1500 - wg.Overhead}
-	d, err := wg.Open(wg.Options{NetNS: s.gw.Path(), Mode: wg.ModeUserspace}, s.spec)
+	o := wg.Options{NetNS: s.gw.Path(), Mode: wg.ModeUserspace}
+	if os.Getenv("PATRONUS_TUNNEL_DEBUG") != "" {
+		o.Logger = slog.New(slog.NewTextHandler(&testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("side", s.cluster)
+	}
+	d, err := wg.Open(o, s.spec)
 	must(t, err)
 	t.Cleanup(func() { d.Close() })
 	s.dev = d
@@ -216,6 +221,10 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 			return
 		}
 		if time.Now().After(deadline) {
+			if os.Getenv("PATRONUS_TUNNEL_DEBUG") != "" {
+				out, _ := exec.Command("sh", "-c", "for n in $(ip netns list | awk '/^pt-tn-/{print $1}'); do echo == $n; ip -n $n route; ip -n $n -s link show; done").CombinedOutput()
+				t.Logf("namespaces:\n%s", out)
+			}
 			t.Fatalf("%s: %v", what, err)
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -308,3 +317,18 @@ func prefixes(s ...string) []netip.Prefix {
 func prefixIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+// testWriter sends log lines to t.Log.
+type testWriter struct{ t *testing.T }
+
+func (w *testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// handshakeTimeout bounds waiting for a tunnel to pass traffic. Both sides get their peer
+// with a persistent keepalive, so both start a handshake at once; when the two
+// initiations cross, each side answers the other's and drops the answer to its own, and
+// WireGuard resolves it with its 5 s handshake retry (seen here under load, when the test
+// configures both sides within a millisecond). So up to ~11 s is legitimate.
+const handshakeTimeout = 15 * time.Second

@@ -264,7 +264,7 @@ func TestMeshDrivenTunnel(t *testing.T) {
 	}
 	eventually(t, 30*time.Second, "A has a tunnel to B", func() error { _, err := tunnelTo(ga, b.cluster); return err })
 	eventually(t, 30*time.Second, "B has a tunnel to A", func() error { _, err := tunnelTo(gb, a.cluster); return err })
-	eventually(t, 10*time.Second, "pod A pings pod B", func() error { return ping(a.podName, b.podIP, 0) })
+	eventually(t, handshakeTimeout, "pod A pings pod B", func() error { return ping(a.podName, b.podIP, 0) })
 	t.Logf("gateways started → pod-to-pod ping: %v", time.Since(t0).Round(time.Millisecond))
 	must(t, ping(b.podName, a.podIP, 0))
 	must(t, tcpEcho(t, a, b, 1<<20))

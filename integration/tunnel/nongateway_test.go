@@ -5,7 +5,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -83,7 +82,7 @@ func TestNonGatewayNodeRoutesViaGateway(t *testing.T) {
 	if out := routesProto77(t, nodeName); !strings.Contains(out, "10.248.0.0/16 via 172.18.0.1 dev n2") {
 		t.Fatalf("non-gateway node routes:\n%s", out)
 	}
-	eventually(t, 5*time.Second, "pod on the non-gateway node pings pod B", func() error { return ping(pod.podName, b.podIP, 0) })
+	eventually(t, handshakeTimeout, "pod on the non-gateway node pings pod B", func() error { return ping(pod.podName, b.podIP, 0) })
 	must(t, ping(b.podName, pod.podIP, 0))
 	must(t, tcpEcho(t, pod, b, 1<<20))
 	must(t, tcpEcho(t, b, pod, 1<<20))

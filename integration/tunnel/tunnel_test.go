@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,7 +29,7 @@ func TestPodToPodAcrossTunnel(t *testing.T) {
 	a, b := newPair(t)
 	connect(t, a, b)
 
-	eventually(t, 5*time.Second, "pod A pings pod B", func() error { return ping(a.podName, b.podIP, 0) })
+	eventually(t, handshakeTimeout, "pod A pings pod B", func() error { return ping(a.podName, b.podIP, 0) })
 	must(t, ping(b.podName, a.podIP, 0))
 	must(t, tcpEcho(t, a, b, 64<<10))
 	must(t, tcpEcho(t, b, a, 64<<10))
@@ -86,7 +87,7 @@ func TestPodToPodAcrossTunnel(t *testing.T) {
 	}
 	// And back.
 	connect(t, a, b)
-	eventually(t, 5*time.Second, "pod A pings pod B again", func() error { return ping(a.podName, b.podIP, 0) })
+	eventually(t, handshakeTimeout, "pod A pings pod B again", func() error { return ping(a.podName, b.podIP, 0) })
 }
 
 // Gateway B rotates its key while pod A streams to pod B: the new key is applied on B
@@ -95,7 +96,7 @@ func TestPodToPodAcrossTunnel(t *testing.T) {
 func TestKeyRotationUnderStream(t *testing.T) {
 	a, b := newPair(t)
 	connect(t, a, b)
-	eventually(t, 5*time.Second, "tunnel up", func() error { return ping(a.podName, b.podIP, 0) })
+	eventually(t, handshakeTimeout, "tunnel up", func() error { return ping(a.podName, b.podIP, 0) })
 
 	var deliveries atomic.Int32
 	rot := tunnel.NewRotator(tunnel.RotatorOptions{Device: b.dev, Spec: b.spec, Endpoints: nil, PodCIDRs: prefixes("10.248.0.0/16"),
@@ -221,7 +222,15 @@ func streamDuring(t *testing.T, a, b *side, d time.Duration, event func(mark fun
 func TestGatewayRestartKeepsStream(t *testing.T) {
 	a, b := newPair(t)
 	connect(t, a, b)
-	eventually(t, 5*time.Second, "tunnel up", func() error { return ping(a.podName, b.podIP, 0) })
+	eventually(t, handshakeTimeout, "tunnel up", func() error {
+		err := ping(a.podName, b.podIP, 0)
+		if err != nil && os.Getenv("PATRONUS_TUNNEL_DEBUG") != "" {
+			sa, _ := a.dev.State()
+			sb, _ := b.dev.State()
+			t.Logf("%v\nA: %+v\nB: %+v", err, sa.Peers, sb.Peers)
+		}
+		return err
+	})
 	var downFor time.Duration
 	res := streamDuring(t, a, b, 5*time.Second, func(mark func()) {
 		time.Sleep(1500 * time.Millisecond)
