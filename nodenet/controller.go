@@ -409,6 +409,17 @@ func (c *Controller) ensureBlock(ctx context.Context, self *corev1.Node, ls []*c
 			if err := c.claimer.save(ctx, savedBlock{Block: b, Source: SourceNode, ClaimedAt: c.o.Now()}); err != nil {
 				return err
 			}
+			// A block claimed before the Node got its podCIDR is no longer used.
+			for _, l := range ls {
+				if h := l.Spec.HolderIdentity; h != nil && *h == c.o.NodeName {
+					if rel, err := ReleaseNode(ctx, c.o.Client, c.o.Namespace, c.o.NodeName); err != nil {
+						c.log.Warn("release own block lease", "err", err)
+					} else {
+						c.log.Info("released own block lease: the Node has a podCIDR now", "blocks", rel)
+					}
+					break
+				}
+			}
 			return c.useBlock(ctx, b, SourceNode)
 		}
 		return c.writeConfList(b)
