@@ -231,6 +231,15 @@ func (n *Node) Stop(t testing.TB) {
 	if err := os.RemoveAll(n.Dir); err != nil {
 		t.Errorf("remove node state: %v", err)
 	}
+	// A leak here would outlive the test: say so.
+	if _, err := os.Stat("/run/netns/" + n.Netns); err == nil {
+		t.Errorf("node netns %s left behind", n.Netns)
+	}
+	if n.CgroupParent != "" {
+		if left, _ := filepath.Glob("/sys/fs/cgroup/*" + n.CgroupParent); len(left) > 0 {
+			t.Errorf("cgroups left behind: %v", left)
+		}
+	}
 }
 
 // ContainerdPID is the pid of the node's containerd.

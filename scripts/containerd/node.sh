@@ -161,8 +161,16 @@ down() {
 	if [ -f "$dir/cgroup-parent" ]; then
 		local cg
 		cg=$(cat "$dir/cgroup-parent")
-		# Deepest first; a cgroup whose processes are gone can be removed with rmdir.
-		find /sys/fs/cgroup/*/"${cg#/}" -depth -type d -exec rmdir {} + 2>/dev/null || true
+		# Deepest first; a cgroup whose processes are gone can be removed with rmdir. A
+		# killed process may keep its cgroup busy until it is reaped: retry for a while.
+		local left
+		for _ in $(seq 1 100); do
+			find /sys/fs/cgroup/*/"${cg#/}" -depth -type d -exec rmdir {} + 2>/dev/null || true
+			left=$(ls -d /sys/fs/cgroup/*/"${cg#/}" 2>/dev/null || true)
+			[ -z "$left" ] && break
+			sleep 0.1
+		done
+		[ -z "$left" ] || log "warning: cgroups left behind: $left"
 	fi
 	if [ -f "$dir/netns-created" ]; then
 		netns=$(cat "$dir/netns-created")
