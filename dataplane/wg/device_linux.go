@@ -141,6 +141,24 @@ func (b nsBind) Open(port uint16) (fns []conn.ReceiveFunc, actual uint16, err er
 	return fns, actual, err
 }
 
+// nsTUN reads the TUN's MTU inside its namespace: the implementation asks by interface
+// name through a socket of the calling thread's namespace, which for a device in another
+// namespace finds no such interface (and WireGuard then assumes 1420 for padding).
+type nsTUN struct {
+	tun.Device
+	nsh ns.NetNS
+}
+
+func (t nsTUN) MTU() (mtu int, err error) {
+	if derr := inNS(t.nsh, func() error {
+		mtu, err = t.Device.MTU()
+		return nil
+	}); derr != nil {
+		return 0, derr
+	}
+	return mtu, err
+}
+
 func wgLogger(l *slog.Logger) *device.Logger {
 	return &device.Logger{
 		Verbosef: func(f string, a ...any) { l.Debug(fmt.Sprintf(f, a...)) },
@@ -165,6 +183,9 @@ func (u *userspace) Ensure(s Spec) error {
 		})
 		if err != nil {
 			return fmt.Errorf("wg: create TUN %s: %w", s.Name, err)
+		}
+		if u.nsh != nil {
+			t = nsTUN{Device: t, nsh: u.nsh}
 		}
 		u.tun, u.name = t, s.Name
 		u.dev = device.NewDevice(t, nsBind{Bind: conn.NewDefaultBind(), nsh: u.nsh}, wgLogger(u.log))

@@ -212,3 +212,40 @@ func TestModeDetection(t *testing.T) {
 	}
 	t.Logf("kernel mode: %v; auto mode chose %v", kerr, st.Type)
 }
+
+// The MTU of a device in another namespace is read and changed there.
+func TestMTUInNamespace(t *testing.T) {
+	enforcetest.RequireRoot(t)
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	n := enforcetest.NewNS(t, "pt-wgu-"+hex.EncodeToString(b))
+	key, _ := wgtypes.GeneratePrivateKey()
+	d, err := Open(Options{NetNS: n.Path(), Mode: ModeUserspace}, Spec{Name: "wg-mtu", ListenPort: 51998, PrivateKey: key, MTU: 9000 - Overhead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	mtu := func() int {
+		var m int
+		_ = n.Do(func(ns.NetNS) error {
+			l, err := netlink.LinkByName("wg-mtu")
+			if err == nil {
+				m = l.Attrs().MTU
+			}
+			return err
+		})
+		return m
+	}
+	if got := mtu(); got != 9000-Overhead {
+		t.Fatalf("MTU %d, want %d", got, 9000-Overhead)
+	}
+	if m, err := d.(*userspace).tun.MTU(); err != nil || m != 9000-Overhead {
+		t.Fatalf("the device reads MTU %d, %v", m, err)
+	}
+	if err := d.Ensure(Spec{Name: "wg-mtu", ListenPort: 51998, PrivateKey: key, MTU: 1400}); err != nil {
+		t.Fatal(err)
+	}
+	if got := mtu(); got != 1400 {
+		t.Fatalf("MTU after Ensure %d, want 1400", got)
+	}
+}
