@@ -42,7 +42,8 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 // loopback addresses (LAN gossip timing, one seed), and reports: time from the first
 // start to every agent seeing every other alive; the delay from a new announcement to
 // each agent having verified it (p50, p99 over all agents and 20 announcements); gossip
-// bytes per second per agent in a 10 s steady window. The bare-serf sub-benchmark is the
+// bytes per second per agent in a 10 s steady window (announcements are re-broadcast
+// every 10 s here, so the window includes one anti-entropy round). The bare-serf sub-benchmark is the
 // baseline from the same run: plain serf, no certificate checks, user events instead of
 // signed announcements.
 func BenchmarkMeshConvergence(b *testing.B) {
@@ -57,8 +58,8 @@ func BenchmarkMeshConvergence(b *testing.B) {
 
 type benchNode interface {
 	alive() int
-	announce(i int) error
-	has(i int) bool
+	announce(i int) (key string, err error)
+	has(key string) bool
 	sent() uint64
 	stop()
 }
@@ -100,36 +101,44 @@ func runConvergence(b *testing.B, kind string, n int) {
 		if done {
 			break
 		}
-		if time.Since(start) > 2*time.Minute {
-			b.Fatalf("no full membership after 2m")
+		if time.Since(start) > 3*time.Minute {
+			b.Fatalf("no full membership after 3m")
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
 	full := time.Since(start)
 
 	var perNode, toAll []time.Duration
+	missed := 0
 	for k := range 20 {
 		origin := nodes[(k*7)%n]
 		t0 := time.Now()
-		if err := origin.announce(1000 + k); err != nil {
+		key, err := origin.announce(1000 + k)
+		if err != nil {
 			b.Fatal(err)
 		}
 		seen := make([]bool, n)
 		left := n
 		for left > 0 {
 			for j, nd := range nodes {
-				if !seen[j] && nd.has(1000+k) {
+				if !seen[j] && nd.has(key) {
 					seen[j] = true
 					left--
 					perNode = append(perNode, time.Since(t0))
 				}
 			}
-			if time.Since(t0) > 30*time.Second {
-				b.Fatalf("announcement %d reached only %d of %d agents", k, n-left, n)
+			if time.Since(t0) > 40*time.Second {
+				// Gossip is best effort: a lost event reaches the rest only through
+				// anti-entropy (patronus re-broadcasts every Refresh; bare serf never).
+				b.Logf("%s: announcement %d reached only %d of %d agents in 40s", kind, k, n-left, n)
+				missed += left
+				break
 			}
 			time.Sleep(time.Millisecond)
 		}
-		toAll = append(toAll, time.Since(t0))
+		if left == 0 {
+			toAll = append(toAll, time.Since(t0))
+		}
 	}
 
 	var s0 uint64
@@ -149,6 +158,7 @@ func runConvergence(b *testing.B, kind string, n int) {
 	b.ReportMetric(float64(percentile(toAll, 0.99).Microseconds())/1000, "ms-announce-all-p99")
 	b.ReportMetric(float64(s1-s0)/window.Seconds()/float64(n), "gossip-B/s/agent")
 	b.ReportMetric(float64(n), "agents")
+	b.ReportMetric(float64(missed), "missed-deliveries")
 }
 
 type patronusBenchNode struct {
@@ -163,7 +173,7 @@ func newPatronusBenchNode(c *testCluster, name, addr, seed string) (*patronusBen
 		return nil, err
 	}
 	nd, err := New(Options{NodeName: name, ClusterID: c.id, Identity: id, Verifier: c.v, BindAddr: addr,
-		Seeds: []string{seed}, DisableBeacons: true, Tags: Tags{Role: "gateway", Version: "bench",
+		Seeds: []string{seed}, DisableBeacons: true, Refresh: 10 * time.Second, Tags: Tags{Role: "gateway", Version: "bench",
 			PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, WireGuardKey: "hKw5XbU5eM8SxLmDeAQXrxWmL2dzJ8hJLh0g7mTg8mY="}})
 	if err != nil {
 		return nil, err
@@ -174,18 +184,27 @@ func newPatronusBenchNode(c *testCluster, name, addr, seed string) (*patronusBen
 	return p, nil
 }
 
-func (p *patronusBenchNode) alive() int { return aliveCount(p.Node) }
-func (p *patronusBenchNode) announce(i int) error {
-	return p.Announce(announce.Announcement{Kind: announce.KindService, Service: &announce.Service{Namespace: "bench", Name: strconv.Itoa(i),
-		Ports: []announce.Port{{Port: 80, Protocol: "TCP"}}, Endpoints: []netip.Addr{netip.MustParseAddr("10.244.1.5")}}})
-}
-func (p *patronusBenchNode) has(i int) bool {
-	for _, a := range p.State().List() {
-		if a.Service != nil && a.Service.Name == strconv.Itoa(i) {
-			return true
+// alive counts like the baseline does (Members() would add formatting and sorting to the
+// measurement loop).
+func (p *patronusBenchNode) alive() int {
+	c := 0
+	for _, m := range p.Serf().Members() {
+		if m.Status == serf.StatusAlive {
+			c++
 		}
 	}
-	return false
+	return c
+}
+func (p *patronusBenchNode) announce(i int) (string, error) {
+	a := announce.Announcement{Kind: announce.KindService, Service: &announce.Service{Namespace: "bench", Name: strconv.Itoa(i),
+		Ports: []announce.Port{{Port: 80, Protocol: "TCP"}}, Endpoints: []netip.Addr{netip.MustParseAddr("10.244.1.5")}}}
+	a.Origin, a.Cluster = p.o.NodeName, p.o.ClusterID
+	return a.Slot(), p.Announce(a)
+}
+
+func (p *patronusBenchNode) has(key string) bool {
+	_, ok := p.State().Get(key)
+	return ok
 }
 func (p *patronusBenchNode) sent() uint64 { return p.GossipBytesSent() }
 func (p *patronusBenchNode) stop()        { p.cancel(); <-p.done }
@@ -251,14 +270,15 @@ func (sn *serfBenchNode) alive() int {
 
 // announce sends a user event of the size of the signed service announcement the
 // patronus variant sends (554 bytes).
-func (sn *serfBenchNode) announce(i int) error {
-	return sn.s.UserEvent("a"+strconv.Itoa(i), make([]byte, 554), false)
+func (sn *serfBenchNode) announce(i int) (string, error) {
+	key := "a" + strconv.Itoa(i)
+	return key, sn.s.UserEvent(key, make([]byte, 554), false)
 }
 
-func (sn *serfBenchNode) has(i int) bool {
+func (sn *serfBenchNode) has(key string) bool {
 	sn.mu.Lock()
 	defer sn.mu.Unlock()
-	return sn.got["a"+strconv.Itoa(i)]
+	return sn.got[key]
 }
 func (sn *serfBenchNode) sent() uint64 { return sn.sentBytes.Load() }
 func (sn *serfBenchNode) stop() {

@@ -69,9 +69,12 @@ func (t *countingTransport) DialAddressTimeout(addr memberlist.Address, timeout 
 
 func (t *countingTransport) StreamCh() <-chan net.Conn { return t.streamCh }
 
+// Shutdown stops the inner transport first: its TCP listener may be blocked handing us a
+// connection, so the forwarder must keep running until the listener has exited.
 func (t *countingTransport) Shutdown() error {
+	err := t.NodeAwareTransport.Shutdown()
 	t.once.Do(func() { close(t.done) })
-	return t.NodeAwareTransport.Shutdown()
+	return err
 }
 
 type countingConn struct {

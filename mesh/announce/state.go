@@ -109,3 +109,11 @@ func (s *State) Digest() string {
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }
+
+// Get returns the announcement held for slot.
+func (s *State) Get(slot string) (Announcement, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.entries[slot]
+	return a, ok
+}
