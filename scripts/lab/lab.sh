@@ -1,0 +1,471 @@
+#!/usr/bin/env bash
+# The Kubernetes lab: N clusters x M nodes on this machine, each node in its own network
+# namespace with containerd + kubelet + kube-proxy (nftables), a control plane per cluster in
+# a network namespace of its own, an underlay bridge per cluster (in a namespace too), and
+# Patronus installed the way a user installs it: `kubectl apply -f manifests/`.
+# The host is never changed: no root-namespace links, routes or sysctls; kubelet's host-wide
+# sysctls are faked in the nodes' private mount namespace; cgroups live under a root of our
+# own (/patronus-<node netns> in every hierarchy). See docs/LAB.md.
+#
+#   lab.sh up [--clusters N] [--nodes M]   build what is missing, bring the lab up
+#   lab.sh down                            remove everything `up` made (also after a failure)
+#   lab.sh kubectl CLUSTER ARGS...         kubectl against cluster CLUSTER (1, 2, ...)
+#   lab.sh exec CLUSTER NODE CMD...        run CMD in node NODE's network + mount namespace
+#   lab.sh status                          what is running
+#
+# Environment: LAB_DIR (state, default /var/tmp/patronus-lab), LAB_CLUSTERS, LAB_NODES,
+# PATRONUS_BIN (default: `make build` -> bin/patronus).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+ROOT=$PWD
+
+LAB_DIR=${LAB_DIR:-/var/tmp/patronus-lab}
+CLUSTERS=${LAB_CLUSTERS:-2}
+NODES=${LAB_NODES:-2}
+PREFIX=plab
+
+log() { echo "lab: $(date +%H:%M:%S) $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# Addressing (per cluster C): underlay 10.77.C.0/24 with the bridge's address .1, the
+# control plane .2, node I .(10+I); pods 10.(243+C).0.0/16 (a /24 per node, allocated by
+# kube-controller-manager); Services 10.96.0.0/12 in every cluster (kubernetes .1, DNS .10).
+underlay_net() { echo "10.77.$1"; }
+pod_cidr() { echo "10.$((243 + $1)).0.0/16"; }
+SERVICE_CIDR=10.96.0.0/12
+KUBERNETES_SVC=10.96.0.1
+DNS_SVC=10.96.0.10
+
+ns_ul() { echo "$PREFIX-c$1-ul"; }
+ns_cp() { echo "$PREFIX-c$1-cp"; }
+ns_node() { echo "$PREFIX-c$1-n$2"; }
+node_name() { echo "c$1-n$2"; }
+cdir() { echo "$LAB_DIR/c$1"; }
+ndir() { echo "$LAB_DIR/c$1/n$2"; }
+
+inns() { local n=$1; shift; nsenter --net="/run/netns/$n" -- "$@"; }
+
+# start NAME LOGFILE PIDFILE NETNS [--mount-of PID] CMD...: a detached process in NETNS
+# (and in the mount namespace of PID), its pid recorded for `down`.
+start() {
+	local name=$1 logf=$2 pidf=$3 netns=$4
+	shift 4
+	local mnt=()
+	if [ "$1" = --mount-of ]; then mnt=(--mount="/proc/$2/ns/mnt"); shift 2; fi
+	setsid nsenter --net="/run/netns/$netns" "${mnt[@]}" -- "$@" >"$logf" 2>&1 </dev/null &
+	echo $! >"$pidf"
+	log "started $name (pid $!, log $logf)"
+}
+
+wait_for() { # DESCRIPTION SECONDS CMD...
+	local what=$1 secs=$2 i
+	shift 2
+	for i in $(seq 1 $((secs * 5))); do
+		if "$@" >/dev/null 2>&1; then return 0; fi
+		sleep 0.2
+	done
+	die "$what: not ready after ${secs}s"
+}
+
+# ---------------------------------------------------------------------------------------
+# builds
+
+build_all() {
+	local t0
+	t0=$(date +%s)
+	log "building components (cached after the first run; the first takes tens of minutes)"
+	K8S_BIN=$(./scripts/build-k8s.sh)
+	LAB_BIN=$(./scripts/lab/build.sh)
+	if [ -z "${PATRONUS_BIN:-}" ]; then
+		nice -n 10 make -s build >&2
+		PATRONUS_BIN=$ROOT/bin/patronus
+	fi
+	export LAB_BIN PATRONUS_BIN
+	mapfile -t IMAGES < <(./scripts/images.sh --lab)
+	log "components and images ready in $(( $(date +%s) - t0 ))s"
+	cat >"$LAB_DIR/bin.env" <<ENV
+K8S_BIN=$K8S_BIN
+LAB_BIN=$LAB_BIN
+PATRONUS_BIN=$PATRONUS_BIN
+ENV
+}
+
+load_bins() {
+	[ -f "$LAB_DIR/bin.env" ] || die "no lab at $LAB_DIR (run lab.sh up)"
+	# shellcheck disable=SC1091
+	. "$LAB_DIR/bin.env"
+}
+
+# ---------------------------------------------------------------------------------------
+# network
+
+new_netns() {
+	ip netns add "$1"
+	echo "$1" >>"$LAB_DIR/netns.list"
+	ip -n "$1" link set lo up
+}
+
+# attach NETNS ADDR C PEERNAME: veth eth0 in NETNS with ADDR/24, its peer on cluster C's
+# underlay bridge; default route via the bridge address.
+attach() {
+	local netns=$1 addr=$2 c=$3 peer=$4 ul
+	ul=$(ns_ul "$c")
+	ip -n "$ul" link add "$peer" type veth peer name eth0 netns "$netns"
+	ip -n "$ul" link set "$peer" master br0 up
+	ip -n "$netns" addr add "$addr/24" dev eth0
+	ip -n "$netns" link set eth0 up
+	ip -n "$netns" route add default via "$(underlay_net "$c").1"
+}
+
+underlay_up() {
+	local c=$1 ul
+	ul=$(ns_ul "$c")
+	new_netns "$ul"
+	ip -n "$ul" link add br0 type bridge
+	ip -n "$ul" addr add "$(underlay_net "$c").1/24" dev br0
+	ip -n "$ul" link set br0 up
+	ip netns exec "$ul" sysctl -qw net.ipv4.ip_forward=1
+}
+
+# ---------------------------------------------------------------------------------------
+# control plane
+
+kubeconfig() { # FILE SERVER CERTNAME PKIDIR
+	cat >"$1" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: lab
+  cluster:
+    server: $2
+    certificate-authority: $4/ca.crt
+users:
+- name: $3
+  user:
+    client-certificate: $4/$3.crt
+    client-key: $4/$3.key
+contexts:
+- name: lab
+  context: {cluster: lab, user: $3}
+current-context: lab
+YAML
+}
+
+cp_up() {
+	local c=$1 d cp ip p server
+	d=$(cdir "$c")
+	cp=$(ns_cp "$c")
+	ip=$(underlay_net "$c").2
+	p=$d/pki
+	server=https://$ip:6443
+	mkdir -p "$d/logs" "$d/pids" "$p"
+	new_netns "$cp"
+	attach "$cp" "$ip" "$c" cp
+
+	log "cluster $c: certificates"
+	go build -o "$LAB_DIR/pki" ./scripts/lab/pki
+	local P=("$LAB_DIR/pki" -dir "$p")
+	"${P[@]}" ca
+	"${P[@]}" sa
+	"${P[@]}" cert apiserver kube-apiserver "" "$ip,$KUBERNETES_SVC,127.0.0.1,localhost,kubernetes,kubernetes.default,kubernetes.default.svc,kubernetes.default.svc.cluster.local"
+	"${P[@]}" cert admin lab-admin system:masters
+	"${P[@]}" cert apiserver-kubelet kube-apiserver-kubelet-client system:masters
+	"${P[@]}" cert controller-manager system:kube-controller-manager
+	"${P[@]}" cert scheduler system:kube-scheduler
+	"${P[@]}" cert kube-proxy system:kube-proxy
+	for u in admin controller-manager scheduler kube-proxy; do kubeconfig "$d/$u.kubeconfig" "$server" "$u" "$p"; done
+
+	start etcd "$d/logs/etcd.log" "$d/pids/etcd" "$cp" "$K8S_BIN/etcd" \
+		--name=lab --data-dir="$d/etcd" \
+		--listen-client-urls=http://127.0.0.1:2379 --advertise-client-urls=http://127.0.0.1:2379 \
+		--listen-peer-urls=http://127.0.0.1:2380 --initial-advertise-peer-urls=http://127.0.0.1:2380 \
+		--initial-cluster=lab=http://127.0.0.1:2380 --unsafe-no-fsync --log-level=warn
+	start kube-apiserver "$d/logs/kube-apiserver.log" "$d/pids/kube-apiserver" "$cp" "$K8S_BIN/kube-apiserver" \
+		--etcd-servers=http://127.0.0.1:2379 \
+		--bind-address=0.0.0.0 --advertise-address="$ip" --secure-port=6443 \
+		--tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
+		--client-ca-file="$p/ca.crt" \
+		--kubelet-client-certificate="$p/apiserver-kubelet.crt" --kubelet-client-key="$p/apiserver-kubelet.key" \
+		--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+		--service-cluster-ip-range="$SERVICE_CIDR" \
+		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
+		--service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
+		--allow-privileged=true --cert-dir="$d/apiserver-certs" --profiling=false --v=1
+	wait_for "cluster $c kube-apiserver" 60 inns "$cp" curl -sf --cacert "$p/ca.crt" \
+		--cert "$p/admin.crt" --key "$p/admin.key" "$server/readyz"
+	start kube-controller-manager "$d/logs/kube-controller-manager.log" "$d/pids/kube-controller-manager" "$cp" \
+		"$LAB_BIN/kube-controller-manager" --kubeconfig="$d/controller-manager.kubeconfig" \
+		--authentication-kubeconfig="$d/controller-manager.kubeconfig" \
+		--authorization-kubeconfig="$d/controller-manager.kubeconfig" \
+		--bind-address=127.0.0.1 --leader-elect=false --use-service-account-credentials \
+		--service-account-private-key-file="$p/sa.key" --root-ca-file="$p/ca.crt" \
+		--allocate-node-cidrs --cluster-cidr="$(pod_cidr "$c")" --node-cidr-mask-size=24 \
+		--service-cluster-ip-range="$SERVICE_CIDR" --v=1
+	start kube-scheduler "$d/logs/kube-scheduler.log" "$d/pids/kube-scheduler" "$cp" \
+		"$LAB_BIN/kube-scheduler" --kubeconfig="$d/scheduler.kubeconfig" \
+		--authentication-kubeconfig="$d/scheduler.kubeconfig" \
+		--authorization-kubeconfig="$d/scheduler.kubeconfig" \
+		--bind-address=127.0.0.1 --leader-elect=false --v=1
+
+	# A kubectl for this cluster: runs in the control plane's namespace with the admin cert.
+	cat >"$d/kubectl" <<SH
+#!/bin/sh
+exec nsenter --net=/run/netns/$cp -- "$K8S_BIN/kubectl" --kubeconfig "$d/admin.kubeconfig" "\$@"
+SH
+	chmod +x "$d/kubectl"
+	wait_for "cluster $c default ServiceAccount" 60 "$d/kubectl" get serviceaccount default
+}
+
+# ---------------------------------------------------------------------------------------
+# nodes
+
+node_up() {
+	local c=$1 i=$2 d nd n name ip cpid
+	d=$(cdir "$c")
+	nd=$(ndir "$c" "$i")
+	n=$(ns_node "$c" "$i")
+	name=$(node_name "$c" "$i")
+	ip=$(underlay_net "$c").$((10 + i))
+	mkdir -p "$nd"/{etc-upper,etc-work,opt-upper,opt-work,sysctl,bpf}
+	new_netns "$n"
+	attach "$n" "$ip" "$c" "n$i"
+	# What a node's OS would set: it forwards packets.
+	ip netns exec "$n" sysctl -qw net.ipv4.ip_forward=1
+
+	# Its cgroup root in every v1 hierarchy (node.sh's cgroup-parent; removed by down).
+	local h
+	for h in /sys/fs/cgroup/*/; do
+		[ "$(stat -f -c %T "$h")" = cgroupfs ] || continue
+		mkdir -p "$h/patronus-$n"
+		if [ -f "$h/cpuset.cpus" ]; then
+			cat "$h/cpuset.cpus" >"$h/patronus-$n/cpuset.cpus"
+			cat "$h/cpuset.mems" >"$h/patronus-$n/cpuset.mems"
+		fi
+	done
+
+	SANDBOX_IMAGE=registry.k8s.io/pause:3.10.2 ./scripts/containerd/node.sh up "$nd/containerd" "$n" >&2
+	cpid=$(cat "$nd/containerd/containerd.pid")
+	# The node's private mount namespace (containerd's; kubelet and kube-proxy join it):
+	# /etc and /opt are overlays so the node's hostPath writes (/etc/cni/net.d,
+	# /opt/cni/bin) land in its state dir; kubelet's host-wide sysctls are files of ours;
+	# a bpffs of its own, shared so the DaemonSet's Bidirectional mount works.
+	echo 1 >"$nd/sysctl/overcommit_memory"
+	echo 10 >"$nd/sysctl/panic"
+	echo 1 >"$nd/sysctl/panic_on_oops"
+	nsenter --mount="/proc/$cpid/ns/mnt" -- sh -ec '
+		nd=$1
+		mount -t overlay overlay -o lowerdir=/etc,upperdir=$nd/etc-upper,workdir=$nd/etc-work /etc
+		mount -t overlay overlay -o lowerdir=/opt,upperdir=$nd/opt-upper,workdir=$nd/opt-work /opt
+		mkdir -p /etc/cni/net.d /opt/cni/bin
+		mount --bind $nd/containerd/cni/net.d /etc/cni/net.d
+		mount --bind $nd/containerd/cni/bin /opt/cni/bin
+		mount --bind $nd/sysctl/overcommit_memory /proc/sys/vm/overcommit_memory
+		mount --bind $nd/sysctl/panic /proc/sys/kernel/panic
+		mount --bind $nd/sysctl/panic_on_oops /proc/sys/kernel/panic_on_oops
+		mount -t bpf bpf /sys/fs/bpf
+		mount --make-shared /sys/fs/bpf
+		echo "$2" >/etc/hostname
+	' sh "$nd" "$name"
+
+	local img
+	for img in "${IMAGES[@]}"; do
+		ctr --address "$nd/containerd/containerd.sock" -n k8s.io images import "${img#* }" >/dev/null
+	done
+	log "node $name: images imported"
+
+	local p=$d/pki
+	"$LAB_DIR/pki" -dir "$p" cert "kubelet-$name" "system:node:$name" system:nodes "$ip,$name"
+	kubeconfig "$nd/kubelet.kubeconfig" "https://$(underlay_net "$c").2:6443" "kubelet-$name" "$p"
+	printf 'nameserver %s.1\n' "$(underlay_net "$c")" >"$nd/resolv.conf"
+	cat >"$nd/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+containerRuntimeEndpoint: unix://$nd/containerd/containerd.sock
+cgroupDriver: cgroupfs
+cgroupRoot: /patronus-$n
+failCgroupV1: false
+failSwapOn: false
+protectKernelDefaults: false
+address: $ip
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+tlsCertFile: $p/kubelet-$name.crt
+tlsPrivateKeyFile: $p/kubelet-$name.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: false}
+  x509: {clientCAFile: $p/ca.crt}
+authorization: {mode: AlwaysAllow}
+clusterDNS: [$DNS_SVC]
+clusterDomain: cluster.local
+resolvConf: $nd/resolv.conf
+# Images are imported, never pulled: never collect them.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+podPidsLimit: -1
+YAML
+	start "kubelet $name" "$nd/kubelet.log" "$nd/kubelet.pid" "$n" --mount-of "$cpid" \
+		"$LAB_BIN/kubelet" --config="$nd/kubelet.yaml" --kubeconfig="$nd/kubelet.kubeconfig" \
+		--hostname-override="$name" --node-ip="$ip" --root-dir=/var/lib/kubelet --v=1
+	cat >"$nd/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+clientConnection: {kubeconfig: $d/kube-proxy.kubeconfig}
+hostnameOverride: $name
+clusterCIDR: $(pod_cidr "$c")
+# CAP_SYS_RESOURCE is missing here, and the conntrack limits are host-wide: leave them.
+oomScoreAdj: 0
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+YAML
+	start "kube-proxy $name" "$nd/kube-proxy.log" "$nd/kube-proxy.pid" "$n" --mount-of "$cpid" \
+		"$LAB_BIN/kube-proxy" --config="$nd/kube-proxy.yaml" --v=1
+}
+
+# The control plane must route replies to pods (it is not a node): one route per node's
+# pod CIDR, as an underlay router would have.
+cp_routes() {
+	local c=$1 i cidr
+	for i in $(seq 1 "$NODES"); do
+		cidr=$("$(cdir "$c")/kubectl" get node "$(node_name "$c" "$i")" -o jsonpath='{.spec.podCIDR}' 2>/dev/null || true)
+		[ -n "$cidr" ] && ip -n "$(ns_cp "$c")" route replace "$cidr" via "$(underlay_net "$c").$((10 + i))"
+	done
+}
+
+install_patronus() {
+	local c=$1 k
+	k=$(cdir "$c")/kubectl
+	log "cluster $c: kubectl apply -f manifests/"
+	"$k" apply -f manifests/ >&2
+	# The lab's own values for this cluster (the ConfigMap ships an example).
+	"$k" -n kube-system patch configmap patronus-config --type merge -p \
+		"{\"data\":{\"cluster-id\":\"lab-c$c\",\"cluster-cidr\":\"$(pod_cidr "$c")\",\"service-cidr\":\"$SERVICE_CIDR\"}}" >&2
+}
+
+install_coredns() {
+	local c=$1
+	sed "s/@DNS_SVC@/$DNS_SVC/" scripts/lab/coredns.yaml | "$(cdir "$c")/kubectl" apply -f - >&2
+}
+
+up() {
+	while [ $# -gt 0 ]; do
+		case "$1" in
+		--clusters) CLUSTERS=$2; shift 2 ;;
+		--nodes) NODES=$2; shift 2 ;;
+		*) die "unknown option $1" ;;
+		esac
+	done
+	[ "$(id -u)" = 0 ] || die "the lab needs root (network namespaces, mounts, cgroups)"
+	if [ -f "$LAB_DIR/netns.list" ]; then die "a lab is already up in $LAB_DIR (lab.sh down first)"; fi
+	mkdir -p "$LAB_DIR"
+	echo "CLUSTERS=$CLUSTERS NODES=$NODES" >"$LAB_DIR/shape"
+	: >"$LAB_DIR/netns.list"
+	build_all
+	local t0 c i
+	t0=$(date +%s)
+	log "bringing up $CLUSTERS cluster(s) x $NODES node(s) in $LAB_DIR"
+	for c in $(seq 1 "$CLUSTERS"); do
+		underlay_up "$c"
+		cp_up "$c"
+		install_patronus "$c"
+		install_coredns "$c"
+		for i in $(seq 1 "$NODES"); do node_up "$c" "$i"; done
+	done
+	for c in $(seq 1 "$CLUSTERS"); do
+		local k
+		k=$(cdir "$c")/kubectl
+		log "cluster $c: waiting for the nodes to become Ready (through Patronus)"
+		wait_for "cluster $c nodes Ready" 180 "$k" wait --for=condition=Ready node --all --timeout=5s
+		cp_routes "$c"
+		wait_for "cluster $c CoreDNS" 120 "$k" -n kube-system rollout status deployment/coredns --timeout=5s
+		"$k" get nodes -o wide >&2
+	done
+	log "lab up in $(( $(date +%s) - t0 ))s (after builds); kubectl: scripts/lab/lab.sh kubectl 1 get pods -A"
+}
+
+# ---------------------------------------------------------------------------------------
+# teardown
+
+alive() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	stat=${stat##*) }
+	[ "${stat:0:1}" != Z ]
+}
+
+down() {
+	[ -d "$LAB_DIR" ] || { log "nothing to remove"; return 0; }
+	local nslist=() n
+	[ -f "$LAB_DIR/netns.list" ] && mapfile -t nslist <"$LAB_DIR/netns.list"
+	# Also any namespace with our prefix (a bring-up that died before recording it).
+	for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$PREFIX-" || true); do nslist+=("$n"); done
+	# Nodes: containerd's harness removes pods (CNI DEL), kills everything in the node's
+	# mount namespace (containerd, shims, kubelet, kube-proxy, containers) and its cgroups.
+	local nd
+	for nd in "$LAB_DIR"/c*/n*/containerd; do
+		[ -d "$nd" ] || continue
+		CRICTL=${CRICTL:-} ./scripts/containerd/node.sh down "$nd" >&2 || log "warning: node.sh down $nd failed"
+	done
+	# Every process still in one of our network namespaces (control planes, leftovers).
+	local inodes="" p pids=()
+	for n in $(printf '%s\n' "${nslist[@]}" | sort -u); do
+		[ -e "/run/netns/$n" ] && inodes="$inodes $(stat -L -c %i "/run/netns/$n")"
+	done
+	for p in "$LAB_DIR"/c*/pids/* "$LAB_DIR"/c*/n*/*.pid; do
+		[ -f "$p" ] && pids+=("$(cat "$p")")
+	done
+	for p in /proc/[0-9]*; do
+		local ino
+		ino=$(stat -L -c %i "$p/ns/net" 2>/dev/null) || continue
+		case " $inodes " in *" $ino "*) pids+=("${p#/proc/}") ;; esac
+	done
+	if [ ${#pids[@]} -gt 0 ]; then
+		for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+		for p in "${pids[@]}"; do for _ in $(seq 1 30); do alive "$p" || break; sleep 0.1; done; done
+		for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+	fi
+	# Cgroup roots (node.sh removes them too; this covers a node whose harness never ran).
+	local d
+	for d in /sys/fs/cgroup/*/"patronus-$PREFIX-"*; do
+		[ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+	done
+	for n in $(printf '%s\n' "${nslist[@]}" | sort -u); do
+		ip netns del "$n" 2>/dev/null || true
+	done
+	rm -rf "$LAB_DIR"
+	local left
+	left=$(ls -d /sys/fs/cgroup/*/"patronus-$PREFIX-"* 2>/dev/null || true)
+	[ -z "$left" ] || log "warning: cgroups left: $left"
+	log "lab removed"
+}
+
+status() {
+	[ -f "$LAB_DIR/shape" ] || { echo "no lab"; return 0; }
+	cat "$LAB_DIR/shape"
+	local c
+	for c in "$LAB_DIR"/c*; do
+		echo "== cluster ${c##*/c}"
+		"$c/kubectl" get nodes -o wide 2>&1 || true
+		"$c/kubectl" get pods -A -o wide 2>&1 || true
+	done
+}
+
+# Sourced (for debugging a step by hand): define the functions only.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+up) up "$@" ;;
+down) down ;;
+status) status ;;
+kubectl) c=${1:?cluster}; shift; exec "$(cdir "$c")/kubectl" "$@" ;;
+exec)
+	c=${1:?cluster}; i=${2:?node}; shift 2
+	exec nsenter --net="/run/netns/$(ns_node "$c" "$i")" --mount="/proc/$(cat "$(ndir "$c" "$i")/containerd/containerd.pid")/ns/mnt" -- "$@"
+	;;
+*) die "usage: lab.sh up [--clusters N] [--nodes M] | down | status | kubectl C ARGS | exec C N CMD" ;;
+esac
