@@ -235,6 +235,15 @@ func (c *Controller) Run(ctx context.Context) error {
 
 	nodeFactory := informers.NewSharedInformerFactory(c.o.Client, 0)
 	nodes := nodeFactory.Core().V1().Nodes()
+	// Only names, addresses and podCIDRs are read: drop the bulky parts of every Node.
+	if err := nodes.Informer().SetTransform(func(obj any) (any, error) {
+		if n, ok := obj.(*corev1.Node); ok {
+			n.ManagedFields, n.Status.Images, n.Status.Conditions = nil, nil, nil
+		}
+		return obj, nil
+	}); err != nil {
+		return fmt.Errorf("nodenet: node informer: %w", err)
+	}
 	nodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { kick() },
 		UpdateFunc: func(old, cur any) { kick() },

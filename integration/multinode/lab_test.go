@@ -24,6 +24,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -462,4 +463,25 @@ var errNotYet = errors.New("not yet")
 
 func prefixNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// fdbEntries lists ptx0's permanent FDB entries with a remote as "mac dst ip".
+func fdbEntries(t *testing.T, n *node) []string {
+	t.Helper()
+	h := handleIn(t, n.netns)
+	l, err := h.LinkByName(nodenet.VXLANDevice)
+	if err != nil {
+		return nil
+	}
+	ns, err := h.NeighList(l.Attrs().Index, unix.AF_BRIDGE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ns {
+		if e.State&netlink.NUD_PERMANENT != 0 && e.IP != nil {
+			out = append(out, e.HardwareAddr.String()+" dst "+e.IP.String())
+		}
+	}
+	return out
 }

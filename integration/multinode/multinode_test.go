@@ -179,6 +179,22 @@ func podNetwork(t *testing.T, cluster *k8senv.Cluster, leaseNS string, withPodCI
 		}
 		return nil
 	})
+	// Idempotent: two more resyncs neither re-create ptx0 nor change the routes.
+	ptx, err := handleIn(t, nodes[0].netns).LinkByName(nodenet.VXLANDevice)
+	if err != nil {
+		t.Fatalf("no %s on %s: %v", nodenet.VXLANDevice, nodes[0].name, err)
+	}
+	before := ownedRoutes(t, nodes[0])
+	time.Sleep(2500 * time.Millisecond)
+	if again, err := handleIn(t, nodes[0].netns).LinkByName(nodenet.VXLANDevice); err != nil || again.Attrs().Index != ptx.Attrs().Index {
+		t.Fatalf("%s re-created by a resync (%v)", nodenet.VXLANDevice, err)
+	}
+	if after := ownedRoutes(t, nodes[0]); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("routes changed by a resync: %v → %v", before, after)
+	}
+	if fdb := fdbEntries(t, nodes[0]); len(fdb) != 1 || fdb[0] != "0e:70:c0:a8:4e:0e dst 192.168.78.14" {
+		t.Fatalf("%s fdb %v", nodes[0].name, fdb)
+	}
 	p4 := l.addPod(n4, prefix+"-node-4-p0")
 	if o, dup := seen[p4.ip]; dup {
 		t.Fatalf("duplicate pod IP %s (%s)", p4.ip, o)
@@ -200,6 +216,12 @@ func podNetwork(t *testing.T, cluster *k8senv.Cluster, leaseNS string, withPodCI
 			return nil
 		})
 	}
+	eventually(t, 10*time.Second, "node 4 fdb entry removed", func() error {
+		if fdb := fdbEntries(t, nodes[0]); len(fdb) != 0 {
+			return fmt.Errorf("fdb %v", fdb)
+		}
+		return nil
+	})
 	if !withPodCIDRs {
 		eventually(t, 10*time.Second, "node 4 lease released", func() error {
 			ls, err := l.client.CoordinationV1().Leases(leaseNS).List(context.Background(), metav1.ListOptions{LabelSelector: nodenet.LeaseSelector})
