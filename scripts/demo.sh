@@ -186,9 +186,9 @@ main() {
 	fi
 	cat <<EOF2
 ${B}The demo node keeps running.${N} Look around:
-  $DEMO_DIR/crictl pods                          pods of the node
-  $DEMO_DIR/crictl exec -it \$(cat $DEMO_DIR/pod-a.ctr) sh
-  ip netns exec $NETNS ip addr                    the node's network
+  $DEMO_DIR/crictl pods                                    the node's pods
+  $DEMO_DIR/crictl exec -it \$(cat $DEMO_DIR/pod-a.ctr) sh   a shell in pod-a
+  ip netns exec $NETNS ip addr                   the node's network
 Remove it with: make demo-down   (or ./scripts/demo.sh down)
 EOF2
 }
