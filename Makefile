@@ -28,3 +28,15 @@ generate:
 
 clean:
 	rm -rf bin
+
+# The Kubernetes lab (docs/LAB.md): LAB_CLUSTERS x LAB_NODES (default 2 x 2) with Patronus
+# installed from manifests/; conformance runs upstream NetworkPolicy e2e cases against it.
+.PHONY: lab lab-down conformance
+lab:
+	./scripts/lab/lab.sh up
+
+lab-down:
+	./scripts/lab/lab.sh down
+
+conformance:
+	./scripts/lab/conformance.sh
