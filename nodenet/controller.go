@@ -97,8 +97,11 @@ type Options struct {
 	// OrphanGrace (default 5m): see DefaultOrphanGrace.
 	OrphanGrace time.Duration
 
-	// Announce, if set, is called with a signed-announcement template for the node's block
-	// each time the block is (re)acquired (mesh.Node.Announce).
+	// Announce, if set, is called with an announcement template for the node's block each
+	// time the block is (re)acquired (BlockAnnouncement: kind prefix, Prefixes = the
+	// block). With mesh.Node.Announce, add the prefixes the node announces anyway
+	// (mesh Options.Prefixes) before announcing: one origin has one prefix slot, and a
+	// newer announcement replaces the older one.
 	Announce func(announce.Announcement) error
 
 	Logger *slog.Logger
