@@ -13,6 +13,8 @@
 # Builds run under `nice -n 19` with one compile job at a time (LAB_BUILD_JOBS to change it)
 # so that a shared machine stays responsive.
 set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
 
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
@@ -44,14 +46,13 @@ prepare_k8s() {
 	log "preparing build module for Kubernetes $K8S_VERSION in $MOD"
 	(
 		cd "$MOD"
-		printf 'module patronus.local/labbuild\n\ngo 1.26\n' >go.mod
-		gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | grep '"GoMod"' | cut -d'"' -f4)
-		{
-			echo "replace ("
-			sed -n '/^replace (/,/^)/p' "$gomod" | awk -v v="$STAGING" '/=>/{printf "\t%s => %s %s\n",$1,$1,v}'
-			echo ")"
-		} >>go.mod
-		go get "k8s.io/kubernetes@$K8S_VERSION" >&2
+		# Start from build-k8s.sh's module (same requirements, etcd included): Go then
+		# selects the same version of every shared dependency, so the packages already
+		# compiled for kube-apiserver and kubectl come from Go's build cache.
+		k8smod=$CACHE/k8s/build-$K8S_VERSION
+		[ -f "$k8smod/go.sum" ] || "$ROOT/scripts/build-k8s.sh" >/dev/null
+		sed -e 's|^module .*|module patronus.local/labbuild|' -e '/^tool/,$d' "$k8smod/go.mod" >go.mod
+		cp "$k8smod/go.sum" go.sum
 		for t in kube-controller-manager kube-scheduler kubelet kube-proxy; do
 			go get -tool "k8s.io/kubernetes/cmd/$t" >&2
 		done
