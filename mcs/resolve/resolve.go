@@ -1,0 +1,225 @@
+// Package resolve is the pure logic of Multi-Cluster Services (KEP-1645): merging the
+// exports of one service from every cluster of the clusterset into the properties of its
+// ServiceImport, reporting conflicts the way the KEP prescribes (the oldest export wins
+// type and session affinity; ports are the union, a port whose definition differs between
+// clusters is taken from the oldest export), and choosing the ClusterSetIP of an import
+// deterministically from its namespace and name so that every cluster picks the same
+// address when it can. No Kubernetes client, no network, no clock.
+package resolve
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Service types of a ServiceImport.
+const (
+	TypeClusterSetIP = "ClusterSetIP"
+	TypeHeadless     = "Headless"
+)
+
+// Session affinity values (as core/v1 spells them).
+const (
+	AffinityNone     = "None"
+	AffinityClientIP = "ClientIP"
+)
+
+// Port is one exported service port.
+type Port struct {
+	Name     string
+	Port     int32
+	Protocol string // TCP | UDP | SCTP; empty means TCP
+}
+
+func (p Port) proto() string {
+	if p.Protocol == "" {
+		return "TCP"
+	}
+	return p.Protocol
+}
+
+func (p Port) String() string {
+	s := fmt.Sprintf("%d/%s", p.Port, p.proto())
+	if p.Name != "" {
+		s = p.Name + "=" + s
+	}
+	return s
+}
+
+// Endpoint is one backend address of an exporting cluster.
+type Endpoint struct {
+	Addr  netip.Addr
+	Ready bool
+}
+
+// Export is one cluster's export of a service, as it travels between clusters.
+type Export struct {
+	Cluster   string
+	Namespace string
+	Name      string
+	Type      string // TypeClusterSetIP | TypeHeadless
+	// SessionAffinity is AffinityNone or AffinityClientIP; AffinityTimeout is in seconds
+	// (0 = the Kubernetes default) and only meaningful with ClientIP.
+	SessionAffinity string
+	AffinityTimeout int32
+	Ports           []Port
+	Endpoints       []Endpoint
+	// ExportedAt is the ServiceExport's creation time: the oldest export wins conflicts.
+	ExportedAt time.Time
+}
+
+// Key is namespace/name.
+func (e Export) Key() string { return e.Namespace + "/" + e.Name }
+
+func (e Export) affinity() string {
+	if e.SessionAffinity == "" {
+		return AffinityNone
+	}
+	return e.SessionAffinity
+}
+
+// Conflict reasons (the KEP's Conflict condition reasons, as sigs.k8s.io/mcs-api v1beta1
+// names them).
+const (
+	ReasonPortConflict                  = "PortConflict"
+	ReasonTypeConflict                  = "TypeConflict"
+	ReasonSessionAffinityConflict       = "SessionAffinityConflict"
+	ReasonSessionAffinityConfigConflict = "SessionAffinityConfigConflict"
+)
+
+// Conflict is one disagreement between exports, reported on every export of the service.
+type Conflict struct {
+	Reason  string
+	Message string
+}
+
+// Import is the merged view of a service exported by one or more clusters.
+type Import struct {
+	Namespace, Name string
+	Type            string
+	SessionAffinity string
+	AffinityTimeout int32
+	Ports           []Port   // union, sorted by port, protocol, name
+	Clusters        []string // exporting clusters, sorted
+	// Winner is the cluster whose export is the oldest (decides contested properties).
+	Winner    string
+	Conflicts []Conflict
+}
+
+// Merge resolves the exports of one service (all with the same namespace/name; at most
+// one per cluster). It panics on an empty slice: there is no import without an export.
+func Merge(exports []Export) Import {
+	ex := slices.Clone(exports)
+	// Oldest first; ties (same second, clocks of different clusters) broken by cluster
+	// name so every cluster reaches the same answer.
+	slices.SortFunc(ex, func(a, b Export) int {
+		if c := a.ExportedAt.Compare(b.ExportedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Cluster, b.Cluster)
+	})
+	win := ex[0]
+	im := Import{Namespace: win.Namespace, Name: win.Name, Type: win.Type, SessionAffinity: win.affinity(),
+		Winner: win.Cluster}
+	if im.Type == "" {
+		im.Type = TypeClusterSetIP
+	}
+	if im.SessionAffinity == AffinityClientIP {
+		im.AffinityTimeout = win.AffinityTimeout
+	}
+	var typeOff, affOff, affCfgOff []string
+	for _, e := range ex {
+		im.Clusters = append(im.Clusters, e.Cluster)
+		t := cmp.Or(e.Type, TypeClusterSetIP)
+		if t != im.Type {
+			typeOff = append(typeOff, fmt.Sprintf("%s exports %s", e.Cluster, t))
+		}
+		if e.affinity() != im.SessionAffinity {
+			affOff = append(affOff, fmt.Sprintf("%s exports %s", e.Cluster, e.affinity()))
+		} else if im.SessionAffinity == AffinityClientIP && e.AffinityTimeout != im.AffinityTimeout {
+			affCfgOff = append(affCfgOff, fmt.Sprintf("%s exports a timeout of %ds", e.Cluster, e.AffinityTimeout))
+		}
+	}
+	slices.Sort(im.Clusters)
+	if len(typeOff) > 0 {
+		im.Conflicts = append(im.Conflicts, Conflict{ReasonTypeConflict, fmt.Sprintf(
+			"service type differs between clusters: using %s from the oldest export (cluster %s); %s. Make the Service types agree (headless or not) in every exporting cluster",
+			im.Type, win.Cluster, strings.Join(typeOff, ", "))})
+	}
+	if len(affOff) > 0 {
+		im.Conflicts = append(im.Conflicts, Conflict{ReasonSessionAffinityConflict, fmt.Sprintf(
+			"session affinity differs between clusters: using %s from the oldest export (cluster %s); %s. Set the same spec.sessionAffinity on the Service in every exporting cluster",
+			im.SessionAffinity, win.Cluster, strings.Join(affOff, ", "))})
+	}
+	if len(affCfgOff) > 0 {
+		im.Conflicts = append(im.Conflicts, Conflict{ReasonSessionAffinityConfigConflict, fmt.Sprintf(
+			"session affinity timeout differs between clusters: using %ds from the oldest export (cluster %s); %s",
+			im.AffinityTimeout, win.Cluster, strings.Join(affCfgOff, ", "))})
+	}
+	im.Ports, im.Conflicts = mergePorts(ex, im.Conflicts)
+	return im
+}
+
+// mergePorts takes the union of the exports' ports (ex is oldest first). Two ports
+// collide when they share a name, or a number and protocol: the oldest export's port is
+// kept and the collision reported. TCP and UDP on the same number do not collide.
+// Unnamed ports all share the name "" (a Service may leave only a single port unnamed).
+func mergePorts(ex []Export, conflicts []Conflict) ([]Port, []Conflict) {
+	type owned struct {
+		p       Port
+		cluster string
+	}
+	var kept []owned
+	var msgs []string
+	for _, e := range ex {
+	next:
+		for _, p := range e.Ports {
+			p.Protocol = p.proto()
+			for _, k := range kept {
+				sameName := p.Name == k.p.Name
+				sameNum := p.Port == k.p.Port && p.Protocol == k.p.Protocol
+				switch {
+				case sameName && sameNum:
+					continue next // identical: already in the union
+				case sameName:
+					// The same port name (also "", a single unnamed port) means different
+					// things in two clusters.
+					msgs = append(msgs, fmt.Sprintf("port %q is %s in %s but %s in %s (kept)",
+						p.Name, p.String(), e.Cluster, k.p.String(), k.cluster))
+					continue next
+				case sameNum:
+					msgs = append(msgs, fmt.Sprintf("port %d/%s is named %q in %s but %q in %s (kept)",
+						p.Port, p.Protocol, p.Name, e.Cluster, k.p.Name, k.cluster))
+					continue next
+				}
+			}
+			kept = append(kept, owned{p, e.Cluster})
+		}
+	}
+	out := make([]Port, 0, len(kept))
+	for _, k := range kept {
+		out = append(out, k.p)
+	}
+	slices.SortFunc(out, func(a, b Port) int {
+		return cmp.Or(cmp.Compare(a.Port, b.Port), strings.Compare(a.Protocol, b.Protocol), strings.Compare(a.Name, b.Name))
+	})
+	if len(msgs) > 0 {
+		conflicts = append(conflicts, Conflict{ReasonPortConflict, fmt.Sprintf(
+			"ports differ between clusters, the oldest export wins: %s. Give each port the same name, number and protocol in every exporting cluster",
+			strings.Join(msgs, "; "))})
+	}
+	return out, conflicts
+}
+
+// Group splits exports by namespace/name, sorted by key.
+func Group(exports []Export) map[string][]Export {
+	out := map[string][]Export{}
+	for _, e := range exports {
+		out[e.Key()] = append(out[e.Key()], e)
+	}
+	return out
+}
