@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -367,18 +368,29 @@ func TestParseEventHandler(t *testing.T) {
 	}
 }
 
-type memKV map[string]string
+type memKV struct {
+	mu sync.Mutex
+	m  map[string]string
+}
 
-func (m memKV) Get(_ context.Context, k string) (string, bool, error) {
-	v, ok := m[k]
+func (m *memKV) Get(_ context.Context, k string) (string, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v, ok := m.m[k]
 	return v, ok, nil
 }
-func (m memKV) Set(_ context.Context, k, v string) error { m[k] = v; return nil }
+
+func (m *memKV) Set(_ context.Context, k, v string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.m[k] = v
+	return nil
+}
 
 func TestStatePersisted(t *testing.T) {
 	c := newTestCluster(t, "east", "10.244.0.0/16")
 	base := loopbackBase()
-	kv := memKV{}
+	kv := &memKV{m: map[string]string{}}
 	n := startNode(t, c, "a", base+"1", nil, func(o *Options) {
 		o.Store = kv
 		o.Prefixes = []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}
