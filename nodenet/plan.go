@@ -99,9 +99,9 @@ func Compute(local Local, peers []Peer) Plan {
 	var p Plan
 	ps := slices.Clone(peers)
 	slices.SortFunc(ps, func(a, b Peer) int { return cmp.Compare(a.Name, b.Name) })
-	var used []netip.Prefix
+	used := overlapSet{}
 	if local.Block.IsValid() {
-		used = append(used, local.Block.Masked())
+		used.add(local.Block)
 	}
 	for _, peer := range ps {
 		if peer.Name == local.Name || !peer.Addr.IsValid() || !peer.Addr.Is4() {
@@ -114,11 +114,11 @@ func Compute(local Local, peers []Peer) Plan {
 			if !b.IsValid() || !b.Addr().Is4() {
 				continue
 			}
-			if slices.ContainsFunc(used, b.Overlaps) {
+			if used.overlaps(b) {
 				p.Conflicts = append(p.Conflicts, fmt.Sprintf("%s of node %s overlaps another node's block", b, peer.Name))
 				continue
 			}
-			used = append(used, b)
+			used.add(b)
 			if direct {
 				p.Routes = append(p.Routes, Route{Dst: b, Via: peer.Addr, Dev: local.Dev})
 				continue
@@ -142,4 +142,40 @@ func Compute(local Local, peers []Peer) Plan {
 		p.Neighs, p.FDB = nil, nil
 	}
 	return p
+}
+
+// overlapSet answers "does b overlap a prefix added before" in O(address bits): two
+// prefixes overlap exactly when one contains the other, so b overlaps when one of b's
+// ancestors (or b) was added, or b is an ancestor of something added.
+type overlapSet struct {
+	added     map[netip.Prefix]bool
+	ancestors map[netip.Prefix]bool // every ancestor of every added prefix, itself included
+}
+
+func (s *overlapSet) add(p netip.Prefix) {
+	if s.added == nil {
+		s.added, s.ancestors = map[netip.Prefix]bool{}, map[netip.Prefix]bool{}
+	}
+	p = p.Masked()
+	s.added[p] = true
+	for l := p.Bits(); l >= 0; l-- {
+		a, _ := p.Addr().Prefix(l)
+		if s.ancestors[a] {
+			break // its own ancestors are in already
+		}
+		s.ancestors[a] = true
+	}
+}
+
+func (s *overlapSet) overlaps(p netip.Prefix) bool {
+	p = p.Masked()
+	if s.ancestors[p] {
+		return true
+	}
+	for l := p.Bits(); l >= 0; l-- {
+		if a, _ := p.Addr().Prefix(l); s.added[a] {
+			return true
+		}
+	}
+	return false
 }

@@ -42,7 +42,8 @@ func TestCompute(t *testing.T) {
 			{Name: "b", Addr: ip("192.168.77.3"), Blocks: []netip.Prefix{pfx("10.244.2.0/24")}},
 			{Name: "a", Addr: ip("192.168.77.2"), Blocks: []netip.Prefix{pfx("10.244.2.0/24")}},
 			{Name: "c", Addr: ip("192.168.77.4"), Blocks: []netip.Prefix{pfx("10.244.1.0/25")}},
-		}, routes: []string{"10.244.2.0/24 via 192.168.77.2 dev eth0"}, conflicts: 2},
+			{Name: "d", Addr: ip("192.168.77.5"), Blocks: []netip.Prefix{pfx("10.244.0.0/16"), pfx("10.245.0.0/24")}},
+		}, routes: []string{"10.244.2.0/24 via 192.168.77.2 dev eth0", "10.245.0.0/24 via 192.168.77.5 dev eth0"}, conflicts: 3},
 		{name: "vxlan needs own block", local: Local{Name: "n1", Addr: ip("192.168.77.1"), Net: pfx("192.168.77.0/24"), Dev: "eth0"}, peers: []Peer{
 			{Name: "n4", Addr: ip("192.168.78.4"), Blocks: []netip.Prefix{pfx("10.244.4.0/24")}},
 			{Name: "n2", Addr: ip("192.168.77.2"), Blocks: []netip.Prefix{pfx("10.244.2.0/24")}},
