@@ -280,11 +280,12 @@ func (n *Node) startSerf() error {
 	if err != nil {
 		return fmt.Errorf("mesh: listen for gossip on %s:%d: %w", n.o.BindAddr, n.o.BindPort, err)
 	}
-	ml.Transport = newCountingTransport(nt, &n.sent)
+	ct := newCountingTransport(nt, &n.sent)
+	ml.Transport = ct
 	conf.MemberlistConfig = ml
 	s, err := serf.Create(conf)
 	if err != nil {
-		nt.Shutdown()
+		ct.Shutdown()
 		return fmt.Errorf("mesh: start serf: %w", err)
 	}
 	n.serf = s

@@ -411,3 +411,27 @@ func TestStatePersisted(t *testing.T) {
 }
 
 func b64(k []byte) string { return base64.StdEncoding.EncodeToString(k) }
+
+// Realistic full tags stay under serf's 512-byte limit; oversized ones fail at New with a
+// clear error instead of being truncated.
+func TestTagsFitSerfLimit(t *testing.T) {
+	c := newTestCluster(t, "production-eu-west-1", "10.244.0.0/16")
+	base := loopbackBase()
+	full := Tags{Role: "gateway", Version: "v1.2.3-rc.1+abcdef123456",
+		PodCIDRs:     []netip.Prefix{netip.MustParsePrefix("10.244.17.0/24"), netip.MustParsePrefix("fd00:10:244:17::/64")},
+		WireGuardKey: "hKw5XbU5eM8SxLmDeAQXrxWmL2dzJ8hJLh0g7mTg8mY=",
+		Endpoints:    []string{"203.0.113.17:51820", "198.51.100.17:51820", "[2001:db8::17]:51820"}}
+	n := startNode(t, c, "worker-node-17.eu-west-1.compute.internal", base+"1", nil, func(o *Options) { o.Tags = full })
+	if got := n.Members()[0].Tags[TagEndpoints]; got != strings.Join(full.Endpoints, ",") {
+		t.Fatalf("endpoints tag %q", got)
+	}
+	id, _ := trust.NewIdentity(c.id, c.key, "x", time.Now(), time.Hour)
+	huge := full
+	for i := range 20 {
+		huge.Endpoints = append(huge.Endpoints, fmt.Sprintf("203.0.113.%d:51820", i))
+	}
+	_, err := New(Options{NodeName: "x", ClusterID: c.id, Identity: id, Verifier: c.v, BindAddr: base + "2", DisableBeacons: true, Tags: huge})
+	if err == nil || !strings.Contains(err.Error(), "512") {
+		t.Fatalf("oversized tags: %v", err)
+	}
+}
