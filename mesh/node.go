@@ -390,17 +390,20 @@ func (n *Node) Run(ctx context.Context) error {
 // Shutdown stops gossip immediately without leaving (a crash, for tests).
 func (n *Node) Shutdown() error { return n.serf.Shutdown() }
 
+// joinSeeds joins the seeds at start, retrying every 5 s until one answers, then every
+// 30 s (a remote cluster that was unreachable, or a partition that serf gave up on).
 func (n *Node) joinSeeds(ctx context.Context) {
-	t := time.NewTicker(30 * time.Second)
-	defer t.Stop()
+	wait := 5 * time.Second
 	for {
-		if cnt, err := n.serf.Join(n.o.Seeds, true); err != nil {
-			n.log.Debug("join seeds", "joined", cnt, "err", err)
+		if cnt, err := n.serf.Join(n.o.Seeds, true); cnt > 0 {
+			wait = 30 * time.Second
+		} else if err != nil {
+			n.log.Debug("join seeds", "err", err)
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(wait):
 		}
 	}
 }

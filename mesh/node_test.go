@@ -130,7 +130,7 @@ func TestMeshConvergesAndRejectsStrangers(t *testing.T) {
 			func(o *Options) { o.Prefixes = []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i))} }))
 	}
 	for _, n := range nodes {
-		eventually(t, 15*time.Second, n.o.NodeName+" sees all", func() error {
+		eventually(t, 40*time.Second, n.o.NodeName+" sees all", func() error {
 			if c := aliveCount(n.Node); c != 4 {
 				return fmt.Errorf("%d alive", c)
 			}
