@@ -135,6 +135,9 @@ type RotateResult struct {
 	PublicKey         string    `json:"publicKey"`
 	PreviousPublicKey string    `json:"previousPublicKey"`
 	RotatedAt         time.Time `json:"rotatedAt"`
+	// Warning is set when the key was applied but announcing it failed (the mesh's
+	// periodic refresh re-broadcasts it).
+	Warning string `json:"warning,omitempty"`
 }
 
 // Rotate makes a new key and switches to it in the order that keeps the outage short:
@@ -204,6 +207,9 @@ func (r *Rotator) ServeRotate(w http.ResponseWriter, req *http.Request) {
 	if err != nil && res.PublicKey == "" {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
+	}
+	if err != nil {
+		res.Warning = err.Error()
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(res)
