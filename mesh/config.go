@@ -12,6 +12,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/mesh/trust"
 )
 
@@ -173,4 +174,21 @@ func BuildTrust(ctx context.Context, c TrustConfig) (Trust, error) {
 		return Trust{}, err
 	}
 	return Trust{Identity: id, Verifier: v, GossipKeys: gkeys, Seeds: seeds, ClusterPublicKey: pub}, nil
+}
+
+// RemotesFromConfig converts the agent's validated remote-clusters entries (package
+// config) to the mesh's form, so the agent can pass them to BuildTrust.
+func RemotesFromConfig(rs []config.RemoteCluster) []RemoteCluster {
+	out := make([]RemoteCluster, 0, len(rs))
+	for _, r := range rs {
+		m := RemoteCluster{ID: r.ID, Endpoint: r.Endpoint, Gossip: r.Gossip, Paths: r.Paths}
+		if r.CIDR.IsValid() {
+			m.CIDR = r.CIDR.String()
+		}
+		if len(r.PublicKey) == ed25519.PublicKeySize {
+			m.PublicKey = trust.EncodeKey(ed25519.PublicKey(r.PublicKey))
+		}
+		out = append(out, m)
+	}
+	return out
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/mesh/trust"
 )
 
@@ -60,5 +61,27 @@ func TestParseRemoteClusters(t *testing.T) {
 				t.Fatalf("own certificate: %v", err)
 			}
 		})
+	}
+}
+
+func TestRemotesFromConfig(t *testing.T) {
+	k, _ := trust.GenerateClusterKey()
+	pub := k.Public().(ed25519.PublicKey)
+	rs := RemotesFromConfig([]config.RemoteCluster{
+		{ID: "west", Endpoint: "203.0.113.5:51820", CIDR: netip.MustParsePrefix("10.2.0.0/16"), PublicKey: pub},
+		{ID: "south", Endpoint: "198.51.100.1:51820", Gossip: "198.51.100.1:8000", CIDR: netip.MustParsePrefix("10.3.0.0/16")},
+	})
+	tc, ok, err := rs[0].Trust()
+	if err != nil || !ok || !tc.PublicKey.Equal(pub) || tc.CIDRs[0] != netip.MustParsePrefix("10.2.0.0/16") {
+		t.Fatalf("west: %+v %v %v", tc, ok, err)
+	}
+	if _, ok, _ := rs[1].Trust(); ok {
+		t.Fatal("south has no pinned key but is trusted")
+	}
+	if g, _ := rs[0].GossipAddr(); g != "203.0.113.5:7946" {
+		t.Fatalf("west gossip %q", g)
+	}
+	if g, _ := rs[1].GossipAddr(); g != "198.51.100.1:8000" {
+		t.Fatalf("south gossip %q", g)
 	}
 }
