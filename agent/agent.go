@@ -56,6 +56,8 @@ type agent struct {
 	qosEvents eventDedup
 
 	seen map[string]*seenSet // per kind: keys present in the API
+
+	policy atomic.Pointer[policyController] // set once its caches synced (nil: enforcement off)
 }
 
 // Run runs the agent until ctx is cancelled (SIGTERM) or a fatal error: an invalid
@@ -258,6 +260,15 @@ func (a *agent) runKube(ctx context.Context) error {
 		}
 	}
 
+	var pc *policyController
+	if a.opts.Policy != nil {
+		if pc, err = a.newPolicyController(&cfg, shared); err != nil {
+			return err
+		}
+		defer pc.close()
+		synced = append(synced, pc.synced...)
+	}
+
 	// The ConfigMap itself, by name only (the RBAC rules allow nothing broader): changes
 	// are validated and reported; they apply on the next start.
 	cmFactory := informers.NewSharedInformerFactoryWithOptions(k, resync,
@@ -299,6 +310,10 @@ func (a *agent) runKube(ctx context.Context) error {
 	}
 	wg.Go(func() { a.pollStore(ctx, sc) })
 	wg.Go(func() { a.runMCS(ctx) })
+	if pc != nil {
+		a.policy.Store(pc)
+		wg.Go(func() { pc.run(ctx) })
+	}
 	wg.Wait()
 	return nil
 }

@@ -25,6 +25,8 @@ func (a *agent) apiMux() (mux *http.ServeMux, err error) {
 	mux.HandleFunc("GET "+localapi.PathReadyz, a.readyz)
 	mux.HandleFunc("GET "+localapi.PathStatus, a.handleStatus)
 	mux.HandleFunc("GET "+localapi.PathPods, a.handlePods)
+	mux.HandleFunc("POST "+localapi.PathEndpointSync, a.handleEndpointSync)
+	mux.HandleFunc("POST "+localapi.PathEndpointRemove, a.handleEndpointRemove)
 	for _, h := range a.opts.APIHandlers {
 		mux.Handle(h.Pattern, h.Handler)
 	}

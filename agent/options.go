@@ -83,6 +83,9 @@ type Options struct {
 	APIHandlers []Handler
 	// Version is reported in /v1/status.
 	Version string
+	// Policy turns NetworkPolicy enforcement on (nil: off; the CLI sets it unless
+	// --enforce-policy=false). See agent/policy.go.
+	Policy *PolicyOptions
 }
 
 func (o Options) withDefaults() Options {

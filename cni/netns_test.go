@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -20,6 +21,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/patronus/patronus/dataplane/link"
+	"github.com/patronus/patronus/localapi"
 	"github.com/patronus/patronus/manifests"
 	"github.com/patronus/patronus/store"
 )
@@ -355,11 +357,17 @@ func agentServer(t *testing.T, code int) string {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/readyz" {
+		switch r.URL.Path {
+		case "/readyz":
+			w.WriteHeader(code)
+		case localapi.PathEndpointSync: // ADD waits for the pod's policy (policy_test.go)
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintln(w, `{"enforced":true}`)
+		case localapi.PathEndpointRemove:
+			w.WriteHeader(http.StatusNoContent)
+		default:
 			http.NotFound(w, r)
-			return
 		}
-		w.WriteHeader(code)
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })

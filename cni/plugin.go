@@ -27,6 +27,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/patronus/patronus/dataplane/link"
+	"github.com/patronus/patronus/localapi"
 	"github.com/patronus/patronus/store"
 )
 
@@ -305,6 +306,18 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		})
 	})
 
+	if conf.SDWAN.EnablePolicyEnforcement && pa.Namespace != "" && pa.Name != "" {
+		if err := p.fault("policy"); err != nil {
+			return err
+		}
+		if err := syncPolicy(context.Background(), conf.SDWAN.AgentSocket, localapi.EndpointRequest{
+			ContainerID: args.ContainerID, IfName: args.IfName, Namespace: pa.Namespace, Name: pa.Name, UID: pa.UID,
+			IPs: ipStrings(podAddrs), HostVeth: hostName,
+		}); err != nil {
+			return err
+		}
+	}
+
 	podIdx := 2
 	res.Interfaces = []*current.Interface{
 		{Name: br.Name, Mac: br.MAC},
@@ -366,6 +379,14 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 			errs = append(errs, dbError(err))
 		}
 		p.closeDB(db)
+	}
+	if conf.SDWAN.EnablePolicyEnforcement {
+		if pa, perr := parseArgs(args.Args); perr == nil && pa.Namespace != "" {
+			if err := removePolicy(conf.SDWAN.AgentSocket, localapi.EndpointRequest{ContainerID: args.ContainerID,
+				IfName: args.IfName, Namespace: pa.Namespace, Name: pa.Name, HostVeth: hostName}); err != nil {
+				p.o.Log.Info("agent not told about the DEL (it drops the pod on its next sync)", "container", args.ContainerID, "err", err)
+			}
+		}
 	}
 	return firstTyped(errs)
 }
