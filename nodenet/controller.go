@@ -12,9 +12,11 @@ package nodenet
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
@@ -111,25 +113,27 @@ type Options struct {
 
 // LostPod is a pod on this node still holding an address of a block the node lost.
 type LostPod struct {
-	Namespace, Name, ContainerID string
-	IPs                          []netip.Prefix
-	Block                        netip.Prefix
+	Namespace   string         `json:"namespace"`
+	Name        string         `json:"name"`
+	ContainerID string         `json:"containerID"`
+	IPs         []netip.Prefix `json:"ips"`
+	Block       netip.Prefix   `json:"block"`
 }
 
 // Status is what the controller has done.
 type Status struct {
-	Block  netip.Prefix // zero until known
-	Source string       // SourceNode | SourceLease | "" (seed defaults)
+	Block  netip.Prefix `json:"block"`  // zero until known
+	Source string       `json:"source"` // SourceNode | SourceLease | "" (seed defaults)
 	// ConfList is the path written (empty while not written).
-	ConfList string
-	Peers    int // peers with a block and an address
-	Routes   []Route
-	VXLAN    bool
+	ConfList string  `json:"conflist,omitempty"`
+	Peers    int     `json:"peers"` // peers with a block and an address
+	Routes   []Route `json:"routes"`
+	VXLAN    bool    `json:"vxlan"`
 	// Conflicts are peer blocks not routed (overlaps).
-	Conflicts []string
+	Conflicts []string `json:"conflicts,omitempty"`
 	// Lost are pods still holding addresses of a block this node lost.
-	Lost      []LostPod
-	LastError string
+	Lost      []LostPod `json:"lostPods,omitempty"`
+	LastError string    `json:"lastError,omitempty"`
 }
 
 // Controller runs per-node pod networking for one node.
@@ -576,4 +580,16 @@ func (c *Controller) sweepOrphans(ctx context.Context, nl nodeLister, ll leaseLi
 			c.log.Info("released blocks of a node that no longer exists", "node", *h, "blocks", rel)
 		}
 	}
+}
+
+// StatusPath is where HTTPHandler is meant to be mounted on the agent's local API.
+const StatusPath = "GET /v1/nodenet"
+
+// HTTPHandler serves Status as JSON (mount at StatusPath; `patronus status` can show the
+// block and the pods of a lost block from it).
+func (c *Controller) HTTPHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(c.Status())
+	})
 }

@@ -2,6 +2,7 @@ package nodenet
 
 import (
 	"context"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -109,6 +110,17 @@ func TestNodePodCIDRAndPeers(t *testing.T) {
 	}
 	if m.Sources[0] != pfx("10.244.1.0/24") || m.Cluster[0] != pfx("10.244.0.0/16") || m.Chain != DefaultMasqChain || m.Table != DefaultMasqTable {
 		t.Fatalf("masquerade %+v", m)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		rec := httptest.NewRecorder()
+		c.HTTPHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/v1/nodenet", nil))
+		body := rec.Body.String()
+		if strings.Contains(body, `"block":"10.244.1.0/24"`) && strings.Contains(body, `"source":"node"`) && strings.Contains(body, `"dst":"10.244.2.0/24"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/v1/nodenet: %s", body)
+		}
 	}
 	if len(announced) != 1 || announced[0].Kind != announce.KindPrefix || announced[0].Prefixes[0] != pfx("10.244.1.0/24") {
 		t.Fatalf("announced %+v", announced)

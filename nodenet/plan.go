@@ -38,10 +38,10 @@ type Local struct {
 
 // Route is one node-to-node route.
 type Route struct {
-	Dst    netip.Prefix
-	Via    netip.Addr
-	Dev    string
-	OnLink bool // VXLAN: the next hop is the peer's VTEP address, known only by neighbour entry
+	Dst    netip.Prefix `json:"dst"`
+	Via    netip.Addr   `json:"via"`
+	Dev    string       `json:"dev"`
+	OnLink bool         `json:"onlink,omitempty"` // VXLAN: the next hop is the peer's VTEP address, known by a neighbour entry
 }
 
 func (r Route) String() string {
