@@ -70,6 +70,12 @@ func (Netlink) EnsureBridge(s BridgeSpec) (Link, error) {
 			return Link{}, fmt.Errorf("create bridge %s: %w", s.Name, err)
 		}
 		l, err = netlink.LinkByName(s.Name)
+		if err == nil {
+			// A bridge without an assigned MAC borrows the lowest MAC of its ports and
+			// changes it when that port goes away: every other pod's cached gateway MAC is
+			// then wrong for seconds. Setting it (even to its current value) pins it.
+			err = netlink.LinkSetHardwareAddr(l, l.Attrs().HardwareAddr)
+		}
 	}
 	if err != nil {
 		return Link{}, fmt.Errorf("look up bridge %s: %w", s.Name, err)

@@ -159,3 +159,55 @@ func TestNetlinkAddVethReplacesLeftover(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestBridgeMACStable: removing the pod whose veth has the lowest MAC must not change the
+// bridge's MAC (the other pods cache it as their gateway's).
+func TestBridgeMACStable(t *testing.T) {
+	node, podA, podB := newTestNS(t), newTestNS(t), newTestNS(t)
+	k := Netlink{}
+	err := node.Do(func(ns.NetNS) error {
+		if _, err := k.EnsureBridge(BridgeSpec{Name: "ptbr1", Addrs: []netip.Prefix{netip.MustParsePrefix("10.78.0.1/24")}}); err != nil {
+			return err
+		}
+		var hosts []string
+		for i, p := range []ns.NetNS{podA, podB} {
+			h := HostVethName(fmt.Sprintf("ctr%d", i), "eth0")
+			if _, _, err := k.AddVeth(VethSpec{HostName: h, PodIfName: "eth0", PodNetns: p.Path(), Bridge: "ptbr1"}); err != nil {
+				return err
+			}
+			hosts = append(hosts, h)
+		}
+		before, err := netlink.LinkByName("ptbr1")
+		if err != nil {
+			return err
+		}
+		// Remove the port whose MAC an unpinned bridge would have borrowed first.
+		if a, b := mustMAC(hosts[0]), mustMAC(hosts[1]); b < a {
+			hosts[0], hosts[1] = hosts[1], hosts[0]
+		}
+		for _, h := range hosts[:1] {
+			if err := k.DeleteLink(h); err != nil {
+				return err
+			}
+			after, err := netlink.LinkByName("ptbr1")
+			if err != nil {
+				return err
+			}
+			if after.Attrs().HardwareAddr.String() != before.Attrs().HardwareAddr.String() {
+				return fmt.Errorf("bridge MAC changed from %s to %s when %s was removed", before.Attrs().HardwareAddr, after.Attrs().HardwareAddr, h)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustMAC(name string) string {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return ""
+	}
+	return string(l.Attrs().HardwareAddr)
+}
