@@ -18,6 +18,8 @@ import (
 func newAgentCmd(e env) *cobra.Command {
 	var (
 		o         agent.Options
+		po        agent.PolicyOptions
+		enforce   bool
 		logFormat string
 		logLevel  string
 	)
@@ -52,6 +54,9 @@ SIGTERM or SIGINT stops it cleanly.`,
 			}
 			o.Logger = log
 			o.Version = Version
+			if enforce {
+				o.Policy = &po
+			}
 			// client-go logs through klog, a process-wide logger; send it to the same
 			// structured output. This is the process's main, so setting it here is fine.
 			klog.SetSlogLogger(log)
@@ -71,6 +76,12 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.StringVar(&o.ConfigNamespace, "config-namespace", config.ConfigMapNamespace, "namespace of the patronus-config ConfigMap (default $POD_NAMESPACE, else kube-system)")
 	f.DurationVar(&o.ResyncPeriod, "resync", agent.DefaultResyncPeriod, "periodic full resync of the informers")
 	f.DurationVar(&o.StorePollInterval, "db-poll", agent.DefaultStorePollInterval, "how often the database is scanned for pods the plugin added or removed")
+	f.BoolVar(&enforce, "enforce-policy", true, "enforce NetworkPolicy on this node's pods (eBPF and/or nftables, ConfigMap key datapath)")
+	f.StringVar(&po.Datapath, "datapath", "", "override the ConfigMap's datapath: ebpf, nftables or both")
+	f.StringVar(&po.BPFFS, "bpffs", agent.DefaultBPFFS, "bpffs mount point (mounted if it is not one)")
+	f.StringVar(&po.PinDir, "bpf-pin-dir", "", "directory for pinned BPF programs, maps and links (default <bpffs>/patronus)")
+	f.StringVar(&po.AuditLog, "audit-log", "", "also append the policy audit log (JSON lines) to this file")
+	f.StringSliceVar(&po.Uplinks, "uplink", nil, "node interface where local pods' traffic leaves the node (repeatable; completes egress checks of Service traffic DNATed to remote pods)")
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd
