@@ -221,10 +221,10 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 			return
 		}
 		if time.Now().After(deadline) {
-			if os.Getenv("PATRONUS_TUNNEL_DEBUG") != "" {
-				out, _ := exec.Command("sh", "-c", "for n in $(ip netns list | awk '/^pt-tn-/{print $1}'); do echo == $n; ip -n $n route; ip -n $n -s link show; done").CombinedOutput()
-				t.Logf("namespaces:\n%s", out)
-			}
+			// What the namespaces look like, for a failure seen only in CI (with
+			// PATRONUS_TUNNEL_DEBUG=1 the WireGuard devices also log every handshake).
+			out, _ := exec.Command("sh", "-c", "for n in $(ip netns list | awk '/^pt-tn-/{print $1}'); do echo == $n; ip -n $n route; ip -n $n -s link show; ip netns exec $n nft list ruleset; done").CombinedOutput()
+			t.Logf("namespaces:\n%s", out)
 			t.Fatalf("%s: %v", what, err)
 		}
 		time.Sleep(100 * time.Millisecond)
