@@ -3,8 +3,8 @@ package announce
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 )
@@ -97,14 +97,16 @@ func (s *State) Version() uint64 {
 	return s.version
 }
 
-// Digest summarises the content (slots and sequences) so nodes can compare states: two
-// nodes with equal digests hold the same announcements.
+// Digest summarises the content so nodes can compare states: two nodes with equal digests
+// hold the same announcements. Sequence numbers and expiries are left out: they change on
+// every refresh, and two nodes that hold the same statements have converged even if one
+// has not seen the latest refresh yet.
 func (s *State) Digest() string {
 	h := sha256.New()
 	for _, a := range s.List() {
-		h.Write([]byte(a.Slot()))
-		h.Write([]byte{0})
-		h.Write([]byte(strconv.FormatUint(a.Seq, 10)))
+		a.Seq, a.Expires = 0, 0
+		b, _ := json.Marshal(a)
+		h.Write(b)
 		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
