@@ -368,18 +368,26 @@ func (c *Controller) reconcile(ctx context.Context, dp Datapath, nl nodeLister, 
 		}
 	}
 
-	st := c.Status()
-	local := Local{Name: c.o.NodeName, Block: st.Block, Addr: c.o.NodeIP}
-	if !local.Addr.IsValid() {
-		local.Addr, _ = nodeIP(self)
+	addr := c.o.NodeIP
+	if !addr.IsValid() {
+		addr, _ = nodeIP(self)
 	}
+	return c.program(dp, addr, peers)
+}
+
+// program makes the datapath route peers (from this node's underlay address addr) and
+// masquerade the node's block, and records the outcome in the status.
+func (c *Controller) program(dp Datapath, addr netip.Addr, peers []Peer) error {
+	var err error
+	st := c.Status()
+	local := Local{Name: c.o.NodeName, Block: st.Block, Addr: addr}
 	var errs []error
 	if local.Addr.IsValid() {
 		if local.Dev, local.Net, err = dp.LocalLink(local.Addr); err != nil {
 			errs = append(errs, err)
 		}
 	} else if len(peers) > 0 {
-		errs = append(errs, fmt.Errorf("nodenet: Node %s has no IPv4 InternalIP: cannot route to peers", c.o.NodeName))
+		errs = append(errs, fmt.Errorf("nodenet: node %s has no IPv4 underlay address: cannot route to peers", c.o.NodeName))
 	}
 	plan := Compute(local, peers)
 	if local.Dev != "" {
@@ -547,6 +555,9 @@ func (c *Controller) reportLost(ctx context.Context, lost netip.Prefix) {
 	msg := fmt.Sprintf("pod block %s is held by another node; %d pods still hold addresses in it", lost, len(pods))
 	if len(names) > 0 {
 		msg += ": " + strings.Join(names, ", ")
+	}
+	if c.o.Client == nil {
+		return // edge mode: no API server to hold an Event
 	}
 	now := metav1.NewTime(c.o.Now())
 	ev := &corev1.Event{

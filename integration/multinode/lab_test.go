@@ -188,10 +188,14 @@ type pod struct {
 	rt          *libcni.RuntimeConf
 }
 
+// newLab makes the underlay; cluster may be nil (edge mode: no API server).
 func newLab(t *testing.T, cluster *k8senv.Cluster, leaseNS string) *lab {
 	requireRoot(t)
-	l := &lab{t: t, cluster: cluster, client: cluster.Client(), ns: leaseNS, cidr: netip.MustParsePrefix("10.244.0.0/16"), nodes: map[string]*node{}}
-	if leaseNS != "kube-system" {
+	l := &lab{t: t, cluster: cluster, ns: leaseNS, cidr: netip.MustParsePrefix("10.244.0.0/16"), nodes: map[string]*node{}}
+	if cluster != nil {
+		l.client = cluster.Client()
+	}
+	if cluster != nil && leaseNS != "kube-system" {
 		_, err := l.client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: leaseNS}}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -212,6 +216,32 @@ func newLab(t *testing.T, cluster *k8senv.Cluster, leaseNS string) *lab {
 // addNode creates the node namespace on the underlay (address addr/24 on eth0), the
 // Node object (InternalIP addr, podCIDR if given) and starts its controller.
 func (l *lab) addNode(name string, addr netip.Addr, podCIDR string, extraUnderlay ...netip.Prefix) *node {
+	t := l.t
+	t.Helper()
+	n := l.makeNode(name, addr, extraUnderlay...)
+
+	// Node object.
+	ctx := context.Background()
+	obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if podCIDR != "" {
+		obj.Spec.PodCIDR, obj.Spec.PodCIDRs = podCIDR, []string{podCIDR}
+	}
+	created, err := l.client.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	created.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr.String()}}
+	if _, err := l.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	l.start(n)
+	return n
+}
+
+// makeNode creates the node namespace on the underlay, its database, conflist path and
+// libcni; no controller yet.
+func (l *lab) makeNode(name string, addr netip.Addr, extraUnderlay ...netip.Prefix) *node {
 	t := l.t
 	t.Helper()
 	n := &node{name: name, addr: addr, netns: makeNS(t, "n"), dir: t.TempDir()}
@@ -259,30 +289,13 @@ func (l *lab) addNode(name string, addr netip.Addr, podCIDR string, extraUnderla
 		t.Fatal(err)
 	}
 
-	// Node object.
-	ctx := context.Background()
-	obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
-	if podCIDR != "" {
-		obj.Spec.PodCIDR, obj.Spec.PodCIDRs = podCIDR, []string{podCIDR}
-	}
-	created, err := l.client.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	created.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: addr.String()}}
-	if _, err := l.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
-
-	if n.db, err = store.Open(ctx, filepath.Join(n.dir, "db", "k8s-sdwan.db")); err != nil {
+	if n.db, err = store.Open(context.Background(), filepath.Join(n.dir, "db", "k8s-sdwan.db")); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.db.Close() })
 	n.confList = filepath.Join(n.dir, "net.d", manifests.ConfListName)
 	n.cni = libcni.NewCNIConfigWithCacheDir([]string{pluginDir(t)}, filepath.Join(n.dir, "cache"), nil)
 	l.nodes[name] = n
-	l.start(n)
 	return n
 }
 

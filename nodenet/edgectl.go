@@ -1,0 +1,223 @@
+package nodenet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/patronus/patronus/manifests"
+	"github.com/patronus/patronus/nodenet/alloc"
+	"github.com/patronus/patronus/store"
+)
+
+// SourceGossip is the block source in edge mode (a claim resolved through the mesh).
+const SourceGossip = "gossip"
+
+// EdgeMember is one node as the gossip mesh shows it: its underlay address and its claim
+// in FormatClaim form ("" while it has none), e.g. a Serf member and one of its tags.
+type EdgeMember struct {
+	Name  string
+	Addr  netip.Addr
+	Claim string
+}
+
+// EdgeOptions configure an EdgeController. Zero values take Options' defaults.
+type EdgeOptions struct {
+	NodeName string // required
+	// NodeIP is this node's underlay address (required: there is no Node object).
+	NodeIP      netip.Addr
+	ClusterCIDR netip.Prefix // required
+	BlockSize   int
+
+	// Members is the current gossip view (this node may be in it; it is skipped).
+	Members func() []EdgeMember
+	// Publish spreads this node's claim (FormatClaim form) through the mesh.
+	Publish func(claim string) error
+
+	DB           *store.DB
+	ConfListPath string
+	BaseConfList []byte
+	NetNSPath    string
+	Datapath     Datapath
+
+	NoMasquerade         bool
+	MasqTable, MasqChain string
+
+	// Resync is how often the view is re-read (default 2s); Trigger re-reads at once.
+	Resync time.Duration
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// EdgeController is the edge-mode (no API server) counterpart of Controller: the block is
+// claimed through the mesh with EdgeClaimer, peers and their blocks come from the gossip
+// view (each block to its resolved winner only), and the conflist, routes and
+// masquerade are programmed exactly as in API mode. A node that loses its block after a
+// partition heals re-claims, rewrites its conflist and reports the pods still holding
+// addresses of the lost block (Status().Lost and the log).
+type EdgeController struct {
+	*Controller
+	eo      EdgeOptions
+	claimer *EdgeClaimer
+	trigger chan struct{}
+}
+
+// NewEdge checks o and makes an edge-mode controller.
+func NewEdge(o EdgeOptions) (*EdgeController, error) {
+	if o.NodeName == "" || !o.NodeIP.IsValid() || o.Members == nil || o.Publish == nil {
+		return nil, errors.New("nodenet: edge mode needs NodeName, NodeIP, Members and Publish")
+	}
+	if o.BlockSize == 0 {
+		o.BlockSize = DefaultBlockSize
+	}
+	if err := alloc.Validate(o.ClusterCIDR, o.BlockSize); err != nil {
+		return nil, err
+	}
+	o.ClusterCIDR = o.ClusterCIDR.Masked()
+	if o.ConfListPath == "" {
+		o.ConfListPath = DefaultConfListPath
+	}
+	if o.BaseConfList == nil {
+		o.BaseConfList = manifests.ConfList
+	}
+	if _, err := RenderConfList(o.BaseConfList, netip.MustParsePrefix("10.0.0.0/24")); err != nil {
+		return nil, err
+	}
+	if o.Resync <= 0 {
+		o.Resync = 2 * time.Second
+	}
+	if o.MasqTable == "" {
+		o.MasqTable = DefaultMasqTable
+	}
+	if o.MasqChain == "" {
+		o.MasqChain = DefaultMasqChain
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	c := &Controller{o: Options{NodeName: o.NodeName, NodeIP: o.NodeIP, ClusterCIDR: o.ClusterCIDR, BlockSize: o.BlockSize,
+		DB: o.DB, ConfListPath: o.ConfListPath, BaseConfList: o.BaseConfList, NetNSPath: o.NetNSPath, Datapath: o.Datapath,
+		NoMasquerade: o.NoMasquerade, MasqTable: o.MasqTable, MasqChain: o.MasqChain, Logger: o.Logger, Now: o.Now},
+		log: o.Logger.With("controller", "nodenet", "mode", "edge"), ready: make(chan struct{})}
+	return &EdgeController{Controller: c, eo: o, trigger: make(chan struct{}, 1),
+		claimer: &EdgeClaimer{Node: o.NodeName, Cluster: o.ClusterCIDR, Bits: o.BlockSize, Now: o.Now}}, nil
+}
+
+// Trigger asks for a reconcile now (call it on member join/leave/update events).
+func (e *EdgeController) Trigger() {
+	select {
+	case e.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Run claims, programs and follows the gossip view until ctx ends.
+func (e *EdgeController) Run(ctx context.Context) error {
+	dp := e.eo.Datapath
+	if dp == nil {
+		var err error
+		if dp, err = OpenDatapath(e.eo.NetNSPath); err != nil {
+			return err
+		}
+		defer dp.Close()
+	}
+	// A claim saved before a restart keeps its original time (its seniority).
+	if e.eo.DB != nil {
+		if s, ok := e.kv().load(ctx); ok && s.Source == SourceGossip && s.Block.Bits() == e.eo.BlockSize && e.eo.ClusterCIDR.Contains(s.Block.Addr()) {
+			e.claimer.Restore(alloc.Claim{Block: s.Block, Node: e.eo.NodeName, At: s.ClaimedAt})
+		}
+	}
+	tick := time.NewTicker(e.eo.Resync)
+	defer tick.Stop()
+	published := ""
+	for {
+		err := e.reconcile(ctx, dp, &published)
+		e.mu.Lock()
+		e.status.LastError = ""
+		if err != nil {
+			e.status.LastError = err.Error()
+		}
+		e.mu.Unlock()
+		if err != nil {
+			e.log.Warn("reconcile", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-e.trigger:
+		}
+	}
+}
+
+func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *string) error {
+	members := e.eo.Members()
+	var claims []alloc.Claim
+	addrs := map[string]netip.Addr{}
+	for _, m := range members {
+		if m.Name == e.eo.NodeName {
+			continue
+		}
+		addrs[m.Name] = m.Addr
+		if m.Claim == "" {
+			continue
+		}
+		c, err := ParseClaim(m.Name, m.Claim)
+		if err != nil {
+			e.log.Warn("ignoring a malformed claim", "node", m.Name, "err", err)
+			continue
+		}
+		claims = append(claims, c)
+	}
+	own, lost, err := e.claimer.Step(claims)
+	if lost.IsValid() {
+		e.log.Warn("pod block lost to an older claim", "block", lost)
+		e.reportLost(ctx, lost)
+	}
+	if err != nil {
+		return err
+	}
+	if wire := FormatClaim(own); wire != *published {
+		if err := e.eo.Publish(wire); err != nil {
+			return fmt.Errorf("nodenet: publish claim: %w", err)
+		}
+		*published = wire
+		if err := e.kv().save(ctx, savedBlock{Block: own.Block, Source: SourceGossip, ClaimedAt: own.At}); err != nil {
+			return err
+		}
+		e.log.Info("claimed pod block through the mesh", "block", own.Block, "claim", wire)
+	}
+	if st := e.Status(); st.Block != own.Block || st.Source != SourceGossip {
+		e.mu.Lock()
+		e.status.Block, e.status.Source = own.Block, SourceGossip
+		e.mu.Unlock()
+	}
+	if err := e.writeConfList(own.Block); err != nil {
+		return err
+	}
+	// Peers: each block to its resolved winner only, so a doubly claimed block is never
+	// routed to the loser while the conflict lasts.
+	r := alloc.Resolve(append(claims, own))
+	var peers []Peer
+	for b, w := range r.Winners {
+		if w.Node == e.eo.NodeName || !addrs[w.Node].IsValid() {
+			continue
+		}
+		peers = append(peers, Peer{Name: w.Node, Addr: addrs[w.Node], Blocks: []netip.Prefix{b}})
+	}
+	return e.program(dp, e.eo.NodeIP, peers)
+}
+
+// kv is the node database's claim record (a claimer used only for load/save).
+func (e *EdgeController) kv() *claimer {
+	if e.eo.DB == nil {
+		return &claimer{}
+	}
+	return &claimer{kv: e.eo.DB}
+}
