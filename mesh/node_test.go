@@ -10,12 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/mesh/trust"
+	"github.com/patronus/patronus/store"
 )
 
 // cluster is a test cluster: a key and a verifier trusting it (and any pinned others).
@@ -368,29 +368,15 @@ func TestParseEventHandler(t *testing.T) {
 	}
 }
 
-type memKV struct {
-	mu sync.Mutex
-	m  map[string]string
-}
-
-func (m *memKV) Get(_ context.Context, k string) (string, bool, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	v, ok := m.m[k]
-	return v, ok, nil
-}
-
-func (m *memKV) Set(_ context.Context, k, v string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.m[k] = v
-	return nil
-}
-
 func TestStatePersisted(t *testing.T) {
 	c := newTestCluster(t, "east", "10.244.0.0/16")
 	base := loopbackBase()
-	kv := &memKV{m: map[string]string{}}
+	// The real node database: `patronus status` and a restart read the same key.
+	kv, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "k8s-sdwan.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kv.Close() }) // after the nodes stop (cleanups run last-in first-out)
 	n := startNode(t, c, "a", base+"1", nil, func(o *Options) {
 		o.Store = kv
 		o.Prefixes = []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}
