@@ -124,7 +124,9 @@ func (f *fakeKernel) EnableForwarding(v4, v6 bool) error {
 
 func unitConf(t *testing.T, dir string) []byte {
 	t.Helper()
-	return patch(t, map[string]any{"ipam.dataDir": filepath.Join(dir, "ipam"), "sdwan.database": filepath.Join(dir, "k8s.db")})
+	// No agent in unit tests: ADD's wait for the pod's policy is tested in policy_test.go.
+	return patch(t, map[string]any{"ipam.dataDir": filepath.Join(dir, "ipam"), "sdwan.database": filepath.Join(dir, "k8s.db"),
+		"sdwan.enable_policy_enforcement": false})
 }
 
 func reservations(t *testing.T, dir string) int {
