@@ -37,7 +37,7 @@ func TestTunnelBench(t *testing.T) {
 	}
 	a, b := newPair(t)
 	connect(t, a, b)
-	eventually(t, handshakeTimeout, "tunnel up", func() error { return ping(a.podName, b.podIP, 0) })
+	waitTunnel(t, a, b)
 
 	type path struct{ name, srcNS, dstNS, dst string }
 	paths := []path{

@@ -332,3 +332,26 @@ func (w *testWriter) Write(b []byte) (int, error) {
 // WireGuard resolves it with its 5 s handshake retry (seen here under load, when the test
 // configures both sides within a millisecond). So up to ~11 s is legitimate.
 const handshakeTimeout = 15 * time.Second
+
+// waitTunnel waits until pod A reaches pod B through the tunnel; on failure it logs both
+// devices' peers (handshake times, byte counters, endpoints) besides the namespace dump.
+func waitTunnel(t *testing.T, a, b *side) {
+	t.Helper()
+	deadline := time.Now().Add(handshakeTimeout)
+	for {
+		err := ping(a.podName, b.podIP, 0)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, s := range []*side{a, b} {
+				if st, serr := s.dev.State(); serr == nil {
+					t.Logf("%s device: port %d, public key %s, peers %+v", s.cluster, st.ListenPort, st.PublicKey, st.Peers)
+				}
+			}
+			eventually(t, 0, "pod A pings pod B through the tunnel", func() error { return ping(a.podName, b.podIP, 0) })
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -20,7 +20,7 @@ import (
 func TestNonGatewayNodeRoutesViaGateway(t *testing.T) {
 	a, b := newPair(t)
 	connect(t, a, b)
-	eventually(t, handshakeTimeout, "tunnel between the gateways", func() error { return ping(a.podName, b.podIP, 0) })
+	waitTunnel(t, a, b)
 	nodeName := a.gwName + "n"
 	node := enforcetest.NewNS(t, nodeName)
 	pod := &side{cluster: a.cluster, podName: nodeName + "p", podIP: netip.MustParseAddr("10.244.1.2"), podCIDR: netip.MustParsePrefix("10.244.1.0/24")}

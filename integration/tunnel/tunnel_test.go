@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,7 +28,7 @@ func TestPodToPodAcrossTunnel(t *testing.T) {
 	a, b := newPair(t)
 	connect(t, a, b)
 
-	eventually(t, handshakeTimeout, "pod A pings pod B", func() error { return ping(a.podName, b.podIP, 0) })
+	waitTunnel(t, a, b)
 	must(t, ping(b.podName, a.podIP, 0))
 	must(t, tcpEcho(t, a, b, 64<<10))
 	must(t, tcpEcho(t, b, a, 64<<10))
@@ -87,7 +86,7 @@ func TestPodToPodAcrossTunnel(t *testing.T) {
 	}
 	// And back.
 	connect(t, a, b)
-	eventually(t, handshakeTimeout, "pod A pings pod B again", func() error { return ping(a.podName, b.podIP, 0) })
+	waitTunnel(t, a, b)
 }
 
 // Gateway B rotates its key while pod A streams to pod B: the new key is applied on B
@@ -96,7 +95,7 @@ func TestPodToPodAcrossTunnel(t *testing.T) {
 func TestKeyRotationUnderStream(t *testing.T) {
 	a, b := newPair(t)
 	connect(t, a, b)
-	eventually(t, handshakeTimeout, "tunnel up", func() error { return ping(a.podName, b.podIP, 0) })
+	waitTunnel(t, a, b)
 
 	var deliveries atomic.Int32
 	rot := tunnel.NewRotator(tunnel.RotatorOptions{Device: b.dev, Spec: b.spec, Endpoints: nil, PodCIDRs: prefixes("10.248.0.0/16"),
@@ -222,15 +221,7 @@ func streamDuring(t *testing.T, a, b *side, d time.Duration, event func(mark fun
 func TestGatewayRestartKeepsStream(t *testing.T) {
 	a, b := newPair(t)
 	connect(t, a, b)
-	eventually(t, handshakeTimeout, "tunnel up", func() error {
-		err := ping(a.podName, b.podIP, 0)
-		if err != nil && os.Getenv("PATRONUS_TUNNEL_DEBUG") != "" {
-			sa, _ := a.dev.State()
-			sb, _ := b.dev.State()
-			t.Logf("%v\nA: %+v\nB: %+v", err, sa.Peers, sb.Peers)
-		}
-		return err
-	})
+	waitTunnel(t, a, b)
 	var downFor time.Duration
 	res := streamDuring(t, a, b, 5*time.Second, func(mark func()) {
 		time.Sleep(1500 * time.Millisecond)
