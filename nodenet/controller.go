@@ -341,9 +341,9 @@ func (c *Controller) reconcile(ctx context.Context, dp Datapath, nl nodeLister, 
 	if err != nil {
 		return err
 	}
-	if err := c.ensureBlock(ctx, self, ls); err != nil {
-		return err
-	}
+	// Without a block of its own (none free, API server away) the node still routes to
+	// its peers: their pods must stay reachable from the host and from pods already here.
+	blockErr := c.ensureBlock(ctx, self, ls)
 
 	held := map[string][]netip.Prefix{}
 	for _, l := range ls {
@@ -372,7 +372,7 @@ func (c *Controller) reconcile(ctx context.Context, dp Datapath, nl nodeLister, 
 	if !addr.IsValid() {
 		addr, _ = nodeIP(self)
 	}
-	return c.program(dp, addr, peers)
+	return errors.Join(blockErr, c.program(dp, addr, peers))
 }
 
 // program makes the datapath route peers (from this node's underlay address addr) and
