@@ -223,3 +223,10 @@ func Group(exports []Export) map[string][]Export {
 	}
 	return out
 }
+
+// Equal reports whether two exports announce the same thing.
+func (e Export) Equal(o Export) bool {
+	return e.Cluster == o.Cluster && e.Namespace == o.Namespace && e.Name == o.Name && e.Type == o.Type &&
+		e.SessionAffinity == o.SessionAffinity && e.AffinityTimeout == o.AffinityTimeout &&
+		e.ExportedAt.Equal(o.ExportedAt) && slices.Equal(e.Ports, o.Ports) && slices.Equal(e.Endpoints, o.Endpoints)
+}

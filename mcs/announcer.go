@@ -1,0 +1,218 @@
+package mcs
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/patronus/patronus/mcs/resolve"
+	"github.com/patronus/patronus/mesh/announce"
+)
+
+// Announcer carries exports between the clusters of the clusterset. The controller
+// publishes the exports of its own cluster and reads everyone's.
+//
+// Publish may be called repeatedly with the same export; it replaces the earlier export
+// of the same namespace/name. Implementations keep published exports alive (re-announce)
+// until withdrawn and let the exports of a cluster that stopped announcing expire.
+type Announcer interface {
+	Publish(e resolve.Export) error
+	Withdraw(namespace, name string) error
+	// Exports returns the current exports of every cluster (this cluster's own may be
+	// included) and a version that changes whenever the set may have changed.
+	Exports() (version uint64, exports []resolve.Export)
+}
+
+// MeshNode is the part of *mesh.Node the mesh announcer uses.
+type MeshNode interface {
+	Announce(a announce.Announcement) error
+	State() *announce.State
+}
+
+// MeshAnnouncer sends exports as signed `service` announcements through the mesh. The
+// receiving side only accepts endpoints inside the exporting cluster's authorised CIDRs,
+// and an export disappears when its origin leaves the mesh or stops re-announcing (the
+// announcement TTL).
+//
+// announce.Service has no fields for session affinity, export time or endpoint readiness,
+// so they travel as a suffix of its Type: `ClusterSetIP;sa=ClientIP;sat=10800;at=<unix ms>;nr=<i>,<j>`
+// (nr: indices of not-ready endpoints). A reader that only knows the plain type sees the
+// part before the first ';'.
+type MeshAnnouncer struct {
+	Node MeshNode
+}
+
+// NewMeshAnnouncer adapts a mesh node (a *mesh.Node satisfies MeshNode).
+func NewMeshAnnouncer(n MeshNode) *MeshAnnouncer { return &MeshAnnouncer{Node: n} }
+
+// Publish announces e (its Cluster is set by the mesh from the node's certificate).
+func (m *MeshAnnouncer) Publish(e resolve.Export) error {
+	return m.Node.Announce(announce.Announcement{Kind: announce.KindService, Service: ToAnnouncement(e)})
+}
+
+// Withdraw retracts this node's announcement of namespace/name.
+func (m *MeshAnnouncer) Withdraw(namespace, name string) error {
+	return m.Node.Announce(announce.Announcement{Kind: announce.KindService, Withdraw: true,
+		Service: &announce.Service{Namespace: namespace, Name: name}})
+}
+
+// Exports lists the accepted service announcements. When several nodes of one cluster
+// announced the same service (a leader change), the newest announcement counts.
+func (m *MeshAnnouncer) Exports() (uint64, []resolve.Export) {
+	st := m.Node.State()
+	v := st.Version()
+	newest := map[string]announce.Announcement{}
+	for _, a := range st.List() {
+		if a.Kind != announce.KindService || a.Service == nil || a.Withdraw {
+			continue
+		}
+		k := a.Cluster + "/" + a.Service.Namespace + "/" + a.Service.Name
+		if old, ok := newest[k]; !ok || a.Seq > old.Seq {
+			newest[k] = a
+		}
+	}
+	out := make([]resolve.Export, 0, len(newest))
+	for _, k := range slices.Sorted(maps.Keys(newest)) {
+		a := newest[k]
+		out = append(out, FromAnnouncement(a.Cluster, a.Service))
+	}
+	return v, out
+}
+
+// ToAnnouncement encodes e for the mesh.
+func ToAnnouncement(e resolve.Export) *announce.Service {
+	s := &announce.Service{Namespace: e.Namespace, Name: e.Name}
+	typ := cmp.Or(e.Type, resolve.TypeClusterSetIP)
+	var nr []string
+	for i, ep := range e.Endpoints {
+		s.Endpoints = append(s.Endpoints, ep.Addr)
+		if !ep.Ready {
+			nr = append(nr, strconv.Itoa(i))
+		}
+	}
+	if e.SessionAffinity != "" && e.SessionAffinity != resolve.AffinityNone {
+		typ += ";sa=" + e.SessionAffinity
+		if e.AffinityTimeout != 0 {
+			typ += ";sat=" + strconv.Itoa(int(e.AffinityTimeout))
+		}
+	}
+	if !e.ExportedAt.IsZero() {
+		typ += ";at=" + strconv.FormatInt(e.ExportedAt.UnixMilli(), 10)
+	}
+	if len(nr) > 0 {
+		typ += ";nr=" + strings.Join(nr, ",")
+	}
+	s.Type = typ
+	for _, p := range e.Ports {
+		s.Ports = append(s.Ports, announce.Port{Name: p.Name, Port: uint16(p.Port), Protocol: p.Protocol})
+	}
+	return s
+}
+
+// FromAnnouncement decodes a service announcement of cluster. Unknown suffix fields are
+// ignored (a newer sender), malformed ones too: the export still carries its ports and
+// endpoints.
+func FromAnnouncement(cluster string, s *announce.Service) resolve.Export {
+	e := resolve.Export{Cluster: cluster, Namespace: s.Namespace, Name: s.Name, SessionAffinity: resolve.AffinityNone}
+	parts := strings.Split(s.Type, ";")
+	e.Type = cmp.Or(parts[0], resolve.TypeClusterSetIP)
+	notReady := map[int]bool{}
+	for _, kv := range parts[1:] {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "sa":
+			e.SessionAffinity = v
+		case "sat":
+			if n, err := strconv.ParseInt(v, 10, 32); err == nil {
+				e.AffinityTimeout = int32(n)
+			}
+		case "at":
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+				e.ExportedAt = time.UnixMilli(n).UTC()
+			}
+		case "nr":
+			for _, i := range strings.Split(v, ",") {
+				if n, err := strconv.Atoi(i); err == nil {
+					notReady[n] = true
+				}
+			}
+		}
+	}
+	for i, a := range s.Endpoints {
+		e.Endpoints = append(e.Endpoints, resolve.Endpoint{Addr: a, Ready: !notReady[i]})
+	}
+	for _, p := range s.Ports {
+		e.Ports = append(e.Ports, resolve.Port{Name: p.Name, Port: int32(p.Port), Protocol: p.Protocol})
+	}
+	return e
+}
+
+// Bus is an in-memory Announcer shared by several controllers in one process: a stand-in
+// for the mesh in unit tests of the controller logic. Expire removes a cluster's exports
+// as an expired mesh announcement would.
+type Bus struct {
+	mu      sync.Mutex
+	version uint64
+	exports map[string]resolve.Export // cluster/ns/name
+}
+
+// NewBus returns an empty bus.
+func NewBus() *Bus { return &Bus{exports: map[string]resolve.Export{}} }
+
+// For returns the Announcer of cluster on the bus.
+func (b *Bus) For(cluster string) Announcer { return busClient{b, cluster} }
+
+// Expire drops every export of cluster.
+func (b *Bus) Expire(cluster string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for k, e := range b.exports {
+		if e.Cluster == cluster {
+			delete(b.exports, k)
+		}
+	}
+	b.version++
+}
+
+type busClient struct {
+	b       *Bus
+	cluster string
+}
+
+func (c busClient) Publish(e resolve.Export) error {
+	if e.Namespace == "" || e.Name == "" {
+		return errors.New("bus: export without namespace/name")
+	}
+	e.Cluster = c.cluster
+	e.Ports, e.Endpoints = slices.Clone(e.Ports), slices.Clone(e.Endpoints)
+	c.b.mu.Lock()
+	defer c.b.mu.Unlock()
+	c.b.exports[fmt.Sprintf("%s/%s/%s", c.cluster, e.Namespace, e.Name)] = e
+	c.b.version++
+	return nil
+}
+
+func (c busClient) Withdraw(namespace, name string) error {
+	c.b.mu.Lock()
+	defer c.b.mu.Unlock()
+	delete(c.b.exports, fmt.Sprintf("%s/%s/%s", c.cluster, namespace, name))
+	c.b.version++
+	return nil
+}
+
+func (c busClient) Exports() (uint64, []resolve.Export) {
+	c.b.mu.Lock()
+	defer c.b.mu.Unlock()
+	out := make([]resolve.Export, 0, len(c.b.exports))
+	for _, k := range slices.Sorted(maps.Keys(c.b.exports)) {
+		out = append(out, c.b.exports[k])
+	}
+	return c.b.version, out
+}
+
