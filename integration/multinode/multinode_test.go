@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/patronus/patronus/integration/k8senv"
@@ -185,7 +186,22 @@ func podNetwork(t *testing.T, cluster *k8senv.Cluster, leaseNS string, withPodCI
 		t.Fatalf("no %s on %s: %v", nodenet.VXLANDevice, nodes[0].name, err)
 	}
 	before := ownedRoutes(t, nodes[0])
+	nsh, err := netns.GetFromName(nodes[0].netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	updates, stopWatch := make(chan netlink.RouteUpdate, 100), make(chan struct{})
+	if err := netlink.RouteSubscribeAt(nsh, updates, stopWatch); err != nil {
+		t.Fatal(err)
+	}
+	nsh.Close()
 	time.Sleep(2500 * time.Millisecond)
+	close(stopWatch)
+	for len(updates) > 0 {
+		if u := <-updates; u.Protocol == nodenet.RouteProtocol {
+			t.Fatalf("a resync with nothing to change touched route %v (type %d)", u.Dst, u.Type)
+		}
+	}
 	if again, err := handleIn(t, nodes[0].netns).LinkByName(nodenet.VXLANDevice); err != nil || again.Attrs().Index != ptx.Attrs().Index {
 		t.Fatalf("%s re-created by a resync (%v)", nodenet.VXLANDevice, err)
 	}
