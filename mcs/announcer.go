@@ -215,4 +215,3 @@ func (c busClient) Exports() (uint64, []resolve.Export) {
 	}
 	return c.b.version, out
 }
-
