@@ -158,9 +158,13 @@ func (s *side) openDevice(t *testing.T, key wgtypes.Key) {
 	t.Helper()
 	s.spec = wg.Spec{Name: wg.InterfaceName(s.cluster), ListenPort: wg.DefaultPort, PrivateKey: key, MTU: 1500 - wg.Overhead}
 	o := wg.Options{NetNS: s.gw.Path(), Mode: wg.ModeUserspace}
+	// WireGuard's errors (a failed TUN write, a rejected packet) always reach the test
+	// log; its verbose handshake log only with PATRONUS_TUNNEL_DEBUG=1.
+	level := slog.LevelWarn
 	if os.Getenv("PATRONUS_TUNNEL_DEBUG") != "" {
-		o.Logger = slog.New(slog.NewTextHandler(&testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("side", s.cluster)
+		level = slog.LevelDebug
 	}
+	o.Logger = slog.New(slog.NewTextHandler(&testWriter{t}, &slog.HandlerOptions{Level: level})).With("side", s.cluster)
 	d, err := wg.Open(o, s.spec)
 	must(t, err)
 	t.Cleanup(func() { d.Close() })
