@@ -26,7 +26,7 @@ PATRONUS=$ROOT/bin/patronus
 BUSYBOX=patronus.local/busybox:1.35
 PODS=(pod-a pod-b)
 
-SCENARIOS=(scenario_pods scenario_ping scenario_status scenario_api_server scenario_agent)
+SCENARIOS=(scenario_api_server scenario_agent scenario_pods scenario_ping scenario_status)
 
 if [ -t 1 ]; then B=$'\e[1m' G=$'\e[32m' Y=$'\e[33m' N=$'\e[0m'; else B= G= Y= N=; fi
 step() { printf '%s==>%s %s\n' "$B" "$N" "$*"; }
@@ -101,8 +101,12 @@ scenario_pods() {
 	local cg
 	cg=$(cat "$NODE_DIR/cgroup-parent")
 	for pod in "${PODS[@]}"; do
+		# The sandbox carries the API object's uid, as kubelet's would: the agent matches
+		# the plugin's registration with the object by namespace, name and uid.
+		local uid
+		uid=$(kubectl get pod "$pod" -o 'jsonpath={.metadata.uid}')
 		cat >"$DEMO_DIR/$pod.json" <<JSON
-{"metadata": {"name": "$pod", "namespace": "default", "uid": "demo-$pod", "attempt": 0},
+{"metadata": {"name": "$pod", "namespace": "default", "uid": "$uid", "attempt": 0},
  "log_directory": "$DEMO_DIR/logs/$pod", "linux": {"cgroup_parent": "$cg"}}
 JSON
 		cat >"$DEMO_DIR/$pod-shell.json" <<JSON
@@ -137,11 +141,14 @@ scenario_ping() {
 }
 
 scenario_status() {
-	scenario "patronus status (inside the node, where the database is /var/lib/patronus/k8s-sdwan.db)"
-	if ! "$PATRONUS" status --help >/dev/null 2>&1; then
-		skipped "not built yet (patronus status)"
-		return 0
-	fi
+	scenario "patronus pods and patronus status: the pods as Kubernetes sees them, from the agent"
+	local i
+	for i in $(seq 1 40); do
+		[ "$(in_node "$PATRONUS" pods -o json 2>/dev/null | grep -c '"synced": true')" -ge 2 ] && break
+		sleep 0.25
+	done
+	in_node "$PATRONUS" pods | sed 's/^/    /'
+	echo
 	# Inside the node's namespaces the database and agent socket are at their default paths;
 	# the CNI bin dir is the demo node's.
 	local rc=0
@@ -150,13 +157,71 @@ scenario_status() {
 }
 
 scenario_api_server() {
-	scenario "A real Kubernetes API server for the demo node"
-	skipped "not built yet (the lead adds kube-apiserver + etcd here)"
+	scenario "A real Kubernetes API server for the demo node (etcd + kube-apiserver inside the node)"
+	step "building or reusing etcd, kube-apiserver and kubectl (first time: 6 to 15 minutes)"
+	K8S_BIN=$(./scripts/build-k8s.sh)
+	local pki=$DEMO_DIR/pki
+	step "certificates for the demo cluster in $pki"
+	go run ./scripts/lab/pki -dir "$pki" ca
+	go run ./scripts/lab/pki -dir "$pki" sa
+	go run ./scripts/lab/pki -dir "$pki" cert apiserver kube-apiserver "" 127.0.0.1,localhost
+	go run ./scripts/lab/pki -dir "$pki" cert admin admin system:masters
+	# Both run inside the node's namespaces: the node's loopback is theirs alone.
+	in_node sh -c "exec '$K8S_BIN/etcd' --data-dir '$DEMO_DIR/etcd' --listen-client-urls http://127.0.0.1:2379 \
+		--advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 \
+		--unsafe-no-fsync >'$DEMO_DIR/etcd.log' 2>&1 & echo \$! >'$DEMO_DIR/etcd.pid'"
+	in_node sh -c "exec '$K8S_BIN/kube-apiserver' --etcd-servers http://127.0.0.1:2379 \
+		--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port 6443 \
+		--endpoint-reconciler-type none --authorization-mode RBAC --allow-privileged \
+		--service-cluster-ip-range 10.96.0.0/12 --disable-admission-plugins ServiceAccount \
+		--client-ca-file '$pki/ca.crt' --tls-cert-file '$pki/apiserver.crt' --tls-private-key-file '$pki/apiserver.key' \
+		--service-account-issuer https://kubernetes.default.svc --service-account-key-file '$pki/sa.pub' \
+		--service-account-signing-key-file '$pki/sa.key' >'$DEMO_DIR/kube-apiserver.log' 2>&1 & echo \$! >'$DEMO_DIR/kube-apiserver.pid'"
+	cat >"$DEMO_DIR/kubeconfig" <<KC
+apiVersion: v1
+kind: Config
+clusters: [{name: demo, cluster: {server: "https://127.0.0.1:6443", certificate-authority: "$pki/ca.crt"}}]
+users: [{name: admin, user: {client-certificate: "$pki/admin.crt", client-key: "$pki/admin.key"}}]
+contexts: [{name: demo, context: {cluster: demo, user: admin}}]
+current-context: demo
+KC
+	local i
+	for i in $(seq 1 120); do
+		kubectl get --raw /readyz >/dev/null 2>&1 && break
+		[ "$i" = 120 ] && die "kube-apiserver did not become ready (see $DEMO_DIR/kube-apiserver.log)"
+		sleep 0.5
+	done
+	ok "kube-apiserver ready at https://127.0.0.1:6443 inside $NETNS ($(kubectl version 2>/dev/null | sed -n 's/^Server Version: //p'))"
+	step "installing Patronus' objects the way a user does: kubectl apply --server-side -f manifests/"
+	kubectl apply --server-side -f "$ROOT/manifests/" 2>&1 | sed 's/^/    /'
+	step "the pods as API objects bound to node $NETNS (as the scheduler would; containerd starts their sandboxes next)"
+	local pod
+	for pod in "${PODS[@]}"; do
+		kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: $pod, namespace: default, labels: {app: $pod, demo: patronus}, annotations: {patronus.io/qos-class: $([ "$pod" = pod-a ] && echo latency-sensitive || echo bulk)}}
+spec: {nodeName: $NETNS, containers: [{name: shell, image: $BUSYBOX}]}
+YAML
+	done
+	kubectl get pods -o wide 2>&1 | sed 's/^/    /'
 }
 
+# kubectl against the demo's API server, from inside the node.
+kubectl() { in_node "$K8S_BIN/kubectl" --kubeconfig "$DEMO_DIR/kubeconfig" "$@"; }
+
 scenario_agent() {
-	scenario "patronus agent: pods as Kubernetes sees them"
-	skipped "not built yet (the lead adds the agent here)"
+	scenario "patronus agent on the node (the DaemonSet's process; the CNI plugin asks it before a pod starts)"
+	in_node sh -c "exec '$PATRONUS' agent --kubeconfig '$DEMO_DIR/kubeconfig' --node-name '$NETNS' \
+		--cni-conflist '$NODE_DIR/cni/net.d/10-patronus.conflist' --metrics-addr 127.0.0.1:9476 --log-format text \
+		>'$DEMO_DIR/agent.log' 2>&1 & echo \$! >'$DEMO_DIR/agent.pid'"
+	local i
+	for i in $(seq 1 60); do
+		in_node sh -c "test -S /var/run/patronus/agent.sock" && break
+		[ "$i" = 60 ] && die "the agent did not become ready (see $DEMO_DIR/agent.log)"
+		sleep 0.5
+	done
+	ok "agent running (log: $DEMO_DIR/agent.log)"
 }
 
 main() {

@@ -90,8 +90,8 @@ func TestAgentRunsWithServiceAccountToken(t *testing.T) {
 		}
 		return nil
 	})
-	if st.ClusterID != "cluster-1" {
-		t.Errorf("cluster id %q: want the ConfigMap's cluster-1 (read with the ServiceAccount)", st.ClusterID)
+	if st.ClusterID != "prod-us-west" {
+		t.Errorf("cluster id %q: want the ConfigMap's prod-us-west (read with the ServiceAccount)", st.ClusterID)
 	}
 
 	waitFor(t, done, 30*time.Second, "Event for the invalid QoS annotation", func() error {
