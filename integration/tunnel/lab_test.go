@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -164,7 +165,9 @@ func (s *side) openDevice(t *testing.T, key wgtypes.Key) {
 	if os.Getenv("PATRONUS_TUNNEL_DEBUG") != "" {
 		level = slog.LevelDebug
 	}
-	o.Logger = slog.New(slog.NewTextHandler(&testWriter{t}, &slog.HandlerOptions{Level: level})).With("side", s.cluster)
+	tw := &testWriter{t: t}
+	t.Cleanup(func() { tw.done.Store(true) }) // runs after the device's Close (LIFO)
+	o.Logger = slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: level})).With("side", s.cluster)
 	d, err := wg.Open(o, s.spec)
 	must(t, err)
 	t.Cleanup(func() { d.Close() })
@@ -323,10 +326,16 @@ func prefixIPNet(p netip.Prefix) *net.IPNet {
 }
 
 // testWriter sends log lines to t.Log.
-type testWriter struct{ t *testing.T }
+// Lines after the test ended are dropped (t.Log would panic).
+type testWriter struct {
+	t    *testing.T
+	done atomic.Bool
+}
 
 func (w *testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
+	if !w.done.Load() {
+		w.t.Log(strings.TrimRight(string(b), "\n"))
+	}
 	return len(b), nil
 }
 
