@@ -17,6 +17,10 @@ step "building or reusing reference CNI plugins"
 PATRONUS_CNI_PLUGINS=$(./scripts/build-cni-plugins.sh)
 export PATRONUS_CNI_PLUGINS
 
+step "building or reusing crictl (for the containerd tests)"
+PATRONUS_CRICTL=$(./scripts/containerd/build-crictl.sh)/crictl
+export PATRONUS_CRICTL
+
 step "go vet"
 go vet ./...
 if [ -x scripts/check-generated.sh ]; then
