@@ -70,6 +70,7 @@ var needed = []access{
 	{verb: "create", group: mcs, resource: "serviceimports", namespace: "default"},
 	{verb: "update", group: mcs, resource: "serviceimports", namespace: "default", name: "x"},
 	{verb: "delete", group: mcs, resource: "serviceimports", namespace: "default", name: "x"},
+	{verb: "update", group: mcs, resource: "serviceimports", subresource: "status", namespace: "default", name: "x"},
 	{verb: "create", resource: "events", namespace: "default"}, {verb: "patch", resource: "events", namespace: "default", name: "x"},
 	{verb: "create", group: "events.k8s.io", resource: "events", namespace: "default"},
 	{verb: "get", resource: "secrets", namespace: ns, name: "patronus-cluster-key"},
