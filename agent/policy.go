@@ -100,6 +100,9 @@ type PolicyOptions struct {
 	Debounce time.Duration
 	// CounterInterval is how often deny counters are exported (default 1s).
 	CounterInterval time.Duration
+	// OnSync, if set, is called after every enforcer Set with the endpoints applied and
+	// Set's error (tests and benchmarks measure enforcement latency with it).
+	OnSync func(endpoints []enforce.Endpoint, err error)
 }
 
 func (o PolicyOptions) withDefaults() PolicyOptions {
@@ -428,6 +431,9 @@ func (pc *policyController) sync(ctx context.Context) error {
 	}
 	pc.mu.Unlock()
 	pc.endpoints.Set(float64(len(eps)))
+	if pc.opts.OnSync != nil {
+		pc.opts.OnSync(eps, setErr)
+	}
 	return setErr
 }
 
@@ -449,11 +455,13 @@ func (pc *policyController) compute(rows []store.Pod) ([]enforce.Endpoint, error
 	}
 	// One row per pod: the newest attachment (an older incarnation's row waits for its DEL).
 	byKey := map[string]store.Pod{}
+	inDB := map[string]bool{}
 	for _, r := range rows {
 		if r.Namespace == "" || r.Name == "" || r.HostVeth == "" {
 			continue
 		}
 		k := r.Namespace + "/" + r.Name
+		inDB[k] = true
 		if old, ok := byKey[k]; !ok || r.CreatedAt.After(old.CreatedAt) {
 			byKey[k] = r
 		}
@@ -485,8 +493,14 @@ func (pc *policyController) compute(rows []store.Pod) ([]enforce.Endpoint, error
 		nsAnn[n.Name] = n.Annotations
 	}
 	apiPods := map[string]*corev1.Pod{}
+	var resolved []string // announced pods now known to the informer and the database
 	for _, p := range pods {
 		k := p.Namespace + "/" + p.Name
+		if _, ok := pending[k]; ok {
+			if inDB[k] {
+				resolved = append(resolved, k)
+			}
+		}
 		if _, ok := byKey[k]; ok && p.Spec.NodeName != node {
 			// Attached here, so it runs here whatever the (not yet bound) object says.
 			c := p.DeepCopy()
@@ -520,6 +534,13 @@ func (pc *policyController) compute(rows []store.Pod) ([]enforce.Endpoint, error
 		}
 		apiPods[k] = p
 		in.Pods = append(in.Pods, *p)
+	}
+	if len(resolved) > 0 {
+		pc.mu.Lock()
+		for _, k := range resolved {
+			delete(pc.pending, k)
+		}
+		pc.mu.Unlock()
 	}
 	set, cerr := policy.Compile(in, policy.Options{Node: node, KnownIPs: known})
 	if cerr != nil {

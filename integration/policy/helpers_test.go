@@ -46,7 +46,7 @@ var (
 
 // cniBinDir returns a directory holding patronus-cni (the patronus binary: it acts as
 // the plugin when called under that name).
-func cniBinDir(t *testing.T) string {
+func cniBinDir(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		builtDir, buildErr = os.MkdirTemp("", "pt-polbin-")
@@ -86,7 +86,7 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-type tlogWriter struct{ t *testing.T }
+type tlogWriter struct{ t testing.TB }
 
 func (w tlogWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
@@ -113,7 +113,7 @@ func (s *syncBuffer) String() string {
 
 // node is one node: its netns, the agent enforcing there, and the pods attached.
 type node struct {
-	t      *testing.T
+	t      testing.TB
 	k      kubernetes.Interface
 	name   string
 	prefix string // namespace prefix of this run ("<prefix>-x")
@@ -142,7 +142,9 @@ type pod struct {
 
 func (p *pod) String() string { return p.lns + "/" + p.name }
 
-func newNode(t *testing.T, c *k8senv.Cluster, datapath string) *node {
+// newNode makes a node namespace and starts the agent for it; mods adjust the agent's
+// options (benchmarks).
+func newNode(t testing.TB, c *k8senv.Cluster, datapath string, mods ...func(*agent.Options)) *node {
 	t.Helper()
 	enforcetest.RequireRoot(t)
 	id := randHex(3)
@@ -207,6 +209,9 @@ func newNode(t *testing.T, c *k8senv.Cluster, datapath string) *node {
 		Logger: slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Policy: &agent.PolicyOptions{BPFFS: enforcetest.BPFFS(t), NetNS: n.nsPath, AuditOut: n.audit,
 			CounterInterval: 200 * time.Millisecond},
+	}
+	for _, m := range mods {
+		m(&n.opts)
 	}
 	n.start()
 	t.Cleanup(func() { n.stop() })
@@ -311,7 +316,7 @@ func (n *node) addPod(lns, name string, serveBeforeAdd bool) *pod {
 }
 
 // serve runs TCP echo servers on 80 and 81 and a UDP echo server on 80 (all addresses).
-func (p *pod) serve(t *testing.T) {
+func (p *pod) serve(t testing.TB) {
 	t.Helper()
 	err := p.netns.Do(func(ns.NetNS) error {
 		for _, port := range []string{"80", "81"} {

@@ -40,11 +40,12 @@ func port(p intstr.IntOrString, proto corev1.Protocol) networkingv1.NetworkPolic
 	return networkingv1.NetworkPolicyPort{Port: &p, Protocol: &proto}
 }
 
-// TestNetworkPolicyEndToEnd runs the scenarios on both datapaths, one API server for
-// both (each datapath has its own node namespace, agent, bpffs and namespaces).
+// TestNetworkPolicyEndToEnd runs the scenarios for each ConfigMap datapath setting
+// (ebpf, nftables, both), one API server for all (each has its own node namespace,
+// agent, bpffs and namespaces).
 func TestNetworkPolicyEndToEnd(t *testing.T) {
 	c := k8senv.Start(t)
-	for _, dp := range []string{"ebpf", "nftables"} {
+	for _, dp := range []string{"ebpf", "nftables", "both"} {
 		t.Run(dp, func(t *testing.T) { runScenarios(t, c, dp) })
 	}
 }
@@ -233,7 +234,8 @@ func countersAndAudit(t *testing.T, n *node, datapath string) {
 	for line == nil && time.Now().Before(deadline) {
 		for _, l := range strings.Split(n.audit.String(), "\n") {
 			var rec map[string]any
-			if json.Unmarshal([]byte(l), &rec) == nil && rec["verdict"] == "deny" && strings.Contains(fmt.Sprint(rec["policy"]), n.prefix+"-w/deny-all") {
+			if json.Unmarshal([]byte(l), &rec) == nil && rec["verdict"] == "deny" && rec["protocol"] == "TCP" && rec["port"] == float64(80) &&
+				strings.Contains(fmt.Sprint(rec["policy"]), n.prefix+"-w/deny-all") {
 				line = rec
 				break
 			}
