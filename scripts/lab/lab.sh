@@ -12,6 +12,7 @@
 #   lab.sh kubectl CLUSTER ARGS...         kubectl against cluster CLUSTER (1, 2, ...)
 #   lab.sh exec CLUSTER NODE CMD...        run CMD in node NODE's network + mount namespace
 #   lab.sh status                          what is running
+#   lab.sh smoke                           pod IPs, pod-to-pod (intra/inter node), DNS
 #
 # Environment: LAB_DIR (state, default /var/tmp/patronus-lab), LAB_CLUSTERS, LAB_NODES,
 # PATRONUS_BIN (default: `make build` -> bin/patronus).
@@ -81,12 +82,14 @@ build_all() {
 		PATRONUS_BIN=$ROOT/bin/patronus
 	fi
 	export LAB_BIN PATRONUS_BIN
+	CNI_PLUGINS=$(./scripts/build-cni-plugins.sh)
 	mapfile -t IMAGES < <(./scripts/images.sh --lab)
 	log "components and images ready in $(( $(date +%s) - t0 ))s"
 	cat >"$LAB_DIR/bin.env" <<ENV
 K8S_BIN=$K8S_BIN
 LAB_BIN=$LAB_BIN
 PATRONUS_BIN=$PATRONUS_BIN
+CNI_PLUGINS=$CNI_PLUGINS
 ENV
 }
 
@@ -187,6 +190,7 @@ cp_up() {
 		--client-ca-file="$p/ca.crt" \
 		--kubelet-client-certificate="$p/apiserver-kubelet.crt" --kubelet-client-key="$p/apiserver-kubelet.key" \
 		--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+		--kubelet-preferred-address-types=InternalIP \
 		--service-cluster-ip-range="$SERVICE_CIDR" \
 		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
@@ -243,6 +247,11 @@ node_up() {
 		fi
 	done
 
+	# What the node's OS ships (the kubernetes-cni package on a real node): the reference
+	# loopback plugin, which containerd 1.6 runs for every pod's lo. Patronus itself is
+	# installed by its DaemonSet.
+	mkdir -p "$nd/containerd/cni/bin"
+	cp "$CNI_PLUGINS/loopback" "$nd/containerd/cni/bin/loopback"
 	SANDBOX_IMAGE=registry.k8s.io/pause:3.10.2 ./scripts/containerd/node.sh up "$nd/containerd" "$n" >&2
 	cpid=$(cat "$nd/containerd/containerd.pid")
 	# The node's private mount namespace (containerd's; kubelet and kube-proxy join it):
@@ -341,8 +350,18 @@ install_patronus() {
 	log "cluster $c: kubectl apply -f manifests/"
 	"$k" apply -f manifests/ >&2
 	# The lab's own values for this cluster (the ConfigMap ships an example).
+	local id=lab-c$c conf_id
+	# The agent refuses to start when CLUSTER_ID (from this ConfigMap) and the conflist
+	# install-cni writes (the embedded manifests/10-patronus.conflist, whose cluster_id
+	# install-cni does not render) disagree. Until install-cni renders it, use the
+	# conflist's id and say so.
+	conf_id=$(sed -n 's/.*"cluster_id": *"\([^"]*\)".*/\1/p' manifests/10-patronus.conflist)
+	if [ -n "$conf_id" ] && [ "$conf_id" != "$id" ]; then
+		log "WARNING: manifests/10-patronus.conflist pins cluster_id \"$conf_id\" and install-cni does not render it from CLUSTER_ID; cluster $c uses \"$conf_id\" instead of \"$id\" so the agent starts"
+		id=$conf_id
+	fi
 	"$k" -n kube-system patch configmap patronus-config --type merge -p \
-		"{\"data\":{\"cluster-id\":\"lab-c$c\",\"cluster-cidr\":\"$(pod_cidr "$c")\",\"service-cidr\":\"$SERVICE_CIDR\"}}" >&2
+		"{\"data\":{\"cluster-id\":\"$id\",\"cluster-cidr\":\"$(pod_cidr "$c")\",\"service-cidr\":\"$SERVICE_CIDR\"}}" >&2
 }
 
 install_coredns() {
@@ -404,10 +423,11 @@ down() {
 	for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$PREFIX-" || true); do nslist+=("$n"); done
 	# Nodes: containerd's harness removes pods (CNI DEL), kills everything in the node's
 	# mount namespace (containerd, shims, kubelet, kube-proxy, containers) and its cgroups.
-	local nd
+	local nd crictl
+	crictl=$(./scripts/containerd/build-crictl.sh 2>/dev/null || true)
 	for nd in "$LAB_DIR"/c*/n*/containerd; do
 		[ -d "$nd" ] || continue
-		CRICTL=${CRICTL:-} ./scripts/containerd/node.sh down "$nd" >&2 || log "warning: node.sh down $nd failed"
+		CRICTL=$crictl ./scripts/containerd/node.sh down "$nd" >&2 || log "warning: node.sh down $nd failed"
 	done
 	# Every process still in one of our network namespaces (control planes, leftovers).
 	local inodes="" p pids=()
@@ -442,6 +462,40 @@ down() {
 	log "lab removed"
 }
 
+# smoke: per cluster, one agnhost netexec pod per node; every pod fetches every other pod's
+# /hostname by pod IP (intra- and inter-node) and the API server's /readyz by its DNS name
+# (CoreDNS + the kubernetes Service through kube-proxy).
+smoke() {
+	local c k i node fails=0
+	. "$LAB_DIR/shape"
+	for c in $(seq 1 "$CLUSTERS"); do
+		k=$(cdir "$c")/kubectl
+		for i in $(seq 1 "$NODES"); do
+			node=$(node_name "$c" "$i")
+			"$k" get pod "smoke-$node" >/dev/null 2>&1 || "$k" run "smoke-$node" \
+				--image=registry.k8s.io/e2e-test-images/agnhost:2.66.1 --image-pull-policy=IfNotPresent \
+				--restart=Never --overrides="{\"spec\":{\"nodeName\":\"$node\"}}" -- netexec --http-port=8080 >/dev/null
+		done
+		"$k" wait --for=condition=Ready pod -l run --timeout=120s >/dev/null 2>&1 ||
+			"$k" wait --for=condition=Ready pod --all -n default --timeout=60s >&2
+		"$k" get pods -o wide >&2
+		local pods ips p ip out
+		pods=$("$k" get pods -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.status.podIP}{"\n"}{end}' | grep '^smoke-')
+		while read -r p _; do
+			while read -r _ ip; do
+				out=$("$k" exec "$p" -- curl -s -m 3 "http://$ip:8080/hostname" 2>&1) || out="FAILED: $out"
+				echo "cluster $c: $p -> $ip:8080/hostname: $out"
+				case "$out" in FAILED*) fails=$((fails + 1)) ;; esac
+			done <<<"$pods"
+			out=$("$k" exec "$p" -- curl -sk -m 5 -o /dev/null -w '%{http_code}' https://kubernetes.default.svc.cluster.local/readyz 2>&1) || out="FAILED: $out"
+			echo "cluster $c: $p -> https://kubernetes.default.svc.cluster.local/readyz (DNS via CoreDNS, Service via kube-proxy): HTTP $out"
+			case "$out" in FAILED*|000*) fails=$((fails + 1)) ;; esac
+		done <<<"$pods"
+	done
+	[ $fails = 0 ] || { log "smoke: $fails checks failed"; return 1; }
+	log "smoke: all checks passed"
+}
+
 status() {
 	[ -f "$LAB_DIR/shape" ] || { echo "no lab"; return 0; }
 	cat "$LAB_DIR/shape"
@@ -462,6 +516,7 @@ case "$cmd" in
 up) up "$@" ;;
 down) down ;;
 status) status ;;
+smoke) smoke ;;
 kubectl) c=${1:?cluster}; shift; exec "$(cdir "$c")/kubectl" "$@" ;;
 exec)
 	c=${1:?cluster}; i=${2:?node}; shift 2
