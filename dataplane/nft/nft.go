@@ -310,7 +310,9 @@ func (e *Enforcer) apply(desired map[string]*chainSpec, wantElems map[string]map
 	}
 	have := map[string]*nftables.Chain{}
 	for _, c := range chains {
-		if c.Table.Name == e.opts.Table && c.Name != baseChain {
+		// Other parts of Patronus keep chains in the same table (masquerade, MSS
+		// clamping): only endpoint chains are this enforcer's to delete.
+		if c.Table.Name == e.opts.Table && ownedChain(c.Name) {
 			have[c.Name] = c
 		}
 	}
@@ -452,6 +454,25 @@ func (e *Enforcer) apply(desired map[string]*chainSpec, wantElems map[string]map
 func stableName(content string) string {
 	n, _, _ := strings.Cut(content, "-")
 	return n
+}
+
+// ownedChain tells the endpoint chains this enforcer writes ("i<tag>", "e<tag>" and their
+// content chains "i<tag>-<hash>") from every other chain in the table.
+func ownedChain(name string) bool {
+	stable, hash, hasHash := strings.Cut(name, "-")
+	if len(stable) != 9 || (stable[0] != 'i' && stable[0] != 'e') || !isHex(stable[1:]) {
+		return false
+	}
+	return !hasHash || (len(hash) == 16 && isHex(hash))
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func isStable(name string) bool { return !strings.Contains(name, "-") }

@@ -200,3 +200,33 @@ func TestNftServiceDNAT(t *testing.T) {
 		t.Error("c -> Service of b: allowed, want denied (b's ingress)")
 	}
 }
+
+// TestNftKeepsOtherChains: chains other parts of Patronus keep in the same table
+// (nodenet's masquerade, the tunnel's MSS clamp) survive every Set and Remove.
+func TestNftKeepsOtherChains(t *testing.T) {
+	tp := enforcetest.NewTopology(t, 2)
+	e, err := New(Options{NetNS: tp.Node.Path()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ctx := context.Background()
+	if err := e.Set(ctx, policyAB(tp)); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", filepath.Base(tp.Node.Path()), "nft", "add", "chain", "inet", "patronus", "nodenet-masq")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("add foreign chain: %v: %s", err, out)
+	}
+	eps := policyAB(tp)
+	eps[1].Ingress = eps[1].Ingress[:1] // a change: content chains are replaced
+	if err := e.Set(ctx, eps); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Remove(ctx, eps[0]); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(nftList(t, tp), "chain nodenet-masq") {
+		t.Fatal("the enforcer deleted a chain it does not own")
+	}
+}
