@@ -17,6 +17,8 @@ import (
 
 	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/kube"
+	"github.com/patronus/patronus/mesh"
+	"github.com/patronus/patronus/probe"
 	"github.com/patronus/patronus/store"
 	"golang.org/x/sync/errgroup"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -58,6 +60,10 @@ type agent struct {
 	seen map[string]*seenSet // per kind: keys present in the API
 
 	policy atomic.Pointer[policyController] // set once its caches synced (nil: enforcement off)
+
+	meshNode atomic.Pointer[mesh.Node]     // the running mesh node (mesh.go), nil when not running
+	meshErr  atomic.Value                  // string: why the mesh is not running
+	pathsSvc atomic.Pointer[probe.Service] // the running path monitor (paths.go)
 }
 
 // Run runs the agent until ctx is cancelled (SIGTERM) or a fatal error: an invalid
@@ -213,6 +219,13 @@ func (a *agent) runKube(ctx context.Context) error {
 	a.cfgMu.Unlock()
 	a.log.Info("configuration loaded", "clusterID", cfg.ClusterID, "clusterIDSource", cfg.ClusterIDSource,
 		"bridge", cfg.Bridge, "defaultQoSClass", cfg.DefaultQoSClass, "remoteClusters", len(cfg.RemoteClusters))
+	// The mesh and the path monitor need only the configuration, not the caches.
+	var gw sync.WaitGroup
+	gctx, stopGateway := context.WithCancel(ctx)
+	defer gw.Wait()
+	defer stopGateway() // before the Wait: an early return must not wait for ctx
+	a.startMesh(gctx, &cfg, &gw)
+	a.startPaths(gctx, &cfg, &gw)
 	if cfg.Database != "" && cfg.Database != a.opts.DatabasePath {
 		a.log.Warn("the conflist's sdwan.database differs from the agent's database: pods the plugin registers will not be seen",
 			"conflist", cfg.Database, "agent", a.opts.DatabasePath)

@@ -27,6 +27,9 @@ func (a *agent) apiMux() (mux *http.ServeMux, err error) {
 	mux.HandleFunc("GET "+localapi.PathPods, a.handlePods)
 	mux.HandleFunc("POST "+localapi.PathEndpointSync, a.handleEndpointSync)
 	mux.HandleFunc("POST "+localapi.PathEndpointRemove, a.handleEndpointRemove)
+	for _, h := range append(a.meshHandlers(), a.pathsHandlers()...) {
+		mux.Handle(h.Pattern, h.Handler)
+	}
 	for _, h := range a.opts.APIHandlers {
 		mux.Handle(h.Pattern, h.Handler)
 	}
@@ -122,6 +125,7 @@ func (a *agent) status(ctx context.Context) (localapi.Status, error) {
 		bridge = cfg.Bridge
 	}
 	s.Bridge = localapi.BridgeStatus(bridge)
+	s.Mesh = a.meshStatus(ctx)
 	pods, err := a.listPods(ctx)
 	if err != nil {
 		return s, err

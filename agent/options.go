@@ -86,6 +86,11 @@ type Options struct {
 	// Policy turns NetworkPolicy enforcement on (nil: off; the CLI sets it unless
 	// --enforce-policy=false). See agent/policy.go.
 	Policy *PolicyOptions
+	// Mesh runs the gateway mesh node (nil: off; the CLI sets it unless --mesh=false).
+	// See agent/mesh.go.
+	Mesh *MeshOptions
+	// Paths runs path monitoring to the remote clusters (nil: off). See agent/paths.go.
+	Paths *PathsOptions
 }
 
 func (o Options) withDefaults() Options {

@@ -20,6 +20,7 @@ func newAgentCmd(e env) *cobra.Command {
 		o         agent.Options
 		po        agent.PolicyOptions
 		enforce   bool
+		gw        agentGatewayFlags
 		logFormat string
 		logLevel  string
 	)
@@ -57,6 +58,9 @@ SIGTERM or SIGINT stops it cleanly.`,
 			if enforce {
 				o.Policy = &po
 			}
+			if err := gw.apply(&o); err != nil {
+				return err
+			}
 			// client-go logs through klog, a process-wide logger; send it to the same
 			// structured output. This is the process's main, so setting it here is fine.
 			klog.SetSlogLogger(log)
@@ -82,6 +86,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.StringVar(&po.PinDir, "bpf-pin-dir", "", "directory for pinned BPF programs, maps and links (default <bpffs>/patronus)")
 	f.StringVar(&po.AuditLog, "audit-log", "", "also append the policy audit log (JSON lines) to this file")
 	f.StringSliceVar(&po.Uplinks, "uplink", nil, "node interface where local pods' traffic leaves the node (repeatable; completes egress checks of Service traffic DNATed to remote pods)")
+	gw.register(f)
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd

@@ -43,6 +43,19 @@ type Status struct {
 	EndpointSlices  int `json:"endpointSlices"`
 	// MCS is the state of the Multi-Cluster Services API (ServiceExport/ServiceImport).
 	MCS MCS `json:"mcs"`
+	// Mesh is the gateway mesh on this node (absent when the agent runs without it).
+	Mesh *Mesh `json:"mesh,omitempty"`
+}
+
+// Mesh is this node's view of the gateway mesh: from the running node, or (Running false)
+// from the state it last saved in the node database (SavedAt).
+type Mesh struct {
+	Running       bool      `json:"running"`
+	Members       int       `json:"members"`
+	Alive         int       `json:"alive"`
+	Announcements int       `json:"announcements"`
+	SavedAt       time.Time `json:"savedAt,omitzero"`
+	Error         string    `json:"error,omitempty"`
 }
 
 // Bridge is the node's pod bridge.
