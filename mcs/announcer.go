@@ -41,8 +41,10 @@ type MeshNode interface {
 // announcement TTL).
 //
 // announce.Service has no fields for session affinity, export time or endpoint readiness,
-// so they travel as a suffix of its Type: `ClusterSetIP;sa=ClientIP;sat=10800;at=<unix ms>;nr=<i>,<j>`
-// (nr: indices of not-ready endpoints). A reader that only knows the plain type sees the
+// so they travel as a suffix of its Type:
+// `ClusterSetIP;sa=ClientIP;sat=10800;at=<unix ms>;nr=<i>,<j>;tp=<i>:<port>,...`
+// (nr: indices of not-ready endpoints; tp: target ports of the ports at those indices
+// where they differ from the service port). A reader that only knows the plain type sees the
 // part before the first ';'.
 type MeshAnnouncer struct {
 	Node MeshNode
@@ -108,10 +110,17 @@ func ToAnnouncement(e resolve.Export) *announce.Service {
 	if len(nr) > 0 {
 		typ += ";nr=" + strings.Join(nr, ",")
 	}
-	s.Type = typ
-	for _, p := range e.Ports {
+	var tp []string
+	for i, p := range e.Ports {
 		s.Ports = append(s.Ports, announce.Port{Name: p.Name, Port: uint16(p.Port), Protocol: p.Protocol})
+		if p.TargetPort != 0 && p.TargetPort != p.Port {
+			tp = append(tp, fmt.Sprintf("%d:%d", i, p.TargetPort))
+		}
 	}
+	if len(tp) > 0 {
+		typ += ";tp=" + strings.Join(tp, ",")
+	}
+	s.Type = typ
 	return s
 }
 
@@ -123,6 +132,7 @@ func FromAnnouncement(cluster string, s *announce.Service) resolve.Export {
 	parts := strings.Split(s.Type, ";")
 	e.Type = cmp.Or(parts[0], resolve.TypeClusterSetIP)
 	notReady := map[int]bool{}
+	target := map[int]int32{}
 	for _, kv := range parts[1:] {
 		k, v, _ := strings.Cut(kv, "=")
 		switch k {
@@ -136,6 +146,15 @@ func FromAnnouncement(cluster string, s *announce.Service) resolve.Export {
 			if n, err := strconv.ParseInt(v, 10, 64); err == nil {
 				e.ExportedAt = time.UnixMilli(n).UTC()
 			}
+		case "tp":
+			for _, it := range strings.Split(v, ",") {
+				i, n, _ := strings.Cut(it, ":")
+				ii, err1 := strconv.Atoi(i)
+				nn, err2 := strconv.ParseUint(n, 10, 16)
+				if err1 == nil && err2 == nil {
+					target[ii] = int32(nn)
+				}
+			}
 		case "nr":
 			for _, i := range strings.Split(v, ",") {
 				if n, err := strconv.Atoi(i); err == nil {
@@ -147,8 +166,8 @@ func FromAnnouncement(cluster string, s *announce.Service) resolve.Export {
 	for i, a := range s.Endpoints {
 		e.Endpoints = append(e.Endpoints, resolve.Endpoint{Addr: a, Ready: !notReady[i]})
 	}
-	for _, p := range s.Ports {
-		e.Ports = append(e.Ports, resolve.Port{Name: p.Name, Port: int32(p.Port), Protocol: p.Protocol})
+	for i, p := range s.Ports {
+		e.Ports = append(e.Ports, resolve.Port{Name: p.Name, Port: int32(p.Port), Protocol: p.Protocol, TargetPort: target[i]})
 	}
 	return e
 }

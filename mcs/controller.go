@@ -32,6 +32,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -464,11 +465,16 @@ func (c *Controller) exportOf(se *mcsv1beta1.ServiceExport, svc *corev1.Service)
 			e.AffinityTimeout = *cfg.ClientIP.TimeoutSeconds
 		}
 	}
-	for _, p := range svc.Spec.Ports {
-		e.Ports = append(e.Ports, resolve.Port{Name: p.Name, Port: p.Port, Protocol: string(cmp.Or(p.Protocol, corev1.ProtocolTCP))})
-	}
 	sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svc.Name})
 	eps, _ := c.slices.EndpointSlices(svc.Namespace).List(sel)
+	for _, p := range svc.Spec.Ports {
+		proto := cmp.Or(p.Protocol, corev1.ProtocolTCP)
+		tp := targetPort(p, proto, eps)
+		if tp == p.Port {
+			tp = 0 // canonical: 0 means "same as the service port"
+		}
+		e.Ports = append(e.Ports, resolve.Port{Name: p.Name, Port: p.Port, Protocol: string(proto), TargetPort: tp})
+	}
 	seen := map[netip.Addr]bool{}
 	for _, sl := range eps {
 		if sl.Labels[LabelManagedBy] == ManagedByValue {
@@ -488,6 +494,32 @@ func (c *Controller) exportOf(se *mcsv1beta1.ServiceExport, svc *corev1.Service)
 	}
 	slices.SortFunc(e.Endpoints, func(a, b resolve.Endpoint) int { return a.Addr.Compare(b.Addr) })
 	return e
+}
+
+// targetPort is the endpoints' port number for service port p: from the Service's
+// EndpointSlices (which resolve named target ports), else a numeric targetPort, else 0.
+func targetPort(p corev1.ServicePort, proto corev1.Protocol, eps []*discoveryv1.EndpointSlice) int32 {
+	for _, sl := range eps {
+		if sl.Labels[LabelManagedBy] == ManagedByValue {
+			continue
+		}
+		for _, ep := range sl.Ports {
+			if ep.Port != nil && ptrOr(ep.Name, "") == p.Name && ptrOr(ep.Protocol, corev1.ProtocolTCP) == proto {
+				return *ep.Port
+			}
+		}
+	}
+	if p.TargetPort.Type == intstr.Int {
+		return p.TargetPort.IntVal
+	}
+	return 0
+}
+
+func ptrOr[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
 }
 
 func (c *Controller) writeExportStatus(ctx context.Context, st *exportState) error {
@@ -695,10 +727,13 @@ func desiredSlices(si *mcsv1beta1.ServiceImport, e resolve.Export, merged []reso
 	var ports []discoveryv1.EndpointPort
 	for _, p := range e.Ports {
 		p.Protocol = cmp.Or(p.Protocol, "TCP")
+		target := cmp.Or(p.TargetPort, p.Port)
+		p.TargetPort = 0
 		if !slices.Contains(merged, p) {
 			continue // lost a port conflict: this cluster does not serve the merged port
 		}
-		name, port, proto := p.Name, p.Port, corev1.Protocol(p.Protocol)
+		// Like any EndpointSlice, the port is the endpoints' (target) port.
+		name, port, proto := p.Name, target, corev1.Protocol(p.Protocol)
 		ports = append(ports, discoveryv1.EndpointPort{Name: &name, Port: &port, Protocol: &proto})
 	}
 	byFamily := map[discoveryv1.AddressType][]discoveryv1.Endpoint{}

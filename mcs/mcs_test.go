@@ -30,10 +30,10 @@ func TestAnnouncementRoundTrip(t *testing.T) {
 			typ: "ClusterSetIP"},
 		{name: "affinity, time, not-ready endpoints", e: resolve.Export{Cluster: "c1", Namespace: "ns", Name: "web", Type: resolve.TypeHeadless,
 			SessionAffinity: resolve.AffinityClientIP, AffinityTimeout: 600, ExportedAt: at,
-			Ports: []resolve.Port{{Name: "a", Port: 1, Protocol: "UDP"}, {Name: "b", Port: 2, Protocol: "TCP"}},
+			Ports: []resolve.Port{{Name: "a", Port: 1, Protocol: "UDP"}, {Name: "b", Port: 2, Protocol: "TCP", TargetPort: 8443}, {Name: "c", Port: 3}},
 			Endpoints: []resolve.Endpoint{{Addr: netip.MustParseAddr("10.0.0.1"), Ready: false}, {Addr: netip.MustParseAddr("10.0.0.2"), Ready: true},
 				{Addr: netip.MustParseAddr("fd00::3"), Ready: false}}},
-			typ: "Headless;sa=ClientIP;sat=600;at=1772600767000;nr=0,2"},
+			typ: "Headless;sa=ClientIP;sat=600;at=1772600767000;nr=0,2;tp=1:8443"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -104,7 +104,7 @@ func TestSliceName(t *testing.T) {
 func TestDesiredSlices(t *testing.T) {
 	si := &mcsv1beta1.ServiceImport{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web", UID: types.UID("u1")}}
 	e := resolve.Export{Cluster: "west", Namespace: "ns", Name: "web",
-		Ports: []resolve.Port{{Name: "http", Port: 80}, {Name: "dns", Port: 53, Protocol: "UDP"}},
+		Ports: []resolve.Port{{Name: "http", Port: 80, TargetPort: 8080}, {Name: "dns", Port: 53, Protocol: "UDP"}},
 		Endpoints: []resolve.Endpoint{{Addr: netip.MustParseAddr("10.1.0.1"), Ready: true}, {Addr: netip.MustParseAddr("fd00::1"), Ready: false},
 			{Addr: netip.MustParseAddr("::ffff:10.1.0.2"), Ready: true}}}
 	merged := []resolve.Port{{Name: "http", Port: 80, Protocol: "TCP"}} // dns lost a conflict
@@ -120,7 +120,7 @@ func TestDesiredSlices(t *testing.T) {
 	if !reflect.DeepEqual(addrs, []string{"10.1.0.1", "10.1.0.2"}) {
 		t.Errorf("v4 addresses %v", addrs)
 	}
-	if len(v4.Ports) != 1 || *v4.Ports[0].Name != "http" || *v4.Ports[0].Protocol != corev1.ProtocolTCP {
+	if len(v4.Ports) != 1 || *v4.Ports[0].Name != "http" || *v4.Ports[0].Protocol != corev1.ProtocolTCP || *v4.Ports[0].Port != 8080 {
 		t.Errorf("ports %+v", v4.Ports)
 	}
 	if *got[1].Endpoints[0].Conditions.Ready {

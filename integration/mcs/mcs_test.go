@@ -350,7 +350,8 @@ func TestMultiClusterServices(t *testing.T) {
 	var vip string
 	t.Run("export in west appears in east", func(t *testing.T) {
 		west.service(t, "web", false, corev1.ServiceAffinityClientIP, http)
-		west.endpoints(t, "web", map[string]bool{"10.245.1.5": true, "10.245.1.6": false}, http)
+		// The pods listen on 8080 (a named targetPort the Service resolves through its slices).
+		west.endpoints(t, "web", map[string]bool{"10.245.1.5": true, "10.245.1.6": false}, port{"http", 8080, corev1.ProtocolTCP})
 		west.export(t, "web")
 		took := eventually(t, 10*time.Second, "ServiceImport and EndpointSlice in east", func() error {
 			si, err := east.imp("web")
@@ -371,7 +372,7 @@ func TestMultiClusterServices(t *testing.T) {
 			if len(sl.OwnerReferences) != 1 || sl.OwnerReferences[0].UID != si.UID || sl.OwnerReferences[0].Kind != "ServiceImport" {
 				return fmt.Errorf("slice owner %+v, want ServiceImport %s", sl.OwnerReferences, si.UID)
 			}
-			if sl.Labels[discoveryv1.LabelManagedBy] != mcs.EndpointSliceManagedBy || len(sl.Ports) != 1 || *sl.Ports[0].Port != 80 {
+			if sl.Labels[discoveryv1.LabelManagedBy] != mcs.EndpointSliceManagedBy || len(sl.Ports) != 1 || *sl.Ports[0].Port != 8080 {
 				return fmt.Errorf("slice labels/ports %v %v", sl.Labels, sl.Ports)
 			}
 			if si.Spec.Type != mcsv1beta1.ClusterSetIP || portsOf(si) != "http=80/TCP" || si.Spec.SessionAffinity != corev1.ServiceAffinityClientIP {
@@ -409,7 +410,7 @@ func TestMultiClusterServices(t *testing.T) {
 			return nil
 		})
 		// Endpoint changes follow.
-		west.endpoints(t, "web", map[string]bool{"10.245.1.5": true, "10.245.1.6": true, "10.245.1.7": true}, http)
+		west.endpoints(t, "web", map[string]bool{"10.245.1.5": true, "10.245.1.6": true, "10.245.1.7": true}, port{"http", 8080, corev1.ProtocolTCP})
 		eventually(t, 10*time.Second, "endpoint change reaches east", func() error {
 			sls, err := east.importedSlices("web")
 			if err != nil {

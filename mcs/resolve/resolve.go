@@ -33,6 +33,9 @@ type Port struct {
 	Name     string
 	Port     int32
 	Protocol string // TCP | UDP | SCTP; empty means TCP
+	// TargetPort is the endpoints' port in the exporting cluster (0: same as Port). It is
+	// per cluster, so it is never part of the merged import nor of a conflict.
+	TargetPort int32
 }
 
 func (p Port) proto() string {
@@ -179,6 +182,7 @@ func mergePorts(ex []Export, conflicts []Conflict) ([]Port, []Conflict) {
 	next:
 		for _, p := range e.Ports {
 			p.Protocol = p.proto()
+			p.TargetPort = 0
 			for _, k := range kept {
 				sameName := p.Name == k.p.Name
 				sameNum := p.Port == k.p.Port && p.Protocol == k.p.Protocol
