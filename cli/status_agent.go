@@ -21,6 +21,8 @@ type AgentStatus struct {
 	Error    string             `json:"error,omitempty"`
 	Live     *localapi.Status   `json:"live,omitempty"`
 	LastSeen *localapi.Snapshot `json:"lastSeen,omitempty"`
+	// MeshSaved is the mesh state the agent last saved (shown while it is down).
+	MeshSaved *localapi.Mesh `json:"meshSaved,omitempty"`
 }
 
 // agentStatusTimeout bounds the socket query: status must answer even if the agent hangs.
@@ -50,6 +52,7 @@ func gatherAgentStatus(ctx context.Context, o *statusOptions) *AgentStatus {
 		a.Error = "not running (no answer on " + o.socket + ")"
 	}
 	a.LastSeen = readSnapshot(ctx, o.database)
+	a.MeshSaved = readMeshState(ctx, o.database)
 	return a
 }
 
@@ -128,12 +131,14 @@ func (a *AgentStatus) lines() []statusLine {
 		} else {
 			out = append(out, statusLine{false, fmt.Sprintf("Agent: running but not ready: %s (%s)", s.NotReadyReason, a.Socket)})
 		}
-		return out
+		return append(out, meshLine(s.Mesh)...)
 	case a.LastSeen != nil:
-		return []statusLine{
+		return append([]statusLine{
 			{true, fmt.Sprintf("NetworkPolicies: %d", a.LastSeen.NetworkPolicies) + lastSeenSuffix(a.LastSeen)},
 			{false, "Agent: " + a.Error + "; tunnels and NetworkPolicies above are from the database"},
-		}
+		}, meshLine(a.MeshSaved)...)
+	case a.MeshSaved != nil:
+		return append([]statusLine{{false, "Agent: " + a.Error}}, meshLine(a.MeshSaved)...)
 	}
 	return nil
 }

@@ -1,0 +1,61 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/patronus/patronus/localapi"
+	"github.com/patronus/patronus/mesh"
+	"github.com/patronus/patronus/store"
+)
+
+func TestMeshLine(t *testing.T) {
+	saved := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		m    *localapi.Mesh
+		ok   bool
+		want string
+	}{
+		{"live", &localapi.Mesh{Running: true, Members: 3, Alive: 2, Announcements: 6}, true, "Mesh: 3 members (2 alive), 6 announcements accepted"},
+		{"error", &localapi.Mesh{Error: "bind: address in use"}, false, "Mesh: not running: bind: address in use"},
+		{"saved", &localapi.Mesh{Members: 2, Alive: 2, Announcements: 4, SavedAt: saved}, true, "(saved by the agent at "},
+		{"starting", &localapi.Mesh{}, false, "not running yet"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ls := meshLine(tc.m)
+			if len(ls) != 1 || ls[0].ok != tc.ok || !strings.Contains(ls[0].text, tc.want) {
+				t.Fatalf("got %+v, want ok=%v containing %q", ls, tc.ok, tc.want)
+			}
+		})
+	}
+	if meshLine(nil) != nil {
+		t.Error("no mesh: a line")
+	}
+}
+
+func TestReadMeshState(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "db")
+	if readMeshState(ctx, path) != nil {
+		t.Fatal("state from a missing database")
+	}
+	db, err := store.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(mesh.SavedState{Node: "n1", Cluster: "c", SavedAt: time.Now().UTC(),
+		Members: []mesh.Member{{Name: "n1", Status: "alive"}, {Name: "n2", Status: "failed"}}})
+	if err := db.Set(ctx, mesh.StateKey, string(b)); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	m := readMeshState(ctx, path)
+	if m == nil || m.Members != 2 || m.Alive != 1 || m.Running || m.SavedAt.IsZero() {
+		t.Fatalf("got %+v", m)
+	}
+}
