@@ -39,6 +39,7 @@ const (
 	KeyMulticastGroup = "multicast-group"
 	KeyKeyRotation    = "key-rotation"
 	KeyProbeInterval  = "probe-interval"
+	KeyMasquerade     = "masquerade"
 
 	EnvClusterID = "CLUSTER_ID"
 	EnvNodeName  = "NODE_NAME"
@@ -94,6 +95,9 @@ type Config struct {
 	MulticastGroup  netip.AddrPort
 	KeyRotation     time.Duration
 	ProbeInterval   time.Duration
+	// Masquerade is whether pod traffic leaving the cluster CIDR is masqueraded to the
+	// node address (key masquerade, default true).
+	Masquerade bool
 
 	// From the conflist.
 	Bridge          string
@@ -145,7 +149,8 @@ func configMapSource(ns string) string {
 // knownKeys is the set of ConfigMap keys the agent reads.
 func knownKeys() map[string]bool {
 	return map[string]bool{KeyClusterID: true, KeyClusterCIDR: true, KeyServiceCIDR: true, KeyRemoteClusters: true,
-		KeyNodeBlockSize: true, KeyDatapath: true, KeyMulticastGroup: true, KeyKeyRotation: true, KeyProbeInterval: true}
+		KeyNodeBlockSize: true, KeyDatapath: true, KeyMulticastGroup: true, KeyKeyRotation: true, KeyProbeInterval: true,
+		KeyMasquerade: true}
 }
 
 // dns1123Label is the shape of cluster ids and node-independent names: they end up in
@@ -168,6 +173,7 @@ func Load(in Input) (Config, error) {
 		MulticastGroup:  netip.MustParseAddrPort(DefaultMulticastGroup),
 		KeyRotation:     DefaultKeyRotation,
 		ProbeInterval:   DefaultProbeInterval,
+		Masquerade:      true,
 		Bridge:          DefaultBridge,
 		DefaultQoSClass: qos.DefaultClass,
 	}
@@ -305,6 +311,13 @@ func applyConfigMap(cfg *Config, data map[string]string, source string) error {
 			return cmErr(KeyProbeInterval, err)
 		}
 		cfg.ProbeInterval = d
+	}
+	if v, ok := data[KeyMasquerade]; ok {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return cmErr(KeyMasquerade, fmt.Errorf("%q: accepted values are true and false", v))
+		}
+		cfg.Masquerade = b
 	}
 	if v, ok := data[KeyRemoteClusters]; ok {
 		rcs, err := parseRemoteClusters(v, cfg.ClusterID, cfg.ClusterCIDR, cmErr)
