@@ -1,0 +1,195 @@
+package mcs
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
+
+	"github.com/patronus/patronus/mcs/datapath"
+)
+
+// Datapath programs the ClusterSetIP translation (*datapath.Programmer satisfies it).
+type Datapath interface {
+	Set(services []datapath.Service) error
+}
+
+// DatapathOptions configures a DatapathSyncer.
+type DatapathOptions struct {
+	Kube      kubernetes.Interface
+	MCS       mcsclient.Interface
+	ClusterID string
+	Datapath  Datapath
+	// Resync re-applies the desired state periodically (default 1m); CRDWait as Options.
+	Resync  time.Duration
+	CRDWait time.Duration
+	Logger  *slog.Logger
+}
+
+// DatapathSyncer runs on every agent (not only the leader): each node translates the
+// ClusterSetIP traffic of its own pods, from the ServiceImports and EndpointSlices the
+// leader wrote plus the local Service's own EndpointSlices.
+type DatapathSyncer struct {
+	o     DatapathOptions
+	log   *slog.Logger
+	nudge chan struct{}
+}
+
+// NewDatapathSyncer validates o.
+func NewDatapathSyncer(o DatapathOptions) (*DatapathSyncer, error) {
+	if o.Kube == nil || o.MCS == nil || o.Datapath == nil || o.ClusterID == "" {
+		return nil, errors.New("mcs: datapath syncer needs Kube, MCS, a Datapath and the cluster id")
+	}
+	o.Resync = cmp.Or(o.Resync, time.Minute)
+	o.CRDWait = cmp.Or(o.CRDWait, 30*time.Second)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &DatapathSyncer{o: o, log: o.Logger.With("component", "mcs-datapath"), nudge: make(chan struct{}, 1)}, nil
+}
+
+// Run programs the datapath on every change until ctx ends.
+func (d *DatapathSyncer) Run(ctx context.Context) error {
+	c := &Controller{o: Options{MCS: d.o.MCS, CRDWait: d.o.CRDWait}, log: d.log}
+	if err := c.waitForAPI(ctx); err != nil || ctx.Err() != nil {
+		return err
+	}
+	kf := informers.NewSharedInformerFactory(d.o.Kube, 0)
+	mf := mcsinformers.NewSharedInformerFactory(d.o.MCS, 0)
+	trigger := func() {
+		select {
+		case d.nudge <- struct{}{}:
+		default:
+		}
+	}
+	h := cache.ResourceEventHandlerFuncs{AddFunc: func(any) { trigger() }, UpdateFunc: func(any, any) { trigger() }, DeleteFunc: func(any) { trigger() }}
+	sl := kf.Discovery().V1().EndpointSlices()
+	si := mf.Multicluster().V1beta1().ServiceImports()
+	for _, inf := range []cache.SharedIndexInformer{sl.Informer(), si.Informer()} {
+		if _, err := inf.AddEventHandler(h); err != nil {
+			return fmt.Errorf("mcs datapath: informer handler: %w", err)
+		}
+	}
+	kf.Start(ctx.Done())
+	mf.Start(ctx.Done())
+	defer kf.Shutdown()
+	defer mf.Shutdown()
+	kf.WaitForCacheSync(ctx.Done())
+	mf.WaitForCacheSync(ctx.Done())
+	resync := time.NewTicker(d.o.Resync)
+	defer resync.Stop()
+	var lastErr string
+	trigger()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-resync.C:
+		case <-d.nudge:
+		}
+		imports, err1 := si.Lister().List(labels.Everything())
+		eps, err2 := sl.Lister().List(labels.Everything())
+		err := errors.Join(err1, err2)
+		if err == nil {
+			err = d.o.Datapath.Set(BuildServices(d.o.ClusterID, imports, eps))
+		}
+		if err != nil {
+			if err.Error() != lastErr {
+				d.log.Warn("ClusterSetIP datapath not programmed; retrying", "err", err)
+			}
+			lastErr = err.Error()
+			time.AfterFunc(time.Second, trigger)
+			continue
+		}
+		lastErr = ""
+	}
+}
+
+// BuildServices computes the datapath's services: one per ServiceImport of type
+// ClusterSetIP with an IPv4 ClusterSetIP, its ports' endpoints taken from the imported
+// EndpointSlices (remote clusters) and, when this cluster exports the service too, from
+// the local Service's EndpointSlices (marked Local). Endpoint ports come from the slice
+// port of the same name and protocol. Sorted by name.
+func BuildServices(clusterID string, imports []*mcsv1beta1.ServiceImport, eps []*discoveryv1.EndpointSlice) []datapath.Service {
+	var out []datapath.Service
+	for _, im := range imports {
+		if im.Spec.Type != mcsv1beta1.ClusterSetIP || len(im.Spec.IPs) == 0 {
+			continue
+		}
+		vip, err := netip.ParseAddr(im.Spec.IPs[0])
+		if err != nil || !vip.Is4() {
+			continue
+		}
+		localExports := slices.ContainsFunc(im.Status.Clusters, func(c mcsv1beta1.ClusterStatus) bool { return c.Cluster == clusterID })
+		type src struct {
+			sl    *discoveryv1.EndpointSlice
+			local bool
+		}
+		var srcs []src
+		for _, sl := range eps {
+			if sl.Namespace != im.Namespace || sl.AddressType != discoveryv1.AddressTypeIPv4 {
+				continue
+			}
+			switch {
+			case sl.Labels[discoveryv1.LabelManagedBy] == EndpointSliceManagedBy && sl.Labels[mcsv1beta1.LabelServiceName] == im.Name &&
+				sl.Labels[mcsv1beta1.LabelSourceCluster] != clusterID:
+				srcs = append(srcs, src{sl, false})
+			case localExports && sl.Labels[discoveryv1.LabelServiceName] == im.Name && sl.Labels[discoveryv1.LabelManagedBy] != EndpointSliceManagedBy:
+				srcs = append(srcs, src{sl, true})
+			}
+		}
+		svc := datapath.Service{Name: im.Namespace + "/" + im.Name, VIP: vip}
+		if im.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+			t := corev1.DefaultClientIPServiceAffinitySeconds
+			if c := im.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+				t = *c.ClientIP.TimeoutSeconds
+			}
+			svc.AffinityTimeout = time.Duration(t) * time.Second
+		}
+		for _, p := range im.Spec.Ports {
+			proto := cmp.Or(p.Protocol, corev1.ProtocolTCP)
+			dp := datapath.Port{Protocol: string(proto), Port: uint16(p.Port)}
+			for _, s := range srcs {
+				var port int32
+				for _, sp := range s.sl.Ports {
+					if sp.Port != nil && ptrOr(sp.Name, "") == p.Name && ptrOr(sp.Protocol, corev1.ProtocolTCP) == proto {
+						port = *sp.Port
+					}
+				}
+				if port == 0 {
+					continue // this slice's cluster does not serve the port
+				}
+				for _, ep := range s.sl.Endpoints {
+					ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+					for _, a := range ep.Addresses {
+						if addr, err := netip.ParseAddr(a); err == nil {
+							dp.Endpoints = append(dp.Endpoints, datapath.Endpoint{Addr: addr, Port: uint16(port), Ready: ready, Local: s.local})
+						}
+					}
+				}
+			}
+			slices.SortFunc(dp.Endpoints, func(a, b datapath.Endpoint) int {
+				return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
+			})
+			svc.Ports = append(svc.Ports, dp)
+		}
+		out = append(out, svc)
+	}
+	slices.SortFunc(out, func(a, b datapath.Service) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
