@@ -64,6 +64,7 @@ type agent struct {
 	meshNode atomic.Pointer[mesh.Node]     // the running mesh node (mesh.go), nil when not running
 	meshErr  atomic.Value                  // string: why the mesh is not running
 	pathsSvc atomic.Pointer[probe.Service] // the running path monitor (paths.go)
+	nodeNet  nodeNetState                  // per-node pod networking (nodenet.go)
 }
 
 // Run runs the agent until ctx is cancelled (SIGTERM) or a fatal error: an invalid
@@ -226,6 +227,7 @@ func (a *agent) runKube(ctx context.Context) error {
 	defer stopGateway() // before the Wait: an early return must not wait for ctx
 	a.startMesh(gctx, &cfg, &gw)
 	a.startPaths(gctx, &cfg, &gw)
+	a.startNodeNet(gctx, &cfg, &gw)
 	if cfg.Database != "" && cfg.Database != a.opts.DatabasePath {
 		a.log.Warn("the conflist's sdwan.database differs from the agent's database: pods the plugin registers will not be seen",
 			"conflist", cfg.Database, "agent", a.opts.DatabasePath)

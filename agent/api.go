@@ -27,7 +27,7 @@ func (a *agent) apiMux() (mux *http.ServeMux, err error) {
 	mux.HandleFunc("GET "+localapi.PathPods, a.handlePods)
 	mux.HandleFunc("POST "+localapi.PathEndpointSync, a.handleEndpointSync)
 	mux.HandleFunc("POST "+localapi.PathEndpointRemove, a.handleEndpointRemove)
-	for _, h := range append(a.meshHandlers(), a.pathsHandlers()...) {
+	for _, h := range append(append(a.meshHandlers(), a.pathsHandlers()...), a.nodeNetHandlers()...) {
 		mux.Handle(h.Pattern, h.Handler)
 	}
 	for _, h := range a.opts.APIHandlers {
@@ -58,6 +58,12 @@ func (a *agent) readyz(w http.ResponseWriter, _ *http.Request) {
 	if !a.ready.Load() {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintf(w, "not ready: %s\n", a.notReady.Load())
+		return
+	}
+	// The node takes no pods before its conflist exists (nodenet.go).
+	if reason := a.nodeNetNotReady(); reason != "" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "not ready: %s\n", reason)
 		return
 	}
 	fmt.Fprintln(w, "ok")
@@ -117,6 +123,9 @@ func (a *agent) status(ctx context.Context) (localapi.Status, error) {
 	}
 	if !s.Ready {
 		s.NotReadyReason = a.notReady.Load().(string)
+	}
+	if r := a.nodeNetNotReady(); s.Ready && r != "" {
+		s.Ready, s.NotReadyReason = false, r
 	}
 	s.ConfigWarning, _ = a.configWarning.Load().(string)
 	bridge := ""

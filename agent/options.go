@@ -91,6 +91,9 @@ type Options struct {
 	Mesh *MeshOptions
 	// Paths runs path monitoring to the remote clusters (nil: off). See agent/paths.go.
 	Paths *PathsOptions
+	// NodeNet runs per-node pod networking and owns the CNI conflist (nil: off; the CLI
+	// sets it unless --manage-conflist=false). See agent/nodenet.go.
+	NodeNet *NodeNetOptions
 }
 
 func (o Options) withDefaults() Options {

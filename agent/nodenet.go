@@ -1,0 +1,214 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/patronus/patronus/cni"
+	"github.com/patronus/patronus/config"
+	"github.com/patronus/patronus/manifests"
+	"github.com/patronus/patronus/nodenet"
+)
+
+// NodeNetOptions turn per-node pod networking on (Options.NodeNet; nil: off, and then
+// something else, install-cni without --no-conflist, must write the conflist). The agent
+// then owns the CNI conflist: it writes it once the node's pod block is known (the Node's
+// podCIDR, or a block of cluster-cidr claimed with a Lease), or the single-node default
+// when neither is configured, and /readyz fails until it has.
+type NodeNetOptions struct {
+	// NetNSPath is the namespace whose routes, VXLAN device and masquerade chain are
+	// managed ("" = the agent's own, the host's in the DaemonSet; tests give a node
+	// namespace).
+	NetNSPath string
+	// NoRoutes writes the conflist but programs no node-to-node routes (another component
+	// routes the pod blocks).
+	NoRoutes bool
+	// Masquerade overrides the ConfigMap key masquerade (nil: the ConfigMap's, default on).
+	Masquerade *bool
+	// Resync is nodenet's periodic re-apply (default nodenet.DefaultResync).
+	Resync time.Duration
+}
+
+// nodeNetState is the running nodenet controller, as seen by the local API.
+type nodeNetState struct {
+	ctrl  atomic.Pointer[nodenet.Controller]
+	ready atomic.Bool  // the conflist exists (written by the agent)
+	err   atomic.Value // string: why the controller is not running
+}
+
+// nodeNetNotReady says why the node is not ready for pods ("" when it is, or when the
+// agent does not manage the conflist).
+func (a *agent) nodeNetNotReady() string {
+	if a.opts.NodeNet == nil || a.nodeNet.ready.Load() {
+		return ""
+	}
+	if e, _ := a.nodeNet.err.Load().(string); e != "" {
+		return "node pod network: " + e
+	}
+	return "waiting for the node's pod block and CNI conflist"
+}
+
+// nodeNetHandlers mount GET /v1/nodenet; it answers 503 until the controller exists (the
+// mux is built before the configuration is known).
+func (a *agent) nodeNetHandlers() []Handler {
+	if a.opts.NodeNet == nil {
+		return nil
+	}
+	return []Handler{{Pattern: nodenet.StatusPath, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := a.nodeNet.ctrl.Load()
+		if c == nil {
+			msg := "the node pod network controller is not running"
+			if e, _ := a.nodeNet.err.Load().(string); e != "" {
+				msg += ": " + e
+			}
+			http.Error(w, msg, http.StatusServiceUnavailable)
+			return
+		}
+		c.HTTPHandler().ServeHTTP(w, r)
+	})}}
+}
+
+// startNodeNet runs the nodenet controller in wg until ctx ends. A controller that cannot
+// start or stops with an error keeps the agent not ready (the node must not take pods
+// without its conflist) but does not stop the agent's other work.
+func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.WaitGroup) {
+	o := a.opts.NodeNet
+	if o == nil {
+		return
+	}
+	fail := func(err error) {
+		a.nodeNet.err.Store(err.Error())
+		a.log.Error("node pod network not running", "err", err)
+	}
+	base, err := baseConfList(a.opts.ConflistPath, cfg.ClusterID)
+	if err != nil {
+		fail(err)
+		return
+	}
+	masq := cfg.Masquerade
+	if o.Masquerade != nil {
+		masq = *o.Masquerade
+	}
+	no := nodenet.Options{
+		Client: a.clients.Kube, NodeName: a.opts.NodeName, Namespace: a.opts.ConfigNamespace,
+		ClusterCIDR: cfg.ClusterCIDR, BlockSize: cfg.NodeBlockSize, DB: a.db,
+		ConfListPath: a.opts.ConflistPath, BaseConfList: base, NetNSPath: o.NetNSPath,
+		NoMasquerade: !masq, Resync: o.Resync, Logger: a.log,
+	}
+	var dp nodenet.Datapath
+	if o.NoRoutes {
+		if dp, err = nodenet.OpenDatapath(o.NetNSPath); err != nil {
+			fail(err)
+			return
+		}
+		no.Datapath = noRoutes{dp}
+	}
+	c, err := nodenet.New(no)
+	if err != nil {
+		if dp != nil {
+			dp.Close()
+		}
+		fail(err)
+		return
+	}
+	a.nodeNet.ctrl.Store(c)
+	a.log.Info("node pod network starting", "clusterCIDR", cfg.ClusterCIDR, "blockSize", cfg.NodeBlockSize,
+		"conflist", a.opts.ConflistPath, "routes", !o.NoRoutes, "masquerade", masq)
+	wg.Go(func() {
+		if dp != nil {
+			defer dp.Close()
+		}
+		if err := c.Run(ctx); err != nil && ctx.Err() == nil {
+			fail(err)
+		}
+	})
+	wg.Go(func() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.Ready():
+		}
+		// Without a podCIDR and cluster-cidr nodenet leaves the installed conflist alone;
+		// the DaemonSet installs none (install-cni --no-conflist), so write the default.
+		if c.Status().ConfList == "" {
+			if err := ensureConfList(a.opts.ConflistPath, base); err != nil {
+				fail(err)
+				return
+			}
+		}
+		a.nodeNet.ready.Store(true)
+		a.log.Info("node ready for pods: CNI conflist in place", "path", a.opts.ConflistPath, "block", c.Status().Block)
+	})
+}
+
+// baseConfList is the conflist nodenet renders the node's block into: the installed one
+// when present (re-rendering it is idempotent), else the embedded default; its
+// sdwan.cluster_id is set to the running cluster id, because the agent refuses to start
+// on a conflist naming another cluster.
+func baseConfList(path, clusterID string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		b = manifests.ConfList
+	case err != nil:
+		return nil, fmt.Errorf("read conflist %s: %w", path, err)
+	}
+	if clusterID == "" {
+		return b, nil
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("conflist %s: %w", path, err)
+	}
+	plugins, _ := doc["plugins"].([]any)
+	for _, p := range plugins {
+		pm, ok := p.(map[string]any)
+		if !ok || pm["type"] != cni.PluginName {
+			continue
+		}
+		sd, _ := pm["sdwan"].(map[string]any)
+		if sd == nil {
+			sd = map[string]any{}
+			pm["sdwan"] = sd
+		}
+		if sd["cluster_id"] == clusterID {
+			return b, nil
+		}
+		sd["cluster_id"] = clusterID
+	}
+	out, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(out, '\n'), nil
+}
+
+// ensureConfList writes data at path unless a conflist is already there.
+func ensureConfList(path string, data []byte) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	if _, err := nodenet.WriteFileAtomic(path, data, 0o644); err != nil {
+		return fmt.Errorf("write conflist: %w", err)
+	}
+	return nil
+}
+
+// noRoutes is a nodenet datapath that programs no routes (LocalLink finds no device, so
+// nodenet skips Apply) but keeps the masquerade.
+type noRoutes struct{ nodenet.Datapath }
+
+func (noRoutes) Apply(nodenet.Local, nodenet.Plan) error { return nil }
+
+func (noRoutes) LocalLink(netip.Addr) (string, netip.Prefix, error) { return "", netip.Prefix{}, nil }
+
+func (d noRoutes) Close() {} // the agent closes the wrapped datapath
