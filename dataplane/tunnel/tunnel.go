@@ -78,10 +78,11 @@ type Input struct {
 	GatewayDev  string
 	// Table is the routing table for the routes (0 = main).
 	Table int
-	// Keepalive is the peers' persistent keepalive: 0 means DefaultKeepalive, negative
-	// off. Besides keeping NAT bindings, it makes a newly added peer start its handshake
-	// at once: without it, a peer added after the other side's first handshake attempt
-	// (a restart, a rotation) waits for WireGuard's 5 s retry.
+	// Keepalive is the peers' persistent keepalive (0: off). Off by default: with it on
+	// both sides, two gateways adding each other at the same moment both start a
+	// handshake at once, the initiations cross, and (seen here under load) the tunnel
+	// could stay one-way for more than 15 s. Set it (DefaultKeepalive) where a NAT sits
+	// between gateways.
 	Keepalive time.Duration
 	Gateways  []Gateway
 	Hints     []Hint
@@ -120,18 +121,13 @@ type Plan struct {
 	Conditions []Condition
 }
 
-// DefaultKeepalive is the peers' persistent keepalive interval.
+// DefaultKeepalive is the keepalive to use when a NAT sits between gateways.
 const DefaultKeepalive = 25 * time.Second
 
 // Compute derives the plan. It is deterministic: the same input gives the same plan.
 func Compute(in Input) Plan {
 	var p Plan
-	switch {
-	case in.Keepalive == 0:
-		in.Keepalive = DefaultKeepalive
-	case in.Keepalive < 0:
-		in.Keepalive = 0
-	}
+	in.Keepalive = max(in.Keepalive, 0)
 	byCluster := map[string][]Gateway{}
 	for _, g := range in.Gateways {
 		if g.Cluster == in.LocalCluster {
