@@ -339,11 +339,9 @@ func (w *testWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// handshakeTimeout bounds waiting for a tunnel to pass traffic. Both sides get their peer
-// with a persistent keepalive, so both start a handshake at once; when the two
-// initiations cross, each side answers the other's and drops the answer to its own, and
-// WireGuard resolves it with its 5 s handshake retry (seen here under load, when the test
-// configures both sides within a millisecond). So up to ~11 s is legitimate.
+// handshakeTimeout bounds waiting for a tunnel to pass traffic. A handshake that is
+// lost (an initiation reaching a side that has not added the peer yet, or two initiations
+// crossing) is retried by WireGuard after 5 s, so up to ~11 s is legitimate.
 const handshakeTimeout = 15 * time.Second
 
 // waitTunnel waits until pod A reaches pod B through the tunnel; on failure it logs both
