@@ -20,6 +20,10 @@ func newAgentCmd(e env) *cobra.Command {
 		o         agent.Options
 		po        agent.PolicyOptions
 		enforce   bool
+		nno       agent.NodeNetOptions
+		manageCNI bool
+		nodeRoute bool
+		masq      bool
 		gw        agentGatewayFlags
 		logFormat string
 		logLevel  string
@@ -58,6 +62,13 @@ SIGTERM or SIGINT stops it cleanly.`,
 			if enforce {
 				o.Policy = &po
 			}
+			if manageCNI {
+				nno.NoRoutes = !nodeRoute
+				if cmd.Flags().Changed("masquerade") {
+					nno.Masquerade = &masq
+				}
+				o.NodeNet = &nno
+			}
 			if err := gw.apply(&o); err != nil {
 				return err
 			}
@@ -86,6 +97,9 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.StringVar(&po.PinDir, "bpf-pin-dir", "", "directory for pinned BPF programs, maps and links (default <bpffs>/patronus)")
 	f.StringVar(&po.AuditLog, "audit-log", "", "also append the policy audit log (JSON lines) to this file")
 	f.StringSliceVar(&po.Uplinks, "uplink", nil, "node interface where local pods' traffic leaves the node (repeatable; completes egress checks of Service traffic DNATed to remote pods)")
+	f.BoolVar(&manageCNI, "manage-conflist", false, "own the CNI conflist (the DaemonSet sets it, with install-cni --no-conflist): claim this node's pod block (Node podCIDR, else a Lease on cluster-cidr), write the conflist for it, route other nodes' blocks, masquerade; /readyz fails until the conflist is written")
+	f.BoolVar(&nodeRoute, "node-routes", true, "route other nodes' pod blocks (direct or VXLAN ptx0); false: the conflist only")
+	f.BoolVar(&masq, "masquerade", true, "masquerade pod traffic leaving cluster-cidr to the node address (default: the ConfigMap's masquerade, true)")
 	gw.register(f)
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")

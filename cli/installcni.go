@@ -15,14 +15,20 @@ import (
 
 func newInstallCNICmd(e env) *cobra.Command {
 	var binDir, confDir, confList string
+	var noConfList bool
 	cmd := &cobra.Command{
 		Use:   "install-cni",
 		Short: "Install this binary as the patronus-cni plugin and write the CNI network configuration",
 		Long: "Copies the running binary to <bin-dir>/patronus-cni and writes <conf-dir>/10-patronus.conflist\n" +
 			"(the embedded default, or --conflist), each atomically (temporary file + rename), so a runtime\n" +
-			"never sees a half-written plugin or configuration. The DaemonSet's init step runs it.",
+			"never sees a half-written plugin or configuration. The DaemonSet's init step runs it with\n" +
+			"--no-conflist: the agent writes the conflist once it knows the node's pod block, so the node\n" +
+			"takes no pods before that (a default conflist would hand out addresses of another node's block).",
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
+			if noConfList && confList != "" {
+				return usagef("--no-conflist and --conflist exclude each other")
+			}
 			conf := manifests.ConfList
 			if confList != "" {
 				b, err := os.ReadFile(confList)
@@ -48,6 +54,9 @@ func newInstallCNICmd(e env) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(e.stdout, "installed %s\n", plugin)
+			if noConfList {
+				return nil // the agent writes it (agent --manage-conflist)
+			}
 			dst := filepath.Join(confDir, manifests.ConfListName)
 			if err := writeAtomic(dst, bytes.NewReader(conf), 0o644); err != nil {
 				return err
@@ -59,6 +68,7 @@ func newInstallCNICmd(e env) *cobra.Command {
 	cmd.Flags().StringVar(&binDir, "bin-dir", "/opt/cni/bin", "CNI plugin directory")
 	cmd.Flags().StringVar(&confDir, "conf-dir", "/etc/cni/net.d", "CNI configuration directory")
 	cmd.Flags().StringVar(&confList, "conflist", "", "conflist file to install instead of the embedded default")
+	cmd.Flags().BoolVar(&noConfList, "no-conflist", false, "install the plugin binary only and leave the conf dir alone (the agent writes the conflist for the node's pod block)")
 	return cmd
 }
 

@@ -84,6 +84,54 @@ func TestInstallCNI(t *testing.T) {
 	}
 }
 
+// --no-conflist (the DaemonSet's init step) installs the plugin and leaves the conf dir
+// alone, whether it is empty or holds the conflist the agent wrote.
+func TestInstallCNINoConflist(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		existing string // conflist already in the conf dir ("" = none)
+		args     []string
+		code     int
+	}{
+		{name: "empty conf dir", code: 0},
+		{name: "agent's conflist kept", existing: `{"agent":"wrote this"}`, code: 0},
+		{name: "with --conflist", args: []string{"--conflist", "x.conflist"}, code: ExitUsage},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			bin, conf := filepath.Join(dir, "bin"), filepath.Join(dir, "net.d")
+			path := filepath.Join(conf, manifests.ConfListName)
+			if tc.existing != "" {
+				os.MkdirAll(conf, 0o755)
+				os.WriteFile(path, []byte(tc.existing), 0o644)
+			}
+			code, out, errOut := runCmd(append([]string{"install-cni", "--no-conflist", "--bin-dir", bin, "--conf-dir", conf}, tc.args...)...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d: %s", code, tc.code, errOut)
+			}
+			if tc.code != 0 {
+				if _, err := os.Stat(bin); !os.IsNotExist(err) {
+					t.Fatal("a usage error installed something")
+				}
+				return
+			}
+			if _, err := os.Stat(filepath.Join(bin, "patronus-cni")); err != nil {
+				t.Fatalf("plugin not installed: %v", err)
+			}
+			got, err := os.ReadFile(path)
+			switch {
+			case tc.existing == "" && !os.IsNotExist(err):
+				t.Fatalf("a conflist was written (%v): %s", err, got)
+			case tc.existing != "" && string(got) != tc.existing:
+				t.Fatalf("existing conflist changed: %s", got)
+			}
+			if strings.Contains(out, "wrote") {
+				t.Fatalf("output claims a conflist was written: %s", out)
+			}
+		})
+	}
+}
+
 func TestStatusNothingInstalled(t *testing.T) {
 	dir := t.TempDir()
 	code, out, _ := runCmd("status", "--cni-bin-dir", dir, "--database", filepath.Join(dir, "db", "k8s.db"), "--bridge", "pt-nobr0")

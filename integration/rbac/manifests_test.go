@@ -249,15 +249,20 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet) {
 		}
 	}
 	if len(spec.InitContainers) != 1 || !slices.Equal(spec.InitContainers[0].Command,
-		[]string{"patronus", "install-cni", "--bin-dir", "/host/opt/cni/bin", "--conf-dir", "/host/etc/cni/net.d"}) {
+		[]string{"patronus", "install-cni", "--no-conflist", "--bin-dir", "/host/opt/cni/bin", "--conf-dir", "/host/etc/cni/net.d"}) {
 		t.Errorf("init container: %+v", spec.InitContainers)
 	}
 	if len(spec.Containers) != 1 {
 		t.Fatalf("containers: %d", len(spec.Containers))
 	}
 	ctr := spec.Containers[0]
-	if !slices.Equal(ctr.Command, []string{"patronus", "agent"}) {
+	if !slices.Equal(ctr.Command, []string{"patronus", "agent", "--manage-conflist"}) {
 		t.Errorf("agent command %v", ctr.Command)
+	}
+	// The agent writes the conflist (install-cni --no-conflist): its conf dir is writable.
+	if i := slices.IndexFunc(ctr.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == "cni-conf" }); i < 0 ||
+		ctr.VolumeMounts[i].MountPath != "/etc/cni/net.d" || ctr.VolumeMounts[i].ReadOnly {
+		t.Errorf("agent must mount cni-conf writable at /etc/cni/net.d: %+v", ctr.VolumeMounts)
 	}
 	if ctr.SecurityContext == nil || ctr.SecurityContext.Privileged == nil || !*ctr.SecurityContext.Privileged {
 		t.Error("agent container is not privileged")
