@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/patronus/patronus/agent"
+	"github.com/patronus/patronus/dataplane/enforce"
 	"github.com/patronus/patronus/dataplane/enforce/enforcetest"
 	"github.com/patronus/patronus/integration/k8senv"
 	"github.com/patronus/patronus/localapi"
@@ -130,6 +131,21 @@ type node struct {
 	client *localapi.Client
 
 	pods map[string]*pod // "x/a" (logical namespace)
+
+	syncMu   sync.Mutex
+	lastSync []enforce.Endpoint // as the agent last passed them to the enforcer
+}
+
+// endpoint returns the endpoint of p as last applied.
+func (n *node) endpoint(p *pod) (enforce.Endpoint, bool) {
+	n.syncMu.Lock()
+	defer n.syncMu.Unlock()
+	for _, ep := range n.lastSync {
+		if ep.Namespace == p.ns && ep.Pod == p.name {
+			return ep, true
+		}
+	}
+	return enforce.Endpoint{}, false
 }
 
 type pod struct {
@@ -208,7 +224,12 @@ func newNode(t testing.TB, c *k8senv.Cluster, datapath string, mods ...func(*age
 		StorePollInterval: 100 * time.Millisecond, MCSRetryInterval: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Policy: &agent.PolicyOptions{BPFFS: enforcetest.BPFFS(t), NetNS: n.nsPath, AuditOut: n.audit,
-			CounterInterval: 200 * time.Millisecond},
+			CounterInterval: 200 * time.Millisecond,
+			OnSync: func(eps []enforce.Endpoint, _ error) {
+				n.syncMu.Lock()
+				n.lastSync = eps
+				n.syncMu.Unlock()
+			}},
 	}
 	for _, m := range mods {
 		m(&n.opts)
