@@ -156,7 +156,7 @@ func (a *agent) newMeshNode(ctx context.Context, cfg *config.Config, o *MeshOpti
 	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	tr, err := mesh.BuildTrust(tctx, mesh.TrustConfig{ClusterID: cfg.ClusterID, NodeName: a.opts.NodeName,
-		Keys: keys, LocalCIDRs: local, Remotes: mesh.RemotesFromConfig(cfg.RemoteClusters)})
+		Keys: keys, LocalCIDRs: local, Remotes: cfg.RemoteClusters})
 	if err != nil {
 		return nil, nil, fmt.Errorf("mesh keys: %w", err)
 	}

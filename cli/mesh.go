@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/localapi"
 	"github.com/patronus/patronus/mesh"
 	"github.com/patronus/patronus/mesh/trust"
@@ -166,14 +167,19 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 		}
 		localCIDRs = append(localCIDRs, ps...)
 	}
-	var remotes []mesh.RemoteCluster
+	var remotes []config.RemoteCluster
 	if f.remotes != "" {
 		b, err := os.ReadFile(f.remotes)
 		if err != nil {
 			return fmt.Errorf("read --remote-clusters: %w", err)
 		}
-		if remotes, err = mesh.ParseRemoteClusters(b); err != nil {
-			return err
+		// The ConfigMap's parser: the file has the remote-clusters key's format exactly.
+		var local netip.Prefix
+		if len(localCIDRs) > 0 {
+			local = localCIDRs[0]
+		}
+		if remotes, err = config.ParseRemoteClusters(string(b), f.cluster, local, "--remote-clusters "+f.remotes); err != nil {
+			return usagef("%v", err)
 		}
 	}
 	tr, err := mesh.BuildTrust(ctx, mesh.TrustConfig{ClusterID: f.cluster, NodeName: f.node,

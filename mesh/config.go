@@ -4,91 +4,13 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
-	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
-
-	"sigs.k8s.io/yaml"
 
 	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/mesh/trust"
 )
-
-// RemoteCluster is one entry of the ConfigMap's `remote-clusters` list
-// (docs/CONTRACT.md): a pinned remote cluster.
-type RemoteCluster struct {
-	ID string `json:"id"`
-	// Endpoint is the WireGuard endpoint host:port.
-	Endpoint string `json:"endpoint"`
-	// CIDR is what the remote cluster may announce (comma-separated if several).
-	CIDR string `json:"cidr"`
-	// Gossip is the Serf address; default: Endpoint's host on port 7946.
-	Gossip string `json:"gossip,omitempty"`
-	// PublicKey is the remote cluster's Ed25519 public key (base64). A remote without one
-	// is a join seed but not trusted: its members are refused.
-	PublicKey string   `json:"publicKey,omitempty"`
-	Paths     []string `json:"paths,omitempty"`
-}
-
-// ParseRemoteClusters reads the YAML (or JSON) list.
-func ParseRemoteClusters(b []byte) ([]RemoteCluster, error) {
-	var rs []RemoteCluster
-	if err := yaml.UnmarshalStrict(b, &rs); err != nil {
-		return nil, fmt.Errorf("mesh: remote-clusters: %w", err)
-	}
-	for i, r := range rs {
-		if r.ID == "" {
-			return nil, fmt.Errorf("mesh: remote-clusters[%d]: no id", i)
-		}
-		if _, err := r.CIDRs(); err != nil {
-			return nil, fmt.Errorf("mesh: remote-clusters[%d] (%s): %w", i, r.ID, err)
-		}
-		if _, err := r.GossipAddr(); err != nil {
-			return nil, fmt.Errorf("mesh: remote-clusters[%d] (%s): %w", i, r.ID, err)
-		}
-	}
-	return rs, nil
-}
-
-// CIDRs parses CIDR.
-func (r RemoteCluster) CIDRs() ([]netip.Prefix, error) { return ParsePrefixes(r.CIDR) }
-
-// GossipAddr is where to join the remote cluster's mesh ("" if neither gossip nor
-// endpoint is set).
-func (r RemoteCluster) GossipAddr() (string, error) {
-	if r.Gossip != "" {
-		if _, _, err := net.SplitHostPort(r.Gossip); err != nil {
-			return net.JoinHostPort(r.Gossip, strconv.Itoa(DefaultGossipPort)), nil
-		}
-		return r.Gossip, nil
-	}
-	if r.Endpoint == "" {
-		return "", nil
-	}
-	host, _, err := net.SplitHostPort(r.Endpoint)
-	if err != nil {
-		return "", fmt.Errorf("endpoint %q: %w", r.Endpoint, err)
-	}
-	return net.JoinHostPort(host, strconv.Itoa(DefaultGossipPort)), nil
-}
-
-// Trust returns the trusted-cluster entry, or false when no public key is pinned.
-func (r RemoteCluster) Trust() (trust.Cluster, bool, error) {
-	if r.PublicKey == "" {
-		return trust.Cluster{}, false, nil
-	}
-	k, err := trust.ParsePublicKey(r.PublicKey)
-	if err != nil {
-		return trust.Cluster{}, false, fmt.Errorf("remote cluster %s: %w", r.ID, err)
-	}
-	cidrs, err := r.CIDRs()
-	if err != nil {
-		return trust.Cluster{}, false, err
-	}
-	return trust.Cluster{ID: r.ID, PublicKey: ed25519.PublicKey(k), CIDRs: cidrs}, true, nil
-}
 
 // ParsePrefixes parses a comma- or space-separated prefix list.
 func ParsePrefixes(s string) ([]netip.Prefix, error) {
@@ -116,7 +38,9 @@ type TrustConfig struct {
 	Keys trust.KeySource
 	// LocalCIDRs are what this cluster's nodes may announce (cluster-cidr, service-cidr).
 	LocalCIDRs []netip.Prefix
-	Remotes    []RemoteCluster
+	// Remotes are the validated remote-clusters entries (package config is their one
+	// parser): pinned keys are trusted for their cidr, gossip addresses are join seeds.
+	Remotes []config.RemoteCluster
 	// CertValidity of the node certificate issued now (default 30 days).
 	CertValidity time.Duration
 	Now          time.Time
@@ -154,15 +78,11 @@ func BuildTrust(ctx context.Context, c TrustConfig) (Trust, error) {
 	var remotes []trust.Cluster
 	var seeds []string
 	for _, r := range c.Remotes {
-		tc, ok, err := r.Trust()
-		if err != nil {
-			return Trust{}, err
-		}
-		if ok {
+		if tc, ok := remoteTrust(r); ok {
 			remotes = append(remotes, tc)
 		}
-		if g, _ := r.GossipAddr(); g != "" {
-			seeds = append(seeds, g)
+		if r.Gossip != "" {
+			seeds = append(seeds, r.Gossip)
 		}
 	}
 	v, err := trust.NewVerifier(trust.Cluster{ID: c.ClusterID, PublicKey: pub, CIDRs: c.LocalCIDRs}, remotes...)
@@ -176,19 +96,15 @@ func BuildTrust(ctx context.Context, c TrustConfig) (Trust, error) {
 	return Trust{Identity: id, Verifier: v, GossipKeys: gkeys, Seeds: seeds, ClusterPublicKey: pub}, nil
 }
 
-// RemotesFromConfig converts the agent's validated remote-clusters entries (package
-// config) to the mesh's form, so the agent can pass them to BuildTrust.
-func RemotesFromConfig(rs []config.RemoteCluster) []RemoteCluster {
-	out := make([]RemoteCluster, 0, len(rs))
-	for _, r := range rs {
-		m := RemoteCluster{ID: r.ID, Endpoint: r.Endpoint, Gossip: r.Gossip, Paths: r.Paths}
-		if r.CIDR.IsValid() {
-			m.CIDR = r.CIDR.String()
-		}
-		if len(r.PublicKey) == ed25519.PublicKeySize {
-			m.PublicKey = trust.EncodeKey(ed25519.PublicKey(r.PublicKey))
-		}
-		out = append(out, m)
+// remoteTrust is the trusted-cluster entry of a remote cluster, or false when it pins no
+// public key (it is then a join seed whose members are refused).
+func remoteTrust(r config.RemoteCluster) (trust.Cluster, bool) {
+	if len(r.PublicKey) != ed25519.PublicKeySize {
+		return trust.Cluster{}, false
 	}
-	return out
+	var cidrs []netip.Prefix
+	if r.CIDR.IsValid() {
+		cidrs = []netip.Prefix{r.CIDR}
+	}
+	return trust.Cluster{ID: r.ID, PublicKey: ed25519.PublicKey(r.PublicKey), CIDRs: cidrs}, true
 }

@@ -5,21 +5,26 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/dataplane/route"
 	"github.com/patronus/patronus/dataplane/wg"
-	"github.com/patronus/patronus/mesh"
 	"github.com/patronus/patronus/mesh/announce"
 )
 
-// HintsFromRemoteClusters converts the ConfigMap's remote-clusters entries.
-func HintsFromRemoteClusters(rcs []mesh.RemoteCluster) []Hint {
+// HintsFromRemoteClusters converts the ConfigMap's remote-clusters entries (as package
+// config parsed and validated them).
+func HintsFromRemoteClusters(rcs []config.RemoteCluster) []Hint {
 	var out []Hint
 	for _, r := range rcs {
-		cidrs, _ := r.CIDRs() // validated by mesh.ParseRemoteClusters
+		var cidrs []netip.Prefix
+		if r.CIDR.IsValid() {
+			cidrs = []netip.Prefix{r.CIDR}
+		}
 		out = append(out, Hint{Cluster: r.ID, CIDRs: cidrs, Endpoint: r.Endpoint})
 	}
 	return out
