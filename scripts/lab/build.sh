@@ -28,15 +28,23 @@ DNSMOD=$CACHE/lab/build-coredns-$COREDNS_VERSION
 log() { echo "lab-build: $*" >&2; }
 
 ALL=(kubelet kube-proxy kube-scheduler kube-controller-manager coredns agnhost e2e.test)
+# What a bring-up needs (e2e.test is built by scripts/lab/conformance.sh when first needed).
+[ "${1:-}" != --lab-up ] || set -- kubelet kube-proxy kube-scheduler kube-controller-manager coredns agnhost
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=("${ALL[@]}")
 
 mkdir -p "$OUT" "$MOD" "$DNSMOD"
-exec 9>"$CACHE/lab/.lock-$K8S_VERSION"
-if ! flock -n 9; then
-	log "another lab build is running; waiting for it"
-	flock 9
-fi
+
+# lock NAME: one build of NAME at a time (a lab bring-up and `make conformance` may run this
+# concurrently; the second waits, then finds the cache). Per component, so a bring-up is not
+# held up by an e2e.test build it does not need.
+lock() {
+	exec 9>"$CACHE/lab/.lock-$1"
+	if ! flock -n 9; then
+		log "another build of $1 is running; waiting for it"
+		flock 9
+	fi
+}
 
 ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
 gobuild() { nice -n 19 env GOFLAGS=-p=$JOBS CGO_ENABLED=0 go "$@"; }
@@ -80,7 +88,11 @@ built() { [ -x "$OUT/$1" ] && [ "$(cat "$OUT/.$1.stamp" 2>/dev/null)" = "$2" ]; 
 
 build_one() {
 	local name=$1 mod=$MOD stamp start
-	case "$name" in coredns) prepare_coredns; mod=$DNSMOD ;; *) prepare_k8s ;; esac
+	case "$name" in
+	coredns) lock "prepare-coredns-$COREDNS_VERSION"; prepare_coredns; mod=$DNSMOD ;;
+	*) lock "prepare-$K8S_VERSION"; prepare_k8s ;;
+	esac
+	lock "$name-$K8S_VERSION"
 	stamp=$(sha256sum "$mod/go.sum" | cut -d' ' -f1)
 	if built "$name" "$stamp"; then
 		log "$name: cached"

@@ -76,10 +76,13 @@ build_all() {
 	t0=$(date +%s)
 	log "building components (cached after the first run; the first takes tens of minutes)"
 	K8S_BIN=$(./scripts/build-k8s.sh)
-	LAB_BIN=$(./scripts/lab/build.sh)
+	LAB_BIN=$(./scripts/lab/build.sh --lab-up)
 	if [ -z "${PATRONUS_BIN:-}" ]; then
-		nice -n 10 make -s build >&2
 		PATRONUS_BIN=$ROOT/bin/patronus
+		if ! nice -n 10 make -s build >&2; then
+			[ -x "$PATRONUS_BIN" ] || die "make build failed and there is no bin/patronus"
+			log "WARNING: make build failed; using the existing bin/patronus ($(date -r "$PATRONUS_BIN" +%H:%M))"
+		fi
 	fi
 	export LAB_BIN PATRONUS_BIN
 	CNI_PLUGINS=$(./scripts/build-cni-plugins.sh)
@@ -425,6 +428,7 @@ down() {
 	# mount namespace (containerd, shims, kubelet, kube-proxy, containers) and its cgroups.
 	local nd crictl
 	crictl=$(./scripts/containerd/build-crictl.sh 2>/dev/null || true)
+	[ -z "$crictl" ] || crictl=$crictl/crictl
 	for nd in "$LAB_DIR"/c*/n*/containerd; do
 		[ -d "$nd" ] || continue
 		CRICTL=$crictl ./scripts/containerd/node.sh down "$nd" >&2 || log "warning: node.sh down $nd failed"
