@@ -23,6 +23,10 @@ type AgentStatus struct {
 	LastSeen *localapi.Snapshot `json:"lastSeen,omitempty"`
 	// MeshSaved is the mesh state the agent last saved (shown while it is down).
 	MeshSaved *localapi.Mesh `json:"meshSaved,omitempty"`
+	// NodeNet is the node's pod block (GET /v1/nodenet), nil when the agent does not
+	// manage the conflist; NodeNetError says why it could not be read.
+	NodeNet      *localapi.NodeNet `json:"nodeNet,omitempty"`
+	NodeNetError string            `json:"nodeNetError,omitempty"`
 }
 
 // agentStatusTimeout bounds the socket query: status must answer even if the agent hangs.
@@ -44,6 +48,12 @@ func gatherAgentStatus(ctx context.Context, o *statusOptions) *AgentStatus {
 		}
 		if !o.bridgeSet && s.Bridge.Name != "" {
 			o.bridge = s.Bridge.Name
+		}
+		switch nn, err := c.NodeNet(qctx); {
+		case err == nil:
+			a.NodeNet = &nn
+		case !errors.Is(err, localapi.ErrNodeNetOff):
+			a.NodeNetError = err.Error()
 		}
 		return a
 	}
@@ -131,6 +141,7 @@ func (a *AgentStatus) lines() []statusLine {
 		} else {
 			out = append(out, statusLine{false, fmt.Sprintf("Agent: running but not ready: %s (%s)", s.NotReadyReason, a.Socket)})
 		}
+		out = append(out, nodeNetLines(a.NodeNet, a.NodeNetError)...)
 		return append(out, meshLine(s.Mesh)...)
 	case a.LastSeen != nil:
 		return append([]statusLine{
@@ -141,4 +152,37 @@ func (a *AgentStatus) lines() []statusLine {
 		return append([]statusLine{{false, "Agent: " + a.Error}}, meshLine(a.MeshSaved)...)
 	}
 	return nil
+}
+
+// nodeNetLines show the node's pod block and the pods left in a block it lost.
+func nodeNetLines(n *localapi.NodeNet, errMsg string) []statusLine {
+	if n == nil {
+		if errMsg == "" {
+			return nil
+		}
+		return []statusLine{{false, "Pod block: " + errMsg}}
+	}
+	var out []statusLine
+	switch {
+	case n.Block != "" && n.ConfList != "":
+		vx := ""
+		if n.VXLAN {
+			vx = ", VXLAN"
+		}
+		out = append(out, statusLine{true, fmt.Sprintf("Pod block: %s (from %s), conflist %s, %d peer nodes routed%s", n.Block, n.Source, n.ConfList, n.Peers, vx)})
+	case n.Block != "":
+		out = append(out, statusLine{false, fmt.Sprintf("Pod block: %s (from %s), conflist not written yet", n.Block, n.Source)})
+	case n.LastError == "":
+		out = append(out, statusLine{true, "Pod block: none (no Node podCIDR, no cluster-cidr: the conflist's own range, single node)"})
+	}
+	if n.LastError != "" {
+		out = append(out, statusLine{false, "Pod network: " + n.LastError})
+	}
+	for _, c := range n.Conflicts {
+		out = append(out, statusLine{false, "Peer block not routed: " + c})
+	}
+	for _, l := range n.Lost {
+		out = append(out, statusLine{false, fmt.Sprintf("Pod %s/%s holds %s of lost pod block %s (recreate it)", l.Namespace, l.Name, strings.Join(l.IPs, ", "), l.Block)})
+	}
+	return out
 }

@@ -1,0 +1,48 @@
+package localapi
+
+import (
+	"context"
+	"errors"
+	"net/http"
+)
+
+// PathNodeNet is the node's pod network status (package nodenet's Status), served while
+// the agent manages the conflist (agent --manage-conflist).
+const PathNodeNet = "/v1/nodenet"
+
+// NodeNet is GET /v1/nodenet: the node's pod block and what nodenet did with it. Only the
+// fields `patronus status` shows are decoded; the agent sends more (routes).
+type NodeNet struct {
+	Block     string        `json:"block"`  // "invalid Prefix" / "" until known
+	Source    string        `json:"source"` // "node" (Node podCIDRs) | "lease" | "" (single-node default)
+	ConfList  string        `json:"conflist,omitempty"`
+	Peers     int           `json:"peers"`
+	VXLAN     bool          `json:"vxlan"`
+	Conflicts []string      `json:"conflicts,omitempty"`
+	Lost      []NodeNetLost `json:"lostPods,omitempty"`
+	LastError string        `json:"lastError,omitempty"`
+}
+
+// NodeNetLost is a pod still holding an address of a pod block this node lost.
+type NodeNetLost struct {
+	Namespace   string   `json:"namespace"`
+	Name        string   `json:"name"`
+	ContainerID string   `json:"containerID"`
+	IPs         []string `json:"ips"`
+	Block       string   `json:"block"`
+}
+
+// ErrNodeNetOff is what NodeNet returns when the agent does not manage the node's pod
+// network (the path is not mounted).
+var ErrNodeNetOff = errors.New("the agent does not manage the node's pod network (--manage-conflist off)")
+
+// NodeNet asks GET /v1/nodenet.
+func (c *Client) NodeNet(ctx context.Context) (NodeNet, error) {
+	var n NodeNet
+	err := c.Do(ctx, http.MethodGet, PathNodeNet, &n)
+	var se *StatusError
+	if errors.As(err, &se) && (se.Code == http.StatusNotFound || se.Code == http.StatusMethodNotAllowed) {
+		return n, ErrNodeNetOff
+	}
+	return n, err
+}
