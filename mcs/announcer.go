@@ -46,26 +46,120 @@ type MeshNode interface {
 // (nr: indices of not-ready endpoints; tp: target ports of the ports at those indices
 // where they differ from the service port). A reader that only knows the plain type sees the
 // part before the first ';'.
+//
+// One announcement must fit in a gossip packet (announce.MaxWireSize), about 16 IPv4
+// endpoints. A larger export is split: the first announcement carries `;parts=N` and the
+// first endpoints, announcements named `<name>~<i>` (i = 1..N-1, `~` cannot appear in a
+// Kubernetes name) carry `;part=i` and further endpoints.
 type MeshAnnouncer struct {
 	Node MeshNode
+
+	mu    sync.Mutex
+	parts map[string]int // ns/name -> parts announced
 }
 
 // NewMeshAnnouncer adapts a mesh node (a *mesh.Node satisfies MeshNode).
 func NewMeshAnnouncer(n MeshNode) *MeshAnnouncer { return &MeshAnnouncer{Node: n} }
 
-// Publish announces e (its Cluster is set by the mesh from the node's certificate).
+// partSep separates a service name from its part number.
+const partSep = "~"
+
+// Publish announces e (its Cluster is set by the mesh from the node's certificate),
+// split into as few announcements as fit.
 func (m *MeshAnnouncer) Publish(e resolve.Export) error {
-	return m.Node.Announce(announce.Announcement{Kind: announce.KindService, Service: ToAnnouncement(e)})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	per := max(len(e.Endpoints), 1)
+	for {
+		parts := splitExport(e, per)
+		err := m.announceAll(parts)
+		if err == nil {
+			key := e.Namespace + "/" + e.Name
+			for i := len(parts); i < m.parts[key]; i++ {
+				_ = m.withdrawOne(e.Namespace, partName(e.Name, i))
+			}
+			if m.parts == nil {
+				m.parts = map[string]int{}
+			}
+			m.parts[key] = len(parts)
+			return nil
+		}
+		if !tooBig(err) || per == 1 {
+			return err
+		}
+		per = max(per*2/3, 1)
+	}
 }
 
-// Withdraw retracts this node's announcement of namespace/name.
-func (m *MeshAnnouncer) Withdraw(namespace, name string) error {
+func (m *MeshAnnouncer) announceAll(parts []*announce.Service) error {
+	for _, p := range parts {
+		if err := m.Node.Announce(announce.Announcement{Kind: announce.KindService, Service: p}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tooBig recognises announce.Signer's size error (it has no sentinel error).
+func tooBig(err error) bool {
+	return strings.Contains(err.Error(), "bytes, more than")
+}
+
+func partName(name string, i int) string {
+	if i == 0 {
+		return name
+	}
+	return name + partSep + strconv.Itoa(i)
+}
+
+// splitExport encodes e as announcements of at most per endpoints each.
+func splitExport(e resolve.Export, per int) []*announce.Service {
+	n := max((len(e.Endpoints)+per-1)/per, 1)
+	first := e
+	first.Endpoints = e.Endpoints[:min(per, len(e.Endpoints))]
+	head := ToAnnouncement(first)
+	if n == 1 {
+		return []*announce.Service{head}
+	}
+	head.Type += ";parts=" + strconv.Itoa(n)
+	out := []*announce.Service{head}
+	base, _, _ := strings.Cut(head.Type, ";")
+	for i := 1; i < n; i++ {
+		chunk := resolve.Export{Namespace: e.Namespace, Name: e.Name, Type: base,
+			Endpoints: e.Endpoints[i*per : min((i+1)*per, len(e.Endpoints))]}
+		s := ToAnnouncement(chunk)
+		s.Name = partName(e.Name, i)
+		t, rest, _ := strings.Cut(s.Type, ";")
+		s.Type = t + ";part=" + strconv.Itoa(i)
+		if rest != "" {
+			s.Type += ";" + rest
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func (m *MeshAnnouncer) withdrawOne(namespace, name string) error {
 	return m.Node.Announce(announce.Announcement{Kind: announce.KindService, Withdraw: true,
 		Service: &announce.Service{Namespace: namespace, Name: name}})
 }
 
-// Exports lists the accepted service announcements. When several nodes of one cluster
-// announced the same service (a leader change), the newest announcement counts.
+// Withdraw retracts this node's announcements of namespace/name (all parts).
+func (m *MeshAnnouncer) Withdraw(namespace, name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	key := namespace + "/" + name
+	var errs []error
+	for i := range max(m.parts[key], 1) {
+		errs = append(errs, m.withdrawOne(namespace, partName(name, i)))
+	}
+	delete(m.parts, key)
+	return errors.Join(errs...)
+}
+
+// Exports lists the accepted service announcements, parts reassembled. When several
+// nodes of one cluster announced the same service (a leader change), the newest
+// announcement of each part counts.
 func (m *MeshAnnouncer) Exports() (uint64, []resolve.Export) {
 	st := m.Node.State()
 	v := st.Version()
@@ -79,10 +173,39 @@ func (m *MeshAnnouncer) Exports() (uint64, []resolve.Export) {
 			newest[k] = a
 		}
 	}
-	out := make([]resolve.Export, 0, len(newest))
+	heads := map[string]*resolve.Export{}
+	count := map[string]int{}
 	for _, k := range slices.Sorted(maps.Keys(newest)) {
 		a := newest[k]
-		out = append(out, FromAnnouncement(a.Cluster, a.Service))
+		if strings.Contains(a.Service.Name, partSep) {
+			continue
+		}
+		e := FromAnnouncement(a.Cluster, a.Service)
+		heads[k] = &e
+		count[k] = 1
+		for _, kv := range strings.Split(a.Service.Type, ";")[1:] {
+			if n, ok := strings.CutPrefix(kv, "parts="); ok {
+				count[k], _ = strconv.Atoi(n)
+			}
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(newest)) {
+		a := newest[k]
+		base, idx, ok := strings.Cut(a.Service.Name, partSep)
+		if !ok {
+			continue
+		}
+		hk := a.Cluster + "/" + a.Service.Namespace + "/" + base
+		i, err := strconv.Atoi(idx)
+		if h := heads[hk]; h != nil && err == nil && i > 0 && i < count[hk] {
+			h.Endpoints = append(h.Endpoints, FromAnnouncement(a.Cluster, a.Service).Endpoints...)
+		}
+	}
+	out := make([]resolve.Export, 0, len(heads))
+	for _, k := range slices.Sorted(maps.Keys(heads)) {
+		e := heads[k]
+		slices.SortFunc(e.Endpoints, func(a, b resolve.Endpoint) int { return a.Addr.Compare(b.Addr) })
+		out = append(out, *e)
 	}
 	return v, out
 }

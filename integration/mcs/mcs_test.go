@@ -409,6 +409,29 @@ func TestMultiClusterServices(t *testing.T) {
 			}
 			return nil
 		})
+		// A large export (more endpoints than fit in one gossip packet) arrives whole.
+		many := map[string]bool{}
+		for i := range 40 {
+			many[fmt.Sprintf("10.245.2.%d", i+1)] = i%4 != 0
+		}
+		west.endpoints(t, "web", many, port{"http", 8080, corev1.ProtocolTCP})
+		eventually(t, 10*time.Second, "40 endpoints reach east", func() error {
+			sls, err := east.importedSlices("web")
+			if err != nil {
+				return err
+			}
+			sl := sls["west"]
+			ready := 0
+			for _, ep := range sl.Endpoints {
+				if *ep.Conditions.Ready {
+					ready++
+				}
+			}
+			if len(sl.Endpoints) != 40 || ready != 30 {
+				return fmt.Errorf("west slice has %d endpoints, %d ready", len(sl.Endpoints), ready)
+			}
+			return nil
+		})
 		// Endpoint changes follow.
 		west.endpoints(t, "web", map[string]bool{"10.245.1.5": true, "10.245.1.6": true, "10.245.1.7": true}, port{"http", 8080, corev1.ProtocolTCP})
 		eventually(t, 10*time.Second, "endpoint change reaches east", func() error {
