@@ -61,10 +61,11 @@ type agent struct {
 
 	policy atomic.Pointer[policyController] // set once its caches synced (nil: enforcement off)
 
-	meshNode atomic.Pointer[mesh.Node]     // the running mesh node (mesh.go), nil when not running
-	meshErr  atomic.Value                  // string: why the mesh is not running
-	pathsSvc atomic.Pointer[probe.Service] // the running path monitor (paths.go)
-	nodeNet  nodeNetState                  // per-node pod networking (nodenet.go)
+	meshNode    atomic.Pointer[mesh.Node]     // the running mesh node (mesh.go), nil when not running
+	meshErr     atomic.Value                  // string: why the mesh is not running
+	meshSkipped atomic.Value                  // string: why this node is not a gateway
+	pathsSvc    atomic.Pointer[probe.Service] // the running path monitor (paths.go)
+	nodeNet     nodeNetState                  // per-node pod networking (nodenet.go)
 }
 
 // Run runs the agent until ctx is cancelled (SIGTERM) or a fatal error: an invalid

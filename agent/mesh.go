@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/localapi"
@@ -51,6 +52,39 @@ type MeshOptions struct {
 	ReconnectInterval time.Duration
 	// EventHandlers run on member and user events, like serf's --event-handler.
 	EventHandlers []mesh.EventHandler
+}
+
+// GatewayLabel marks gateway nodes (label or annotation "true" on the Node). When no
+// Node carries it, every node is a gateway (docs/CONTRACT.md).
+const GatewayLabel = "patronus.io/gateway"
+
+// isGateway reads the Node objects once at start: a later change of the marks applies on
+// the agent's next start. Edge mode (key files) and an unreadable Node list count as a
+// gateway: the mesh is on by default and an API hiccup must not keep it off.
+func (a *agent) isGateway(ctx context.Context) (bool, string) {
+	if a.opts.Mesh.ClusterKeyFile != "" || a.clients == nil {
+		return true, ""
+	}
+	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	nodes, err := a.clients.Kube.CoreV1().Nodes().List(lctx, metav1.ListOptions{ResourceVersion: "0"})
+	if err != nil {
+		a.log.Warn("cannot list Nodes to find the gateways; running the mesh", "err", err)
+		return true, ""
+	}
+	var marked []string
+	for _, n := range nodes.Items {
+		if n.Labels[GatewayLabel] == "true" || n.Annotations[GatewayLabel] == "true" {
+			if n.Name == a.opts.NodeName {
+				return true, ""
+			}
+			marked = append(marked, n.Name)
+		}
+	}
+	if len(marked) == 0 {
+		return true, ""
+	}
+	return false, fmt.Sprintf("%d Node(s) are marked %s=true and this one is not", len(marked), GatewayLabel)
 }
 
 // errMeshNotRunning is what the mesh endpoints answer before the node is up.
@@ -123,6 +157,11 @@ func (a *agent) startMesh(ctx context.Context, cfg *config.Config, wg *sync.Wait
 	if o == nil {
 		return
 	}
+	if gw, why := a.isGateway(ctx); !gw {
+		a.meshSkipped.Store(why)
+		a.log.Info("not a gateway node: mesh not started", "reason", why)
+		return
+	}
 	n, reg, err := a.newMeshNode(ctx, cfg, o)
 	if err != nil {
 		a.meshErr.Store(err.Error())
@@ -181,6 +220,10 @@ func (a *agent) meshStatus(ctx context.Context) *localapi.Mesh {
 	}
 	v := &localapi.Mesh{}
 	v.Error, _ = a.meshErr.Load().(string)
+	if why, _ := a.meshSkipped.Load().(string); why != "" {
+		v.NotGateway = why
+		return v
+	}
 	if n := a.meshNode.Load(); n != nil {
 		v.Running = true
 		countMembers(v, n.Members())

@@ -42,6 +42,8 @@ func meshLine(m *localapi.Mesh) []statusLine {
 	}
 	counts := fmt.Sprintf("%d members (%d alive), %d announcements accepted", m.Members, m.Alive, m.Announcements)
 	switch {
+	case m.NotGateway != "":
+		return []statusLine{{true, "Mesh: not a gateway node (" + m.NotGateway + ")"}}
 	case m.Running:
 		return []statusLine{{true, "Mesh: " + counts}}
 	case m.Error != "":

@@ -56,6 +56,8 @@ type Mesh struct {
 	Announcements int       `json:"announcements"`
 	SavedAt       time.Time `json:"savedAt,omitzero"`
 	Error         string    `json:"error,omitempty"`
+	// NotGateway says why this node runs no mesh node (other Nodes are marked gateways).
+	NotGateway string `json:"notGateway,omitempty"`
 }
 
 // Bridge is the node's pod bridge.

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/patronus/patronus/integration/k8senv"
@@ -411,5 +412,50 @@ func TestGatewayAgentMeshStateSurvivesRestart(t *testing.T) {
 			}
 			return allAlive(ms, shippedCluster, "gw-1", "gw-2")
 		})
+	}
+}
+
+// With one Node marked patronus.io/gateway=true, only its agent joins the mesh; the
+// other's status says why it has none and its mesh API answers 503.
+func TestOnlyMarkedGatewaysRunMesh(t *testing.T) {
+	l, c := newMeshLab(t)
+	ctx := context.Background()
+	for name, labels := range map[string]map[string]string{"gw-1": {"patronus.io/gateway": "true"}, "gw-2": nil} {
+		if _, err := c.Client().CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a1, a2 := l.addAgent(1), l.addAgent(2)
+	waitFor(t, 90*time.Second, "gw-2 reports it is not a gateway", func() error {
+		if err := a2.alive(); err != nil {
+			return err
+		}
+		out, _ := l.cli("status", "--socket", a2.socket, "--database", a2.db)
+		if !strings.Contains(out, "Mesh: not a gateway node (1 Node(s) are marked patronus.io/gateway=true and this one is not)") {
+			return fmt.Errorf("status:\n%s", out)
+		}
+		return nil
+	})
+	if out, err := l.cli("members", "--socket", a2.socket); err == nil {
+		t.Errorf("members through a non-gateway agent succeeded:\n%s", out)
+	}
+	// gw-1 beacons for a while; gw-2 never shows up.
+	waitFor(t, 60*time.Second, "gw-1 alone in the mesh", func() error {
+		if err := a1.alive(); err != nil {
+			return err
+		}
+		ms, err := l.members(a1)
+		if err != nil {
+			return err
+		}
+		return allAlive(ms, shippedCluster, "gw-1")
+	})
+	time.Sleep(3 * time.Second) // three beacon intervals
+	ms, err := l.members(a1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := allAlive(ms, shippedCluster, "gw-1"); err != nil {
+		t.Fatalf("after 3s: %v", err)
 	}
 }
