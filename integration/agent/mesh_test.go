@@ -48,6 +48,7 @@ type meshLab struct {
 
 type gwAgent struct {
 	name, ns, dir, socket, db, hookFile string
+	extra                               []string // more agent flags
 	cmd                                 *exec.Cmd
 	out                                 *safeBuffer
 	exited                              chan error
@@ -147,14 +148,14 @@ func (l *meshLab) forwardAPI(name string) {
 }
 
 // addAgent creates namespace n and runs an agent there.
-func (l *meshLab) addAgent(n int) *gwAgent {
+func (l *meshLab) addAgent(n int, extra ...string) *gwAgent {
 	name := fmt.Sprintf("gw-%d", n)
 	dir := filepath.Join(l.dir, name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		l.t.Fatal(err)
 	}
 	a := &gwAgent{name: name, ns: l.host(n), dir: dir, socket: filepath.Join(dir, "agent.sock"),
-		db: filepath.Join(dir, "k8s-sdwan.db"), hookFile: filepath.Join(dir, "hook.out")}
+		db: filepath.Join(dir, "k8s-sdwan.db"), hookFile: filepath.Join(dir, "hook.out"), extra: extra}
 	l.start(a)
 	l.t.Cleanup(func() {
 		l.kill(a)
@@ -168,11 +169,12 @@ func (l *meshLab) addAgent(n int) *gwAgent {
 func (l *meshLab) start(a *gwAgent) {
 	args := []string{"netns", "exec", a.ns, l.bin, "agent",
 		"--kubeconfig", l.kubecfg, "--node-name", a.name, "--database", a.db, "--socket", a.socket,
-		"--metrics-addr", "off", "--cni-conflist", filepath.Join(a.dir, "none.conflist"), "--enforce-policy=false",
-		"--multicast-iface", "eth0", "--beacon-interval", "1s", "--mesh-profile", "local",
+		"--cni-conflist", filepath.Join(a.dir, "none.conflist"), "--enforce-policy=false",
+		"--l7-metrics-socket", filepath.Join(a.dir, "metrics.sock"), "--multicast-iface", "eth0", "--beacon-interval", "1s", "--mesh-profile", "local",
 		"--mesh-refresh", "2s", "--mesh-reconnect-interval", "2s", "--log-format", "text",
 		"--event-handler", `user:ping={ env | grep ^SERF_ | sort; echo ---; cat; } > ` + a.hookFile + `.tmp && mv ` + a.hookFile + `.tmp ` + a.hookFile,
 	}
+	args = append(args, a.extra...)
 	if a.out == nil {
 		a.out = &safeBuffer{}
 	}
@@ -457,5 +459,95 @@ func TestOnlyMarkedGatewaysRunMesh(t *testing.T) {
 	}
 	if err := allAlive(ms, shippedCluster, "gw-1"); err != nil {
 		t.Fatalf("after 3s: %v", err)
+	}
+}
+
+// inNS fetches http://addr/path from inside namespace name (the socket is made there; the
+// agent's metrics listener is on the namespace's loopback).
+func inNSGet(name, addr, path string) (string, error) {
+	netns, err := ns.GetNS("/var/run/netns/" + name)
+	if err != nil {
+		return "", err
+	}
+	defer netns.Close()
+	var c net.Conn
+	if err := netns.Do(func(ns.NetNS) error {
+		var err error
+		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: agent\r\n\r\n", path)
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// Two gateways whose ConfigMap lists a remote cluster with two endpoints (both agents'
+// addresses on the LAN): each agent probes both paths against the responders the agents
+// run, `patronus paths` through its socket shows them up with a latency, and the path
+// score metric is on the agent's /metrics.
+func TestGatewayAgentProbesRemotePaths(t *testing.T) {
+	l, c := newMeshLab(t)
+	ctx := context.Background()
+	cms := c.Client().CoreV1().ConfigMaps(k8senv.PatronusNamespace)
+	cm, err := cms.Get(ctx, "patronus-config", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm.Data["remote-clusters"] = "- {id: west, endpoint: '10.78.0.2:51820', cidr: 10.248.0.0/16, paths: ['10.78.0.1:51820']}"
+	cm.Data["probe-interval"] = "100ms"
+	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a1 := l.addAgent(1, "--metrics-addr", "127.0.0.1:9476")
+	l.addAgent(2, "--metrics-addr", "127.0.0.1:9476")
+
+	waitFor(t, 90*time.Second, "both paths up in gw-1's patronus paths", func() error {
+		if err := a1.alive(); err != nil {
+			return err
+		}
+		out, err := l.cliStdout("paths", "--socket", a1.socket, "-o", "json")
+		if err != nil {
+			return fmt.Errorf("patronus paths: %v: %s", err, out)
+		}
+		var snap struct {
+			Paths []struct {
+				ID        string  `json:"path_id"`
+				Dst       string  `json:"dst"`
+				State     string  `json:"state"`
+				LatencyMs float64 `json:"latency_ms"`
+				Sent      uint64  `json:"probes_sent"`
+			} `json:"paths"`
+		}
+		if err := json.Unmarshal([]byte(out), &snap); err != nil {
+			// The CLI may print a bare list; accept both shapes.
+			if err2 := json.Unmarshal([]byte(out), &snap.Paths); err2 != nil {
+				return fmt.Errorf("paths -o json: %v: %s", err, out)
+			}
+		}
+		if len(snap.Paths) != 2 {
+			return fmt.Errorf("%d paths, want 2: %s", len(snap.Paths), out)
+		}
+		for _, p := range snap.Paths {
+			if p.Dst != "west" || p.State != "up" || p.LatencyMs <= 0 || p.Sent == 0 {
+				return fmt.Errorf("path %+v not up with a latency", p)
+			}
+		}
+		return nil
+	})
+	out, err := inNSGet(a1.ns, "127.0.0.1:9476", "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`patronus_path_score{dst="west",path_id="west/10.78.0.2"`, `patronus_path_score{dst="west",path_id="west/10.78.0.1"`, "patronus_mesh_announcements_accepted_total"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("metrics:\n%s", out)
 	}
 }
