@@ -27,6 +27,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -100,7 +101,7 @@ type Programmer struct {
 func New(o Options) (*Programmer, error) {
 	p := &Programmer{table: &nftables.Table{Family: nftables.TableFamilyINet, Name: Table}}
 	var opts []nftables.ConnOption
-	opts = append(opts, nftables.AsLasting())
+	opts = append(opts, nftables.AsLasting(), nftables.WithSockOptions(largeBuffers))
 	if o.NetNS != "" {
 		f, err := os.Open(o.NetNS)
 		if err != nil {
@@ -128,6 +129,29 @@ func (p *Programmer) Close() error {
 		p.nsFd.Close()
 	}
 	return err
+}
+
+// largeBuffers raises the netlink socket's buffers: Set sends the whole state as one
+// transaction, and a hundred services already exceed the default 208 KiB send buffer.
+func largeBuffers(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, 64<<20); serr != nil {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("netlink socket buffers: %w", serr)
+	}
+	return nil
 }
 
 func hash(parts ...string) string {

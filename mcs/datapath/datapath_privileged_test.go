@@ -18,7 +18,7 @@ import (
 
 // testNS makes a network namespace with an interface holding the endpoint addresses
 // (each with a TCP listener answering its own address) and a route for the VIP range.
-func testNS(t *testing.T, addrs ...string) (path string, netns ns.NetNS) {
+func testNS(t testing.TB, addrs ...string) (path string, netns ns.NetNS) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, nftables)")
