@@ -35,6 +35,10 @@ type DatapathOptions struct {
 	MCS       mcsclient.Interface
 	ClusterID string
 	Datapath  Datapath
+	// ClusterHealthy, if set, reports whether a remote cluster is reachable (some path up);
+	// the endpoints of an unreachable cluster are left out until it is back. Call
+	// DatapathSyncer.Trigger when its answer changes.
+	ClusterHealthy func(cluster string) bool
 	// Resync re-applies the desired state periodically (default 1m); CRDWait as Options.
 	Resync  time.Duration
 	CRDWait time.Duration
@@ -63,6 +67,14 @@ func NewDatapathSyncer(o DatapathOptions) (*DatapathSyncer, error) {
 	return &DatapathSyncer{o: o, log: o.Logger.With("component", "mcs-datapath"), nudge: make(chan struct{}, 1)}, nil
 }
 
+// Trigger asks for a re-computation (for example when a cluster's paths went down or up).
+func (d *DatapathSyncer) Trigger() {
+	select {
+	case d.nudge <- struct{}{}:
+	default:
+	}
+}
+
 // Run programs the datapath on every change until ctx ends.
 func (d *DatapathSyncer) Run(ctx context.Context) error {
 	c := &Controller{o: Options{MCS: d.o.MCS, CRDWait: d.o.CRDWait}, log: d.log}
@@ -71,12 +83,7 @@ func (d *DatapathSyncer) Run(ctx context.Context) error {
 	}
 	kf := informers.NewSharedInformerFactory(d.o.Kube, 0)
 	mf := mcsinformers.NewSharedInformerFactory(d.o.MCS, 0)
-	trigger := func() {
-		select {
-		case d.nudge <- struct{}{}:
-		default:
-		}
-	}
+	trigger := d.Trigger
 	h := cache.ResourceEventHandlerFuncs{AddFunc: func(any) { trigger() }, UpdateFunc: func(any, any) { trigger() }, DeleteFunc: func(any) { trigger() }}
 	sl := kf.Discovery().V1().EndpointSlices()
 	si := mf.Multicluster().V1beta1().ServiceImports()
@@ -106,7 +113,7 @@ func (d *DatapathSyncer) Run(ctx context.Context) error {
 		eps, err2 := sl.Lister().List(labels.Everything())
 		err := errors.Join(err1, err2)
 		if err == nil {
-			err = d.o.Datapath.Set(BuildServices(d.o.ClusterID, imports, eps))
+			err = d.o.Datapath.Set(BuildServices(d.o.ClusterID, imports, eps, d.o.ClusterHealthy))
 		}
 		if err != nil {
 			if err.Error() != lastErr {
@@ -124,8 +131,9 @@ func (d *DatapathSyncer) Run(ctx context.Context) error {
 // ClusterSetIP with an IPv4 ClusterSetIP, its ports' endpoints taken from the imported
 // EndpointSlices (remote clusters) and, when this cluster exports the service too, from
 // the local Service's EndpointSlices (marked Local). Endpoint ports come from the slice
-// port of the same name and protocol. Sorted by name.
-func BuildServices(clusterID string, imports []*mcsv1beta1.ServiceImport, eps []*discoveryv1.EndpointSlice) []datapath.Service {
+// port of the same name and protocol. Remote clusters for which healthy (if not nil)
+// returns false contribute no endpoints. Sorted by name.
+func BuildServices(clusterID string, imports []*mcsv1beta1.ServiceImport, eps []*discoveryv1.EndpointSlice, healthy func(cluster string) bool) []datapath.Service {
 	var out []datapath.Service
 	for _, im := range imports {
 		if im.Spec.Type != mcsv1beta1.ClusterSetIP || len(im.Spec.IPs) == 0 {
@@ -148,6 +156,9 @@ func BuildServices(clusterID string, imports []*mcsv1beta1.ServiceImport, eps []
 			switch {
 			case sl.Labels[discoveryv1.LabelManagedBy] == EndpointSliceManagedBy && sl.Labels[mcsv1beta1.LabelServiceName] == im.Name &&
 				sl.Labels[mcsv1beta1.LabelSourceCluster] != clusterID:
+				if healthy != nil && !healthy(sl.Labels[mcsv1beta1.LabelSourceCluster]) {
+					continue
+				}
 				srcs = append(srcs, src{sl, false})
 			case localExports && sl.Labels[discoveryv1.LabelServiceName] == im.Name && sl.Labels[discoveryv1.LabelManagedBy] != EndpointSliceManagedBy:
 				srcs = append(srcs, src{sl, true})

@@ -58,8 +58,16 @@ func TestBuildServices(t *testing.T) {
 		name    string
 		imports []*mcsv1beta1.ServiceImport
 		slices  []*discoveryv1.EndpointSlice
+		healthy func(string) bool
 		want    []datapath.Service
 	}{
+		{name: "unreachable cluster's endpoints left out",
+			imports: []*mcsv1beta1.ServiceImport{imp("web", "10.112.0.10", mcsv1beta1.ClusterSetIP, "west", "south")},
+			slices: []*discoveryv1.EndpointSlice{remoteSlice("web", "west", 8080, map[string]bool{"10.245.0.1": true}),
+				remoteSlice("web", "south", 8080, map[string]bool{"10.246.0.1": true})},
+			healthy: func(c string) bool { return c != "west" },
+			want: []datapath.Service{{Name: "ns/web", VIP: vip, Ports: []datapath.Port{{Protocol: "TCP", Port: 80,
+				Endpoints: []datapath.Endpoint{dep("10.246.0.1", 8080, true, false)}}}}}},
 		{name: "remote only; local Service slices ignored when this cluster does not export",
 			imports: []*mcsv1beta1.ServiceImport{imp("web", "10.112.0.10", mcsv1beta1.ClusterSetIP, "west")},
 			slices: []*discoveryv1.EndpointSlice{remoteSlice("web", "west", 8080, map[string]bool{"10.245.0.1": true, "10.245.0.2": false}),
@@ -80,7 +88,7 @@ func TestBuildServices(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := BuildServices("east", tc.imports, tc.slices)
+			got := BuildServices("east", tc.imports, tc.slices, tc.healthy)
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got  %+v\nwant %+v", got, tc.want)
 			}
