@@ -23,9 +23,9 @@ func benchServices(n int, flip bool) []Service {
 	return out
 }
 
-// BenchmarkSet measures one full rewrite of the owned chains (the desired state changes
-// every iteration) for n services of 3 endpoints, half with ClientIP affinity; the
-// "unchanged" case is the no-op path taken on resyncs.
+// BenchmarkSet measures Set for n services of 3 endpoints, half with ClientIP affinity:
+// "changed" changes every service each iteration, "one-changed" one service (the usual
+// endpoint update), "unchanged" is the no-op path taken on resyncs.
 func BenchmarkSet(b *testing.B) {
 	for _, n := range []int{10, 100, 500} {
 		b.Run(fmt.Sprintf("services=%d/changed", n), func(b *testing.B) {
@@ -40,6 +40,31 @@ func BenchmarkSet(b *testing.B) {
 			for b.Loop() {
 				s := a
 				if i%2 == 1 {
+					s = c
+				}
+				i++
+				if err := p.Set(s); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("services=%d/one-changed", n), func(b *testing.B) {
+			path, _ := testNS(b)
+			p, err := New(Options{NetNS: path})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Close()
+			a := benchServices(n, false)
+			c := append([]Service(nil), a...)
+			c[0] = benchServices(1, true)[0]
+			if err := p.Set(a); err != nil {
+				b.Fatal(err)
+			}
+			i := 0
+			for b.Loop() {
+				s := a
+				if i%2 == 0 {
 					s = c
 				}
 				i++

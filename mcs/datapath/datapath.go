@@ -92,9 +92,9 @@ type Programmer struct {
 	nsFd  *os.File
 	table *nftables.Table
 
-	mu   sync.Mutex
-	last []Service
-	set  bool
+	mu      sync.Mutex
+	applied map[string]Service // by name, as last written
+	set     bool               // applied is what the kernel has
 }
 
 // New opens the netlink connection.
@@ -159,22 +159,94 @@ func hash(parts ...string) string {
 	return hex.EncodeToString(h[:5])
 }
 
-// Set makes the owned chains implement services (replacing every earlier Set). It is a
-// no-op when services equal the last applied set.
+// Set makes the owned chains implement services (replacing every earlier Set). The
+// first call rebuilds everything this package owns (leftovers of an earlier process
+// included); later calls rewrite only the services that changed, in one transaction. It
+// is a no-op when nothing changed.
 func (p *Programmer) Set(services []Service) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	desired := map[string]Service{}
 	for _, s := range services {
 		if !s.VIP.Is4() {
 			return fmt.Errorf("mcs datapath: service %s: VIP %s is not IPv4 (IPv6 is not supported yet)", s.Name, s.VIP)
 		}
-	}
-	if p.set && reflect.DeepEqual(p.last, services) {
-		return nil
+		if _, dup := desired[s.Name]; dup {
+			return fmt.Errorf("mcs datapath: service %s listed twice", s.Name)
+		}
+		desired[s.Name] = s
 	}
 	c, t := p.conn, p.table
+	pre := &nftables.Chain{Name: Prefix + "prerouting", Table: t}
+	out := &nftables.Chain{Name: Prefix + "output", Table: t}
+	changed := 0
+	for name, old := range p.applied {
+		if s, ok := desired[name]; !ok || !reflect.DeepEqual(s, old) {
+			changed++
+		}
+	}
+	// When most services changed, one rebuild is cheaper than many targeted deletions.
+	if !p.set || changed > 16 && changed > len(p.applied)/2 {
+		if err := p.rebuild(services); err != nil {
+			p.set = false
+			return err
+		}
+	} else {
+		var gone, add []Service
+		for name, old := range p.applied {
+			if s, ok := desired[name]; !ok || !reflect.DeepEqual(s, old) {
+				gone = append(gone, old)
+			}
+		}
+		for name, s := range desired {
+			if old, ok := p.applied[name]; !ok || !reflect.DeepEqual(s, old) {
+				add = append(add, s)
+			}
+		}
+		if len(gone) == 0 && len(add) == 0 {
+			return nil
+		}
+		if len(gone) > 0 {
+			byService := map[string][]*nftables.Rule{}
+			for _, base := range []*nftables.Chain{pre, out} {
+				rules, err := c.GetRules(t, base)
+				if err != nil {
+					p.set = false
+					return fmt.Errorf("mcs datapath: read %s: %w", base.Name, err)
+				}
+				for _, r := range rules {
+					byService[string(r.UserData)] = append(byService[string(r.UserData)], r)
+				}
+			}
+			for _, s := range gone {
+				for _, r := range byService[s.Name] {
+					if err := c.DelRule(r); err != nil {
+						p.set = false
+						return fmt.Errorf("mcs datapath: delete rule of %s: %w", s.Name, err)
+					}
+				}
+				removeService(c, t, s)
+			}
+		}
+		for _, s := range add {
+			if err := addService(c, t, pre, out, s); err != nil {
+				return err
+			}
+		}
+		if err := c.Flush(); err != nil {
+			p.set = false // the next Set rebuilds from scratch
+			return fmt.Errorf("mcs datapath: apply: %w", err)
+		}
+	}
+	p.applied, p.set = desired, true
+	return nil
+}
+
+// rebuild removes every owned object and writes services.
+func (p *Programmer) rebuild(services []Service) error {
+	c, t := p.conn, p.table
 	c.AddTable(t)
-	// Remove what we own (rules first: a chain must be empty and unreferenced to go).
+	// Rules first: a chain must be empty and unreferenced to go.
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("mcs datapath: list chains: %w", err)
@@ -202,81 +274,126 @@ func (p *Programmer) Set(services []Service) error {
 	out := c.AddChain(&nftables.Chain{Name: Prefix + "output", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest, Policy: &pol})
 	for _, s := range services {
-		for _, sp := range s.Ports {
-			proto, err := l4(sp.Protocol)
-			if err != nil {
-				return fmt.Errorf("mcs datapath: service %s: %w", s.Name, err)
-			}
-			id := hash(s.Name, s.VIP.String(), sp.Protocol, fmt.Sprint(sp.Port))
-			svcChain := c.AddChain(&nftables.Chain{Name: Prefix + "s-" + id, Table: t})
-			match := []expr.Any{
-				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: s.VIP.AsSlice()},
-				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(sp.Port)},
-				&expr.Verdict{Kind: expr.VerdictGoto, Chain: svcChain.Name},
-			}
-			for _, base := range []*nftables.Chain{pre, out} {
-				c.AddRule(&nftables.Rule{Table: t, Chain: base, Exprs: match, UserData: []byte(s.Name)})
-			}
-			eps := Pick(sp.Endpoints)
-			slices.SortFunc(eps, func(a, b Endpoint) int { return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port)) })
-			if len(eps) == 0 {
-				continue // no ready endpoint: untranslated (the VIP answers nothing)
-			}
-			verdicts := make([]nftables.SetElement, 0, len(eps))
-			for i, ep := range eps {
-				if !ep.Addr.Is4() {
-					return fmt.Errorf("mcs datapath: service %s: endpoint %s is not IPv4", s.Name, ep.Addr)
-				}
-				eid := hash(id, ep.Addr.String(), fmt.Sprint(ep.Port))
-				epChain := c.AddChain(&nftables.Chain{Name: Prefix + "e-" + eid, Table: t})
-				var rule []expr.Any
-				if s.AffinityTimeout > 0 {
-					aff := &nftables.Set{Table: t, Name: Prefix + "a-" + eid, KeyType: nftables.TypeIPAddr,
-						Dynamic: true, HasTimeout: true, Timeout: s.AffinityTimeout}
-					if err := c.AddSet(aff, nil); err != nil {
-						return fmt.Errorf("mcs datapath: affinity set: %w", err)
-					}
-					// Clients seen recently on this endpoint go straight back to it.
-					c.AddRule(&nftables.Rule{Table: t, Chain: svcChain, Exprs: []expr.Any{
-						&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-						&expr.Lookup{SourceRegister: 1, SetName: aff.Name, SetID: aff.ID},
-						&expr.Verdict{Kind: expr.VerdictGoto, Chain: epChain.Name},
-					}})
-					rule = append(rule,
-						&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-						&expr.Dynset{SrcRegKey: 1, SetName: aff.Name, SetID: aff.ID, Operation: uint32(unix.NFT_DYNSET_OP_UPDATE), Timeout: s.AffinityTimeout})
-				}
-				rule = append(rule,
-					&expr.Immediate{Register: 1, Data: ep.Addr.AsSlice()},
-					&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(ep.Port)},
-					&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true})
-				c.AddRule(&nftables.Rule{Table: t, Chain: epChain, Exprs: rule})
-				k := make([]byte, 4)
-				binary.NativeEndian.PutUint32(k, uint32(i))
-				verdicts = append(verdicts, nftables.SetElement{Key: k, VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: epChain.Name}})
-			}
-			vmap := &nftables.Set{Table: t, Anonymous: true, Constant: true, IsMap: true,
-				KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict}
-			if err := c.AddSet(vmap, verdicts); err != nil {
-				return fmt.Errorf("mcs datapath: endpoint map: %w", err)
-			}
-			c.AddRule(&nftables.Rule{Table: t, Chain: svcChain, Exprs: []expr.Any{
-				&expr.Numgen{Register: 1, Modulus: uint32(len(eps)), Type: unix.NFT_NG_RANDOM},
-				&expr.Lookup{SourceRegister: 1, SetName: vmap.Name, SetID: vmap.ID, IsDestRegSet: true, DestRegister: 0},
-			}})
+		if err := addService(c, t, pre, out, s); err != nil {
+			return err
 		}
 	}
 	if err := c.Flush(); err != nil {
-		p.set = false
 		return fmt.Errorf("mcs datapath: apply: %w", err)
 	}
-	p.last, p.set = slices.Clone(services), true
+	return nil
+}
+
+// names are the chain and set names of one service port and its picked endpoints.
+type names struct {
+	svc       string
+	endpoints []Endpoint
+	epChains  []string
+	affSets   []string
+}
+
+func namesOf(s Service, sp Port) names {
+	id := hash(s.Name, s.VIP.String(), sp.Protocol, fmt.Sprint(sp.Port))
+	n := names{svc: Prefix + "s-" + id}
+	n.endpoints = Pick(sp.Endpoints)
+	slices.SortFunc(n.endpoints, func(a, b Endpoint) int { return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port)) })
+	for _, ep := range n.endpoints {
+		eid := hash(id, ep.Addr.String(), fmt.Sprint(ep.Port))
+		n.epChains = append(n.epChains, Prefix+"e-"+eid)
+		n.affSets = append(n.affSets, Prefix+"a-"+eid)
+	}
+	return n
+}
+
+// removeService queues the deletion of s's chains and sets (its base chain rules must
+// be deleted first).
+func removeService(c *nftables.Conn, t *nftables.Table, s Service) {
+	for _, sp := range s.Ports {
+		n := namesOf(s, sp)
+		all := append([]string{n.svc}, n.epChains...)
+		for _, name := range all {
+			c.FlushChain(&nftables.Chain{Name: name, Table: t})
+		}
+		for _, name := range all {
+			c.DelChain(&nftables.Chain{Name: name, Table: t})
+		}
+		if s.AffinityTimeout > 0 {
+			for _, name := range n.affSets {
+				c.DelSet(&nftables.Set{Name: name, Table: t})
+			}
+		}
+	}
+}
+
+// addService queues s's chains, sets and base chain rules.
+func addService(c *nftables.Conn, t *nftables.Table, pre, out *nftables.Chain, s Service) error {
+	for _, sp := range s.Ports {
+		proto, err := l4(sp.Protocol)
+		if err != nil {
+			return fmt.Errorf("mcs datapath: service %s: %w", s.Name, err)
+		}
+		n := namesOf(s, sp)
+		svcChain := c.AddChain(&nftables.Chain{Name: n.svc, Table: t})
+		match := []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: s.VIP.AsSlice()},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(sp.Port)},
+			&expr.Verdict{Kind: expr.VerdictGoto, Chain: svcChain.Name},
+		}
+		for _, base := range []*nftables.Chain{pre, out} {
+			// UserData names the service, so a later Set finds the rules to delete.
+			c.AddRule(&nftables.Rule{Table: t, Chain: base, Exprs: match, UserData: []byte(s.Name)})
+		}
+		if len(n.endpoints) == 0 {
+			continue // no ready endpoint: untranslated (the VIP answers nothing)
+		}
+		verdicts := make([]nftables.SetElement, 0, len(n.endpoints))
+		for i, ep := range n.endpoints {
+			if !ep.Addr.Is4() {
+				return fmt.Errorf("mcs datapath: service %s: endpoint %s is not IPv4", s.Name, ep.Addr)
+			}
+			epChain := c.AddChain(&nftables.Chain{Name: n.epChains[i], Table: t})
+			var rule []expr.Any
+			if s.AffinityTimeout > 0 {
+				aff := &nftables.Set{Table: t, Name: n.affSets[i], KeyType: nftables.TypeIPAddr,
+					Dynamic: true, HasTimeout: true, Timeout: s.AffinityTimeout}
+				if err := c.AddSet(aff, nil); err != nil {
+					return fmt.Errorf("mcs datapath: affinity set: %w", err)
+				}
+				// Clients seen recently on this endpoint go straight back to it.
+				c.AddRule(&nftables.Rule{Table: t, Chain: svcChain, Exprs: []expr.Any{
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+					&expr.Lookup{SourceRegister: 1, SetName: aff.Name, SetID: aff.ID},
+					&expr.Verdict{Kind: expr.VerdictGoto, Chain: epChain.Name},
+				}})
+				rule = append(rule,
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+					&expr.Dynset{SrcRegKey: 1, SetName: aff.Name, SetID: aff.ID, Operation: uint32(unix.NFT_DYNSET_OP_UPDATE), Timeout: s.AffinityTimeout})
+			}
+			rule = append(rule,
+				&expr.Immediate{Register: 1, Data: ep.Addr.AsSlice()},
+				&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(ep.Port)},
+				&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true})
+			c.AddRule(&nftables.Rule{Table: t, Chain: epChain, Exprs: rule})
+			k := make([]byte, 4)
+			binary.NativeEndian.PutUint32(k, uint32(i))
+			verdicts = append(verdicts, nftables.SetElement{Key: k, VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: epChain.Name}})
+		}
+		vmap := &nftables.Set{Table: t, Anonymous: true, Constant: true, IsMap: true,
+			KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict}
+		if err := c.AddSet(vmap, verdicts); err != nil {
+			return fmt.Errorf("mcs datapath: endpoint map: %w", err)
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: svcChain, Exprs: []expr.Any{
+			&expr.Numgen{Register: 1, Modulus: uint32(len(n.endpoints)), Type: unix.NFT_NG_RANDOM},
+			&expr.Lookup{SourceRegister: 1, SetName: vmap.Name, SetID: vmap.ID, IsDestRegSet: true, DestRegister: 0},
+		}})
+	}
 	return nil
 }
 

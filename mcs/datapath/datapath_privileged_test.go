@@ -174,6 +174,46 @@ func TestProgrammerNetns(t *testing.T) {
 		})
 	}
 
+	// Two services; changing one leaves the other working.
+	web := Service{Name: "ns/web", VIP: netip.MustParseAddr("10.112.0.10"), Ports: []Port{{Protocol: "TCP", Port: 80, Endpoints: []Endpoint{ep("10.245.1.5", true, false)}}}}
+	api := Service{Name: "ns/api", VIP: netip.MustParseAddr("10.112.0.11"), Ports: []Port{{Protocol: "TCP", Port: 80, Endpoints: []Endpoint{ep("10.245.1.6", true, false)}}}}
+	if err := p.Set([]Service{web, api}); err != nil {
+		t.Fatal(err)
+	}
+	api.Ports = []Port{{Protocol: "TCP", Port: 80, Endpoints: []Endpoint{ep("10.245.1.7", true, false)}}}
+	if err := p.Set([]Service{web, api}); err != nil {
+		t.Fatal(err)
+	}
+	if h := hits(t, netns, "10.112.0.10", 5); h["10.245.1.5"] != 5 {
+		t.Errorf("web after api changed: %v", h)
+	}
+	if h := hits(t, netns, "10.112.0.11", 5); h["10.245.1.7"] != 5 {
+		t.Errorf("api after its change: %v", h)
+	}
+	if err := p.Set([]Service{api}); err != nil {
+		t.Fatal(err)
+	}
+	if h := hits(t, netns, "10.112.0.10", 1); h["error"] != 1 {
+		t.Errorf("web still answers after removal: %v", h)
+	}
+	if h := hits(t, netns, "10.112.0.11", 3); h["10.245.1.7"] != 3 {
+		t.Errorf("api after web's removal: %v", h)
+	}
+
+	// A new Programmer (agent restart) rebuilds from scratch over the leftovers.
+	p2, err := New(Options{NetNS: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	if err := p2.Set([]Service{web}); err != nil {
+		t.Fatal(err)
+	}
+	if h := hits(t, netns, "10.112.0.11", 1); h["error"] != 1 {
+		t.Errorf("api left over after a restart's first Set: %v", h)
+	}
+	p = p2
+
 	// Withdrawn: nothing of ours is left, the other writer's chain is.
 	if err := p.Set(nil); err != nil {
 		t.Fatal(err)
