@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -240,6 +241,7 @@ type nnNode struct {
 type nnPod struct {
 	netns string // path
 	ip    netip.Addr
+	node  string
 }
 
 // Three agents, each claiming a block of cluster-cidr for its node (Nodes without a
@@ -270,8 +272,8 @@ func TestNodeNetAcrossNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var nodes []*nnNode
-	for i, name := range []string{"nn-a", "nn-b", "nn-c"} {
+	// addNode makes node name (underlay address .11+i) with its Node object; no agent yet.
+	addNode := func(name string, i int) *nnNode {
 		n := &nnNode{name: name, netns: makeNetns(t, "nd"), addr: netip.AddrFrom4([4]byte{192, 168, 79, byte(11 + i)}), dir: nodeDir(t)}
 		h := handleAt(t, n.netns)
 		unsh, err := netns.GetFromPath(under)
@@ -337,7 +339,11 @@ func TestNodeNetAcrossNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 		createNode(t, k, name, n.addr)
-		nodes = append(nodes, n)
+		return n
+	}
+	var nodes []*nnNode
+	for i, name := range []string{"nn-a", "nn-b", "nn-c"} {
+		nodes = append(nodes, addNode(name, i))
 	}
 	// Started together: the claims race through the API server.
 	for _, n := range nodes {
@@ -382,8 +388,8 @@ func TestNodeNetAcrossNodes(t *testing.T) {
 	}
 
 	// A pod per node through the real plugin with the conflist the agent wrote.
-	var pods []nnPod
-	for _, n := range nodes {
+	addPod := func(n *nnNode) nnPod {
+		t.Helper()
 		list, err := libcni.ConfListFromFile(n.opts.ConflistPath)
 		if err != nil {
 			t.Fatal(err)
@@ -409,28 +415,36 @@ func TestNodeNetAcrossNodes(t *testing.T) {
 		if !n.block.Contains(ip) {
 			t.Fatalf("pod on %s got %s outside the node's block %s", n.name, ip, n.block)
 		}
-		pods = append(pods, nnPod{netns: rt.NetNS, ip: ip})
 		serveEcho(t, rt.NetNS, ip, 8080)
+		return nnPod{netns: rt.NetNS, ip: ip, node: n.name}
+	}
+	// reach checks ICMP and TCP from one pod to another, with the real source address.
+	reach := func(from, to nnPod) {
+		t.Helper()
+		what := fmt.Sprintf("pod %s (%s) -> pod %s (%s)", from.ip, from.node, to.ip, to.node)
+		waitFor(t, 15*time.Second, "ICMP "+what, func() error {
+			out, err := exec.Command("ip", "netns", "exec", filepath.Base(from.netns), "ping", "-c", "1", "-W", "1", to.ip.String()).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			return nil
+		})
+		got, err := dialEcho(from.netns, to.ip, 8080)
+		if err != nil {
+			t.Fatalf("TCP %s: %v", what, err)
+		}
+		if got != from.ip.String() {
+			t.Fatalf("TCP %s: the server saw %s, want the pod's own address (pod-to-pod is never masqueraded)", what, got)
+		}
+	}
+	var pods []nnPod
+	for _, n := range nodes {
+		pods = append(pods, addPod(n))
 	}
 	for i, from := range pods {
 		for j, to := range pods {
-			if i == j {
-				continue
-			}
-			what := fmt.Sprintf("pod %s (%s) -> pod %s (%s)", from.ip, nodes[i].name, to.ip, nodes[j].name)
-			waitFor(t, 15*time.Second, "ICMP "+what, func() error {
-				out, err := exec.Command("ip", "netns", "exec", filepath.Base(from.netns), "ping", "-c", "1", "-W", "1", to.ip.String()).CombinedOutput()
-				if err != nil {
-					return fmt.Errorf("%v: %s", err, out)
-				}
-				return nil
-			})
-			got, err := dialEcho(from.netns, to.ip, 8080)
-			if err != nil {
-				t.Fatalf("TCP %s: %v", what, err)
-			}
-			if got != from.ip.String() {
-				t.Fatalf("TCP %s: the server saw %s, want the pod's own address (pod-to-pod is never masqueraded)", what, got)
+			if i != j {
+				reach(from, to)
 			}
 		}
 	}
@@ -444,6 +458,67 @@ func TestNodeNetAcrossNodes(t *testing.T) {
 		t.Fatalf("patronus status lacks %q:\n%s", want, out)
 	}
 	t.Logf("patronus status on %s:\n%s", a.name, out)
+
+	// A fourth node joins, its agent the real binary as the DaemonSet runs it
+	// (`patronus agent --manage-conflist`, in the node's namespace as its host network):
+	// it claims a block of its own, the three others route to it, and pods reach each
+	// other both ways.
+	d := addNode("nn-d", 3)
+	relayAPI(t, d.netns, c.Host())
+	args := []string{"netns", "exec", filepath.Base(d.netns), bin, "agent", "--manage-conflist",
+		"--kubeconfig", c.Kubeconfig(), "--database", d.opts.DatabasePath, "--socket", d.opts.SocketPath,
+		"--cni-conflist", d.opts.ConflistPath, "--metrics-addr", "off", "--enforce-policy=false", "--mesh=false",
+		"--paths=false", "--log-format", "text"}
+	cmd := exec.Command("ip", args...)
+	cmd.Env = append(os.Environ(), "NODE_NAME="+d.name, "CLUSTER_ID=test-cluster")
+	var dout safeBuffer
+	cmd.Stdout, cmd.Stderr = &dout, &dout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("nn-d agent output:\n%s", dout.String())
+		}
+	})
+	d.ra = &runningAgent{client: localapi.NewClient(d.opts.SocketPath)}
+	waitFor(t, 60*time.Second, "nn-d (binary) ready", func() error {
+		select {
+		case err := <-exited:
+			exited <- err
+			return errPermanent{fmt.Errorf("agent exited: %v", err)}
+		default:
+		}
+		return d.ra.client.Ready(context.Background())
+	})
+	subnet, _, _ := conflistIPAM(t, d.opts.ConflistPath)
+	d.block, err = netip.ParsePrefix(subnet)
+	if err != nil || !cidr.Contains(d.block.Addr()) || seen[d.block] != "" {
+		t.Fatalf("nn-d: conflist subnet %q (blocks already held: %v)", subnet, seen)
+	}
+	for _, n := range nodes {
+		waitFor(t, 30*time.Second, n.name+" routes nn-d's block", func() error {
+			var nn localapi.NodeNet
+			if err := n.ra.client.Do(context.Background(), "GET", localapi.PathNodeNet, &nn); err != nil {
+				return err
+			}
+			if nn.Peers != 3 {
+				return fmt.Errorf("nodenet %+v", nn)
+			}
+			return nil
+		})
+	}
+	pd := addPod(d)
+	reach(pods[0], pd)
+	reach(pd, pods[2])
 }
 
 // serveEcho answers each TCP connection on addr:port inside the namespace with the
@@ -485,4 +560,45 @@ func dialEcho(nsPath string, addr netip.Addr, port int) (string, error) {
 		return err
 	})
 	return got, err
+}
+
+// relayAPI makes the API server (host URL on the root namespace's loopback) reachable at
+// the same address inside the namespace at nsPath: the listener is created there, each
+// connection is relayed from the root namespace.
+func relayAPI(t *testing.T, nsPath, host string) {
+	t.Helper()
+	u, err := url.Parse(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ln net.Listener
+	if err := inNS(nsPath, func() error {
+		var err error
+		ln, err = net.Listen("tcp", u.Host)
+		return err
+	}); err != nil {
+		t.Fatalf("API relay: %v", err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			down, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer down.Close()
+				up, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				done := make(chan struct{})
+				go func() { io.Copy(up, down); up.(*net.TCPConn).CloseWrite(); close(done) }()
+				io.Copy(down, up)
+				down.(*net.TCPConn).CloseWrite()
+				<-done
+			}()
+		}
+	}()
 }
