@@ -127,25 +127,34 @@ func runScenarios(t *testing.T, c *k8senv.Cluster, datapath string) {
 	n.expect("all policies deleted", "tcp", 80, allAllowed)
 
 	t.Run("qos class sets the priority", func(t *testing.T) { qosPriority(t, n, xb) })
-	t.Run("service", func(t *testing.T) { serviceScenario(t, n, xa, xb, ya) })
+	t.Run("service", func(t *testing.T) { serviceScenario(t, n, c, xa, xb, ya) })
 	t.Run("add waits for policy", func(t *testing.T) { addWaits(t, n, ya) })
 	t.Run("counter and audit", func(t *testing.T) { countersAndAudit(t, n, datapath) })
 	t.Run("agent restart", func(t *testing.T) { agentRestart(t, n, ya, xb, is) })
 }
 
-// serviceScenario probes through a Service IP. No kube-proxy here: an nftables DNAT rule
-// in the node namespace stands in for it (what kube-proxy's nftables mode does for a
-// ClusterIP). Egress is decided on the translated destination: x/b may reach x/a:80
-// only, so x/b → service(x/a:80) passes and x/b → service(y/a:80) is denied.
-func serviceScenario(t *testing.T, n *node, xa, xb, ya *pod) {
-	svcA, svcY := netip.MustParseAddr("10.96.0.100"), netip.MustParseAddr("10.96.0.101")
-	rules := fmt.Sprintf(`table ip pt-kubeproxy {
+// serviceScenario probes through Service ClusterIPs translated by kube-proxy (nftables
+// mode, in the node namespace; the binary from $PATRONUS_KUBE_PROXY or the lab's build
+// cache). Without the binary, an nftables DNAT rule stands in for it (logged). Egress is
+// decided on the translated destination: x/b may reach x/a:80 only, so x/b → service(x/a)
+// passes and x/b → service(y/a) is denied.
+func serviceScenario(t *testing.T, n *node, c *k8senv.Cluster, xa, xb, ya *pod) {
+	var svcA, svcY netip.Addr
+	if bin := kubeProxyBin(); bin != "" {
+		ips := startKubeProxy(t, n, c, bin, xa, ya)
+		svcA, svcY = ips[0], ips[1]
+		t.Logf("kube-proxy %s (nftables mode): svc(x/a)=%s svc(y/a)=%s", bin, svcA, svcY)
+	} else {
+		t.Log("no kube-proxy binary (set PATRONUS_KUBE_PROXY or build the lab's): an nftables DNAT rule stands in for it")
+		svcA, svcY = netip.MustParseAddr("10.96.0.100"), netip.MustParseAddr("10.96.0.101")
+		rules := fmt.Sprintf(`table ip pt-kubeproxy {
   chain pre { type nat hook prerouting priority dstnat; ip daddr %s tcp dport 80 dnat to %s:80; ip daddr %s tcp dport 80 dnat to %s:80; }
 }`, svcA, xa.ip, svcY, ya.ip)
-	if err := n.inNode(func() error { return nftApply(rules) }); err != nil {
-		t.Fatalf("DNAT stand-in for kube-proxy: %v", err)
+		if err := n.inNode(func() error { return nftApply(rules) }); err != nil {
+			t.Fatalf("DNAT stand-in for kube-proxy: %v", err)
+		}
+		t.Cleanup(func() { _ = n.inNode(func() error { return nftApply("delete table ip pt-kubeproxy") }) })
 	}
-	t.Cleanup(func() { _ = n.inNode(func() error { return nftApply("delete table ip pt-kubeproxy") }) })
 	if !xb.probe("tcp", netip.AddrPortFrom(svcY, 80), 2*time.Second) {
 		t.Fatal("x/b cannot reach service(y/a) without policy")
 	}
