@@ -676,9 +676,13 @@ func (c *Controller) ensureImport(ctx context.Context, im resolve.Import, taken 
 			return nil, fmt.Errorf("update ServiceImport %s: %w", key, err)
 		}
 	}
-	if !equality.Semantic.DeepEqual(cur.Status.Clusters, clusters) {
+	conds := slices.Clone(cur.Status.Conditions)
+	meta.SetStatusCondition(&conds, metav1.Condition{Type: string(mcsv1beta1.ServiceImportConditionReady), Status: metav1.ConditionTrue,
+		Reason: string(mcsv1beta1.ServiceImportReasonReady), ObservedGeneration: cur.Generation,
+		Message: fmt.Sprintf("imported from %s", strings.Join(im.Clusters, ", "))})
+	if !equality.Semantic.DeepEqual(cur.Status.Clusters, clusters) || !equality.Semantic.DeepEqual(cur.Status.Conditions, conds) {
 		upd := cur.DeepCopy()
-		upd.Status.Clusters = clusters
+		upd.Status.Clusters, upd.Status.Conditions = clusters, conds
 		if cur, err = api.UpdateStatus(ctx, upd, metav1.UpdateOptions{}); err != nil {
 			return nil, fmt.Errorf("update status of ServiceImport %s: %w", key, err)
 		}

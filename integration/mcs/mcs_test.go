@@ -384,6 +384,9 @@ func TestMultiClusterServices(t *testing.T) {
 			if len(si.Status.Clusters) != 1 || si.Status.Clusters[0].Cluster != "west" {
 				return fmt.Errorf("import clusters %v", si.Status.Clusters)
 			}
+			if c := meta.FindStatusCondition(si.Status.Conditions, "Ready"); c == nil || c.Status != metav1.ConditionTrue || c.Message != "imported from west" {
+				return fmt.Errorf("import Ready condition %+v", c)
+			}
 			vip = si.Spec.IPs[0]
 			return nil
 		})
