@@ -130,6 +130,9 @@ func runScenarios(t *testing.T, c *k8senv.Cluster, datapath string) {
 	t.Run("service", func(t *testing.T) { serviceScenario(t, n, c, xa, xb, ya) })
 	t.Run("add waits for policy", func(t *testing.T) { addWaits(t, n, ya) })
 	t.Run("counter and audit", func(t *testing.T) { countersAndAudit(t, n, datapath) })
+	if datapath != "nftables" {
+		t.Run("audit all", func(t *testing.T) { auditAll(t, n, za, ya) })
+	}
 	t.Run("agent restart", func(t *testing.T) { agentRestart(t, n, ya, xb, is) })
 }
 
@@ -348,5 +351,43 @@ func qosPriority(t *testing.T, n *node, p *pod) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+	}
+}
+
+// auditAll: allowed flows are audited only for namespaces annotated patronus.io/audit=all.
+func auditAll(t *testing.T, n *node, za, ya *pod) {
+	hasAllow := func(from *pod) bool {
+		for _, l := range strings.Split(n.audit.String(), "\n") {
+			var rec map[string]any
+			if json.Unmarshal([]byte(l), &rec) == nil && rec["verdict"] == "allow" && rec["source"] == from.ip.String() &&
+				rec["protocol"] == "TCP" && rec["port"] == float64(81) {
+				return true
+			}
+		}
+		return false
+	}
+	if !za.probe("tcp", netip.AddrPortFrom(ya.ip, 81), 2*time.Second) {
+		t.Fatal("z/a -> y/a:81 failed")
+	}
+	time.Sleep(300 * time.Millisecond)
+	if hasAllow(za) {
+		t.Fatalf("allowed flow audited without the namespace annotation:\n%s", n.audit.String())
+	}
+	ann := func(v any) {
+		b, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{"patronus.io/audit": v}}})
+		if _, err := n.k.CoreV1().Namespaces().Patch(context.Background(), za.ns, "application/merge-patch+json", b, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ann("all")
+	defer ann(nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for !hasAllow(za) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no allow audit line for z/a -> y/a:81 with %s annotated patronus.io/audit=all:\n%s", za.ns, n.audit.String())
+		}
+		// New connections (new source ports): an established flow is not re-reported.
+		za.probe("tcp", netip.AddrPortFrom(ya.ip, 81), 2*time.Second)
+		time.Sleep(200 * time.Millisecond)
 	}
 }
