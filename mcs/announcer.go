@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"slices"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/patronus/patronus/mcs/resolve"
+	"github.com/patronus/patronus/mesh"
 	"github.com/patronus/patronus/mesh/announce"
 )
 
@@ -157,15 +159,34 @@ func (m *MeshAnnouncer) Withdraw(namespace, name string) error {
 	return errors.Join(errs...)
 }
 
+// memberLister is implemented by *mesh.Node: serf's view of the members.
+type memberLister interface {
+	Members() []mesh.Member
+}
+
 // Exports lists the accepted service announcements, parts reassembled. When several
 // nodes of one cluster announced the same service (a leader change), the newest
-// announcement of each part counts.
+// announcement of each part counts. When the node can list members (a *mesh.Node does),
+// announcements of an origin serf has declared failed are left out at once, without
+// waiting for them to expire (the TTL is minutes by default; failure detection takes
+// seconds), and count again when the origin is alive.
 func (m *MeshAnnouncer) Exports() (uint64, []resolve.Export) {
 	st := m.Node.State()
-	v := st.Version()
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d", st.Version())
+	down := map[string]bool{}
+	if ml, ok := m.Node.(memberLister); ok {
+		for _, mem := range ml.Members() { // sorted by name
+			if mem.Status == "failed" {
+				down[mem.Cluster+"/"+mem.Name] = true
+				fmt.Fprintf(h, ";%s/%s", mem.Cluster, mem.Name)
+			}
+		}
+	}
+	v := h.Sum64()
 	newest := map[string]announce.Announcement{}
 	for _, a := range st.List() {
-		if a.Kind != announce.KindService || a.Service == nil || a.Withdraw {
+		if a.Kind != announce.KindService || a.Service == nil || a.Withdraw || down[a.Cluster+"/"+a.Origin] {
 			continue
 		}
 		k := a.Cluster + "/" + a.Service.Namespace + "/" + a.Service.Name

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/patronus/patronus/mcs/resolve"
+	"github.com/patronus/patronus/mesh"
 	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/mesh/trust"
 )
@@ -112,5 +113,35 @@ func TestMeshAnnouncerSplitsLargeExports(t *testing.T) {
 				t.Errorf("after withdraw: %+v", got)
 			}
 		})
+	}
+}
+
+// memberNode adds serf's member view to a signingNode.
+type memberNode struct {
+	*signingNode
+	members []mesh.Member
+}
+
+func (n *memberNode) Members() []mesh.Member { return n.members }
+
+func TestMeshAnnouncerDropsFailedOrigins(t *testing.T) {
+	sn := newSigningNode(t)
+	n := &memberNode{signingNode: sn, members: []mesh.Member{{Name: "gateway-node-with-a-long-name", Cluster: "cluster-west", Status: "alive"}}}
+	m := NewMeshAnnouncer(n)
+	if err := m.Publish(bigExport(3, false)); err != nil {
+		t.Fatal(err)
+	}
+	v1, got := m.Exports()
+	if len(got) != 1 {
+		t.Fatalf("alive origin: %+v", got)
+	}
+	n.members[0].Status = "failed"
+	v2, got := m.Exports()
+	if len(got) != 0 || v2 == v1 {
+		t.Errorf("failed origin: exports %+v, version %d -> %d (must change)", got, v1, v2)
+	}
+	n.members[0].Status = "alive"
+	if v3, got := m.Exports(); len(got) != 1 || v3 != v1 {
+		t.Errorf("origin back: exports %+v, version %d (was %d)", got, v3, v1)
 	}
 }
