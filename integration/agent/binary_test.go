@@ -82,7 +82,9 @@ func TestBinaryAgent(t *testing.T) {
 	db, sock := filepath.Join(dir, "k8s-sdwan.db"), filepath.Join(dir, "agent.sock")
 
 	cmd := exec.Command(bin, "agent", "--kubeconfig", c.Kubeconfig(), "--database", db, "--socket", sock,
-		"--metrics-addr", "127.0.0.1:0", "--cni-conflist", filepath.Join(dir, "none.conflist"), "--db-poll", "200ms", "--log-format", "text")
+		"--metrics-addr", "127.0.0.1:0", "--cni-conflist", filepath.Join(dir, "none.conflist"), "--db-poll", "200ms", "--log-format", "text",
+		// Enforcement would load BPF and nftables in this (the root) namespace.
+		"--enforce-policy=false", "--mesh=false")
 	cmd.Env = append(os.Environ(), "NODE_NAME="+node, "CLUSTER_ID=bin-cluster")
 	var out safeBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
