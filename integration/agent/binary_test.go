@@ -84,7 +84,7 @@ func TestBinaryAgent(t *testing.T) {
 	cmd := exec.Command(bin, "agent", "--kubeconfig", c.Kubeconfig(), "--database", db, "--socket", sock,
 		"--metrics-addr", "127.0.0.1:0", "--cni-conflist", filepath.Join(dir, "none.conflist"), "--db-poll", "200ms", "--log-format", "text",
 		// Enforcement would load BPF and nftables in this (the root) namespace.
-		"--enforce-policy=false", "--mesh=false")
+		"--enforce-policy=false", "--mesh=false", "--paths=false")
 	cmd.Env = append(os.Environ(), "NODE_NAME="+node, "CLUSTER_ID=bin-cluster")
 	var out safeBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
