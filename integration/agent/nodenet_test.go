@@ -20,6 +20,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
@@ -601,4 +602,115 @@ func relayAPI(t *testing.T, nsPath, host string) {
 			}()
 		}
 	}()
+}
+
+// The route and masquerade switches: ConfigMap masquerade=false routes the peer's block
+// and installs no masquerade chain; NoRoutes (--node-routes=false) with the Masquerade
+// override (--masquerade) routes nothing and masquerades. The conflist is written in both.
+func TestNodeNetRoutesAndMasqueradeSwitches(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the agent's nodenet works in a network namespace of the test (CI runs it as root)")
+	}
+	on := true
+	for _, tc := range []struct {
+		name      string
+		masqKey   string
+		opts      agent.NodeNetOptions
+		wantRoute bool
+		wantMasq  bool
+	}{
+		{name: "ConfigMap masquerade false", masqKey: "false", wantRoute: true, wantMasq: false},
+		{name: "no routes, masquerade flag", masqKey: "false", opts: agent.NodeNetOptions{NoRoutes: true, Masquerade: &on}, wantRoute: false, wantMasq: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := k8senv.Start(t)
+			k := c.Client()
+			setConfigMap(t, k, map[string]string{"cluster-id": "test-cluster", "cluster-cidr": "10.244.0.0/16", "masquerade": tc.masqKey})
+			nsPath := makeNetns(t, "sw")
+			h := handleAt(t, nsPath)
+			// The underlay: a veth pair inside the namespace (this kernel has no dummy links).
+			eth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0p"}
+			if err := h.LinkAdd(eth); err != nil {
+				t.Fatal(err)
+			}
+			if pl, err := h.LinkByName("eth0p"); err != nil || h.LinkSetUp(pl) != nil {
+				t.Fatalf("veth peer: %v", err)
+			}
+			if err := h.AddrAdd(eth, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(192, 168, 80, 1), Mask: net.CIDRMask(24, 32)}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.LinkSetUp(eth); err != nil {
+				t.Fatal(err)
+			}
+			createNode(t, k, node, netip.MustParseAddr("192.168.80.1"))
+			// A peer with a podCIDR of its own on the same subnet.
+			createNode(t, k, "peer", netip.MustParseAddr("192.168.80.2"))
+			p, err := k.CoreV1().Nodes().Get(context.Background(), "peer", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Spec.PodCIDR, p.Spec.PodCIDRs = "10.244.200.0/24", []string{"10.244.200.0/24"}
+			if _, err := k.CoreV1().Nodes().Update(context.Background(), p, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+
+			dir := nodeDir(t)
+			opts := baseOptions(t, c, dir)
+			opts.ConflistPath = filepath.Join(dir, "net.d", "10-patronus.conflist")
+			nno := tc.opts
+			nno.NetNSPath, nno.Resync = nsPath, 500*time.Millisecond
+			opts.NodeNet = &nno
+			ra := startAgent(t, opts)
+			if _, err := os.Stat(opts.ConflistPath); err != nil {
+				t.Fatalf("ready without a conflist: %v", err)
+			}
+			waitFor(t, 20*time.Second, "peer known", func() error {
+				var nn localapi.NodeNet
+				if err := ra.client.Do(context.Background(), "GET", localapi.PathNodeNet, &nn); err != nil {
+					return err
+				}
+				if nn.Peers != 1 || nn.Block == "" {
+					return fmt.Errorf("nodenet %+v", nn)
+				}
+				return nil
+			})
+			// Two resyncs later the datapath is as it will stay.
+			time.Sleep(1500 * time.Millisecond)
+			rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: 78}, netlink.RT_FILTER_PROTOCOL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			routed := false
+			for _, r := range rs {
+				if r.Dst != nil && r.Dst.String() == "10.244.200.0/24" && r.Gw.String() == "192.168.80.2" {
+					routed = true
+				}
+			}
+			if routed != tc.wantRoute {
+				t.Errorf("route to the peer's block: %v, want %v (proto 78 routes: %v)", routed, tc.wantRoute, rs)
+			}
+			nsf, err := netns.GetFromPath(nsPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nsf.Close()
+			nc, err := nftables.New(nftables.WithNetNSFd(int(nsf)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			chains, err := nc.ListChainsOfTableFamily(nftables.TableFamilyINet)
+			if err != nil {
+				t.Fatal(err)
+			}
+			masq := false
+			for _, ch := range chains {
+				if ch.Table.Name == "patronus" && ch.Name == "nodenet-masq" {
+					masq = true
+				}
+			}
+			if masq != tc.wantMasq {
+				t.Errorf("masquerade chain present: %v, want %v", masq, tc.wantMasq)
+			}
+		})
+	}
 }
