@@ -31,6 +31,7 @@ import (
 	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/integration/k8senv"
 	"github.com/patronus/patronus/localapi"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Per-node pod networking run by the agent (agent.Options.NodeNet, `patronus agent
@@ -206,6 +207,26 @@ func TestNodeNetReadyWaitsForConflist(t *testing.T) {
 			if err != nil || b.Bits() != 24 || !netip.MustParsePrefix(tc.clusterCIDR).Contains(b.Addr()) ||
 				gw != b.Addr().Next().String() || nn.Block != subnet || nn.Source != tc.wantSource {
 				t.Fatalf("conflist subnet %s gateway %s, nodenet %+v: want a /24 of %s from a lease", subnet, gw, nn, tc.clusterCIDR)
+			}
+
+			// A restart keeps the block (node database) and leaves the conflist as it is.
+			before, err := os.ReadFile(opts.ConflistPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, _ := os.Stat(opts.ConflistPath)
+			if err := ra.stop(t); err != nil {
+				t.Fatalf("agent stopped with %v", err)
+			}
+			opts.Registry = prometheus.NewRegistry()
+			ra = startAgent(t, opts)
+			after, _ := os.ReadFile(opts.ConflistPath)
+			st2, _ := os.Stat(opts.ConflistPath)
+			if string(after) != string(before) || !st2.ModTime().Equal(st.ModTime()) {
+				t.Fatalf("restart rewrote the conflist:\n%s\nwas:\n%s", after, before)
+			}
+			if err := ra.client.Do(context.Background(), "GET", localapi.PathNodeNet, &nn); err != nil || nn.Block != subnet {
+				t.Fatalf("after restart: nodenet %+v %v, want block %s", nn, err, subnet)
 			}
 		})
 	}
