@@ -40,6 +40,8 @@ const (
 	KeyKeyRotation    = "key-rotation"
 	KeyProbeInterval  = "probe-interval"
 	KeyMasquerade     = "masquerade"
+	// KeyClusterSetIPRange is where MCS ClusterSetIPs come from (package mcs).
+	KeyClusterSetIPRange = "clusterset-ip-range"
 
 	EnvClusterID = "CLUSTER_ID"
 	EnvNodeName  = "NODE_NAME"
@@ -69,6 +71,9 @@ const (
 	DefaultMulticastGroup = "239.255.77.77:7947"
 	DefaultKeyRotation    = 24 * time.Hour
 	DefaultProbeInterval  = 50 * time.Millisecond
+	// DefaultClusterSetIPRange lies just above Kubernetes' default Service range
+	// 10.96.0.0/12 (mcs/resolve has the same value; config does not import it).
+	DefaultClusterSetIPRange = "10.112.0.0/16"
 )
 
 // RemoteCluster is one entry of the remote-clusters list. These are hints: signed mesh
@@ -98,6 +103,11 @@ type Config struct {
 	// Masquerade is whether pod traffic leaving the cluster CIDR is masqueraded to the
 	// node address (key masquerade, default true).
 	Masquerade bool
+	// ClusterSetIPRange is where ClusterSetIPs are taken from (key clusterset-ip-range,
+	// default 10.112.0.0/16; IPv4, overlapping neither cluster-cidr nor service-cidr). Zero
+	// when the default overlaps one of them and no key is set: MCS imports are then off
+	// and Warnings says why.
+	ClusterSetIPRange netip.Prefix
 
 	// From the conflist.
 	Bridge          string
@@ -150,7 +160,7 @@ func configMapSource(ns string) string {
 func knownKeys() map[string]bool {
 	return map[string]bool{KeyClusterID: true, KeyClusterCIDR: true, KeyServiceCIDR: true, KeyRemoteClusters: true,
 		KeyNodeBlockSize: true, KeyDatapath: true, KeyMulticastGroup: true, KeyKeyRotation: true, KeyProbeInterval: true,
-		KeyMasquerade: true}
+		KeyMasquerade: true, KeyClusterSetIPRange: true}
 }
 
 // dns1123Label is the shape of cluster ids and node-independent names: they end up in
@@ -265,6 +275,9 @@ func applyConfigMap(cfg *Config, data map[string]string, source string) error {
 	if cfg.ClusterCIDR.IsValid() && cfg.ServiceCIDR.IsValid() && cfg.ClusterCIDR.Overlaps(cfg.ServiceCIDR) {
 		return cmErr(KeyServiceCIDR, fmt.Errorf("%s overlaps %s %s", cfg.ServiceCIDR, KeyClusterCIDR, cfg.ClusterCIDR))
 	}
+	if err := loadClusterSetIPRange(cfg, data, cmErr); err != nil {
+		return err
+	}
 	if v, ok := data[KeyNodeBlockSize]; ok {
 		n, err := strconv.Atoi(strings.TrimSpace(v))
 		if err != nil {
@@ -326,6 +339,39 @@ func applyConfigMap(cfg *Config, data map[string]string, source string) error {
 		}
 		cfg.RemoteClusters = rcs
 	}
+	return nil
+}
+
+// loadClusterSetIPRange sets cfg.ClusterSetIPRange from the key or the default. VIPs are
+// IPv4 only (the datapath's limit) and must not be pod or Service addresses: traffic to
+// them would be translated away from the real pod or Service.
+func loadClusterSetIPRange(cfg *Config, data map[string]string, cmErr func(string, error) error) error {
+	v, explicit := data[KeyClusterSetIPRange]
+	if !explicit {
+		v = DefaultClusterSetIPRange
+	}
+	p, err := parseCIDR(v)
+	if err != nil {
+		return cmErr(KeyClusterSetIPRange, err)
+	}
+	if !p.Addr().Is4() || p.Bits() > 30 {
+		return cmErr(KeyClusterSetIPRange, fmt.Errorf("%s must be an IPv4 range of at least 4 addresses (/30 or shorter), like %s", p, DefaultClusterSetIPRange))
+	}
+	for _, r := range []struct {
+		key string
+		p   netip.Prefix
+	}{{KeyClusterCIDR, cfg.ClusterCIDR}, {KeyServiceCIDR, cfg.ServiceCIDR}} {
+		if !r.p.IsValid() || !r.p.Overlaps(p) {
+			continue
+		}
+		if explicit {
+			return cmErr(KeyClusterSetIPRange, fmt.Errorf("%s overlaps %s %s: choose a range used by no pod, Service or node", p, r.key, r.p))
+		}
+		cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("the default %s %s overlaps %s %s: Multi-Cluster Services imports are off until %s is set",
+			KeyClusterSetIPRange, p, r.key, r.p, KeyClusterSetIPRange))
+		return nil
+	}
+	cfg.ClusterSetIPRange = p
 	return nil
 }
 
