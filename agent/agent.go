@@ -64,6 +64,7 @@ type agent struct {
 	meshNode    atomic.Pointer[mesh.Node]     // the running mesh node (mesh.go), nil when not running
 	meshErr     atomic.Value                  // string: why the mesh is not running
 	meshSkipped atomic.Value                  // string: why this node is not a gateway
+	tunnel      tunnelState                   // WireGuard tunnel dataplane (tunnel.go)
 	pathsSvc    atomic.Pointer[probe.Service] // the running path monitor (paths.go)
 	nodeNet     nodeNetState                  // per-node pod networking (nodenet.go)
 }

@@ -27,7 +27,7 @@ func (a *agent) apiMux() (mux *http.ServeMux, err error) {
 	mux.HandleFunc("GET "+localapi.PathPods, a.handlePods)
 	mux.HandleFunc("POST "+localapi.PathEndpointSync, a.handleEndpointSync)
 	mux.HandleFunc("POST "+localapi.PathEndpointRemove, a.handleEndpointRemove)
-	for _, h := range append(append(a.meshHandlers(), a.pathsHandlers()...), a.nodeNetHandlers()...) {
+	for _, h := range append(append(append(a.meshHandlers(), a.pathsHandlers()...), a.nodeNetHandlers()...), a.tunnelHandlers()...) {
 		mux.Handle(h.Pattern, h.Handler)
 	}
 	for _, h := range a.opts.APIHandlers {
@@ -135,6 +135,7 @@ func (a *agent) status(ctx context.Context) (localapi.Status, error) {
 	}
 	s.Bridge = localapi.BridgeStatus(bridge)
 	s.Mesh = a.meshStatus(ctx)
+	s.Tunnels = a.tunnelsStatus()
 	pods, err := a.listPods(ctx)
 	if err != nil {
 		return s, err

@@ -169,6 +169,7 @@ func (a *agent) startMesh(ctx context.Context, cfg *config.Config, wg *sync.Wait
 		return
 	}
 	a.meshNode.Store(n)
+	a.startTunnel(ctx, cfg, n, wg)
 	a.log.Info("mesh node running", "cluster", cfg.ClusterID, "multicastGroup", cfg.MulticastGroup,
 		"remoteClusters", len(cfg.RemoteClusters))
 	wg.Go(func() {

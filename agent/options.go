@@ -89,6 +89,9 @@ type Options struct {
 	// Mesh runs the gateway mesh node (nil: off; the CLI sets it unless --mesh=false).
 	// See agent/mesh.go.
 	Mesh *MeshOptions
+	// Tunnel runs the WireGuard tunnel dataplane on gateway nodes whose mesh runs (nil:
+	// off; the CLI sets it unless --tunnel=false). See agent/tunnel.go.
+	Tunnel *TunnelOptions
 	// Paths runs path monitoring to the remote clusters (nil: off). See agent/paths.go.
 	Paths *PathsOptions
 	// NodeNet runs per-node pod networking and owns the CNI conflist (nil: off; the CLI

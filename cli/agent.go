@@ -25,6 +25,7 @@ func newAgentCmd(e env) *cobra.Command {
 		nodeRoute bool
 		masq      bool
 		gw        agentGatewayFlags
+		tun       agentTunnelFlags
 		logFormat string
 		logLevel  string
 	)
@@ -72,6 +73,9 @@ SIGTERM or SIGINT stops it cleanly.`,
 			if err := gw.apply(&o); err != nil {
 				return err
 			}
+			if err := tun.apply(&o); err != nil {
+				return err
+			}
 			// client-go logs through klog, a process-wide logger; send it to the same
 			// structured output. This is the process's main, so setting it here is fine.
 			klog.SetSlogLogger(log)
@@ -101,6 +105,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.BoolVar(&nodeRoute, "node-routes", true, "route other nodes' pod blocks (direct or VXLAN ptx0); false: the conflist only")
 	f.BoolVar(&masq, "masquerade", true, "masquerade pod traffic leaving cluster-cidr to the node address (default: the ConfigMap's masquerade, true)")
 	gw.register(f)
+	tun.register(f)
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd

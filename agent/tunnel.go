@@ -1,0 +1,194 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/patronus/patronus/config"
+	"github.com/patronus/patronus/dataplane/route"
+	"github.com/patronus/patronus/dataplane/tunnel"
+	"github.com/patronus/patronus/dataplane/wg"
+	"github.com/patronus/patronus/localapi"
+	"github.com/patronus/patronus/mesh"
+)
+
+// TunnelOptions turn the WireGuard tunnel dataplane on for gateway nodes that run the
+// mesh (Options.Tunnel; nil: off). Peers, endpoints and routes come only from verified
+// tunnel announcements in the mesh state (dataplane/tunnel).
+type TunnelOptions struct {
+	// ListenPort is the WireGuard UDP port (default wg.DefaultPort, 51820).
+	ListenPort int
+	// Endpoint is the underlay address announced to remote gateways (default: the mesh's
+	// advertised gossip address with ListenPort).
+	Endpoint netip.AddrPort
+	// UplinkMTU is the underlay MTU; the tunnel's is this minus wg.Overhead (default 1500).
+	UplinkMTU int
+}
+
+// tunnelState is the running tunnel dataplane (nil pointers: not running).
+type tunnelState struct {
+	rec atomic.Pointer[tunnel.Reconciler]
+	rot atomic.Pointer[tunnel.Rotator]
+	err atomic.Value // string: why the tunnel dataplane is not running
+}
+
+var errTunnelNotRunning = errors.New("the tunnel dataplane is not running on this agent")
+
+// tunnelHandlers are GET /v1/tunnels and POST /v1/keys/rotate; mounted at start and
+// answering 503 until the dataplane runs (the mux is built before the configuration).
+func (a *agent) tunnelHandlers() []Handler {
+	if a.opts.Tunnel == nil || a.opts.Mesh == nil {
+		return nil
+	}
+	st := &a.tunnel
+	notRunning := func(w http.ResponseWriter) {
+		msg := errTunnelNotRunning.Error()
+		if e, _ := st.err.Load().(string); e != "" {
+			msg += ": " + e
+		}
+		http.Error(w, msg, http.StatusServiceUnavailable)
+	}
+	return []Handler{
+		{Pattern: "GET " + tunnel.PathTunnels, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if rec := st.rec.Load(); rec != nil {
+				rec.ServeTunnels(w, r)
+				return
+			}
+			notRunning(w)
+		})},
+		{Pattern: "POST " + tunnel.PathKeysRotate, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if rot := st.rot.Load(); rot != nil {
+				rot.ServeRotate(w, r)
+				return
+			}
+			notRunning(w)
+		})},
+	}
+}
+
+// tunnelEndpoint is the underlay endpoint to announce: the configured one, else the
+// mesh's advertised (or bound, or serf-chosen) gossip address with the WireGuard port.
+func tunnelEndpoint(o *TunnelOptions, m *MeshOptions, n *mesh.Node, port int) (netip.AddrPort, error) {
+	if o.Endpoint.IsValid() {
+		return o.Endpoint, nil
+	}
+	for _, s := range []string{m.AdvertiseAddr, m.BindAddr} {
+		if ad, err := netip.ParseAddr(s); err == nil && !ad.IsUnspecified() {
+			return netip.AddrPortFrom(ad.Unmap(), uint16(port)), nil
+		}
+	}
+	if n != nil && n.Serf() != nil {
+		if ad, ok := netip.AddrFromSlice(n.Serf().LocalMember().Addr); ok && !ad.IsUnspecified() {
+			return netip.AddrPortFrom(ad.Unmap(), uint16(port)), nil
+		}
+	}
+	return netip.AddrPort{}, errors.New("no underlay endpoint to announce: set --wg-endpoint or --gossip-advertise")
+}
+
+// startTunnel brings up the WireGuard device, routes, reconciler and key rotator on a
+// gateway whose mesh node n was just created (not yet running: the first announcement
+// goes out with the node's first broadcasts). Failure is logged and reported, not fatal.
+func (a *agent) startTunnel(ctx context.Context, cfg *config.Config, n *mesh.Node, wgrp *sync.WaitGroup) {
+	if a.opts.Tunnel == nil {
+		return
+	}
+	if err := a.runTunnel(ctx, cfg, n, wgrp); err != nil {
+		a.tunnel.err.Store(err.Error())
+		a.log.Error("tunnel dataplane not started", "err", err)
+	}
+}
+
+func (a *agent) runTunnel(ctx context.Context, cfg *config.Config, n *mesh.Node, wgrp *sync.WaitGroup) error {
+	o := *a.opts.Tunnel
+	if o.ListenPort == 0 {
+		o.ListenPort = wg.DefaultPort
+	}
+	if o.UplinkMTU == 0 {
+		o.UplinkMTU = 1500
+	}
+	ep, err := tunnelEndpoint(&o, a.opts.Mesh, n, o.ListenPort)
+	if err != nil {
+		return err
+	}
+	log := a.log.With("component", "tunnel")
+	key, created, err := tunnel.LoadOrCreateKey(ctx, a.db, time.Now())
+	if err != nil {
+		return fmt.Errorf("wireguard key: %w", err)
+	}
+	spec := wg.Spec{Name: wg.InterfaceName(cfg.ClusterID), ListenPort: o.ListenPort, PrivateKey: key, MTU: o.UplinkMTU - wg.Overhead}
+	dev, err := wg.Open(wg.Options{Logger: log}, spec)
+	if err != nil {
+		return fmt.Errorf("wireguard device %s: %w", spec.Name, err)
+	}
+	k, err := route.NewNetlinkKernel("")
+	if err != nil {
+		dev.Close()
+		return fmt.Errorf("routes: %w", err)
+	}
+	events, err := k.Subscribe(ctx.Done())
+	if err != nil {
+		k.Close()
+		dev.Close()
+		return fmt.Errorf("route events: %w", err)
+	}
+	router := route.NewRouter(route.Options{Kernel: k, Events: events, Logger: log})
+	rec := tunnel.NewReconciler(tunnel.ReconcilerOptions{Device: dev, Routes: router, Logger: log,
+		MSS: func(devs []string) error { return wg.EnsureMSSClamp("", devs) }})
+	var pods []netip.Prefix
+	if cfg.ClusterCIDR.IsValid() {
+		pods = []netip.Prefix{cfg.ClusterCIDR}
+	}
+	rot := tunnel.NewRotator(tunnel.RotatorOptions{Device: dev, Spec: spec, CreatedAt: created, Store: a.db,
+		Announce: n.Announce, Endpoints: []netip.AddrPort{ep}, PodCIDRs: pods, Interval: cfg.KeyRotation, Logger: log})
+	if err := rot.Announce(); err != nil {
+		k.Close()
+		dev.Close()
+		return fmt.Errorf("tunnel announcement: %w", err)
+	}
+	hints := tunnel.HintsFromRemoteClusters(cfg.RemoteClusters)
+	base := func() tunnel.Input {
+		return tunnel.Input{LocalCluster: cfg.ClusterID, Gateway: true, Hints: hints}
+	}
+	a.tunnel.rec.Store(rec)
+	a.tunnel.rot.Store(rot)
+	log.Info("tunnel dataplane running", "device", spec.Name, "port", o.ListenPort, "endpoint", ep,
+		"publicKey", rot.PublicKey().String())
+	var inner sync.WaitGroup
+	inner.Go(func() { router.Run(ctx) })
+	inner.Go(func() { _ = rec.Run(ctx, n.State(), base, 0, 0) })
+	inner.Go(func() { _ = rot.Run(ctx) })
+	wgrp.Go(func() {
+		inner.Wait()
+		a.tunnel.rec.Store(nil)
+		a.tunnel.rot.Store(nil)
+		k.Close()
+		// The userspace device lives in this process: closing it removes the interface.
+		dev.Close()
+	})
+	return nil
+}
+
+// tunnelsStatus is the Tunnels list of /v1/status: the active tunnels of the last
+// reconcile (empty when the dataplane is not running).
+func (a *agent) tunnelsStatus() []localapi.Tunnel {
+	out := []localapi.Tunnel{}
+	rec := a.tunnel.rec.Load()
+	if rec == nil {
+		return out
+	}
+	st := rec.Status()
+	for _, t := range st.Tunnels {
+		ep := ""
+		if t.Endpoint.IsValid() {
+			ep = t.Endpoint.String()
+		}
+		out = append(out, localapi.Tunnel{Cluster: t.Cluster, Interface: st.Device, Endpoint: ep, Up: true})
+	}
+	return out
+}
