@@ -67,6 +67,7 @@ type agent struct {
 	tunnel      tunnelState                   // WireGuard tunnel dataplane (tunnel.go)
 	pathsSvc    atomic.Pointer[probe.Service] // the running path monitor (paths.go)
 	nodeNet     nodeNetState                  // per-node pod networking (nodenet.go)
+	mcs         mcsState                      // Multi-Cluster Services controller (mcs.go)
 }
 
 // Run runs the agent until ctx is cancelled (SIGTERM) or a fatal error: an invalid
@@ -230,6 +231,7 @@ func (a *agent) runKube(ctx context.Context) error {
 	a.startMesh(gctx, &cfg, &gw)
 	a.startPaths(gctx, &cfg, &gw)
 	a.startNodeNet(gctx, &cfg, &gw)
+	a.startMCS(gctx, &cfg, &gw) // after startMesh: the controller needs the mesh node
 	if cfg.Database != "" && cfg.Database != a.opts.DatabasePath {
 		a.log.Warn("the conflist's sdwan.database differs from the agent's database: pods the plugin registers will not be seen",
 			"conflist", cfg.Database, "agent", a.opts.DatabasePath)

@@ -135,6 +135,7 @@ func (a *agent) status(ctx context.Context) (localapi.Status, error) {
 	}
 	s.Bridge = localapi.BridgeStatus(bridge)
 	s.Mesh = a.meshStatus(ctx)
+	a.mcs.localStatus(&s.MCS)
 	s.Tunnels = a.tunnelsStatus()
 	pods, err := a.listPods(ctx)
 	if err != nil {

@@ -97,6 +97,9 @@ type Options struct {
 	// NodeNet runs per-node pod networking and owns the CNI conflist (nil: off; the CLI
 	// sets it unless --manage-conflist=false). See agent/nodenet.go.
 	NodeNet *NodeNetOptions
+	// MCS runs Multi-Cluster Services (nil: off; the CLI sets it unless --mcs=false). See
+	// agent/mcs.go.
+	MCS *MCSOptions
 }
 
 func (o Options) withDefaults() Options {

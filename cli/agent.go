@@ -25,6 +25,7 @@ func newAgentCmd(e env) *cobra.Command {
 		nodeRoute bool
 		masq      bool
 		gw        agentGatewayFlags
+		mcsFlags  agentMCSFlags
 		tun       agentTunnelFlags
 		logFormat string
 		logLevel  string
@@ -73,6 +74,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 			if err := gw.apply(&o); err != nil {
 				return err
 			}
+			mcsFlags.apply(&o)
 			if err := tun.apply(&o); err != nil {
 				return err
 			}
@@ -105,6 +107,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.BoolVar(&nodeRoute, "node-routes", true, "route other nodes' pod blocks (direct or VXLAN ptx0); false: the conflist only")
 	f.BoolVar(&masq, "masquerade", true, "masquerade pod traffic leaving cluster-cidr to the node address (default: the ConfigMap's masquerade, true)")
 	gw.register(f)
+	mcsFlags.register(f)
 	tun.register(f)
 	f.StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")

@@ -80,6 +80,11 @@ type MCS struct {
 	Available      bool `json:"available"`
 	ServiceExports int  `json:"serviceExports"`
 	ServiceImports int  `json:"serviceImports"`
+	// Controller says what of the MCS controller and ClusterSetIP datapath runs on this
+	// agent, or why not (empty: MCS off, --mcs=false).
+	Controller string `json:"controller,omitempty"`
+	// Leader is whether this agent holds the MCS Lease (does the cluster's MCS work).
+	Leader bool `json:"leader,omitempty"`
 }
 
 // Pod is one pod attachment registered by the CNI plugin, enriched with its API object.
