@@ -59,9 +59,10 @@ start() {
 }
 
 wait_for() { # DESCRIPTION SECONDS CMD...
-	local what=$1 secs=$2 i
+	local what=$1 secs=$2 deadline
 	shift 2
-	for i in $(seq 1 $((secs * 5))); do
+	deadline=$(( $(date +%s) + secs ))
+	while [ "$(date +%s)" -lt "$deadline" ]; do
 		if "$@" >/dev/null 2>&1; then return 0; fi
 		sleep 0.2
 	done
@@ -274,6 +275,9 @@ node_up() {
 		mount --bind $nd/sysctl/overcommit_memory /proc/sys/vm/overcommit_memory
 		mount --bind $nd/sysctl/panic /proc/sys/kernel/panic
 		mount --bind $nd/sysctl/panic_on_oops /proc/sys/kernel/panic_on_oops
+		# A bpffs the host may have (copied into this namespace) is detached here only;
+		# the node gets its own, else containerd sees the host copy, which is not shared.
+		while mountpoint -q /sys/fs/bpf; do umount -l /sys/fs/bpf; done
 		mount -t bpf bpf /sys/fs/bpf
 		mount --make-shared /sys/fs/bpf
 		echo "$2" >/etc/hostname
