@@ -54,7 +54,6 @@ func (a *agent) startMCS(ctx context.Context, cfg *config.Config, wg *sync.WaitG
 	if o == nil {
 		return
 	}
-	node := a.meshNode.Load()
 	a.mcs.set("waiting for the MCS API (ServiceExport/ServiceImport CRDs)")
 	wg.Go(func() {
 		// runMCS looks for the CRDs (and says so in the log); wait for its verdict rather
@@ -62,6 +61,21 @@ func (a *agent) startMCS(ctx context.Context, cfg *config.Config, wg *sync.WaitG
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for !a.mcsUp.Load() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+		// The mesh node starts asynchronously (it may first create the key Secrets): give it
+		// a bounded time, and hand the controller a nil interface, not a nil *mesh.Node,
+		// when it does not run.
+		var node mcs.MeshNode
+		for i := 0; a.opts.Mesh != nil && i < 60; i++ {
+			if n := a.meshNode.Load(); n != nil {
+				node = n
+				break
+			}
 			select {
 			case <-ctx.Done():
 				return
