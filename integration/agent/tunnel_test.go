@@ -188,4 +188,60 @@ func TestGatewayAgentsBringUpTunnel(t *testing.T) {
 		st.Agent.Live.Tunnels[0].Cluster != "cluster-b" || !st.Agent.Live.Tunnels[0].Up || st.Agent.Live.Tunnels[0].Interface == "" {
 		t.Errorf("patronus status -o json: live tunnels not [cluster-b up]: %v\n%s", err, js)
 	}
+
+	// `patronus keys rotate` on gateway B: A learns B's new key through the mesh and the
+	// pods still reach each other.
+	out, err = la.cliStdout("keys", "rotate", "--socket", b.agent.socket, "-o", "json")
+	if err != nil {
+		t.Fatalf("patronus keys rotate: %v: %s", err, out)
+	}
+	var rr tunnel.RotateResult
+	if err := json.Unmarshal([]byte(out), &rr); err != nil || rr.PublicKey == "" || rr.PublicKey == rr.PreviousPublicKey {
+		t.Fatalf("keys rotate -o json: %v: %s", err, out)
+	}
+	waitFor(t, 30*time.Second, "A uses B's rotated key", func() error {
+		st, err := tunnelsOf(a)
+		if err != nil {
+			return err
+		}
+		if len(st.Tunnels) != 1 || st.Tunnels[0].PublicKey != rr.PublicKey {
+			return fmt.Errorf("A's tunnels %+v, want B's key %s", st.Tunnels, rr.PublicKey)
+		}
+		return nil
+	})
+	waitFor(t, 30*time.Second, "pod A pings pod B after B's key rotation", func() error { return podPing(a.podNS, b.podIP) })
+
+	// Gateway A's agent restarts: same key (node database), tunnel and pod path back.
+	before, err := tunnelsOf(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	la.stop(a.agent)
+	la.start(a.agent)
+	waitFor(t, 60*time.Second, "restarted A has its tunnel to B", hasTunnel(a, b))
+	if st, _ := tunnelsOf(a); st.PublicKey != before.PublicKey {
+		t.Errorf("restarted agent changed its WireGuard key %s → %s", before.PublicKey, st.PublicKey)
+	}
+	waitFor(t, 30*time.Second, "pod A pings pod B after A's restart", func() error { return podPing(a.podNS, b.podIP) })
+	t.Logf("gateway agent A restart (SIGTERM → pod A's ping to B answered): %v", time.Since(t0).Round(time.Millisecond))
+
+	// Gateway B gone without leaving: its announcements expire, A withdraws peer and route.
+	lb.kill(b.agent)
+	t1 := time.Now()
+	waitFor(t, 60*time.Second, "A withdraws cluster B", func() error {
+		st, err := tunnelsOf(a)
+		if err != nil {
+			return err
+		}
+		if len(st.Tunnels) != 0 {
+			return fmt.Errorf("tunnels still %+v", st.Tunnels)
+		}
+		out, err := exec.Command("ip", "-n", a.agent.ns, "route", "show", "proto", "77").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "" {
+			return fmt.Errorf("routes proto 77 still: %v %s", err, out)
+		}
+		return nil
+	})
+	t.Logf("gateway agent B killed → A withdrew peer and route after %v", time.Since(t1).Round(time.Millisecond))
 }
