@@ -142,7 +142,7 @@ func (a *AgentStatus) lines() []statusLine {
 			out = append(out, statusLine{false, fmt.Sprintf("Agent: running but not ready: %s (%s)", s.NotReadyReason, a.Socket)})
 		}
 		out = append(out, nodeNetLines(a.NodeNet, a.NodeNetError)...)
-		return append(out, meshLine(s.Mesh)...)
+		return append(append(out, meshLine(s.Mesh)...), mcsLine(s.MCS)...)
 	case a.LastSeen != nil:
 		return append([]statusLine{
 			{true, fmt.Sprintf("NetworkPolicies: %d", a.LastSeen.NetworkPolicies) + lastSeenSuffix(a.LastSeen)},

@@ -129,6 +129,11 @@ func TestGatewayAgentRunsMCS(t *testing.T) {
 		return nil
 	})
 
+	out, _ := l.cli("status", "--socket", a.socket, "--database", a.db)
+	if !strings.Contains(out, "MCS: 1 ServiceExports, 1 ServiceImports, this agent leads; controller running") {
+		t.Errorf("patronus status lacks the MCS line:\n%s", out)
+	}
+
 	// The ClusterSetIP datapath DNATs the VIP to the local endpoint in the agent's namespace.
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Logf("nft not installed: the nftables rules of the VIP are not inspected (the datapath package's own tests do)")
