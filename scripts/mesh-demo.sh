@@ -75,8 +75,9 @@ echo
 echo "\$ patronus members --socket $DIR/gw-1.sock"
 "$BIN" members --socket "$DIR/gw-1.sock"
 echo
+for _ in $(seq 1 40); do [ -S "$DIR/intruder.sock" ] && break; sleep 0.25; done
 echo "\$ patronus members --socket $DIR/intruder.sock    # cluster north, key not pinned by east"
-"$BIN" members --socket "$DIR/intruder.sock"
+"$BIN" members --socket "$DIR/intruder.sock" || true
 echo
 echo "cluster east public key (pin it in another cluster's remote-clusters): $(cat "$DIR/east.pub")"
 echo "try: $BIN event --socket $DIR/gw-2.sock deploy v1; kill \$(cat $DIR/gw-3.pid); cat $DIR/events.log"
