@@ -16,11 +16,17 @@ BR=patronus-md-br
 
 down() {
 	if [ -d "$DIR" ]; then
+		pids=()
 		for p in "$DIR"/*.pid; do
 			[ -e "$p" ] || continue
-			kill "$(cat "$p")" 2>/dev/null || true
+			pids+=("$(cat "$p")")
 		done
-		sleep 2
+		if [ ${#pids[@]} -gt 0 ]; then
+			kill "${pids[@]}" 2>/dev/null || true
+			# A graceful leave takes a few seconds; then force.
+			for _ in $(seq 1 40); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 0.25; done
+			kill -9 "${pids[@]}" 2>/dev/null || true
+		fi
 	fi
 	for ns in $(ip netns list | awk '/^patronus-md-/ {print $1}'); do ip netns del "$ns"; done
 	rm -rf "$DIR"
