@@ -24,7 +24,12 @@ down() {
 		if [ ${#pids[@]} -gt 0 ]; then
 			kill "${pids[@]}" 2>/dev/null || true
 			# A graceful leave takes a few seconds; then force.
-			for _ in $(seq 1 40); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 0.25; done
+			for _ in $(seq 1 40); do
+				alive=0
+				for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+				[ $alive = 0 ] && break
+				sleep 0.25
+			done
 			kill -9 "${pids[@]}" 2>/dev/null || true
 		fi
 	fi
