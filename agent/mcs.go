@@ -76,6 +76,14 @@ func (a *agent) startMCS(ctx context.Context, cfg *config.Config, wg *sync.WaitG
 				node = n
 				break
 			}
+			// startMesh has decided already when the node is not a gateway or the mesh
+			// failed: no point waiting (the datapath would start a minute late).
+			if why, _ := a.meshSkipped.Load().(string); why != "" {
+				break
+			}
+			if why, _ := a.meshErr.Load().(string); why != "" {
+				break
+			}
 			select {
 			case <-ctx.Done():
 				return

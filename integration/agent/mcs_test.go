@@ -151,3 +151,29 @@ func TestGatewayAgentRunsMCS(t *testing.T) {
 		return nil
 	})
 }
+
+// On a node that is not a gateway (another Node is marked) the agent runs the ClusterSetIP
+// datapath at once and no controller, and says why.
+func TestNonGatewayAgentRunsMCSDatapathOnly(t *testing.T) {
+	l, c := newMeshLab(t)
+	ctx := context.Background()
+	for name, labels := range map[string]map[string]string{"gw-1": {"patronus.io/gateway": "true"}, "gw-2": nil} {
+		if _, err := c.Client().CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a2 := l.addAgent(2)
+	start := time.Now()
+	waitFor(t, 30*time.Second, "gw-2 reports the datapath running and the controller off", func() error {
+		if err := a2.alive(); err != nil {
+			return err
+		}
+		out, _ := l.cli("status", "--socket", a2.socket, "--database", a2.db)
+		if !strings.Contains(out, "MCS: 0 ServiceExports, 0 ServiceImports; controller off: the mesh does not run on this agent") ||
+			!strings.Contains(out, "datapath running") {
+			return fmt.Errorf("status:\n%s", out)
+		}
+		return nil
+	})
+	t.Logf("MCS datapath up on the non-gateway agent %v after it started", time.Since(start).Round(time.Second))
+}
