@@ -1,0 +1,50 @@
+package cli
+
+import (
+	"testing"
+
+	"github.com/patronus/patronus/agent"
+)
+
+func TestAgentTunnelFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		g        agentTunnelFlags
+		mesh     bool
+		want     string // endpoint; "-" means no tunnel options
+		wantPort int
+		wantErr  bool
+	}{
+		{name: "default with mesh", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500}, mesh: true, want: "invalid AddrPort", wantPort: 51820},
+		{name: "no mesh, no tunnel", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500}, want: "-"},
+		{name: "off", g: agentTunnelFlags{on: false, port: 51820, mtu: 1500}, mesh: true, want: "-"},
+		{name: "endpoint host", g: agentTunnelFlags{on: true, port: 4000, mtu: 1500, endpoint: "192.0.2.1"}, mesh: true, want: "192.0.2.1:4000", wantPort: 4000},
+		{name: "endpoint host:port", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500, endpoint: "192.0.2.1:443"}, mesh: true, want: "192.0.2.1:443", wantPort: 51820},
+		{name: "bad endpoint", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500, endpoint: "gw.example:x"}, mesh: true, wantErr: true},
+		{name: "bad port", g: agentTunnelFlags{on: true, port: 70000, mtu: 1500}, mesh: true, wantErr: true},
+		{name: "bad mtu", g: agentTunnelFlags{on: true, port: 51820, mtu: 100}, mesh: true, wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var o agent.Options
+			if tc.mesh {
+				o.Mesh = &agent.MeshOptions{}
+			}
+			err := tc.g.apply(&o)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err %v, want error %v", err, tc.wantErr)
+			}
+			if tc.wantErr {
+				return
+			}
+			if tc.want == "-" {
+				if o.Tunnel != nil {
+					t.Fatalf("tunnel options %+v, want none", o.Tunnel)
+				}
+				return
+			}
+			if o.Tunnel == nil || o.Tunnel.Endpoint.String() != tc.want || o.Tunnel.ListenPort != tc.wantPort {
+				t.Fatalf("tunnel options %+v, want endpoint %s port %d", o.Tunnel, tc.want, tc.wantPort)
+			}
+		})
+	}
+}
