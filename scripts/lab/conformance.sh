@@ -8,7 +8,8 @@
 #
 # Brings a lab up (1 cluster; LAB_NODES nodes, default 2) if none is running, and leaves it
 # up afterwards (make lab-down removes it). Environment: LAB_DIR, CONFORMANCE_OUT
-# (default CONFORMANCE.md), E2E_TIMEOUT (per case, default 10m).
+# (default CONFORMANCE.md), E2E_TIMEOUT (per case, default 10m), DATAPATH (ebpf, nftables
+# or both: set in patronus-config and the DaemonSet restarted first; default: unchanged).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -43,6 +44,12 @@ fi
 cp_ns=plab-c1-cp
 kubeconfig=$LAB_DIR/c1/admin.kubeconfig
 shape=$(cat "$LAB_DIR/shape")
+if [ -n "${DATAPATH:-}" ]; then
+	log "datapath $DATAPATH: patching patronus-config and restarting the DaemonSet"
+	"$LAB_DIR/c1/kubectl" -n kube-system patch configmap patronus-config --type merge -p "{\"data\":{\"datapath\":\"$DATAPATH\"}}" >&2
+	"$LAB_DIR/c1/kubectl" -n kube-system rollout restart daemonset/patronus-cni-daemon >&2
+	"$LAB_DIR/c1/kubectl" -n kube-system rollout status daemonset/patronus-cni-daemon --timeout=180s >&2
+fi
 datapath=$("$LAB_DIR/c1/kubectl" -n kube-system get configmap patronus-config -o jsonpath='{.data.datapath}' 2>/dev/null || echo '?')
 
 if [ -n "${CASES_FILE:-}" ]; then cases=$(cat "$CASES_FILE"); else cases=$(default_cases); fi
@@ -94,9 +101,9 @@ done <<<"$cases"
 {
 	echo "## NetworkPolicy e2e subset, $(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo
-	echo "- Command: \`make conformance\` (scripts/lab/conformance.sh), e2e.test $(basename "$(dirname "$LAB_BIN")" | sed 's/^bin-//') unmodified,"
+	echo "- Command: \`make conformance\` (scripts/lab/conformance.sh), e2e.test $(basename "$LAB_BIN" | sed "s/^bin-//") unmodified,"
 	echo "  one run per case: \`e2e.test --provider=local --kubeconfig=... --kubectl-path=... --ginkgo.focus=<case>\`"
-	echo "- Lab: $shape; Patronus datapath setting: $datapath; commit $(git rev-parse --short HEAD)"
+	echo "- Lab: $shape (cases run on cluster 1); Patronus datapath setting: $datapath; commit $(git rev-parse --short HEAD)"
 	echo "- Result: $pass passed, $fail failed of $n. Logs: $logs/case-N.log (removed by make lab-down)"
 	echo
 	echo "| Case | Result | Time | Specs |"
