@@ -383,10 +383,11 @@ func TestGatewayAgentMeshStateSurvivesRestart(t *testing.T) {
 			return allAlive(ms, shippedCluster, "gw-1", "gw-2")
 		})
 	}
-	// Announcements are persisted when they change; wait until a2 saw both.
-	waitFor(t, 30*time.Second, "gw-2 accepted both announcements", func() error {
+	// Announcements are persisted when they change; wait until a2 saw both agents' (each
+	// announces its prefixes and, with the tunnel on, its WireGuard key: 4 in all).
+	waitFor(t, 30*time.Second, "gw-2 accepted both agents' announcements", func() error {
 		out, err := l.cli("status", "--socket", a2.socket, "--database", a2.db)
-		if !strings.Contains(out, "Mesh: 2 members (2 alive), 2 announcements accepted") {
+		if !strings.Contains(out, "Mesh: 2 members (2 alive), 4 announcements accepted") {
 			return fmt.Errorf("status (%v):\n%s", err, out)
 		}
 		return nil
