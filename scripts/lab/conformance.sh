@@ -101,7 +101,9 @@ done <<<"$cases"
 {
 	echo "## NetworkPolicy e2e subset, $(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo
-	echo "- Command: \`make conformance\` (scripts/lab/conformance.sh), e2e.test $(basename "$LAB_BIN" | sed "s/^bin-//") unmodified,"
+	how='make conformance'
+	[ -z "${DATAPATH:-}${CASES_FILE:-}" ] || how="${DATAPATH:+DATAPATH=$DATAPATH }${CASES_FILE:+CASES_FILE=<3 cases> }scripts/lab/conformance.sh"
+	echo "- Command: \`$how\` (scripts/lab/conformance.sh), e2e.test $(basename "$LAB_BIN" | sed "s/^bin-//") unmodified,"
 	echo "  one run per case: \`e2e.test --provider=local --kubeconfig=... --kubectl-path=... --ginkgo.focus=<case>\`"
 	echo "- Lab: $shape (cases run on cluster 1); Patronus datapath setting: $datapath; commit $(git rev-parse --short HEAD)"
 	echo "- Result: $pass passed, $fail failed of $n. Logs: $logs/case-N.log (removed by make lab-down)"
