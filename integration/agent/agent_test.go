@@ -302,7 +302,9 @@ func TestAPIServerRestart(t *testing.T) {
 	t.Logf("control plane restarted in %s", time.Since(t0))
 	p2 := createPod(t, k, "default", "later", map[string]string{"app": "later"}, nil)
 	registerPod(t, opts.DatabasePath, store.Pod{ContainerID: "ctr-later", Namespace: "default", Name: "later", UID: string(p2.UID)})
-	waitPod(t, ra.client, "default", "later", nil)
+	// After a whole-control-plane outage client-go's reflectors reconnect with a backoff
+	// that can reach 30 s on its own: allow for it on a loaded machine.
+	waitPodWithin(t, 90*time.Second, ra.client, "default", "later", nil)
 	t.Logf("agent caught up %s after the control plane restart", time.Since(t0))
 }
 

@@ -182,8 +182,13 @@ func findPod(pods []localapi.Pod, ns, name string) *localapi.Pod {
 // waitPod waits until /v1/pods shows ns/name matched with its API object and cond holds.
 func waitPod(t *testing.T, c *localapi.Client, ns, name string, cond func(p *localapi.Pod) error) localapi.Pod {
 	t.Helper()
+	return waitPodWithin(t, 30*time.Second, c, ns, name, cond)
+}
+
+func waitPodWithin(t *testing.T, d time.Duration, c *localapi.Client, ns, name string, cond func(p *localapi.Pod) error) localapi.Pod {
+	t.Helper()
 	var got localapi.Pod
-	waitFor(t, 30*time.Second, "pod "+ns+"/"+name+" on /v1/pods", func() error {
+	waitFor(t, d, "pod "+ns+"/"+name+" on /v1/pods", func() error {
 		pods, err := c.Pods(context.Background())
 		if err != nil {
 			return err

@@ -432,7 +432,7 @@ func (c *Cluster) ServiceAccountKubeconfig(ctx context.Context, namespace, name 
 func (c *Cluster) StopAPIServer() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.apiserver.stop(30 * time.Second)
+	c.apiserver.stop(apiServerGrace)
 }
 
 // StartAPIServer starts kube-apiserver again on the same port with the same data and
@@ -476,9 +476,14 @@ func (c *Cluster) Restart() error {
 	return nil
 }
 
+// apiServerGrace bounds kube-apiserver's graceful shutdown: with watches connected it logs
+// its shutdown steps and then waits for them for a long time, which made every restart in
+// the tests a 30 s outage (and client-go's reflector backoff grows with the outage).
+const apiServerGrace = 5 * time.Second
+
 func (c *Cluster) stopAll(grace time.Duration) {
 	if c.apiserver != nil {
-		c.apiserver.stop(grace)
+		c.apiserver.stop(min(grace, apiServerGrace))
 	}
 	if c.etcd != nil {
 		c.etcd.stop(grace)
