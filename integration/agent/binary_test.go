@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/patronus/patronus/internal/testbin"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -20,41 +21,8 @@ import (
 	"github.com/patronus/patronus/store"
 )
 
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-)
-
 // patronusBin is $PATRONUS_BIN or a binary built from the module once per test run.
-func patronusBin(t *testing.T) string {
-	t.Helper()
-	if b := os.Getenv("PATRONUS_BIN"); b != "" {
-		return b
-	}
-	buildOnce.Do(func() {
-		root, err := k8senv.ModuleRoot()
-		if err != nil {
-			buildErr = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "pt-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin = filepath.Join(dir, "patronus")
-		cmd := exec.Command("go", "build", "-o", builtBin, ".")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("building patronus (set PATRONUS_BIN to skip): %v", buildErr)
-	}
-	return builtBin
-}
+func patronusBin(t *testing.T) string { return testbin.Patronus(t) }
 
 // safeBuffer collects a child's output while it runs.
 type safeBuffer struct {
@@ -204,8 +172,6 @@ func TestBinaryAgentErrors(t *testing.T) {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if builtBin != "" {
-		os.RemoveAll(filepath.Dir(builtBin))
-	}
+	testbin.Cleanup()
 	os.Exit(code)
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/patronus/patronus/internal/testbin"
 	"io"
 	"net"
 	"net/http"
@@ -41,22 +42,12 @@ type agent struct {
 	log                                                     *bytes.Buffer
 }
 
-func patronusBin(t *testing.T) string {
-	if b := os.Getenv("PATRONUS_BIN"); b != "" {
-		return b
-	}
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), "patronus")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build patronus: %v\n%s", err, out)
-	}
-	return bin
+func patronusBin(t *testing.T) string { return testbin.Patronus(t) }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Cleanup()
+	os.Exit(code)
 }
 
 func newLab(t *testing.T) *lab {

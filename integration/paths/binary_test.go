@@ -6,13 +6,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/patronus/patronus/internal/testbin"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,40 +20,13 @@ import (
 	"github.com/patronus/patronus/paths"
 )
 
-var (
-	buildOnce sync.Once
-	builtBin  string
-	buildErr  error
-)
-
 // patronusBin is $PATRONUS_BIN or a binary built from the module once per test run.
-func patronusBin(t *testing.T) string {
-	t.Helper()
-	if b := os.Getenv("PATRONUS_BIN"); b != "" {
-		return b
-	}
-	buildOnce.Do(func() {
-		out, err := exec.Command("go", "env", "GOMOD").Output()
-		if err != nil {
-			buildErr = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "pt-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtBin = filepath.Join(dir, "patronus")
-		cmd := exec.Command("go", "build", "-o", builtBin, ".")
-		cmd.Dir = filepath.Dir(strings.TrimSpace(string(out)))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("building patronus (set PATRONUS_BIN to skip): %v", buildErr)
-	}
-	return builtBin
+func patronusBin(t *testing.T) string { return testbin.Patronus(t) }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Cleanup()
+	os.Exit(code)
 }
 
 // proc is a running patronus whose stdout lines arrive on lines.
