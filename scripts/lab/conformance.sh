@@ -41,7 +41,7 @@ fi
 # shellcheck disable=SC1091
 . "$LAB_DIR/bin.env"
 [ -x "$LAB_BIN/e2e.test" ] || LAB_BIN=$(./scripts/lab/build.sh e2e.test)
-cp_ns=plab-c1-cp
+cp_ns=${LAB_PREFIX:-plab}-c1-cp
 kubeconfig=$LAB_DIR/c1/admin.kubeconfig
 shape=$(cat "$LAB_DIR/shape")
 if [ -n "${DATAPATH:-}" ]; then

@@ -14,7 +14,8 @@
 #   lab.sh status                          what is running
 #   lab.sh smoke                           pod IPs, pod-to-pod (intra/inter node), DNS
 #
-# Environment: LAB_DIR (state, default /var/tmp/patronus-lab), LAB_CLUSTERS, LAB_NODES,
+# Environment: LAB_DIR (state, default /var/tmp/patronus-lab), LAB_PREFIX (namespace prefix,
+# default plab; a second lab needs its own LAB_PREFIX and LAB_DIR), LAB_CLUSTERS, LAB_NODES,
 # PATRONUS_BIN (default: `make build` -> bin/patronus).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -23,7 +24,7 @@ ROOT=$PWD
 LAB_DIR=${LAB_DIR:-/var/tmp/patronus-lab}
 CLUSTERS=${LAB_CLUSTERS:-2}
 NODES=${LAB_NODES:-2}
-PREFIX=plab
+PREFIX=${LAB_PREFIX:-plab}
 
 log() { echo "lab: $(date +%H:%M:%S) $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
