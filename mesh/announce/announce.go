@@ -34,6 +34,10 @@ const (
 	// KindTunnel is a gateway's WireGuard public key and underlay endpoints, with the pod
 	// CIDRs (Prefixes) reachable through it: what peers program their tunnel from.
 	KindTunnel Kind = "tunnel"
+	// KindPodBlock is a node's claim on its pod block inside its cluster's CIDR (Prefixes:
+	// exactly the block; Claimed: when it was claimed, the seniority that decides between
+	// two claims of one block: oldest, then lowest node name).
+	KindPodBlock Kind = "podblock"
 )
 
 // Announcement is one signed statement by an origin node. Origin, Cluster, Seq and Expires
@@ -52,6 +56,8 @@ type Announcement struct {
 	Service  *Service       `json:"service,omitempty"`
 	Probe    *Probe         `json:"probe,omitempty"`
 	Tunnel   *Tunnel        `json:"tunnel,omitempty"`
+	// Claimed is when a KindPodBlock claim was made, in Unix milliseconds.
+	Claimed int64 `json:"claimed,omitempty"`
 }
 
 // Tunnel is a gateway's WireGuard identity. A key rotation is a new announcement in the
@@ -143,6 +149,16 @@ func (a Announcement) validate() error {
 			if !ep.IsValid() || ep.Port() == 0 {
 				return errors.New("invalid tunnel endpoint")
 			}
+		}
+	case KindPodBlock:
+		if a.Withdraw {
+			break
+		}
+		if len(a.Prefixes) != 1 || !a.Prefixes[0].IsValid() || a.Prefixes[0] != a.Prefixes[0].Masked() {
+			return errors.New("pod block announcement without exactly one masked block")
+		}
+		if a.Claimed <= 0 {
+			return errors.New("pod block announcement without a claim time")
 		}
 	default:
 		return fmt.Errorf("unknown kind %q", a.Kind)
