@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/patronus/patronus/qos"
@@ -164,11 +165,12 @@ func knownKeys() map[string]bool {
 }
 
 // dns1123Label is the shape of cluster ids and node-independent names: they end up in
-// interface names, Serf tags and metric labels.
-var dns1123Label = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+// interface names, Serf tags and metric labels. Compiled on first use, not at package init:
+// every CNI plugin call runs this binary's inits.
+var dns1123Label = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`) })
 
 func validateID(s string) error {
-	if len(s) > 63 || !dns1123Label.MatchString(s) {
+	if len(s) > 63 || !dns1123Label().MatchString(s) {
 		return fmt.Errorf("%q is not a valid id: use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit", s)
 	}
 	return nil
@@ -416,9 +418,11 @@ func hostPort(v string) (host string, port int, err error) {
 	return h, n, nil
 }
 
-var hostnameRe = regexp.MustCompile(`^([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?\.?$`)
+var hostnameRe = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?\.?$`)
+})
 
-func validHostname(h string) bool { return len(h) <= 253 && hostnameRe.MatchString(h) }
+func validHostname(h string) bool { return len(h) <= 253 && hostnameRe().MatchString(h) }
 
 // remoteClusterYAML is the wire shape of one remote-clusters entry. Unknown fields are
 // rejected (yaml.UnmarshalStrict) so a typo like "endpiont" is an error, not a silent hole.

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/serf/serf"
@@ -29,7 +30,7 @@ func ParseEventHandler(spec string) (EventHandler, error) {
 	h := EventHandler{Script: spec}
 	// A filter list is lower-case words; a script may contain '=' itself ("FOO=1 ./x"),
 	// so only a leading run that looks like a filter list is split off.
-	if i := strings.Index(spec, "="); i > 0 && filterList.MatchString(spec[:i]) {
+	if i := strings.Index(spec, "="); i > 0 && filterList().MatchString(spec[:i]) {
 		h.Script = spec[i+1:]
 		for _, f := range strings.Split(spec[:i], ",") {
 			if !handlerFilters[f] && !strings.HasPrefix(f, "user:") {
@@ -63,9 +64,11 @@ func (h EventHandler) Matches(e serf.Event) bool {
 	return false
 }
 
-var filterList = regexp.MustCompile(`^[a-z0-9:,*_.-]+$`)
-
-var envName = regexp.MustCompile(`[^A-Z0-9_]`)
+// Compiled on first use, not at package init (every CNI plugin call runs the binary's inits).
+var (
+	filterList = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9:,*_.-]+$`) })
+	envName    = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`[^A-Z0-9_]`) })
+)
 
 // handlerEnv is the environment a handler script sees (SERF_* as serf's agent sets it).
 func handlerEnv(self serf.Member, e serf.Event) []string {
@@ -75,7 +78,7 @@ func handlerEnv(self serf.Member, e serf.Event) []string {
 		"SERF_SELF_ROLE="+self.Tags[TagRole],
 	)
 	for k, v := range self.Tags {
-		env = append(env, "SERF_TAG_"+envName.ReplaceAllString(strings.ToUpper(k), "_")+"="+v)
+		env = append(env, "SERF_TAG_"+envName().ReplaceAllString(strings.ToUpper(k), "_")+"="+v)
 	}
 	if ue, ok := e.(serf.UserEvent); ok {
 		env = append(env, "SERF_USER_EVENT="+ue.Name, fmt.Sprintf("SERF_USER_LTIME=%d", ue.LTime))
