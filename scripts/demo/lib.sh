@@ -38,7 +38,8 @@
 #                                  missing; an old pod of that name is replaced), waits until
 #                                  Ready. IMAGE: busybox (sleeps), agnhost (netexec: HTTP
 #                                  :8080 /hostname /echo, UDP :8081), or a full reference.
-#                                  LABELS: k=v[,k=v]. ARGS replace the image's default args.
+#                                  LABELS: k=v[,k=v]. ARGS replace the default (for busybox
+#                                  they are the command, e.g. -- sh -c 'nc -lk -p 80 -e echo hi').
 #   pod_ip C NS POD                the pod's IP
 #   pod_exec C NS POD CMD...       kubectl exec in the pod's (first) container
 #   ns_fresh C NS [LABELS]         delete namespace NS if present, create it (labels k=v,...)
@@ -147,13 +148,14 @@ ns_fresh() {
 }
 
 run_pod() {
-	local c=$1 node ns=$3 name=$4 image=$5 labels=${6:-} args=()
+	local c=$1 node ns=$3 name=$4 image=$5 labels=${6:-} args=() cmd=()
 	node=$(_node "$1" "$2")
 	shift 5
 	[ $# = 0 ] || [ "$1" = -- ] || { labels=$1; shift; }
 	[ "${1:-}" != -- ] || { shift; args=("$@"); }
 	case "$image" in
-	busybox) image=$BUSYBOX_IMAGE; [ ${#args[@]} -gt 0 ] || args=(sleep 86400) ;;
+	# The busybox image's entrypoint is /bin/sh: ARGS are the command.
+	busybox) image=$BUSYBOX_IMAGE; cmd=(--command); [ ${#args[@]} -gt 0 ] || args=(sleep 86400) ;;
 	agnhost) image=$AGNHOST_IMAGE; [ ${#args[@]} -gt 0 ] || args=(netexec --http-port=8080 --udp-port=8081) ;;
 	esac
 	kc "$c" get namespace "$ns" >/dev/null 2>&1 || kc "$c" create namespace "$ns" >/dev/null
@@ -162,7 +164,7 @@ run_pod() {
 	[ -z "$labels" ] || lab=(--labels="$labels")
 	kc "$c" -n "$ns" run "$name" --image="$image" --image-pull-policy=IfNotPresent --restart=Never \
 		"${lab[@]}" --overrides="{\"spec\":{\"nodeName\":\"$node\",\"terminationGracePeriodSeconds\":1}}" \
-		-- "${args[@]}" >/dev/null
+		"${cmd[@]}" -- "${args[@]}" >/dev/null
 	kc "$c" -n "$ns" wait --for=condition=Ready "pod/$name" --timeout=120s >/dev/null || {
 		echo "pod $ns/$name on $node not Ready after 120s:" >&2
 		kc "$c" -n "$ns" describe pod "$name" | tail -15 >&2
