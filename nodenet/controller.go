@@ -99,11 +99,10 @@ type Options struct {
 	// OrphanGrace (default 5m): see DefaultOrphanGrace.
 	OrphanGrace time.Duration
 
-	// Announce, if set, is called with an announcement template for the node's block each
-	// time the block is (re)acquired (BlockAnnouncement: kind prefix, Prefixes = the
-	// block). With mesh.Node.Announce, add the prefixes the node announces anyway
-	// (mesh Options.Prefixes) before announcing: one origin has one prefix slot, and a
-	// newer announcement replaces the older one.
+	// Announce, if set, is called with the signed-announcement template of the node's
+	// block each time the block is (re)acquired (BlockAnnouncement: kind podblock, its own
+	// slot per origin, so mesh.Node.Announce can take it as is). Status().Block and
+	// ClaimedAt give the same to a caller whose mesh starts later.
 	Announce func(announce.Announcement) error
 
 	Logger *slog.Logger
@@ -123,7 +122,10 @@ type LostPod struct {
 // Status is what the controller has done.
 type Status struct {
 	Block  netip.Prefix `json:"block"`  // zero until known
-	Source string       `json:"source"` // SourceNode | SourceLease | "" (seed defaults)
+	Source string       `json:"source"` // SourceNode | SourceLease | SourceGossip | "" (seed defaults)
+	// ClaimedAt is when the node got its block (kept across restarts): the seniority its
+	// signed mesh announcement carries.
+	ClaimedAt time.Time `json:"claimedAt,omitzero"`
 	// ConfList is the path written (empty while not written).
 	ConfList string  `json:"conflist,omitempty"`
 	Peers    int     `json:"peers"` // peers with a block and an address
@@ -478,11 +480,15 @@ func (c *Controller) ensureBlock(ctx context.Context, self *corev1.Node, ls []*c
 }
 
 func (c *Controller) useBlock(ctx context.Context, b netip.Prefix, source string) error {
+	at := c.o.Now()
+	if s, ok := c.claimer.load(ctx); ok && s.Block == b && !s.ClaimedAt.IsZero() {
+		at = s.ClaimedAt
+	}
 	c.mu.Lock()
-	c.status.Block, c.status.Source = b, source
+	c.status.Block, c.status.Source, c.status.ClaimedAt = b, source, at
 	c.mu.Unlock()
 	if c.o.Announce != nil {
-		if err := c.o.Announce(BlockAnnouncement(b)); err != nil {
+		if err := c.o.Announce(BlockAnnouncement(b, at)); err != nil {
 			c.log.Warn("announce pod block", "block", b, "err", err)
 		}
 	}
@@ -508,12 +514,12 @@ func (c *Controller) writeConfList(b netip.Prefix) error {
 	return nil
 }
 
-// BlockAnnouncement is the mesh announcement of a node's block: a prefix announcement
-// whose only prefix is the block (the Signer fills origin, cluster, sequence and expiry).
-// Peers that see two origins announcing overlapping blocks resolve it with
-// alloc.Resolve.
-func BlockAnnouncement(block netip.Prefix) announce.Announcement {
-	return announce.Announcement{Kind: announce.KindPrefix, Prefixes: []netip.Prefix{block.Masked()}}
+// BlockAnnouncement is the signed mesh announcement of a node's block claim (kind
+// podblock: the block and when it was claimed; the Signer fills origin, cluster,
+// sequence and expiry). In edge mode these are the claims (MeshClaims); with an API
+// server the Lease decides and the announcement tells the mesh.
+func BlockAnnouncement(block netip.Prefix, claimedAt time.Time) announce.Announcement {
+	return announce.Announcement{Kind: announce.KindPodBlock, Prefixes: []netip.Prefix{block.Masked()}, Claimed: claimedAt.UnixMilli()}
 }
 
 // LostPods returns the pods in pods holding an address in block.

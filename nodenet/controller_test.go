@@ -122,8 +122,9 @@ func TestNodePodCIDRAndPeers(t *testing.T) {
 			t.Fatalf("/v1/nodenet: %s", body)
 		}
 	}
-	if len(announced) != 1 || announced[0].Kind != announce.KindPrefix || announced[0].Prefixes[0] != pfx("10.244.1.0/24") {
-		t.Fatalf("announced %+v", announced)
+	if at := c.Status().ClaimedAt; len(announced) != 1 || announced[0].Kind != announce.KindPodBlock || announced[0].Prefixes[0] != pfx("10.244.1.0/24") ||
+		at.IsZero() || announced[0].Claimed != at.UnixMilli() {
+		t.Fatalf("announced %+v (claimed at %s)", announced, at)
 	}
 }
 

@@ -193,9 +193,9 @@ func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *
 		}
 		e.log.Info("claimed pod block through the mesh", "block", own.Block, "claim", wire)
 	}
-	if st := e.Status(); st.Block != own.Block || st.Source != SourceGossip {
+	if st := e.Status(); st.Block != own.Block || st.Source != SourceGossip || !st.ClaimedAt.Equal(own.At) {
 		e.mu.Lock()
-		e.status.Block, e.status.Source = own.Block, SourceGossip
+		e.status.Block, e.status.Source, e.status.ClaimedAt = own.Block, SourceGossip, own.At
 		e.mu.Unlock()
 	}
 	if err := e.writeConfList(own.Block); err != nil {

@@ -5,21 +5,33 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/hashicorp/serf/serf"
 
 	"github.com/patronus/patronus/mesh"
+	"github.com/patronus/patronus/mesh/announce"
+	"github.com/patronus/patronus/nodenet/alloc"
 )
 
-// TagPodBlock is the Serf member tag carrying a node's edge-mode claim in FormatClaim form
-// (docs/CONTRACT.md). Member tags travel inside the mesh's encrypted gossip, and a member
-// is admitted only with a node certificate for its name, so a claim cannot be made in
-// another node's name.
+// TagPodBlock is the Serf member tag mirroring a node's claim in FormatClaim form
+// (docs/CONTRACT.md), for `patronus members`. It is only a display: member tags carry no
+// signature of their own, so claims are read from the signed podblock announcements.
 const TagPodBlock = "podblock"
 
-// MeshMembers turns the mesh's member list into the edge-mode view: alive members of
-// cluster, their gossip address as the underlay address, their TagPodBlock claim.
-func MeshMembers(ms []mesh.Member, cluster string) []EdgeMember {
+// MeshClaims turns the mesh into the edge-mode view: alive members of cluster, their
+// gossip address as the underlay address, and as claim the verified podblock
+// announcement (announce.KindPodBlock) that member signed ("" while there is none). A
+// claim is certified for its origin's name by the cluster key, so no node can claim in
+// another's name, and a member that failed or left (a partition) holds nothing here.
+func MeshClaims(ms []mesh.Member, anns []announce.Announcement, cluster string) []EdgeMember {
+	claims := map[string]string{}
+	for _, a := range anns {
+		if a.Kind != announce.KindPodBlock || a.Withdraw || len(a.Prefixes) != 1 || (cluster != "" && a.Cluster != cluster) {
+			continue
+		}
+		claims[a.Origin] = FormatClaim(alloc.Claim{Block: a.Prefixes[0], Node: a.Origin, At: time.UnixMilli(a.Claimed)})
+	}
 	var out []EdgeMember
 	for _, m := range ms {
 		if m.Status != serf.StatusAlive.String() || (cluster != "" && m.Cluster != cluster) {
@@ -33,13 +45,38 @@ func MeshMembers(ms []mesh.Member, cluster string) []EdgeMember {
 		if err != nil {
 			continue
 		}
-		out = append(out, EdgeMember{Name: m.Name, Addr: a.Unmap(), Claim: m.Tags[TagPodBlock]})
+		out = append(out, EdgeMember{Name: m.Name, Addr: a.Unmap(), Claim: claims[m.Name]})
 	}
 	return out
 }
 
-// SerfPublisher returns an EdgeOptions.Publish that sets TagPodBlock on the local member,
-// keeping its other tags (cluster, cert, ...).
+// MeshPublisher returns an EdgeOptions.Publish that announces the claim signed through
+// the mesh (BlockAnnouncement; the mesh re-signs it every refresh and after joins, so a
+// healed partition learns it) and mirrors it in TagPodBlock.
+func MeshPublisher(n *mesh.Node) func(claim string) error {
+	tag := SerfPublisher(n.Serf())
+	return func(claim string) error {
+		c, err := ParseClaim("", claim)
+		if err != nil {
+			return err
+		}
+		if err := n.Announce(BlockAnnouncement(c.Block, c.At)); err != nil {
+			return fmt.Errorf("nodenet: announce claim: %w", err)
+		}
+		return tag(claim)
+	}
+}
+
+// MeshEdge completes o for a running mesh node of cluster: Members from MeshClaims and
+// Publish from MeshPublisher (the wiring of an edge-mode agent).
+func MeshEdge(o EdgeOptions, n *mesh.Node, cluster string) EdgeOptions {
+	o.Members = func() []EdgeMember { return MeshClaims(n.Members(), n.State().List(), cluster) }
+	o.Publish = MeshPublisher(n)
+	return o
+}
+
+// SerfPublisher returns a function that sets TagPodBlock on the local member, keeping
+// its other tags (cluster, cert, ...).
 func SerfPublisher(s *serf.Serf) func(claim string) error {
 	return func(claim string) error {
 		tags := maps.Clone(s.LocalMember().Tags)

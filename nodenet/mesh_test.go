@@ -1,6 +1,7 @@
 package nodenet
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -8,18 +9,30 @@ import (
 	"github.com/hashicorp/serf/serf"
 
 	"github.com/patronus/patronus/mesh"
+	"github.com/patronus/patronus/mesh/announce"
 )
 
-func TestMeshMembers(t *testing.T) {
+// Claims come from signed podblock announcements of alive members of the cluster only;
+// the unsigned tag is ignored.
+func TestMeshClaims(t *testing.T) {
 	ms := []mesh.Member{
-		{Name: "a", Addr: "192.168.1.1:7946", Status: "alive", Cluster: "c1", Tags: map[string]string{TagPodBlock: "10.244.1.0/24@1"}},
+		{Name: "a", Addr: "192.168.1.1:7946", Status: "alive", Cluster: "c1"},
 		{Name: "b", Addr: "192.168.1.2:7946", Status: "failed", Cluster: "c1"},
 		{Name: "c", Addr: "192.168.1.3:7946", Status: "alive", Cluster: "c2"},
-		{Name: "d", Addr: "[::ffff:192.168.1.4]:7946", Status: "alive", Cluster: "c1"},
+		{Name: "d", Addr: "[::ffff:192.168.1.4]:7946", Status: "alive", Cluster: "c1", Tags: map[string]string{TagPodBlock: "10.244.9.0/24@1"}},
 		{Name: "e", Addr: "bogus", Status: "alive", Cluster: "c1"},
 	}
-	got := MeshMembers(ms, "c1")
-	if len(got) != 2 || got[0].Name != "a" || got[0].Addr != ip("192.168.1.1") || got[0].Claim != "10.244.1.0/24@1" ||
+	block := func(origin, cluster, p string, at int64) announce.Announcement {
+		return announce.Announcement{Kind: announce.KindPodBlock, Origin: origin, Cluster: cluster, Prefixes: []netip.Prefix{pfx(p)}, Claimed: at}
+	}
+	anns := []announce.Announcement{
+		block("a", "c1", "10.244.1.0/24", 1000),
+		block("b", "c1", "10.244.2.0/24", 1000), // failed member: no claim in the view
+		block("c", "c1", "10.244.3.0/24", 1000), // member of another cluster
+		{Kind: announce.KindPrefix, Origin: "d", Cluster: "c1", Prefixes: []netip.Prefix{pfx("10.244.0.0/16")}},
+	}
+	got := MeshClaims(ms, anns, "c1")
+	if len(got) != 2 || got[0].Name != "a" || got[0].Addr != ip("192.168.1.1") || got[0].Claim != "10.244.1.0/24@1000" ||
 		got[1].Name != "d" || got[1].Addr != ip("192.168.1.4") || got[1].Claim != "" {
 		t.Fatalf("members %+v", got)
 	}
