@@ -40,6 +40,10 @@ type Options struct {
 	// OnChange is called (from the prober's goroutine) for every selection that moved;
 	// the agent steers traffic from here.
 	OnChange func(paths.Change)
+	// AfterTick is called (from the prober's goroutine) after every evaluation of the
+	// selections, following the OnChange calls: steering re-reads the monitor here, so a
+	// path going down moves its connections even when no selection changed.
+	AfterTick func(now time.Time)
 	// LocalCluster labels patronus_pod_latency_ms (src_cluster); without it that metric
 	// is not exported.
 	LocalCluster string
@@ -173,6 +177,9 @@ func (p *Prober) Run(ctx context.Context) error {
 				if p.opts.OnChange != nil {
 					p.opts.OnChange(ch)
 				}
+			}
+			if p.opts.AfterTick != nil {
+				p.opts.AfterTick(now)
 			}
 		}
 	}

@@ -196,9 +196,10 @@ func (l *lab) waitMove(t testing.TB, class paths.Class, to string, timeout time.
 }
 
 // dump renders the monitor's state for failure messages.
-func (l *lab) dump() string {
+func (l *lab) dump() string { return dumpSnapshot(l.prober.Monitor().Snapshot(time.Now())) }
+
+func dumpSnapshot(snap paths.Snapshot) string {
 	var b strings.Builder
-	snap := l.prober.Monitor().Snapshot(time.Now())
 	for _, p := range snap.Paths {
 		fmt.Fprintf(&b, "\n  %s %s since %s rtt %.1fms jitter %.1fms loss %.3f score %.1f sent %d lost %d",
 			p.ID, p.State, p.Since.Format("15:04:05.000"), p.LatencyMs, p.JitterMs, p.Loss, p.Score, p.Sent, p.Lost)

@@ -1,0 +1,297 @@
+package pathstest
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/patronus/patronus/dataplane/steer"
+	"github.com/patronus/patronus/paths"
+	"github.com/patronus/patronus/wanem"
+)
+
+// flow sends a sequence-numbered datagram every `every` on one connection until stop.
+type flow struct {
+	stop chan struct{}
+	done chan struct{}
+	sent uint64
+}
+
+func (l *steerLab) startFlow(t testing.TB, i, port int, every time.Duration) *flow {
+	t.Helper()
+	c := l.dialUDP(t, i, port)
+	f := &flow{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		tk := time.NewTicker(every)
+		defer tk.Stop()
+		buf := make([]byte, 64)
+		for {
+			binary.BigEndian.PutUint64(buf, f.sent)
+			_, _ = c.Write(buf) // a blackholed path may answer with nothing: keep sending
+			f.sent++
+			select {
+			case <-f.stop:
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	t.Cleanup(f.end)
+	return f
+}
+
+func (f *flow) end() {
+	select {
+	case <-f.stop:
+	default:
+		close(f.stop)
+	}
+	<-f.done
+}
+
+// arrivalsAfter returns the sorted arrival times at or after from.
+func (s *sink) arrivalsAfter(from time.Time) []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []time.Time
+	for _, a := range s.arrived {
+		if !a.Before(from) {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, func(a, b time.Time) int { return a.Compare(b) })
+	return out
+}
+
+// outage is the longest silence at the server between from and to: the time the flow
+// was cut, including the last packet before from.
+func (s *sink) outage(from, to time.Time) time.Duration {
+	s.mu.Lock()
+	var last time.Time
+	for _, a := range s.arrived {
+		if a.Before(from) && a.After(last) {
+			last = a
+		}
+	}
+	s.mu.Unlock()
+	var gap time.Duration
+	prev := last
+	for _, a := range s.arrivalsAfter(from) {
+		if a.After(to) {
+			break
+		}
+		if !prev.IsZero() {
+			gap = max(gap, a.Sub(prev))
+		}
+		prev = a
+	}
+	return gap
+}
+
+// TestSteeringFollowsSelections: pod traffic (not only probes) takes the selected path per
+// QoS class; when the paths swap characteristics, new connections of both pods move while
+// an established one stays where it is.
+func TestSteeringFollowsSelections(t *testing.T) {
+	cfg := paths.Config{Interval: 50 * ms, DownAfter: 3, HoldDown: time.Second}
+	l := newSteerLab(t, cfg, [2]time.Duration{5 * ms, 30 * ms}, [2]float64{100, 1000},
+		[2]steer.PodClass{{Name: "a/ls", Class: paths.LatencySensitive}, {Name: "a/bulk", Class: paths.Bulk}}, nil)
+	l.waitFor(t, 15*time.Second, "latency-sensitive on p1, bulk on p2", func() bool {
+		return l.selected(paths.LatencySensitive) == "p1" && l.selected(paths.Bulk) == "p2"
+	})
+	time.Sleep(200 * ms)
+	s := l.serveUDP(t, 9000)
+	const n = 400
+	onPath(t, "latency-sensitive pod", l.burst(t, s, 0, 9000, n), n, 0)
+	onPath(t, "bulk pod", l.burst(t, s, 1, 9000, n), n, 1)
+
+	// An established connection of the latency-sensitive pod, 200 datagrams/s.
+	long := l.serveUDP(t, 9001)
+	f := l.startFlow(t, 0, 9001, 5*ms)
+	time.Sleep(300 * ms)
+
+	// Swap: p1 becomes the slow wide path, p2 the fast narrow one (bulk follows the
+	// announced bandwidth, latency-sensitive the measured RTT).
+	l.setPath(t, 0, func(i *wanem.Impairment) { i.Delay = 15 * ms })
+	l.setPath(t, 1, func(i *wanem.Impairment) { i.Delay = 5 * ms / 2 })
+	specs := []paths.PathSpec{}
+	for _, p := range l.prober.Monitor().Snapshot(time.Now()).Paths {
+		p.BandwidthMbps = map[string]float64{"p1": 1000, "p2": 100}[p.ID]
+		specs = append(specs, p.PathSpec)
+	}
+	must(t, l.prober.Monitor().SetPaths(specs, time.Now()))
+	swapped := time.Now()
+	l.waitFor(t, 15*time.Second, "latency-sensitive on p2, bulk on p1", func() bool {
+		return l.selected(paths.LatencySensitive) == "p2" && l.selected(paths.Bulk) == "p1"
+	})
+	t.Logf("selections moved %v after the swap", time.Since(swapped).Round(ms))
+	l.logMoves(t)
+	time.Sleep(100 * ms)
+
+	// The established connection stays on p1.
+	before, got := l.forwarded(), long.received()
+	time.Sleep(time.Second)
+	after := l.forwarded()
+	d := [2]uint64{after[0] - before[0], after[1] - before[1]}
+	carried := long.received() - got
+	t.Logf("established flow over 1s: server got %d, relay p1 +%d, relay p2 +%d", carried, d[0], d[1])
+	if carried < 150 || d[0] < uint64(carried) || d[1] > 100 {
+		t.Errorf("the established latency-sensitive connection did not stay on p1: server got %d, relays p1 +%d p2 +%d", carried, d[0], d[1])
+	}
+	f.end()
+
+	onPath(t, "latency-sensitive pod after the swap", l.burst(t, s, 0, 9000, n), n, 1)
+	onPath(t, "bulk pod after the swap", l.burst(t, s, 1, 9000, n), n, 0)
+}
+
+// TestFailoverUnderRunningFlow blackholes the path a running flow uses: the flow continues
+// on the other path. The outage at the receiver is logged (not asserted: timing).
+func TestFailoverUnderRunningFlow(t *testing.T) {
+	cfg := paths.Config{Interval: 50 * ms, DownAfter: 3, HoldDown: time.Second}
+	l := newSteerLab(t, cfg, [2]time.Duration{5 * ms, 30 * ms}, [2]float64{100, 1000},
+		[2]steer.PodClass{{Name: "a/ls", Class: paths.LatencySensitive}, {Name: "a/bulk", Class: paths.Bulk}}, nil)
+	l.waitFor(t, 15*time.Second, "latency-sensitive on p1", func() bool { return l.selected(paths.LatencySensitive) == "p1" })
+	time.Sleep(300 * ms)
+
+	t.Run("udp", func(t *testing.T) {
+		s := l.serveUDP(t, 9100)
+		f := l.startFlow(t, 0, 9100, ms)
+		time.Sleep(500 * ms)
+		if got := len(s.arrivalsAfter(time.Now().Add(-300 * ms))); got < 100 {
+			t.Fatalf("flow not running before the blackhole: %d datagrams in 300ms", got)
+		}
+		l.setPath(t, 0, func(i *wanem.Impairment) { i.Blackhole = true })
+		cut := time.Now()
+		time.Sleep(2 * time.Second)
+		before := l.forwarded()
+		time.Sleep(500 * ms)
+		after := l.forwarded()
+		late := len(s.arrivalsAfter(cut.Add(time.Second)))
+		f.end()
+		gap := s.outage(cut, cut.Add(2*time.Second))
+		t.Logf("UDP flow (1 datagram/ms) after blackholing p1: outage %v at the receiver (probe interval %v × %d misses = %v floor); %d datagrams arrived from 1s after the cut; latency-sensitive now on %s",
+			gap.Round(ms), cfg.Interval, cfg.DownAfter, cfg.Interval*time.Duration(cfg.DownAfter), late, l.selected(paths.LatencySensitive))
+		if late < 1000 {
+			t.Errorf("the flow did not continue: %d datagrams arrived in the 1.5s from 1s after the blackhole", late)
+		}
+		if d := after[1] - before[1]; d < 400 {
+			t.Errorf("relay p2 carried %d datagrams in 500ms after the failover, want the flow's ~500", d)
+		}
+		if gap == 0 {
+			t.Errorf("no outage measured: the blackhole did not hit the flow")
+		}
+		l.setPath(t, 0, func(i *wanem.Impairment) { i.Blackhole = false })
+	})
+
+	// Traffic fails back to p1 once it stayed up for the hold-down; then a TCP stream.
+	l.waitFor(t, 15*time.Second, "latency-sensitive back on p1", func() bool { return l.selected(paths.LatencySensitive) == "p1" })
+	time.Sleep(300 * ms)
+	t.Run("tcp", func(t *testing.T) {
+		var ln net.Listener
+		must(t, l.srv.Do(func(ns.NetNS) (err error) {
+			ln, err = net.Listen("tcp4", netip.AddrPortFrom(srvAddr, 9200).String())
+			return err
+		}))
+		t.Cleanup(func() { ln.Close() })
+		var (
+			mu    sync.Mutex
+			reads []time.Time
+			total int
+		)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					mu.Lock()
+					reads, total = append(reads, time.Now()), total+n
+					mu.Unlock()
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+		var c net.Conn
+		must(t, l.pods[0].Do(func(ns.NetNS) (err error) {
+			c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(srvAddr, 9200).String(), 5*time.Second)
+			return err
+		}))
+		t.Cleanup(func() { c.Close() })
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			buf := make([]byte, 1024)
+			tk := time.NewTicker(ms)
+			defer tk.Stop()
+			for {
+				_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+				select {
+				case <-stop:
+					return
+				case <-tk.C:
+				}
+			}
+		}()
+		time.Sleep(500 * ms)
+		l.setPath(t, 0, func(i *wanem.Impairment) { i.Blackhole = true })
+		cut := time.Now()
+		time.Sleep(3 * time.Second)
+		close(stop)
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		var gap time.Duration
+		var prev time.Time
+		lateBytes := 0
+		for _, r := range reads {
+			if r.After(cut) && !prev.IsZero() {
+				gap = max(gap, r.Sub(prev))
+			}
+			if r.After(cut.Add(2 * time.Second)) {
+				lateBytes++
+			}
+			prev = r
+		}
+		t.Logf("TCP stream (1 KiB/ms) after blackholing p1: longest silence %v at the receiver (retransmission timeout included); %d reads from 2s after the cut, %d bytes in all",
+			gap.Round(ms), lateBytes, total)
+		if lateBytes == 0 {
+			t.Errorf("the TCP stream did not continue after the blackhole")
+		}
+	})
+}
+
+// TestSteeringUnmetMaxLatency: a pod whose max-latency no path meets is steered onto the
+// fastest path and its selection carries the condition.
+func TestSteeringUnmetMaxLatency(t *testing.T) {
+	cfg := paths.Config{Interval: 50 * ms, DownAfter: 3, HoldDown: time.Second}
+	l := newSteerLab(t, cfg, [2]time.Duration{30 * ms, 5 * ms}, [2]float64{100, 100},
+		[2]steer.PodClass{{Name: "a/strict", Class: paths.LatencySensitive, MaxLatencyMs: 2}, {Name: "a/bulk", Class: paths.Bulk}}, nil)
+	strict := paths.Requirement{Dst: "cluster-b", Class: paths.LatencySensitive, MaxLatency: 2 * ms}
+	l.waitFor(t, 15*time.Second, "the strict pod's selection on p2", func() bool {
+		s, _ := l.prober.Monitor().Selection(strict)
+		return s.PathID == "p2"
+	})
+	time.Sleep(300 * ms)
+	s, _ := l.prober.Monitor().Selection(strict)
+	if s.Condition != paths.CondNoPathMeetsMaxLatency {
+		t.Errorf("selection %+v: condition %q, want %s", s, s.Condition, paths.CondNoPathMeetsMaxLatency)
+	}
+	sink := l.serveUDP(t, 9300)
+	onPath(t, "pod with max-latency 2ms", l.burst(t, sink, 0, 9300, 400), 400, 1)
+}
