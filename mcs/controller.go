@@ -574,8 +574,12 @@ func (c *Controller) syncImports(ctx context.Context, groups map[string][]resolv
 			continue
 		}
 		for _, e := range g {
-			if e.Cluster == c.o.ClusterID {
-				continue // local endpoints are in the Service's own EndpointSlices
+			// A ClusterSetIP import's local endpoints are in the Service's own EndpointSlices
+			// (the datapath reads those). A Headless import is answered by DNS (CoreDNS's
+			// multicluster zones) from the MCS-labelled slices alone, so this cluster's
+			// endpoints get one too, or a local client would only learn remote pods.
+			if e.Cluster == c.o.ClusterID && im.Type != resolve.TypeHeadless {
+				continue
 			}
 			for _, sl := range desiredSlices(si, e, im.Ports) {
 				wantSlices[sl.Namespace+"/"+sl.Name] = true
