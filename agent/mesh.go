@@ -160,6 +160,7 @@ func (a *agent) startMesh(ctx context.Context, cfg *config.Config, wg *sync.Wait
 	if gw, why := a.isGateway(ctx); !gw {
 		a.meshSkipped.Store(why)
 		a.log.Info("not a gateway node: mesh not started", "reason", why)
+		a.startTunnelRoutes(ctx, cfg, wg) // remote clusters via the gateway (tunnel.go)
 		return
 	}
 	n, reg, err := a.newMeshNode(ctx, cfg, o)

@@ -6,9 +6,15 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/dataplane/route"
@@ -191,4 +197,117 @@ func (a *agent) tunnelsStatus() []localapi.Tunnel {
 		out = append(out, localapi.Tunnel{Cluster: t.Cluster, Interface: st.Device, Endpoint: ep, Up: true})
 	}
 	return out
+}
+
+// nonGatewayResync is how often a node that is not a gateway re-reads the gateway Nodes
+// and re-applies its routes to remote clusters.
+const nonGatewayResync = 10 * time.Second
+
+// startTunnelRoutes runs on a node that is not a gateway (the mesh skipped it): the
+// remote clusters' pod CIDRs (remote-clusters cidr) are routed to this cluster's gateway
+// node, whose tunnel carries them (tunnel.RoutesViaGateway). The gateway is the Node
+// marked patronus.io/gateway=true with the smallest name that has an IPv4 InternalIP
+// (the one remote gateways' plans pick too); it and the interface it is reached on are
+// re-read every nonGatewayResync, so a re-marked gateway is followed.
+func (a *agent) startTunnelRoutes(ctx context.Context, cfg *config.Config, wgrp *sync.WaitGroup) {
+	if a.opts.Tunnel == nil || a.clients == nil {
+		return
+	}
+	hints := tunnel.HintsFromRemoteClusters(cfg.RemoteClusters)
+	if !slices.ContainsFunc(hints, func(h tunnel.Hint) bool { return h.Cluster != cfg.ClusterID && len(h.CIDRs) > 0 }) {
+		return // no remote cluster with a cidr: nothing to route
+	}
+	log := a.log.With("component", "tunnel")
+	k, err := route.NewNetlinkKernel("")
+	if err != nil {
+		a.tunnel.err.Store("routes: " + err.Error())
+		log.Error("routes to remote clusters not started", "err", err)
+		return
+	}
+	events, err := k.Subscribe(ctx.Done())
+	if err != nil {
+		k.Close()
+		a.tunnel.err.Store("route events: " + err.Error())
+		log.Error("routes to remote clusters not started", "err", err)
+		return
+	}
+	router := route.NewRouter(route.Options{Kernel: k, Events: events, Logger: log})
+	wgrp.Go(func() { router.Run(ctx) })
+	wgrp.Go(func() {
+		defer k.Close()
+		var last string
+		t := time.NewTicker(nonGatewayResync)
+		defer t.Stop()
+		for {
+			name, gw, err := a.gatewayNode(ctx)
+			var dev string
+			if err == nil {
+				dev, err = linkTowards(gw)
+			}
+			var routes []route.Route
+			if err == nil {
+				routes = tunnel.RoutesViaGateway(cfg.ClusterID, hints, gw, dev, 0)
+			}
+			if _, serr := router.Set(route.Desired{Routes: routes}); serr != nil && err == nil {
+				err = serr
+			}
+			msg := "not a gateway node: remote clusters' pod CIDRs are routed via gateway " + name + " (" + gw.String() + " dev " + dev + ")"
+			if err != nil {
+				msg = "not a gateway node, and the routes to remote clusters via the gateway failed: " + err.Error()
+			}
+			a.tunnel.err.Store(msg)
+			if msg != last {
+				if err != nil {
+					log.Warn("routes to remote clusters via the gateway", "err", err)
+				} else {
+					log.Info("routing remote clusters via the gateway", "gateway", name, "via", gw, "dev", dev, "routes", len(routes))
+				}
+				last = msg
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+}
+
+// gatewayNode is the cluster's gateway as a node that is not one routes to it.
+func (a *agent) gatewayNode(ctx context.Context) (string, netip.Addr, error) {
+	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	nodes, err := a.clients.Kube.CoreV1().Nodes().List(lctx, metav1.ListOptions{ResourceVersion: "0"})
+	if err != nil {
+		return "", netip.Addr{}, fmt.Errorf("list Nodes: %w", err)
+	}
+	items := slices.Clone(nodes.Items)
+	slices.SortFunc(items, func(x, y corev1.Node) int { return strings.Compare(x.Name, y.Name) })
+	for _, n := range items {
+		if n.Labels[GatewayLabel] != "true" && n.Annotations[GatewayLabel] != "true" {
+			continue
+		}
+		for _, ad := range n.Status.Addresses {
+			if ad.Type != corev1.NodeInternalIP {
+				continue
+			}
+			if ip, err := netip.ParseAddr(ad.Address); err == nil && ip.Is4() {
+				return n.Name, ip, nil
+			}
+		}
+	}
+	return "", netip.Addr{}, fmt.Errorf("no Node marked %s=true has an IPv4 InternalIP", GatewayLabel)
+}
+
+// linkTowards is the interface the kernel reaches addr on.
+func linkTowards(addr netip.Addr) (string, error) {
+	rs, err := netlink.RouteGet(addr.AsSlice())
+	if err != nil || len(rs) == 0 {
+		return "", fmt.Errorf("no route to the gateway %s: %v", addr, err)
+	}
+	l, err := netlink.LinkByIndex(rs[0].LinkIndex)
+	if err != nil {
+		return "", fmt.Errorf("interface towards the gateway %s: %w", addr, err)
+	}
+	return l.Attrs().Name, nil
 }

@@ -251,3 +251,29 @@ func join(ps []netip.Prefix) string {
 	}
 	return strings.Join(s, ",")
 }
+
+// RoutesViaGateway is the route set of a node that is not a gateway. Such a node runs no
+// mesh, so it has no verified announcements: the remote clusters' pod CIDRs come from the
+// ConfigMap's remote-clusters entries, and each is routed to the cluster's gateway node
+// (gw, reached on dev). Nothing is trusted by doing so: the gateway forwards into a
+// tunnel only what its verified peers' allowed IPs carry. Prefixes of the local cluster
+// and duplicates are dropped; the result is sorted.
+func RoutesViaGateway(local string, hints []Hint, gw netip.Addr, dev string, table int) []route.Route {
+	if !gw.IsValid() || dev == "" {
+		return nil
+	}
+	var cidrs []netip.Prefix
+	for _, h := range hints {
+		if h.Cluster != local {
+			cidrs = append(cidrs, h.CIDRs...)
+		}
+	}
+	var out []route.Route
+	for _, p := range normalize(cidrs) {
+		if p.Contains(gw) {
+			continue // never route the gateway's own address through itself
+		}
+		out = append(out, route.Route{Dst: p, Dev: dev, Via: gw, Table: table})
+	}
+	return out
+}

@@ -288,3 +288,36 @@ func TestRotateAppliesLocallyFirstThenAnnounces(t *testing.T) {
 		t.Fatal("the rotated key is not persisted")
 	}
 }
+
+func TestRoutesViaGateway(t *testing.T) {
+	gw := netip.MustParseAddr("10.78.0.1")
+	for _, tc := range []struct {
+		name  string
+		hints []Hint
+		gw    netip.Addr
+		dev   string
+		want  []string
+	}{
+		{name: "one remote", hints: []Hint{{Cluster: "b", CIDRs: pfx("10.248.0.0/16")}}, gw: gw, dev: "eth0",
+			want: []string{"10.248.0.0/16 via 10.78.0.1 dev eth0 table 254"}},
+		{name: "sorted, deduplicated, masked, local dropped", hints: []Hint{
+			{Cluster: "c", CIDRs: pfx("10.252.1.0/16")}, {Cluster: "b", CIDRs: pfx("10.248.0.0/16")},
+			{Cluster: "b2", CIDRs: pfx("10.248.0.0/16")}, {Cluster: "a", CIDRs: pfx("10.244.0.0/16")}}, gw: gw, dev: "eth0",
+			want: []string{"10.248.0.0/16 via 10.78.0.1 dev eth0 table 254", "10.252.0.0/16 via 10.78.0.1 dev eth0 table 254"}},
+		{name: "no cidr configured", hints: []Hint{{Cluster: "b", Endpoint: "192.0.2.2:51820"}}, gw: gw, dev: "eth0"},
+		{name: "prefix holding the gateway skipped", hints: []Hint{{Cluster: "b", CIDRs: pfx("10.78.0.0/16", "10.248.0.0/16")}}, gw: gw, dev: "eth0",
+			want: []string{"10.248.0.0/16 via 10.78.0.1 dev eth0 table 254"}},
+		{name: "no gateway known", hints: []Hint{{Cluster: "b", CIDRs: pfx("10.248.0.0/16")}}, dev: "eth0"},
+		{name: "no device", hints: []Hint{{Cluster: "b", CIDRs: pfx("10.248.0.0/16")}}, gw: gw},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, r := range RoutesViaGateway("a", tc.hints, tc.gw, tc.dev, 0) {
+				got = append(got, r.String())
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("routes %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

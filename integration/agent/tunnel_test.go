@@ -343,7 +343,7 @@ func TestTwoClustersEndToEnd(t *testing.T) {
 	crossClusterPolicy(t, cb, podA, podB)
 
 	// A node of cluster A that is not its gateway routes B's pod CIDR to gw-1.
-	// nonGatewayNode(t, la, a, podB)
+	nonGatewayNode(t, la, a, podB)
 
 	// `patronus keys rotate` on gateway B under a running iperf3 flow from pod A to pod B:
 	// A learns B's new key through the mesh and the flow completes without a reset.
@@ -493,8 +493,6 @@ func nonGatewayNode(t *testing.T, la *meshLab, a *tunnelSide, podB cniPod) {
 		}
 		return nil
 	})
-	out, _ := la.cliStdout("status", "--socket", ng.socket)
-	t.Logf("patronus status on the non-gateway node gw-3:\n%s", out)
 	podC := cn.addPod(t, a.c, "pod-a2")
 	reachBoth(t, "non-gateway node of A ↔ B", podC, podB)
 }
