@@ -2,13 +2,23 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"net/http"
+	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/patronus/patronus/config"
+	"github.com/patronus/patronus/dataplane/steer"
 	"github.com/patronus/patronus/paths"
 	"github.com/patronus/patronus/probe"
+	"github.com/patronus/patronus/qos"
 )
 
 // PathsOptions turn path monitoring on (Options.Paths; nil: off). It runs only when the
@@ -21,7 +31,19 @@ type PathsOptions struct {
 	MetricsSocket string
 	// Port is the remote responders' port (0 = 7948).
 	Port int
+	// Devices maps a path id ("<cluster>/<host>") to the interface its traffic leaves by
+	// (a per-path tunnel). With any, this node's pods are steered onto the path selected
+	// for their QoS class (dataplane/steer); without, selection is only reported.
+	Devices map[string]string
 }
+
+// ReasonNoPathMeetsMaxLatency is the reason of the Warning Event on a pod whose
+// max-latency-ms no path to a remote cluster meets (it uses the fastest path).
+const ReasonNoPathMeetsMaxLatency = "NoPathMeetsMaxLatency"
+
+// podsRefresh is how often the path monitor re-reads this node's pods (requirements,
+// steering, Events); selections and failovers are applied at every probe tick.
+const podsRefresh = time.Second
 
 // pathsHandler serves GET /v1/paths from the running service, 503 until it runs.
 type pathsHandler struct {
@@ -62,10 +84,28 @@ func (a *agent) startPaths(ctx context.Context, cfg *config.Config, wg *sync.Wai
 		return
 	}
 	reg := &trackingRegisterer{r: a.opts.Registry}
-	svc, err := probe.NewService(probe.ServiceOptions{
+	log := a.log.With("component", "paths")
+	pl := &podPaths{a: a, log: log, defClass: cfg.DefaultQoSClass}
+	for _, p := range ps {
+		if !slices.Contains(pl.dsts, p.Dst) {
+			pl.dsts = append(pl.dsts, p.Dst)
+		}
+	}
+	if len(o.Devices) > 0 {
+		dsts := map[string][]netip.Prefix{}
+		for _, r := range cfg.RemoteClusters {
+			if r.CIDR.IsValid() {
+				dsts[r.ID] = append(dsts[r.ID], r.CIDR)
+			}
+		}
+		pl.steer = steer.New(steer.Options{Kernel: steer.Netlink{}, Devices: o.Devices, Destinations: dsts, Logger: log})
+	}
+	var svc *probe.Service
+	svc, err = probe.NewService(probe.ServiceOptions{
 		Prober: probe.Options{Paths: ps, Config: paths.Config{Interval: cfg.ProbeInterval},
-			LocalCluster: cfg.ClusterID, Registerer: reg, Logger: a.log.With("component", "paths")},
-		ResponderAddr: o.ResponderAddr, MetricsSocket: o.MetricsSocket, Logger: a.log.With("component", "paths"),
+			LocalCluster: cfg.ClusterID, Registerer: reg, Logger: log,
+			AfterTick: func(now time.Time) { pl.tick(svc.Monitor(), now) }},
+		ResponderAddr: o.ResponderAddr, MetricsSocket: o.MetricsSocket, Logger: log,
 	})
 	if err != nil {
 		reg.unregisterAll()
@@ -73,12 +113,145 @@ func (a *agent) startPaths(ctx context.Context, cfg *config.Config, wg *sync.Wai
 		return
 	}
 	a.pathsSvc.Store(svc)
-	a.log.Info("path monitoring running", "paths", len(ps), "interval", cfg.ProbeInterval)
+	a.log.Info("path monitoring running", "paths", len(ps), "interval", cfg.ProbeInterval, "steering", pl.steer != nil)
 	wg.Go(func() {
 		defer reg.unregisterAll()
 		if err := svc.Run(ctx); err != nil && ctx.Err() == nil {
 			a.log.Error("path monitoring stopped", "err", err)
 		}
 		a.pathsSvc.Store(nil)
+		if pl.steer != nil {
+			if err := pl.steer.Close(); err != nil {
+				a.log.Warn("removing path steering", "err", err)
+			}
+		}
 	})
+}
+
+// podPaths joins the path monitor to this node's pods: their max-latency requirements,
+// their steering and the Events on pods whose bound no path meets. It runs in the prober's
+// goroutine (AfterTick).
+type podPaths struct {
+	a        *agent
+	log      *slog.Logger
+	defClass qos.Class
+	dsts     []string
+	steer    *steer.Steerer // nil: no per-path devices, nothing to steer
+
+	pods     []podReq
+	readAt   time.Time
+	reported map[string]bool // pod uid + dst: NoPathMeetsMaxLatency reported and still true
+	lastErr  string
+}
+
+type podReq struct {
+	steer.PodClass
+	ns, name string
+	uid      types.UID
+}
+
+// readPods lists this node's pods with an IPv4 address from the database rows the agent
+// keeps, with their effective QoS class and max-latency. Nothing before the agent is
+// ready: the rows and the pod lister are set up by then.
+func (p *podPaths) readPods() []podReq {
+	if !p.a.ready.Load() {
+		return nil
+	}
+	p.a.rows.mu.RLock()
+	defer p.a.rows.mu.RUnlock()
+	var out []podReq
+	for _, rows := range p.a.rows.byKey {
+		for _, r := range rows {
+			spec, _ := qos.Parse(r.Annotations, p.defClass)
+			for _, ip := range r.IPs {
+				if !ip.Addr().Is4() {
+					continue
+				}
+				out = append(out, podReq{PodClass: steer.PodClass{Name: r.Namespace + "/" + r.Name, IP: ip.Addr(),
+					Class: paths.Class(spec.Class), MaxLatencyMs: float64(spec.MaxLatencyMs)}, ns: r.Namespace, name: r.Name, uid: types.UID(r.UID)})
+				break
+			}
+		}
+	}
+	slices.SortFunc(out, func(x, y podReq) int { return x.IP.Compare(y.IP) })
+	return out
+}
+
+func (p *podPaths) tick(m *paths.Monitor, now time.Time) {
+	if now.Sub(p.readAt) >= podsRefresh {
+		p.readAt = now
+		p.pods = p.readPods()
+		classes := make([]steer.PodClass, len(p.pods))
+		for i, r := range p.pods {
+			classes[i] = r.PodClass
+		}
+		m.SetRequirements(steer.Requirements(classes, p.dsts))
+		if p.steer != nil {
+			p.steer.SetPods(classes)
+		}
+		p.report(m)
+	}
+	if p.steer != nil {
+		_, err := p.steer.Update(m.Snapshot(now))
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+		}
+		if msg != p.lastErr {
+			if err != nil {
+				p.log.Error("path steering", "err", err)
+			} else {
+				p.log.Info("path steering written")
+			}
+			p.lastErr = msg
+		}
+	}
+}
+
+// report emits a Warning Event on each pod whose max-latency no path meets, once per
+// onset of the condition and destination.
+func (p *podPaths) report(m *paths.Monitor) {
+	if !p.a.ready.Load() || p.a.recorder == nil || p.a.podLister == nil {
+		return // both are set before ready
+	}
+	seen := map[string]bool{}
+	if p.reported == nil {
+		p.reported = map[string]bool{}
+	}
+	for _, r := range p.pods {
+		if r.MaxLatencyMs <= 0 {
+			continue
+		}
+		for _, d := range p.dsts {
+			req := paths.Requirement{Dst: d, Class: r.Class, MaxLatency: time.Duration(r.MaxLatencyMs * float64(time.Millisecond))}
+			s, ok := m.Selection(req)
+			if !ok || s.Condition != paths.CondNoPathMeetsMaxLatency {
+				continue
+			}
+			k := string(r.uid) + "\x00" + d
+			seen[k] = true
+			if p.reported[k] {
+				continue
+			}
+			pod, err := p.a.podLister.Pods(r.ns).Get(r.name)
+			if err != nil || pod.UID != r.uid {
+				continue
+			}
+			p.reported[k] = true
+			msg := fmt.Sprintf("no path to cluster %s meets %s %d ms: using the fastest, %s", d, qos.AnnotationMaxLatency,
+				int(r.MaxLatencyMs), s.PathID)
+			for _, ps := range m.Snapshot(time.Now()).Paths {
+				if ps.ID == s.PathID {
+					msg += fmt.Sprintf(" (%.1f ms)", ps.LatencyMs)
+				}
+			}
+			p.log.Warn("no path meets the pod's max latency", "pod", r.Name, "dst", d, "max_latency_ms", r.MaxLatencyMs, "path", s.PathID)
+			p.a.recorder.Event(pod, corev1.EventTypeWarning, ReasonNoPathMeetsMaxLatency, msg)
+		}
+	}
+	for k := range p.reported {
+		if !seen[k] {
+			delete(p.reported, k)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -20,6 +21,7 @@ type agentGatewayFlags struct {
 	clusterKey, gossipKey           string
 	beaconEvery, refresh, reconnect time.Duration
 	respond, l7Socket               string
+	pathDevices                     []string
 }
 
 func (g *agentGatewayFlags) register(f *pflag.FlagSet) {
@@ -39,6 +41,7 @@ func (g *agentGatewayFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&g.paths, "paths", true, "probe the paths to the remote clusters (when remote-clusters lists endpoints)")
 	f.StringVar(&g.respond, "probe-respond", "", "probe responder address (default :7948; off: none)")
 	f.StringVar(&g.l7Socket, "l7-metrics-socket", "", "L7 metrics socket (default /var/run/patronus/metrics.sock; off: none)")
+	f.StringArrayVar(&g.pathDevices, "path-device", nil, "PATH_ID=DEV: path PATH_ID's traffic leaves by interface DEV (a per-path tunnel); with any, pods are steered per QoS class (repeatable)")
 }
 
 func (g *agentGatewayFlags) apply(o *agent.Options) error {
@@ -74,6 +77,16 @@ func (g *agentGatewayFlags) apply(o *agent.Options) error {
 	}
 	if g.paths {
 		o.Paths = &agent.PathsOptions{ResponderAddr: g.respond, MetricsSocket: g.l7Socket}
+		for _, pd := range g.pathDevices {
+			id, dev, ok := strings.Cut(pd, "=")
+			if !ok || id == "" || dev == "" || len(dev) > 15 {
+				return usagef("--path-device %q: want PATH_ID=DEV (DEV at most 15 characters)", pd)
+			}
+			if o.Paths.Devices == nil {
+				o.Paths.Devices = map[string]string{}
+			}
+			o.Paths.Devices[id] = dev
+		}
 	}
 	return nil
 }

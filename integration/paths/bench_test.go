@@ -77,10 +77,16 @@ func BenchmarkTrafficFailover(b *testing.B) {
 		l.setPath(b, on, func(im *wanem.Impairment) { im.Blackhole = true })
 		cut := time.Now()
 		time.Sleep(time.Duration(misses)*interval + time.Second)
-		gap := s.outage(cut, time.Now())
-		if n := len(s.arrivalsAfter(time.Now().Add(-200 * ms))); n < 50 {
-			b.Fatalf("round %d: the flow did not continue after blackholing %s (%d datagrams in the last 200ms)", i+1, pathIDs[on], n)
+		// On a loaded machine the other path may itself flap (probe timeouts of 20 ms):
+		// the outage then lasts until it is back, and is measured as such.
+		resumed := func() bool { return len(s.arrivalsAfter(time.Now().Add(-200*ms))) >= 50 }
+		for deadline := time.Now().Add(5 * time.Second); !resumed() && time.Now().Before(deadline); {
+			time.Sleep(20 * ms)
 		}
+		if !resumed() {
+			b.Fatalf("round %d: the flow did not continue after blackholing %s; state: %s", i+1, pathIDs[on], dumpMonitor(l.prober.Monitor()))
+		}
+		gap := s.outage(cut, time.Now())
 		gaps = append(gaps, gap)
 		b.Logf("round %d: blackholed %s, outage %v", i+1, pathIDs[on], gap.Round(100*time.Microsecond))
 		l.setPath(b, on, func(im *wanem.Impairment) { im.Blackhole = false })
