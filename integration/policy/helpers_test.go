@@ -37,6 +37,7 @@ import (
 	"github.com/patronus/patronus/dataplane/enforce/enforcetest"
 	"github.com/patronus/patronus/integration/k8senv"
 	"github.com/patronus/patronus/localapi"
+	"github.com/patronus/patronus/policy/netpolcases"
 )
 
 var (
@@ -134,6 +135,10 @@ type node struct {
 
 	syncMu   sync.Mutex
 	lastSync []enforce.Endpoint // as the agent last passed them to the enforcer
+	syncs    uint64             // enforcer Set calls so far
+	syncAt   time.Time          // when the last one returned
+
+	svc map[string]netip.Addr // ClusterIP of each pod's Service ("x/a"), once services ran
 }
 
 // endpoint returns the endpoint of p as last applied.
@@ -228,6 +233,8 @@ func newNode(t testing.TB, c *k8senv.Cluster, datapath string, mods ...func(*age
 			OnSync: func(eps []enforce.Endpoint, _ error) {
 				n.syncMu.Lock()
 				n.lastSync = eps
+				n.syncs++
+				n.syncAt = time.Now()
 				n.syncMu.Unlock()
 			}},
 	}
@@ -294,16 +301,16 @@ func (n *node) namespace(lns string) {
 	}
 }
 
-// addPod creates the API object (bound to this node, named ports serve-80, serve-81,
-// serve-udp), then attaches it through CNI ADD, then serves TCP 80, 81 and UDP 80.
+// addPod creates the API object (bound to this node, labelled pod=<name>, with the
+// upstream harness's named ports serve-<80|81>-<tcp|udp|sctp>), then attaches it through
+// CNI ADD, then serves TCP and UDP on 80 and 81 (SCTP is observed with a packet socket).
 func (n *node) addPod(lns, name string, serveBeforeAdd bool) *pod {
 	t := n.t
 	t.Helper()
 	p := &pod{lns: lns, name: name, ns: n.prefix + "-" + lns}
 	obj := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.ns, Name: name, Labels: map[string]string{"pod": name}},
 		Spec: corev1.PodSpec{NodeName: n.name, Containers: []corev1.Container{{Name: "c", Image: "agnhost",
-			Ports: []corev1.ContainerPort{{Name: "serve-80", ContainerPort: 80}, {Name: "serve-81", ContainerPort: 81},
-				{Name: "serve-udp", ContainerPort: 80, Protocol: corev1.ProtocolUDP}}}}}}
+			Ports: netpolcases.ContainerPorts()}}}}
 	created, err := n.k.CoreV1().Pods(p.ns).Create(context.Background(), obj, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -336,11 +343,14 @@ func (n *node) addPod(lns, name string, serveBeforeAdd bool) *pod {
 	return p
 }
 
-// serve runs TCP echo servers on 80 and 81 and a UDP echo server on 80 (all addresses).
+// serve runs TCP and UDP echo servers on 80 and 81 (all addresses).
 func (p *pod) serve(t testing.TB) {
 	t.Helper()
 	err := p.netns.Do(func(ns.NetNS) error {
 		for _, port := range []string{"80", "81"} {
+			if err := serveUDP(t, port); err != nil {
+				return err
+			}
 			l, err := net.Listen("tcp4", ":"+port)
 			if err != nil {
 				return err
@@ -356,26 +366,31 @@ func (p *pod) serve(t testing.TB) {
 				}
 			}()
 		}
-		u, err := net.ListenPacket("udp4", ":80")
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { u.Close() })
-		go func() {
-			buf := make([]byte, 2048)
-			for {
-				m, a, err := u.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				_, _ = u.WriteTo(buf[:m], a)
-			}
-		}()
 		return nil
 	})
 	if err != nil {
 		t.Fatalf("serve in %s: %v", p, err)
 	}
+}
+
+// serveUDP runs a UDP echo server on port in the calling thread's namespace.
+func serveUDP(t testing.TB, port string) error {
+	u, err := net.ListenPacket("udp4", ":"+port)
+	if err != nil {
+		return err
+	}
+	t.Cleanup(func() { u.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			m, a, err := u.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = u.WriteTo(buf[:m], a)
+		}
+	}()
+	return nil
 }
 
 // dial opens a TCP connection from the pod's namespace.

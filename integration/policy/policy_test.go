@@ -58,7 +58,12 @@ func runScenarios(t *testing.T, c *k8senv.Cluster, datapath string) {
 	xa, xb := n.addPod("x", "a", false), n.addPod("x", "b", false)
 	ya, yb := n.addPod("y", "a", false), n.addPod("y", "b", false)
 	za := n.addPod("z", "a", false)
+	// The other pods the upstream scenarios list (each scenario probes only its own).
+	n.addPod("x", "c", false)
+	n.addPod("y", "c", false)
+	n.addPod("z", "b", false)
 	_ = za
+	n.services(t, c)
 	is := func(p *pod, lns, name string) bool { return p.lns == lns && p.name == name }
 
 	n.expect("no policy", "tcp", 80, allAllowed)
@@ -80,9 +85,9 @@ func runScenarios(t *testing.T, c *k8senv.Cluster, datapath string) {
 	n.deletePolicy("x", "allow-b")
 	n.expect("policy delete", "tcp", 80, allAllowed)
 
-	// named port: only serve-81 to x/a
+	// named port: only serve-81-tcp to x/a
 	n.apply("x", np("named-port", sel("pod", "a"), nil,
-		[]networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{port(intstr.FromString("serve-81"), corev1.ProtocolTCP)}}}, nil))
+		[]networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{port(intstr.FromString("serve-81-tcp"), corev1.ProtocolTCP)}}}, nil))
 	n.expect("named port (80 closed)", "tcp", 80, func(_, to *pod) bool { return to != xa })
 	n.expect("named port (81 open)", "tcp", 81, allAllowed)
 	n.deletePolicy("x", "named-port")
@@ -127,37 +132,24 @@ func runScenarios(t *testing.T, c *k8senv.Cluster, datapath string) {
 	n.expect("all policies deleted", "tcp", 80, allAllowed)
 
 	t.Run("qos class sets the priority", func(t *testing.T) { qosPriority(t, n, xb) })
-	t.Run("service", func(t *testing.T) { serviceScenario(t, n, c, xa, xb, ya) })
+	t.Run("service", func(t *testing.T) { serviceScenario(t, n, xa, xb, ya) })
 	t.Run("add waits for policy", func(t *testing.T) { addWaits(t, n, ya) })
 	t.Run("counter and audit", func(t *testing.T) { countersAndAudit(t, n, datapath) })
 	if datapath != "nftables" {
 		t.Run("audit all", func(t *testing.T) { auditAll(t, n, za, ya) })
 	}
 	t.Run("agent restart", func(t *testing.T) { agentRestart(t, n, ya, xb, is) })
+	if datapath != "both" {
+		t.Run("upstream", func(t *testing.T) { upstreamScenarios(t, n) })
+	}
 }
 
-// serviceScenario probes through Service ClusterIPs translated by kube-proxy (nftables
-// mode, in the node namespace; the binary from $PATRONUS_KUBE_PROXY or the lab's build
-// cache). Without the binary, an nftables DNAT rule stands in for it (logged). Egress is
-// decided on the translated destination: x/b may reach x/a:80 only, so x/b → service(x/a)
-// passes and x/b → service(y/a) is denied.
-func serviceScenario(t *testing.T, n *node, c *k8senv.Cluster, xa, xb, ya *pod) {
-	var svcA, svcY netip.Addr
-	if bin := kubeProxyBin(); bin != "" {
-		ips := startKubeProxy(t, n, c, bin, xa, ya)
-		svcA, svcY = ips[0], ips[1]
-		t.Logf("kube-proxy %s (nftables mode): svc(x/a)=%s svc(y/a)=%s", bin, svcA, svcY)
-	} else {
-		t.Log("no kube-proxy binary (set PATRONUS_KUBE_PROXY or build the lab's): an nftables DNAT rule stands in for it")
-		svcA, svcY = netip.MustParseAddr("10.96.0.100"), netip.MustParseAddr("10.96.0.101")
-		rules := fmt.Sprintf(`table ip pt-kubeproxy {
-  chain pre { type nat hook prerouting priority dstnat; ip daddr %s tcp dport 80 dnat to %s:80; ip daddr %s tcp dport 80 dnat to %s:80; }
-}`, svcA, xa.ip, svcY, ya.ip)
-		if err := n.inNode(func() error { return nftApply(rules) }); err != nil {
-			t.Fatalf("DNAT stand-in for kube-proxy: %v", err)
-		}
-		t.Cleanup(func() { _ = n.inNode(func() error { return nftApply("delete table ip pt-kubeproxy") }) })
-	}
+// serviceScenario probes through the Service ClusterIPs (n.services: kube-proxy in
+// nftables mode in the node namespace, or its stand-in). Egress is decided on the
+// translated destination: x/b may reach x/a:80 only, so x/b → service(x/a) passes and
+// x/b → service(y/a) is denied.
+func serviceScenario(t *testing.T, n *node, xa, xb, ya *pod) {
+	svcA, svcY := n.svc[xa.String()], n.svc[ya.String()]
 	if !xb.probe("tcp", netip.AddrPortFrom(svcY, 80), 2*time.Second) {
 		t.Fatal("x/b cannot reach service(y/a) without policy")
 	}
