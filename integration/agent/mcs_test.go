@@ -11,8 +11,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
+	"net/url"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +29,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+
+	"github.com/patronus/patronus/integration/k8senv"
+	"github.com/patronus/patronus/localapi"
+	"github.com/patronus/patronus/mesh/trust"
 )
 
 func TestGatewayAgentRunsMCS(t *testing.T) {
@@ -176,4 +184,296 @@ func TestNonGatewayAgentRunsMCSDatapathOnly(t *testing.T) {
 		return nil
 	})
 	t.Logf("MCS datapath up on the non-gateway agent %v after it started", time.Since(start).Round(time.Second))
+}
+
+// serveName answers every TCP connection on addr:port inside the namespace at nsPath with
+// name (which endpoint a ClusterSetIP connection reached).
+func serveName(t *testing.T, nsPath string, addr netip.Addr, port int, name string) {
+	t.Helper()
+	var ln net.Listener
+	if err := inNS(nsPath, func() error {
+		var err error
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, uint16(port)).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte(name))
+			c.Close()
+		}
+	}()
+}
+
+// dialVIP connects n times from the pod to vip:80 and counts who answered ("error" for a
+// failed connection or an empty answer).
+func dialVIP(from cniPod, vip netip.Addr, n int) map[string]int {
+	out := map[string]int{}
+	for range n {
+		got, err := dialEchoTimeout(from.netns, vip, 80, time.Second)
+		if err != nil || got == "" {
+			out["error"]++
+			continue
+		}
+		out[got]++
+	}
+	return out
+}
+
+func dialEchoTimeout(nsPath string, addr netip.Addr, port int, d time.Duration) (string, error) {
+	var got string
+	err := inNS(nsPath, func() error {
+		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(addr, uint16(port)).String(), d)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(d))
+		b, err := io.ReadAll(c)
+		got = string(b)
+		return err
+	})
+	return got, err
+}
+
+// mcsService creates Service web (port 80 → 9090) with an EndpointSlice of the pod's
+// address (ready as given) in c's default namespace, or updates the slice's readiness.
+func mcsService(t *testing.T, c *k8senv.Cluster, pod cniPod, ready bool) {
+	t.Helper()
+	ctx := context.Background()
+	k := c.Client()
+	proto, portName, port := corev1.ProtocolTCP, "http", int32(9090)
+	if _, err := k.CoreV1().Services("default").Get(ctx, "web", metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		if _, err := k.CoreV1().Services("default").Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
+				Ports: []corev1.ServicePort{{Name: portName, Protocol: proto, Port: 80, TargetPort: intstr.FromInt32(port)}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sl := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "web-abcde", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{pod.ip.String()}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &portName, Protocol: &proto, Port: &port}},
+	}
+	api := k.DiscoveryV1().EndpointSlices("default")
+	cur, err := api.Get(ctx, sl.Name, metav1.GetOptions{})
+	if err == nil {
+		sl.ResourceVersion = cur.ResourceVersion
+		_, err = api.Update(ctx, sl, metav1.UpdateOptions{})
+	} else {
+		_, err = api.Create(ctx, sl, metav1.CreateOptions{})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func exportWeb(t *testing.T, c *k8senv.Cluster) {
+	t.Helper()
+	mc, err := mcsclient.NewForConfig(c.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mc.MulticlusterV1beta1().ServiceExports("default").Create(context.Background(), &mcsv1beta1.ServiceExport{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestClusterSetIPAcrossClusters: two clusters (own API servers, one gateway agent binary
+// each, pods attached through the real CNI plugin, the WireGuard tunnel the agents bring
+// up). Cluster B exports web; a pod in A reaches B's pod by the ClusterSetIP of A's
+// ServiceImport, through A's nftables translation and the tunnel. A exports web too: its
+// ready local endpoint is preferred; while it is not ready, A's clients go to B. Then B's
+// agent is killed (no graceful leave) while a client in A keeps connecting: B's
+// endpoints leave A's ServiceImport, EndpointSlices and datapath within seconds, and no
+// connection of A's client fails.
+func TestClusterSetIPAcrossClusters(t *testing.T) {
+	la, ca := newMeshLab(t)
+	cb := k8senv.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	_, kubecfgB, err := cb.InstallPatronus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(cb.Host())
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := &meshLab{t: t, id: la.id, bridge: la.bridge, bin: la.bin, dir: la.dir, apiHost: u.Host, kubecfg: kubecfgB}
+	gossip, err := trust.GenerateGossipKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyA, err := trust.GenerateClusterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyB, err := trust.GenerateClusterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &tunnelSide{cluster: "cluster-a", cidr: "10.244.0.0/16", n: 1, key: keyA, lab: la, c: ca}
+	b := &tunnelSide{cluster: "cluster-b", cidr: "10.248.0.0/16", n: 2, key: keyB, lab: lb, c: cb}
+	a.configure(t, b, gossip)
+	b.configure(t, a, gossip)
+	createLabelledNode(t, ca, "gw-1", "10.78.0.1", nil)
+	createLabelledNode(t, cb, "gw-2", "10.78.0.2", nil)
+	nodeNS := func(n int) string { return fmt.Sprintf("pt-g%s-%d", la.id, n) }
+	cnA := newCNINode(t, la.bin, "gw-1", a.cluster, nodeNS(1), filepath.Join(la.dir, "gw-1"), netip.MustParsePrefix("10.244.0.0/24"))
+	cnB := newCNINode(t, la.bin, "gw-2", b.cluster, nodeNS(2), filepath.Join(la.dir, "gw-2"), netip.MustParsePrefix("10.248.0.0/24"))
+	a.agent = la.addAgent(1, append([]string{"--no-beacons", "--gossip-advertise", "10.78.0.1:7946"}, cnA.agentFlags()...)...)
+	b.agent = lb.addAgent(2, append([]string{"--no-beacons", "--gossip-advertise", "10.78.0.2:7946"}, cnB.agentFlags()...)...)
+	for _, s := range []*tunnelSide{a, b} {
+		if out, err := exec.Command("ip", "netns", "exec", s.agent.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
+			t.Fatalf("ip_forward in %s: %v: %s", s.agent.ns, err, out)
+		}
+		waitFor(t, 60*time.Second, s.cluster+"'s gateway agent ready", func() error {
+			if err := s.agent.alive(); err != nil {
+				return err
+			}
+			return localapi.NewClient(s.agent.socket).Ready(context.Background())
+		})
+	}
+	client := cnA.addPod(t, ca, "client-a")
+	webA := cnA.addPod(t, ca, "web-a")
+	webB := cnB.addPod(t, cb, "web-b")
+	serveName(t, webA.netns, webA.ip, 9090, "a")
+	serveName(t, webB.netns, webB.ip, 9090, "b")
+	waitFor(t, 90*time.Second, "client in A reaches pod B across the tunnel", func() error { return podTCP(client, webB) })
+
+	// B exports web: A imports it with a ClusterSetIP and B's endpoint.
+	mcsService(t, cb, webB, true)
+	exportWeb(t, cb)
+	mcA, err := mcsclient.NewForConfig(ca.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vip netip.Addr
+	t0 := time.Now()
+	waitFor(t, 60*time.Second, "A's ServiceImport of web with a ClusterSetIP", func() error {
+		si, err := mcA.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(si.Spec.IPs) != 1 {
+			return fmt.Errorf("ips %v", si.Spec.IPs)
+		}
+		vip, err = netip.ParseAddr(si.Spec.IPs[0])
+		return err
+	})
+	waitFor(t, 30*time.Second, "client in A reaches B's web by ClusterSetIP", func() error {
+		if h := dialVIP(client, vip, 10); h["b"] != 10 {
+			return fmt.Errorf("answers %v", h)
+		}
+		return nil
+	})
+	t.Logf("B's export reachable from a pod in A by ClusterSetIP %s %v after the ServiceExport", vip, time.Since(t0).Round(time.Millisecond))
+
+	// A exports web too, its endpoint not ready yet: B still serves A's clients.
+	mcsService(t, ca, webA, false)
+	exportWeb(t, ca)
+	waitFor(t, 30*time.Second, "A's ServiceImport lists both clusters", func() error {
+		si, err := mcA.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(si.Status.Clusters) != 2 {
+			return fmt.Errorf("clusters %+v", si.Status.Clusters)
+		}
+		return nil
+	})
+	if h := dialVIP(client, vip, 10); h["b"] != 10 {
+		t.Fatalf("A's endpoint not ready: answers %v, want all from B", h)
+	}
+	// A's endpoint ready: the local one is preferred.
+	mcsService(t, ca, webA, true)
+	waitFor(t, 30*time.Second, "A's ready local endpoint preferred", func() error {
+		if h := dialVIP(client, vip, 10); h["a"] != 10 {
+			return fmt.Errorf("answers %v", h)
+		}
+		return nil
+	})
+	// Not ready again: back to B across the tunnel.
+	mcsService(t, ca, webA, false)
+	waitFor(t, 30*time.Second, "A's clients fall back to B", func() error {
+		if h := dialVIP(client, vip, 10); h["b"] != 10 {
+			return fmt.Errorf("answers %v", h)
+		}
+		return nil
+	})
+	mcsService(t, ca, webA, true)
+	waitFor(t, 30*time.Second, "A's ready local endpoint preferred again", func() error {
+		if h := dialVIP(client, vip, 10); h["a"] != 10 {
+			return fmt.Errorf("answers %v", h)
+		}
+		return nil
+	})
+
+	// B's agent killed while A's client keeps connecting.
+	stop := make(chan struct{})
+	answers := make(chan map[string]int, 1)
+	go func() {
+		h := map[string]int{}
+		for {
+			select {
+			case <-stop:
+				answers <- h
+				return
+			default:
+			}
+			for k, v := range dialVIP(client, vip, 1) {
+				h[k] += v
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	lb.kill(b.agent)
+	t1 := time.Now()
+	waitFor(t, 60*time.Second, "B evicted from A's ServiceImport, EndpointSlices and datapath", func() error {
+		si, err := mcA.MulticlusterV1beta1().ServiceImports("default").Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(si.Status.Clusters) != 1 || si.Status.Clusters[0].Cluster != a.cluster {
+			return fmt.Errorf("clusters %+v", si.Status.Clusters)
+		}
+		sls, err := ca.Client().DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{
+			LabelSelector: mcsv1beta1.LabelSourceCluster + "=" + b.cluster})
+		if err != nil {
+			return err
+		}
+		if len(sls.Items) != 0 {
+			return fmt.Errorf("B's EndpointSlices still in A: %d", len(sls.Items))
+		}
+		out, err := exec.Command("ip", "netns", "exec", a.agent.ns, "nft", "list", "table", "inet", "patronus").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("nft: %v: %s", err, out)
+		}
+		if strings.Contains(string(out), webB.ip.String()) {
+			return fmt.Errorf("A's datapath still lists B's endpoint %s", webB.ip)
+		}
+		return nil
+	})
+	evicted := time.Since(t1)
+	time.Sleep(2 * time.Second) // keep connecting after the eviction
+	close(stop)
+	h := <-answers
+	t.Logf("B's agent killed → B evicted from A (import, slices, nftables) after %v; A's client meanwhile: %v", evicted.Round(time.Millisecond), h)
+	if h["error"] != 0 || h["b"] != 0 || h["a"] == 0 {
+		t.Errorf("A's client during and after B's eviction: %v, want only answers from A and no failed connection", h)
+	}
+	if h := dialVIP(client, vip, 10); h["a"] != 10 {
+		t.Errorf("after eviction: %v", h)
+	}
 }
