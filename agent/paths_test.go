@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/patronus/patronus/kube"
+	"github.com/patronus/patronus/paths"
+	"github.com/patronus/patronus/qos"
+	"github.com/patronus/patronus/store"
+)
+
+// A pod whose max-latency no path meets gets one Warning Event per onset, and its
+// requirement is selected for (shown in patronus paths).
+func TestPodPathsNoPathMeetsMaxLatency(t *testing.T) {
+	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "voice", UID: "u1",
+		Annotations: map[string]string{qos.AnnotationClass: "latency-sensitive", qos.AnnotationMaxLatency: "2"}}}
+	if err := idx.Add(pod); err != nil {
+		t.Fatal(err)
+	}
+	fake := record.NewFakeRecorder(10)
+	a := &agent{podLister: corelisters.NewPodLister(idx), recorder: &kube.Recorder{EventRecorder: fake}}
+	a.rows.replace([]store.Pod{{Namespace: "ns", Name: "voice", UID: "u1", IPs: []netip.Prefix{netip.MustParsePrefix("10.244.1.5/24")},
+		Annotations: pod.Annotations}})
+	m := paths.NewMonitor(paths.Config{Interval: 50 * time.Millisecond})
+	t0 := time.Unix(1000, 0)
+	if err := m.SetPaths([]paths.PathSpec{{ID: "c2/a", Dst: "c2"}, {ID: "c2/b", Dst: "c2"}}, t0); err != nil {
+		t.Fatal(err)
+	}
+	pp := &podPaths{a: a, log: slog.New(slog.DiscardHandler), defClass: qos.BestEffort, dsts: []string{"c2"}}
+
+	pp.tick(m, t0)
+	if len(pp.pods) != 0 {
+		t.Fatalf("pods read before the agent is ready: %+v", pp.pods)
+	}
+	a.ready.Store(true)
+	now := t0.Add(time.Second)
+	for i := range 5 { // c2/a answers in 10ms, c2/b in 30ms
+		at := now.Add(time.Duration(i) * 50 * time.Millisecond)
+		m.Sent("c2/a", uint64(i), at)
+		m.Sent("c2/b", uint64(i), at)
+		m.Reply("c2/a", uint64(i), at.Add(10*time.Millisecond))
+		m.Reply("c2/b", uint64(i), at.Add(30*time.Millisecond))
+	}
+	now = now.Add(time.Second)
+	pp.tick(m, now) // reads the pod, registers its requirement
+	m.Tick(now)
+	pp.tick(m, now.Add(time.Second)) // reports
+	req := paths.Requirement{Dst: "c2", Class: paths.LatencySensitive, MaxLatency: 2 * time.Millisecond}
+	if s, ok := m.Selection(req); !ok || s.PathID != "c2/a" || s.Condition != paths.CondNoPathMeetsMaxLatency {
+		t.Fatalf("selection of the pod's requirement: %+v %v", s, ok)
+	}
+	select {
+	case e := <-fake.Events:
+		if !strings.HasPrefix(e, "Warning "+ReasonNoPathMeetsMaxLatency+" ") || !strings.Contains(e, "c2/a") || !strings.Contains(e, "2 ms") {
+			t.Errorf("event %q", e)
+		}
+	default:
+		t.Fatal("no Event on the pod")
+	}
+	pp.tick(m, now.Add(2*time.Second))
+	select {
+	case e := <-fake.Events:
+		t.Errorf("second Event for the same onset: %q", e)
+	default:
+	}
+}
