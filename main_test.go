@@ -1,0 +1,188 @@
+package main
+
+// Guards of the CNI path's start-up cost. Every pod start execs this binary as
+// patronus-cni, and Go runs every linked package's init before main dispatches, so what
+// the agent and the CLI link is paid on every CNI call (BENCHMARKS.md, "CNI plugin").
+// These tests count, they do not time: the counts below are exact for a given build and
+// fail when a change links something heavy or makes one of our packages do work at init.
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/patronus/patronus/cni"
+	"github.com/patronus/patronus/internal/testbin"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Cleanup()
+	os.Exit(code)
+}
+
+// Budgets of the whole binary's package init, measured on the build of 2026-11-27
+// (330 inits, 2,389,080 bytes allocated) with ~5 % headroom. Lower them when the agent
+// stops linking the typed clientset (BENCHMARKS.md has the measured plan); raising them
+// means every CNI ADD pays for it: say so in BENCHMARKS.md.
+const (
+	maxInits     = 350
+	maxInitBytes = 2_600_000
+	// maxOwnInitBytes bounds what one of this module's packages may allocate at init:
+	// package-level regexps, tables and clients belong in constructors or sync.OnceValue.
+	maxOwnInitBytes = 4 << 10
+	// maxCNIDeps bounds the packages the plugin's own code links (270 today).
+	maxCNIDeps = 290
+)
+
+// goList returns `go list -deps` of the packages.
+func goList(t *testing.T, pkgs ...string) []string {
+	t.Helper()
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Fatalf("go tool not in PATH: %v", err)
+	}
+	out, err := exec.Command("go", append([]string{"list", "-deps"}, pkgs...)...).Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("go list -deps %s: %v\n%s", strings.Join(pkgs, " "), err, stderr)
+	}
+	return strings.Fields(string(out))
+}
+
+// TestCNIPackageLinksNoAgentStack keeps the plugin's own code free of what makes the
+// agent's start-up expensive: if cni/ (or dataplane/link, store, localapi under it)
+// imports one of these, the cost is paid even by a plugin-only build.
+func TestCNIPackageLinksNoAgentStack(t *testing.T) {
+	denied := []string{
+		"k8s.io/",                    // API machinery: schemes registered at init
+		"sigs.k8s.io/",               // structured-merge-diff, mcs-api, yaml
+		"github.com/prometheus/",     // default registry + Go/process collectors at init
+		"github.com/hashicorp/",      // memberlist/serf: net/rpc, encoding/gob, html/template
+		"github.com/cilium/ebpf",     // BTF and feature probes
+		"google.golang.org/protobuf", // descriptor registries
+		"golang.zx2c4.com/",          // WireGuard
+		"encoding/gob",
+		"net/rpc",
+		"html/template",
+		"expvar",
+	}
+	// knftables (11 regexps compiled at init, ~0.3 ms) comes with the host-local
+	// allocator (containernetworking/plugins/pkg/ip); tolerated until the allocator is
+	// replaced by one of our own over the same on-disk store.
+	tolerated := map[string]bool{"sigs.k8s.io/knftables": true}
+	deps := goList(t, "github.com/patronus/patronus/cni")
+	var bad []string
+	for _, d := range deps {
+		for _, p := range denied {
+			if strings.HasPrefix(d, p) && !tolerated[d] {
+				bad = append(bad, d)
+			}
+		}
+	}
+	if len(bad) > 0 {
+		t.Errorf("the cni package links %d packages of the agent's stack (each runs its init on every CNI call): %s",
+			len(bad), strings.Join(bad, ", "))
+	}
+	if len(deps) > maxCNIDeps {
+		t.Errorf("the cni package links %d packages, budget %d: what was added, and is it needed on the ADD path?", len(deps), maxCNIDeps)
+	}
+}
+
+// TestBinaryLinksNoTestCode: test helpers must never end up in the shipped binary.
+func TestBinaryLinksNoTestCode(t *testing.T) {
+	for _, d := range goList(t, "github.com/patronus/patronus") {
+		if d == "testing" || strings.Contains(d, "/integration/") || strings.HasSuffix(d, "/internal/testbin") ||
+			strings.HasSuffix(d, "test") && strings.HasPrefix(d, "github.com/patronus/") ||
+			strings.HasSuffix(d, "/fake") {
+			t.Errorf("the patronus binary links test code: %s", d)
+		}
+	}
+}
+
+// initRecord is one line of GODEBUG=inittrace=1.
+type initRecord struct {
+	pkg   string
+	bytes int
+}
+
+// parseInitTrace reads "init <pkg> @<t> ms, <clock> ms clock, <bytes> bytes, <n> allocs".
+func parseInitTrace(out []byte) ([]initRecord, error) {
+	var recs []initRecord
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 11 || f[0] != "init" || f[8] != "bytes," {
+			continue
+		}
+		n, err := strconv.Atoi(f[7])
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, initRecord{pkg: f[1], bytes: n})
+	}
+	return recs, sc.Err()
+}
+
+func TestParseInitTrace(t *testing.T) {
+	out := []byte("init internal/bytealg @0.003 ms, 0 ms clock, 0 bytes, 0 allocs\n" +
+		"init k8s.io/client-go/kubernetes/scheme @9.1 ms, 2.7 ms clock, 664640 bytes, 7125 allocs\n" +
+		"patronus 1.0\n")
+	recs, err := parseInitTrace(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []initRecord{{"internal/bytealg", 0}, {"k8s.io/client-go/kubernetes/scheme", 664640}}
+	if len(recs) != len(want) || recs[0] != want[0] || recs[1] != want[1] {
+		t.Fatalf("parsed %v, want %v", recs, want)
+	}
+}
+
+// TestCNIInitBudget runs the binary exactly as a runtime does (argv[0] patronus-cni,
+// CNI_COMMAND=VERSION) with the runtime's init trace and checks the counts.
+func TestCNIInitBudget(t *testing.T) {
+	bin := testbin.Patronus(t)
+	dir := t.TempDir()
+	plugin := filepath.Join(dir, cni.PluginName)
+	if err := os.Symlink(bin, plugin); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(plugin)
+	cmd.Env = append(os.Environ(), "CNI_COMMAND=VERSION", "GODEBUG=inittrace=1")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s VERSION: %v\n%s", plugin, err, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "supportedVersions") {
+		t.Fatalf("VERSION did not answer as the CNI plugin: %q", stdout.String())
+	}
+	recs, err := parseInitTrace(stderr.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) < 50 {
+		t.Fatalf("only %d init records: was GODEBUG=inittrace=1 honoured?\n%s", len(recs), stderr.String())
+	}
+	total := 0
+	for _, r := range recs {
+		total += r.bytes
+		if strings.HasPrefix(r.pkg, "github.com/patronus/patronus") && r.bytes > maxOwnInitBytes {
+			t.Errorf("package %s allocates %d bytes at init (budget %d): build it on first use instead", r.pkg, r.bytes, maxOwnInitBytes)
+		}
+	}
+	t.Logf("%d package inits, %d bytes allocated at init", len(recs), total)
+	if len(recs) > maxInits {
+		t.Errorf("%d package inits run on every CNI call, budget %d", len(recs), maxInits)
+	}
+	if total > maxInitBytes {
+		t.Errorf("package inits allocate %d bytes on every CNI call, budget %d", total, maxInitBytes)
+	}
+}
