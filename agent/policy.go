@@ -259,7 +259,8 @@ func (pc *policyController) openEnforcers(cfg *config.Config) error {
 		if err := pc.bridgeNetfilter(); err != nil {
 			pc.log.Warn("cannot enable bridge netfilter: nftables does not see same-node pod traffic", "err", err)
 		}
-		n, err := nft.New(nft.Options{NetNS: o.NetNS, Logger: pc.log})
+		// Its denials reach the audit log over NFLOG (readNftLog).
+		n, err := nft.New(nft.Options{NetNS: o.NetNS, Logger: pc.log, LogGroup: nft.DefaultLogGroup})
 		if err != nil {
 			if pc.ebpf != nil {
 				pc.ebpf.Close()
@@ -348,6 +349,9 @@ func (pc *policyController) run(ctx context.Context) {
 	wg.Go(func() { pc.exportCounters(ctx) })
 	if pc.ebpf != nil {
 		wg.Go(func() { pc.readEvents(ctx) })
+	}
+	if pc.nft != nil {
+		wg.Go(func() { pc.readNftLog(ctx) })
 	}
 	pc.changed()
 	for {
@@ -770,6 +774,35 @@ func (pc *policyController) readEvents(ctx context.Context) {
 			continue
 		}
 		pc.audit(ev.Audit())
+	}
+}
+
+// readNftLog writes the nftables datapath's denials (NFLOG) as audit lines. In mode both
+// these are the denials eBPF let through to netfilter: same-node ingress, which the
+// forward hook drops before the destination veth's TC program sees the packet.
+func (pc *policyController) readNftLog(ctx context.Context) {
+	rd, err := pc.nft.LogReader()
+	if err != nil {
+		pc.log.Error("cannot read nftables denials: no audit log for them", "err", err)
+		return
+	}
+	go func() {
+		<-ctx.Done()
+		rd.Close()
+	}()
+	for {
+		evs, err := rd.Read()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			pc.log.Warn("reading nftables denials", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		for _, ev := range evs {
+			pc.audit(ev.Audit())
+		}
 	}
 }
 

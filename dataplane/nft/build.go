@@ -136,7 +136,7 @@ type match struct {
 
 func (e *Enforcer) build(ep enforce.Endpoint, dir enforce.Direction, rules []policy.Rule) *chainSpec {
 	h := fnv.New64a()
-	fmt.Fprintf(h, "%v|%v|%v", dir, e.opts.Linear, rules)
+	fmt.Fprintf(h, "%v|%v|%v|%d", dir, e.opts.Linear, rules, e.opts.LogGroup)
 	letter := "i"
 	if dir == enforce.Egress {
 		letter = "e"
@@ -154,6 +154,22 @@ func (e *Enforcer) build(ep enforce.Endpoint, dir enforce.Direction, rules []pol
 	}
 	for _, m := range ms {
 		cs.rules = append(cs.rules, ruleSpec{exprs: m.exprs(peerOff)})
+	}
+	if e.opts.LogGroup != 0 {
+		// The denial is reported to the agent over NFLOG (the audit log), prefixed with
+		// the endpoint's stable chain name. Rate-limited in a rule of its own with no
+		// verdict: a packet over the limit still meets the drop below.
+		prefix := stableName(cs.name)
+		cs.rules = append(cs.rules, ruleSpec{
+			exprs: func(map[string]*nftables.Set) []expr.Any {
+				return []expr.Any{
+					&expr.Limit{Type: expr.LimitTypePkts, Rate: logRate, Unit: expr.LimitTimeSecond, Burst: logBurst},
+					&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_SNAPLEN,
+						Group: e.opts.LogGroup, Data: []byte(prefix), Snaplen: logSnaplen},
+				}
+			},
+			user: []byte("patronus-deny-log"),
+		})
 	}
 	cs.rules = append(cs.rules, ruleSpec{
 		exprs: func(map[string]*nftables.Set) []expr.Any {

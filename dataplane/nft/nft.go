@@ -49,7 +49,11 @@ type Options struct {
 	// packet walks the endpoint chains, as a stateless filter does. Benchmark baseline
 	// only: replies toward an isolated endpoint are then dropped.
 	EveryPacket bool
-	Logger      *slog.Logger
+	// LogGroup, if not 0, reports every denied packet (at most logRate a second per
+	// endpoint and direction) to this NFLOG group of the node namespace, where
+	// LogReader reads them (the audit log of the nftables datapath).
+	LogGroup uint16
+	Logger   *slog.Logger
 }
 
 // Enforcer is the nftables datapath.

@@ -193,9 +193,10 @@ func addWaits(t *testing.T, n *node, ya *pod) {
 	}
 }
 
-// countersAndAudit: the denials above show in patronus_policy_blocks_total and (eBPF)
-// in the audit log as JSON lines.
+// countersAndAudit: the denials above show in patronus_policy_blocks_total and in the
+// audit log as JSON lines (eBPF ring buffer, nftables NFLOG).
 func countersAndAudit(t *testing.T, n *node, datapath string) {
+	t.Helper()
 	var got float64
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -231,19 +232,21 @@ func countersAndAudit(t *testing.T, n *node, datapath string) {
 	} else {
 		t.Logf("patronus_policy_blocks_total{namespace=%s-w,policy=default-deny,direction=ingress} = %v", n.prefix, got)
 	}
-	if datapath == "nftables" {
-		return // the nftables layer reports counters only; audit events come from eBPF
-	}
-	// Audit events come from the eBPF programs. Bridged same-node traffic meets the
-	// nftables forward hook before the destination veth's TC egress (to_pod), so in mode
-	// both an ingress denial is nftables' (counted, not audited) and the audited denial
-	// is an egress one (from_pod runs before the bridge): x's deny-egress scenario.
-	wantPolicy, wantDir := n.prefix+"-w/deny-all", "ingress"
+	// Audit lines come from the eBPF ring buffer and from nftables' NFLOG. In mode both,
+	// bridged same-node traffic meets the nftables forward hook before the destination
+	// veth's TC egress (to_pod): the ingress denial is nftables' (NFLOG) and the egress
+	// denial eBPF's (from_pod runs before the bridge). Both must be audited.
+	checkAuditLine(t, n, n.prefix+"-w/deny-all", "ingress")
 	if datapath == "both" {
-		wantPolicy, wantDir = n.prefix+"-x/deny-egress", "egress"
+		checkAuditLine(t, n, n.prefix+"-x/deny-egress", "egress")
 	}
+}
+
+// checkAuditLine waits for a TCP/80 deny line of wantPolicy in direction wantDir.
+func checkAuditLine(t *testing.T, n *node, wantPolicy, wantDir string) {
+	t.Helper()
 	var line map[string]any
-	deadline = time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for line == nil && time.Now().Before(deadline) {
 		for _, l := range strings.Split(n.audit.String(), "\n") {
 			var rec map[string]any
