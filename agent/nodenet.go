@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/patronus/patronus/cni"
 	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/manifests"
+	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/nodenet"
 )
 
@@ -131,6 +133,17 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 			fail(err)
 		}
 	})
+	// The claim is also spread as a signed announcement (kind podblock) whenever this node
+	// runs the mesh: the Lease or the Node decides, the announcement tells the mesh which
+	// node holds which block. The mesh may start after nodenet, or restart.
+	wg.Go(func() {
+		announceBlock(ctx, blockAnnounceInterval, c.Status, func() blockAnnouncer {
+			if n := a.meshNode.Load(); n != nil {
+				return n
+			}
+			return nil
+		}, a.log)
+	})
 	wg.Go(func() {
 		select {
 		case <-ctx.Done():
@@ -148,6 +161,45 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 		a.nodeNet.ready.Store(true)
 		a.log.Info("node ready for pods: CNI conflist in place", "path", a.opts.ConflistPath, "block", c.Status().Block)
 	})
+}
+
+// blockAnnounceInterval is how often announceBlock looks for a new block or mesh node.
+const blockAnnounceInterval = 2 * time.Second
+
+// blockAnnouncer signs and spreads an announcement (mesh.Node; it keeps re-signing it
+// every refresh until replaced).
+type blockAnnouncer interface {
+	Announce(announce.Announcement) error
+}
+
+// announceBlock announces the node's block (nodenet.BlockAnnouncement) through the mesh
+// node mesh() returns (nil while none runs), once per block, claim time and mesh node,
+// until ctx ends. A failed announcement is retried at the next tick.
+func announceBlock(ctx context.Context, every time.Duration, status func() nodenet.Status, mesh func() blockAnnouncer, log *slog.Logger) {
+	type done struct {
+		to    blockAnnouncer
+		block netip.Prefix
+		at    int64
+	}
+	var last done
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		st, m := status(), mesh()
+		if cur := (done{m, st.Block, st.ClaimedAt.UnixMilli()}); m != nil && st.Block.IsValid() && !st.ClaimedAt.IsZero() && cur != last {
+			if err := m.Announce(nodenet.BlockAnnouncement(st.Block, st.ClaimedAt)); err != nil {
+				log.Warn("announce the node's pod block through the mesh", "block", st.Block, "err", err)
+			} else {
+				last = cur
+				log.Info("announced the node's pod block through the mesh (signed)", "block", st.Block, "source", st.Source)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // baseConfList is the conflist nodenet renders the node's block into: the installed one
