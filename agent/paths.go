@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/dataplane/steer"
+	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/paths"
 	"github.com/patronus/patronus/probe"
 	"github.com/patronus/patronus/qos"
@@ -44,6 +46,10 @@ const ReasonNoPathMeetsMaxLatency = "NoPathMeetsMaxLatency"
 // podsRefresh is how often the path monitor re-reads this node's pods (requirements,
 // steering, Events); selections and failovers are applied at every probe tick.
 const podsRefresh = time.Second
+
+// summaryEvery is how often a gateway announces its signed probe summary through the mesh
+// (announcement kind probe), so the remote ends see its measurements.
+const summaryEvery = 5 * time.Second
 
 // pathsHandler serves GET /v1/paths from the running service, 503 until it runs.
 type pathsHandler struct {
@@ -85,7 +91,7 @@ func (a *agent) startPaths(ctx context.Context, cfg *config.Config, wg *sync.Wai
 	}
 	reg := &trackingRegisterer{r: a.opts.Registry}
 	log := a.log.With("component", "paths")
-	pl := &podPaths{a: a, log: log, defClass: cfg.DefaultQoSClass}
+	pl := &podPaths{a: a, log: log, defClass: cfg.DefaultQoSClass, cluster: cfg.ClusterID}
 	for _, p := range ps {
 		if !slices.Contains(pl.dsts, p.Dst) {
 			pl.dsts = append(pl.dsts, p.Dst)
@@ -135,6 +141,7 @@ type podPaths struct {
 	a        *agent
 	log      *slog.Logger
 	defClass qos.Class
+	cluster  string
 	dsts     []string
 	steer    *steer.Steerer // nil: no per-path devices, nothing to steer
 
@@ -142,6 +149,9 @@ type podPaths struct {
 	readAt   time.Time
 	reported map[string]bool // pod uid + dst: NoPathMeetsMaxLatency reported and still true
 	lastErr  string
+
+	announcedAt time.Time
+	announceErr string
 }
 
 type podReq struct {
@@ -190,6 +200,7 @@ func (p *podPaths) tick(m *paths.Monitor, now time.Time) {
 			p.steer.SetPods(classes)
 		}
 		p.report(m)
+		p.exchange(m, now)
 	}
 	if p.steer != nil {
 		_, err := p.steer.Update(m.Snapshot(now))
@@ -206,6 +217,58 @@ func (p *podPaths) tick(m *paths.Monitor, now time.Time) {
 			p.lastErr = msg
 		}
 	}
+}
+
+// exchange announces this gateway's probe summary through the mesh every summaryEvery
+// and hands the remote gateways' summaries about paths to this cluster to the monitor.
+func (p *podPaths) exchange(m *paths.Monitor, now time.Time) {
+	n := p.a.meshNode.Load()
+	if n == nil {
+		m.SetRemote(nil)
+		return
+	}
+	p.exchangeWith(n.Announce, n.State().List, m, now)
+}
+
+func (p *podPaths) exchangeWith(announceFn func(announce.Announcement) error, list func() []announce.Announcement, m *paths.Monitor, now time.Time) {
+	if now.Sub(p.announcedAt) >= summaryEvery {
+		p.announcedAt = now
+		var links []announce.Link
+		for _, ps := range m.Snapshot(now).Paths {
+			links = append(links, announce.Link{Peer: ps.Dst, Path: ps.ID, RTTMicros: uint32(ps.LatencyMs * 1e3),
+				JitterMicros: uint32(ps.JitterMs * 1e3), LossPPM: uint32(ps.Loss * 1e6), BandwidthKbps: uint32(ps.BandwidthMbps * 1e3)})
+		}
+		msg := ""
+		if len(links) > 0 {
+			if err := announceFn(announce.Announcement{Kind: announce.KindProbe, Probe: &announce.Probe{Links: links}}); err != nil {
+				msg = err.Error()
+			}
+		}
+		if msg != p.announceErr {
+			if msg != "" {
+				p.log.Warn("probe summary not announced", "err", msg)
+			}
+			p.announceErr = msg
+		}
+	}
+	var remote []paths.RemoteLink
+	for _, a := range list() {
+		if a.Kind != announce.KindProbe || a.Probe == nil || a.Withdraw || a.Cluster == p.cluster {
+			continue
+		}
+		for _, l := range a.Probe.Links {
+			if l.Peer != p.cluster {
+				continue
+			}
+			remote = append(remote, paths.RemoteLink{Cluster: a.Cluster, Origin: a.Origin, PathID: l.Path,
+				LatencyMs: float64(l.RTTMicros) / 1e3, JitterMs: float64(l.JitterMicros) / 1e3, Loss: float64(l.LossPPM) / 1e6,
+				BandwidthMbps: float64(l.BandwidthKbps) / 1e3})
+		}
+	}
+	slices.SortFunc(remote, func(x, y paths.RemoteLink) int {
+		return cmp.Or(cmp.Compare(x.Cluster, y.Cluster), cmp.Compare(x.Origin, y.Origin), cmp.Compare(x.PathID, y.PathID))
+	})
+	m.SetRemote(remote)
 }
 
 // report emits a Warning Event on each pod whose max-latency no path meets, once per

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/patronus/patronus/kube"
+	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/paths"
 	"github.com/patronus/patronus/qos"
 	"github.com/patronus/patronus/store"
@@ -73,5 +74,43 @@ func TestPodPathsNoPathMeetsMaxLatency(t *testing.T) {
 	case e := <-fake.Events:
 		t.Errorf("second Event for the same onset: %q", e)
 	default:
+	}
+}
+
+// The gateway announces its measurements as a signed probe summary and shows the remote
+// gateways' summaries about paths towards its own cluster.
+func TestPodPathsExchangesProbeSummaries(t *testing.T) {
+	m := paths.NewMonitor(paths.Config{})
+	t0 := time.Unix(1000, 0)
+	if err := m.SetPaths([]paths.PathSpec{{ID: "c2/a", Dst: "c2", BandwidthMbps: 100}}, t0); err != nil {
+		t.Fatal(err)
+	}
+	m.Sent("c2/a", 1, t0)
+	m.Reply("c2/a", 1, t0.Add(12*time.Millisecond))
+	pp := &podPaths{log: slog.New(slog.DiscardHandler), cluster: "c1"}
+	var sent []announce.Announcement
+	remote := []announce.Announcement{
+		{Kind: announce.KindProbe, Cluster: "c2", Origin: "gw2", Probe: &announce.Probe{Links: []announce.Link{
+			{Peer: "c1", Path: "c1/x", RTTMicros: 12500, LossPPM: 20000}, {Peer: "c3", Path: "c3/y", RTTMicros: 1}}}},
+		{Kind: announce.KindProbe, Cluster: "c1", Origin: "gw1", Probe: &announce.Probe{Links: []announce.Link{{Peer: "c1", Path: "own"}}}},
+		{Kind: announce.KindTunnel, Cluster: "c2", Origin: "gw2"},
+	}
+	list := func() []announce.Announcement { return remote }
+	collect := func(a announce.Announcement) error { sent = append(sent, a); return nil }
+	pp.exchangeWith(collect, list, m, t0.Add(time.Second))
+	pp.exchangeWith(collect, list, m, t0.Add(2*time.Second)) // within summaryEvery: not again
+	if len(sent) != 1 || sent[0].Kind != announce.KindProbe || len(sent[0].Probe.Links) != 1 {
+		t.Fatalf("announced %+v", sent)
+	}
+	if l := sent[0].Probe.Links[0]; l.Peer != "c2" || l.Path != "c2/a" || l.RTTMicros != 12000 || l.BandwidthKbps != 100000 {
+		t.Errorf("link %+v", l)
+	}
+	got := m.Snapshot(t0).Remote
+	if len(got) != 1 || got[0].Cluster != "c2" || got[0].PathID != "c1/x" || got[0].LatencyMs != 12.5 || got[0].Loss != 0.02 {
+		t.Errorf("remote view %+v", got)
+	}
+	pp.exchangeWith(collect, list, m, t0.Add(7*time.Second))
+	if len(sent) != 2 {
+		t.Errorf("%d summaries after summaryEvery, want 2", len(sent))
 	}
 }

@@ -213,6 +213,12 @@ func pathsTable(tw *tabwriter.Writer, snap paths.Snapshot, now time.Time) {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Dst, classLabel(s.Class, s.MaxLatencyMs), path, s.Condition)
 		}
 	}
+	if len(snap.Remote) > 0 {
+		fmt.Fprintln(tw, "\nREMOTE VIEW (signed probe summaries)\tGATEWAY\tLATENCY\tJITTER\tLOSS")
+		for _, r := range snap.Remote {
+			fmt.Fprintf(tw, "%s\t%s/%s\t%.1fms\t%.1fms\t%.1f%%\n", r.PathID, r.Cluster, r.Origin, r.LatencyMs, r.JitterMs, r.Loss*100)
+		}
+	}
 }
 
 func classLabel(c paths.Class, maxMs float64) string {

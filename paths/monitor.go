@@ -57,10 +57,26 @@ type SelectionStatus struct {
 	Condition    string    `json:"condition,omitempty"`
 }
 
+// RemoteLink is a remote gateway's own measurement of one of its paths towards this
+// cluster, from its signed probe summary (mesh announcement kind probe): both ends see
+// what the other measures.
+type RemoteLink struct {
+	// Cluster and Origin name the remote gateway; PathID is its id of the path.
+	Cluster       string  `json:"cluster"`
+	Origin        string  `json:"origin"`
+	PathID        string  `json:"path_id"`
+	LatencyMs     float64 `json:"latency_ms"`
+	JitterMs      float64 `json:"jitter_ms"`
+	Loss          float64 `json:"loss"`
+	BandwidthMbps float64 `json:"bandwidth_mbps,omitempty"`
+}
+
 // Snapshot is the whole state: GET /v1/paths answers with it.
 type Snapshot struct {
 	Paths      []PathStatus      `json:"paths"`
 	Selections []SelectionStatus `json:"selections"`
+	// Remote lists the remote gateways' views of their paths to this cluster.
+	Remote []RemoteLink `json:"remote,omitempty"`
 }
 
 type entry struct {
@@ -77,8 +93,9 @@ type Monitor struct {
 	cfg   Config
 	paths map[string]*entry
 	order []string
-	extra []Requirement
-	sel   *Selector
+	extra  []Requirement
+	sel    *Selector
+	remote []RemoteLink
 }
 
 // NewMonitor returns a monitor without paths.
@@ -128,6 +145,13 @@ func (m *Monitor) SetRequirements(reqs []Requirement) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.extra = slices.Clone(reqs)
+}
+
+// SetRemote replaces the remote gateways' views (shown in Snapshot, not used to select).
+func (m *Monitor) SetRemote(links []RemoteLink) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.remote = slices.Clone(links)
 }
 
 // Sent records a probe sent on path id.
@@ -233,7 +257,7 @@ func ms(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
 func (m *Monitor) Snapshot(now time.Time) Snapshot {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	snap := Snapshot{Paths: []PathStatus{}, Selections: []SelectionStatus{}}
+	snap := Snapshot{Paths: []PathStatus{}, Selections: []SelectionStatus{}, Remote: slices.Clone(m.remote)}
 	byPath := map[string][]ClassUse{}
 	for _, r := range m.requirements() {
 		s, ok := m.sel.Get(r)
