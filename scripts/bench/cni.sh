@@ -8,6 +8,15 @@
 #   C=32 ROUNDS=5 scripts/bench/cni.sh
 #   CNI_ONLY=1 scripts/bench/cni.sh   the plugin linked alone (no agent/CLI package init)
 #   PATRONUS_BIN=bin/patronus scripts/bench/cni.sh   an already built binary
+#   VARIANTS=0 scripts/bench/cni.sh   skip the start-up cost table of three builds (below)
+#   N=0 ... only the start-up table: scripts/bench/cni.sh 0
+#
+# The start-up table builds the same module three ways and runs each as patronus-cni with
+# CNI_COMMAND=VERSION: the shipped binary; "no clientset", a main that links every package
+# of this module that does not import k8s.io/client-go/kubernetes plus the client-go pieces
+# an agent on a plain REST client would keep (rest, tools/cache, clientcmd, workqueue,
+# listers, API types): the estimate of replacing the typed clientset and informer factories;
+# and the plugin alone. Package counts and bytes are exact; CPU is perf stat's task-clock.
 #
 # Needs root. Everything runs in its own "node" namespace (pt-bench-*) with pods in
 # their own namespaces; nothing touches the root namespace. Prints a Markdown report.
@@ -72,6 +81,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -187,13 +197,18 @@ func main() {
 	for k, v := range vs {
 		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s |\n", v.name, ms(pct(add[k], .5)), ms(pct(add[k], .99)), ms(mean(add[k])), ms(mean(addCPU[k])), ms(pct(del[k], .5)), ms(pct(del[k], .99)))
 	}
-	fmt.Printf("\n%d concurrent ADDs (separate pod namespaces), %d rounds per plugin, ms:\n\n", len(netnses), *rounds)
-	fmt.Println("| plugin | ADD p50 | ADD p99 | ADD max | errors |")
-	fmt.Println("|---|---|---|---|---|")
+	fmt.Printf("\n%d concurrent ADDs (separate pod namespaces), %d rounds per plugin, ms. CPU per ADD is\n", len(netnses), *rounds)
+	fmt.Printf("user+sys of the ADD processes (and their IPAM children) of a round / %d; floor = %d x CPU per\n", len(netnses), len(netnses))
+	fmt.Printf("ADD / %d cores: the p99 this plugin cannot beat on this machine even when idle.\n\n", runtime.NumCPU())
+	fmt.Println("| plugin | ADD p50 | ADD p99 | ADD max | CPU per ADD | CPU floor of the burst | errors |")
+	fmt.Println("|---|---|---|---|---|---|---|")
 	for _, v := range vs {
 		var all []time.Duration
+		var cpu time.Duration
 		errs := 0
 		for r := 0; r < *rounds; r++ {
+			var before, after syscall.Rusage
+			syscall.Getrusage(syscall.RUSAGE_CHILDREN, &before)
 			lat := make([]time.Duration, len(netnses))
 			fail := make([]error, len(netnses))
 			var wg sync.WaitGroup
@@ -208,6 +223,8 @@ func main() {
 			}
 			close(start)
 			wg.Wait()
+			syscall.Getrusage(syscall.RUSAGE_CHILDREN, &after)
+			cpu += time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
 			for i, e := range fail {
 				if e != nil {
 					errs++
@@ -223,7 +240,9 @@ func main() {
 				}
 			}
 		}
-		fmt.Printf("| %s | %s | %s | %s | %d |\n", v.name, ms(pct(all, .5)), ms(pct(all, .99)), ms(pct(all, 1)), errs)
+		perADD := cpu / time.Duration(*rounds*len(netnses))
+		floor := perADD * time.Duration(len(netnses)) / time.Duration(runtime.NumCPU())
+		fmt.Printf("| %s | %s | %s | %s | %s | %s | %d |\n", v.name, ms(pct(all, .5)), ms(pct(all, .99)), ms(pct(all, 1)), ms(perADD), ms(floor), errs)
 	}
 }
 GO
@@ -234,7 +253,9 @@ echo "## CNI benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r)
 echo
 echo "Command: \`CNI_ONLY=${CNI_ONLY:-0} scripts/bench/cni.sh $N\` (C=$C, ROUNDS=$ROUNDS, binary $(du -h "$BIN" | cut -f1)); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-ip netns exec "$NODE" "$TMP/cnibench" -bin "$TMP/bin" -tmp "$TMP" -n "$N" -rounds "$ROUNDS" -pods "${pods%,}"
+if [ "$N" -gt 0 ]; then
+	ip netns exec "$NODE" "$TMP/cnibench" -bin "$TMP/bin" -tmp "$TMP" -n "$N" -rounds "$ROUNDS" -pods "${pods%,}"
+fi
 echo
 echo "Package init of the binary (GODEBUG=inittrace=1, CNI_COMMAND=VERSION, 20 runs), and the CPU of a"
 echo "bare VERSION call (process start + init; perf stat if present):"
@@ -251,3 +272,43 @@ if command -v perf >/dev/null; then
 			awk -F, -v b="$(basename "$b")" '/task-clock/ {printf "- %s VERSION: %.2f ms CPU\n", b, $1}'
 	done
 fi
+
+[ "${VARIANTS:-1}" = 1 ] || exit 0
+# Start-up cost of three builds of the module (see the header).
+variant() { # name main.go-content
+	printf '%s\n' "$2" >"$TMP/main-$1.go"
+	printf '{"Replace":{"%s/main.go":"%s/main-%s.go"}}' "$PWD" "$TMP" "$1" >"$TMP/overlay-$1.json"
+	mkdir -p "$TMP/v-$1"
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -overlay "$TMP/overlay-$1.json" -o "$TMP/v-$1/patronus-cni" .
+}
+keep=$(go list -deps -f '{{.ImportPath}}{{range .Deps}} {{.}}{{end}}' . | awk '$1 ~ /^github.com\/patronus\/patronus\// {
+	keep = 1; for (i = 2; i <= NF; i++) if ($i == "k8s.io/client-go/kubernetes") keep = 0; if (keep) print $1 }')
+rest="k8s.io/client-go/rest k8s.io/client-go/tools/cache k8s.io/client-go/tools/clientcmd k8s.io/client-go/util/workqueue
+k8s.io/client-go/listers/core/v1 k8s.io/client-go/listers/networking/v1 k8s.io/client-go/listers/discovery/v1
+k8s.io/api/coordination/v1 sigs.k8s.io/mcs-api/pkg/apis/v1beta1 github.com/spf13/cobra k8s.io/klog/v2
+github.com/prometheus/client_golang/prometheus/promhttp"
+imports=$(for p in $keep $rest; do printf '\t_ "%s"\n' "$p"; done)
+echo "cni.sh: building the start-up variants" >&2
+variant noclientset "$(printf 'package main\n\nimport (\n\t"os"\n\n\t"github.com/patronus/patronus/cni"\n%s\n)\n\nfunc main() {\n\tif os.Getenv("CNI_COMMAND") != "" {\n\t\tcni.Main()\n\t}\n}' "$(echo "$imports" | grep -v '"github.com/patronus/patronus/cni"')")"
+variant cnionly 'package main
+
+import "github.com/patronus/patronus/cni"
+
+func main() { cni.Main() }'
+mkdir -p "$TMP/v-shipped" && cp "$BIN" "$TMP/v-shipped/patronus-cni"
+echo
+echo "Start-up of three builds run as patronus-cni, CNI_COMMAND=VERSION (inits and bytes: exact; clock: median"
+echo "of 21 runs of the sum of GODEBUG=inittrace=1 clock; CPU: perf stat task-clock, mean of 30):"
+echo
+echo "| build | size | packages with init work | bytes allocated at init | init clock (median) | CPU of the whole VERSION call |"
+echo "|---|---|---|---|---|---|"
+for v in shipped noclientset cnionly; do
+	b=$TMP/v-$v/patronus-cni
+	read -r inits bytes < <(GODEBUG=inittrace=1 CNI_COMMAND=VERSION "$b" 2>&1 >/dev/null | awk '/^init /{n++; b+=$8} END {print n, b}')
+	clock=$(for i in $(seq 21); do GODEBUG=inittrace=1 CNI_COMMAND=VERSION "$b" 2>&1 >/dev/null | awk '/^init /{t+=$5} END {print t}'; done | sort -n | sed -n 11p)
+	cpu=-
+	if command -v perf >/dev/null; then
+		cpu=$(perf stat -r 30 -x, -e task-clock env CNI_COMMAND=VERSION "$b" </dev/null 2>&1 >/dev/null | awk -F, '/task-clock/ {printf "%.2f ms", $1}')
+	fi
+	echo "| $v | $(du -h "$b" | cut -f1) | $inits | $bytes | $clock ms | $cpu |"
+done
