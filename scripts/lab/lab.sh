@@ -12,7 +12,10 @@
 #   lab.sh kubectl CLUSTER ARGS...         kubectl against cluster CLUSTER (1, 2, ...)
 #   lab.sh exec CLUSTER NODE CMD...        run CMD in node NODE's network + mount namespace
 #   lab.sh status                          what is running
-#   lab.sh smoke                           pod IPs, pod-to-pod (intra/inter node), DNS
+#   lab.sh smoke                           pod IPs, pod-to-pod (intra/inter node), DNS,
+#                                          pod-to-pod across clusters (ping, TCP) through the tunnel
+#   lab.sh wan [PAIR LINK [wanem flags]]   show the WAN links, or impair one: PAIR "1-2", LINK 1|2,
+#                                          flags of `patronus wanem set` (--delay 50ms --loss 5 ...)
 #
 # Environment: LAB_DIR (state, default /var/tmp/patronus-lab), LAB_PREFIX (namespace prefix,
 # default plab; a second lab needs its own LAB_PREFIX and LAB_DIR), LAB_CLUSTERS, LAB_NODES,
@@ -25,6 +28,8 @@ LAB_DIR=${LAB_DIR:-/var/tmp/patronus-lab}
 CLUSTERS=${LAB_CLUSTERS:-2}
 NODES=${LAB_NODES:-2}
 PREFIX=${LAB_PREFIX:-plab}
+# Masquerade of pod traffic leaving the cluster CIDR (ConfigMap key masquerade).
+LAB_MASQUERADE=${LAB_MASQUERADE:-false}
 
 log() { echo "lab: $(date +%H:%M:%S) $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -32,7 +37,10 @@ die() { log "ERROR: $*"; exit 1; }
 # Addressing (per cluster C): underlay 10.77.C.0/24 with the bridge's address .1, the
 # control plane .2, node I .(10+I); pods 10.(243+C).0.0/16 (a /24 per node, allocated by
 # kube-controller-manager); Services 10.96.0.0/12 in every cluster (kubernetes .1, DNS .10).
+# Node 1 of each cluster is its gateway (label patronus.io/gateway=true). WAN: two links per
+# cluster pair (see wan_up).
 underlay_net() { echo "10.77.$1"; }
+gw_ip() { echo "10.77.$1.11"; }
 pod_cidr() { echo "10.$((243 + $1)).0.0/16"; }
 SERVICE_CIDR=10.96.0.0/12
 KUBERNETES_SVC=10.96.0.1
@@ -322,9 +330,13 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
 podPidsLimit: -1
 YAML
+	# Node 1 is the cluster's gateway: the label is on the Node before its agent starts
+	# (the agent reads the marks once, at start).
+	local labels=()
+	[ "$i" != 1 ] || labels=(--node-labels=patronus.io/gateway=true)
 	start "kubelet $name" "$nd/kubelet.log" "$nd/kubelet.pid" "$n" --mount-of "$cpid" \
 		"$LAB_BIN/kubelet" --config="$nd/kubelet.yaml" --kubeconfig="$nd/kubelet.kubeconfig" \
-		--hostname-override="$name" --node-ip="$ip" --root-dir=/var/lib/kubelet --v=1
+		--hostname-override="$name" --node-ip="$ip" --root-dir=/var/lib/kubelet "${labels[@]}" --v=1
 	cat >"$nd/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -352,24 +364,47 @@ cp_routes() {
 	done
 }
 
+# mesh_keys: a cluster signing key per cluster and one gossip key for the clusterset, made
+# the way an operator makes them (`patronus mesh keygen`), so each cluster's ConfigMap can
+# pin the others' public keys before any agent starts.
+mesh_keys() {
+	local c d
+	"$PATRONUS_BIN" mesh keygen --gossip --out "$LAB_DIR/gossip.key"
+	for c in $(seq 1 "$CLUSTERS"); do
+		d=$(cdir "$c")
+		mkdir -p "$d"
+		"$PATRONUS_BIN" mesh keygen --out "$d/cluster.key" >"$d/cluster.pub"
+	done
+}
+
+# remote_clusters C: the ConfigMap's remote-clusters for cluster C: every other cluster's
+# gateway (its node address, reached over WAN link 1 of the pair), its pod CIDR, its pinned
+# cluster key, and its address on WAN link 2 as a second path.
+remote_clusters() {
+	local c=$1 r out=""
+	for r in $(seq 1 "$CLUSTERS"); do
+		[ "$r" != "$c" ] || continue
+		out+="- {id: lab-c$r, endpoint: '$(gw_ip "$r"):51820', cidr: $(pod_cidr "$r"), gossip: '$(gw_ip "$r"):7946', publicKey: '$(cat "$(cdir "$r")/cluster.pub")', paths: ['$(wan_addr "$c" "$r" 2 "$r"):51820']}\\n"
+	done
+	printf '%s' "${out:-[]}"
+}
+
 install_patronus() {
-	local c=$1 k
+	local c=$1 k d
 	k=$(cdir "$c")/kubectl
+	d=$(cdir "$c")
 	log "cluster $c: kubectl apply -f manifests/"
 	"$k" apply -f manifests/ >&2
-	# The lab's own values for this cluster (the ConfigMap ships an example).
-	local id=lab-c$c conf_id
-	# The agent refuses to start when CLUSTER_ID (from this ConfigMap) and the conflist
-	# install-cni writes (the embedded manifests/10-patronus.conflist, whose cluster_id
-	# install-cni does not render) disagree. Until install-cni renders it, use the
-	# conflist's id and say so.
-	conf_id=$(sed -n 's/.*"cluster_id": *"\([^"]*\)".*/\1/p' manifests/10-patronus.conflist)
-	if [ -n "$conf_id" ] && [ "$conf_id" != "$id" ]; then
-		log "WARNING: manifests/10-patronus.conflist pins cluster_id \"$conf_id\" and install-cni does not render it from CLUSTER_ID; cluster $c uses \"$conf_id\" instead of \"$id\" so the agent starts"
-		id=$conf_id
-	fi
+	# The mesh's keys, before any agent starts (else the first agent makes its own cluster
+	# key, which the other clusters have not pinned).
+	"$k" -n kube-system create secret generic patronus-cluster-key \
+		--from-file=private-key=<(base64 -d "$d/cluster.key") --from-literal=public-key="$(cat "$d/cluster.pub")" >&2
+	"$k" -n kube-system create secret generic patronus-gossip-key \
+		--from-file=key=<(base64 -d "$LAB_DIR/gossip.key") >&2
+	# The lab's own values for this cluster (the ConfigMap ships an example). Masquerade
+	# off: see docs/LAB.md (pod traffic to a remote cluster must keep its pod address).
 	"$k" -n kube-system patch configmap patronus-config --type merge -p \
-		"{\"data\":{\"cluster-id\":\"$id\",\"cluster-cidr\":\"$(pod_cidr "$c")\",\"service-cidr\":\"$SERVICE_CIDR\"}}" >&2
+		"{\"data\":{\"cluster-id\":\"lab-c$c\",\"cluster-cidr\":\"$(pod_cidr "$c")\",\"service-cidr\":\"$SERVICE_CIDR\",\"remote-clusters\":\"$(remote_clusters "$c")\",\"masquerade\":\"$LAB_MASQUERADE\"}}" >&2
 }
 
 install_coredns() {
@@ -394,6 +429,7 @@ up() {
 	local t0 c i
 	t0=$(date +%s)
 	log "bringing up $CLUSTERS cluster(s) x $NODES node(s) in $LAB_DIR"
+	mesh_keys
 	for c in $(seq 1 "$CLUSTERS"); do
 		underlay_up "$c"
 		cp_up "$c"
@@ -401,6 +437,7 @@ up() {
 		install_coredns "$c"
 		for i in $(seq 1 "$NODES"); do node_up "$c" "$i"; done
 	done
+	wan_up
 	for c in $(seq 1 "$CLUSTERS"); do
 		local k
 		k=$(cdir "$c")/kubectl
@@ -411,6 +448,126 @@ up() {
 		"$k" get nodes -o wide >&2
 	done
 	log "lab up in $(( $(date +%s) - t0 ))s (after builds); kubectl: scripts/lab/lab.sh kubectl 1 get pods -A"
+}
+
+# ---------------------------------------------------------------------------------------
+# WAN: two links per cluster pair between the pair's gateways (node 1 of each cluster).
+#
+# Link X (1, 2) of pair A-B (A < B) is network namespace $PREFIX-wA-B-X, a router with one
+# veth to each gateway: cluster C's side is 10.78.K.(16C)/28 (the router .16C+1, the
+# gateway's interface "wanR-X" .16C+2, R the other cluster), K = the link's number
+# (pairs in order, two links each). Each gateway routes the other gateway's node address
+# (its tunnel endpoint and gossip address, what the agent announces) over link 1, and its
+# link-2 address over link 2, with its own node address as source.
+#
+# The router DNATs the UDP traffic of the WireGuard port (51820) and of the path probes
+# (7948) arriving from one gateway for the other to a `patronus wanem` relay of its own
+# (one per direction and port: four per link), which forwards it to the other gateway's
+# address on that link; its answers come back through the relay and conntrack restores the
+# address the sender used. Gossip (Serf's TCP and UDP, 7946) is routed, not relayed: the
+# relay is UDP only. `lab.sh wan PAIR LINK FLAGS` impairs all four relays of the link.
+
+pairs() { local a b; for a in $(seq 1 "$CLUSTERS"); do for b in $(seq $((a + 1)) "$CLUSTERS"); do echo "$a $b"; done; done; }
+# link_num A B X: K of link X of the pair of clusters A and B (either order).
+link_num() {
+	local lo=$(( $1 < $2 ? $1 : $2 )) hi=$(( $1 < $2 ? $2 : $1 )) p=0 a b
+	while read -r a b; do
+		p=$((p + 1))
+		if [ "$a" = "$lo" ] && [ "$b" = "$hi" ]; then echo $((2 * (p - 1) + $3)); return; fi
+	done < <(pairs)
+	die "no WAN link between clusters $1 and $2"
+}
+# wan_addr A B X C: the address of cluster C's gateway on link X of pair A-B.
+wan_addr() { echo "10.78.$(link_num "$1" "$2" "$3").$((16 * $4 + 2))"; }
+wan_router() { echo "10.78.$(link_num "$1" "$2" "$3").$((16 * $4 + 1))"; }
+ns_wan() { local lo=$(( $1 < $2 ? $1 : $2 )) hi=$(( $1 < $2 ? $2 : $1 )); echo "$PREFIX-w$lo-$hi-$3"; }
+wan_dir() { echo "$LAB_DIR/wan/$(ns_wan "$@")"; }
+
+wan_link_up() {
+	local a=$1 b=$2 x=$3 w k wd c r gw
+	w=$(ns_wan "$a" "$b" "$x")
+	k=$(link_num "$a" "$b" "$x")
+	wd=$(wan_dir "$a" "$b" "$x")
+	mkdir -p "$wd"
+	new_netns "$w"
+	ip netns exec "$w" sysctl -qw net.ipv4.ip_forward=1
+	for c in "$a" "$b"; do
+		r=$(( c == a ? b : a ))
+		gw=$(ns_node "$c" 1)
+		ip -n "$w" link add "c$c" type veth peer name "wan$r-$x" netns "$gw"
+		ip -n "$w" addr add "$(wan_router "$a" "$b" "$x" "$c")/28" dev "c$c"
+		ip -n "$w" link set "c$c" up
+		ip -n "$gw" addr add "$(wan_addr "$a" "$b" "$x" "$c")/28" dev "wan$r-$x"
+		ip -n "$gw" link set "wan$r-$x" up
+		# The router reaches each gateway's node address on its side.
+		ip -n "$w" route add "$(gw_ip "$c")/32" via "$(wan_addr "$a" "$b" "$x" "$c")"
+		# The gateway: the whole link network through the router (replies of the relays
+		# come from the router's address on this side); link 1 also carries the other
+		# gateway's node address, link 2 its link-2 address.
+		ip -n "$gw" route add "10.78.$k.0/24" via "$(wan_router "$a" "$b" "$x" "$c")" src "$(gw_ip "$c")"
+		if [ "$x" = 1 ]; then
+			ip -n "$gw" route add "$(gw_ip "$r")/32" via "$(wan_router "$a" "$b" "$x" "$c")" src "$(gw_ip "$c")"
+		fi
+	done
+	# DNAT into the relays; empty output/postrouting nat chains so the answers of the
+	# relays (local traffic) get their source restored.
+	local rules="" port
+	for c in "$a" "$b"; do
+		r=$(( c == a ? b : a ))
+		for port in 51820 7948; do
+			rules+="add rule ip labwan pre iifname \"c$c\" ip daddr { $(gw_ip "$r"), $(wan_addr "$a" "$b" "$x" "$r") } udp dport $port dnat to $(wan_router "$a" "$b" "$x" "$c"):$port
+"
+			start "wanem $w c$c->c$r :$port" "$wd/relay-c$c-$port.log" "$wd/relay-c$c-$port.pid" "$w" \
+				"$PATRONUS_BIN" wanem run --listen "$(wan_router "$a" "$b" "$x" "$c"):$port" \
+				--target "$(wan_addr "$a" "$b" "$x" "$r"):$port" --control "$wd/c$c-$port.sock"
+		done
+	done
+	ip netns exec "$w" nft -f - <<NFT
+table ip labwan {
+	chain pre { type nat hook prerouting priority -100; }
+	chain out { type nat hook output priority -100; }
+	chain post { type nat hook postrouting priority 100; }
+}
+$rules
+NFT
+	echo "$a $b $x $w" >>"$LAB_DIR/wan/links"
+}
+
+wan_up() {
+	[ "$CLUSTERS" -ge 2 ] || return 0
+	mkdir -p "$LAB_DIR/wan"
+	: >"$LAB_DIR/wan/links"
+	local a b x
+	while read -r a b; do
+		for x in 1 2; do wan_link_up "$a" "$b" "$x"; done
+		log "WAN: clusters $a and $b joined by links 1 ($(wan_addr "$a" "$b" 1 "$a") - $(wan_addr "$a" "$b" 1 "$b")) and 2 ($(wan_addr "$a" "$b" 2 "$a") - $(wan_addr "$a" "$b" 2 "$b")), each through wanem relays"
+	done < <(pairs)
+}
+
+# wan [PAIR LINK [FLAGS]]: without arguments, every relay's impairment and counters; with
+# PAIR ("1-2") and LINK (1, 2), `patronus wanem set FLAGS` on the link's four relays.
+wan() {
+	load_bins
+	. "$LAB_DIR/shape"
+	[ -f "$LAB_DIR/wan/links" ] || die "no WAN links in this lab (one cluster?)"
+	if [ $# = 0 ]; then
+		local a b x w s
+		while read -r a b x w; do
+			echo "== WAN link $x of clusters $a-$b (netns $w): $(wan_addr "$a" "$b" "$x" "$a") <-> $(wan_addr "$a" "$b" "$x" "$b")"
+			for s in "$LAB_DIR/wan/$w"/*.sock; do
+				echo "-- relay $(basename "$s" .sock)"
+				"$PATRONUS_BIN" wanem show --control "$s" || true
+			done
+		done <"$LAB_DIR/wan/links"
+		return 0
+	fi
+	local pair=$1 x=${2:?usage: lab.sh wan PAIR LINK [wanem set flags]} a b s
+	shift 2
+	a=${pair%-*} b=${pair#*-}
+	[ -d "$(wan_dir "$a" "$b" "$x")" ] || die "no WAN link $x between clusters $a and $b"
+	for s in "$(wan_dir "$a" "$b" "$x")"/*.sock; do
+		echo "$(basename "$s" .sock): $("$PATRONUS_BIN" wanem set --control "$s" "$@")"
+	done
 }
 
 # ---------------------------------------------------------------------------------------
@@ -443,7 +600,7 @@ down() {
 	for n in $(printf '%s\n' "${nslist[@]}" | sort -u); do
 		[ -e "/run/netns/$n" ] && inodes="$inodes $(stat -L -c %i "/run/netns/$n")"
 	done
-	for p in "$LAB_DIR"/c*/pids/* "$LAB_DIR"/c*/n*/*.pid; do
+	for p in "$LAB_DIR"/c*/pids/* "$LAB_DIR"/c*/n*/*.pid "$LAB_DIR"/wan/*/*.pid; do
 		[ -f "$p" ] && pids+=("$(cat "$p")")
 	done
 	for p in /proc/[0-9]*; do
@@ -489,7 +646,7 @@ smoke() {
 			"$k" wait --for=condition=Ready pod --all -n default --timeout=60s >&2
 		"$k" get pods -o wide >&2
 		local pods ips p ip out
-		pods=$("$k" get pods -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.status.podIP}{"\n"}{end}' | grep '^smoke-')
+		pods=$("$k" get pods -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.status.podIP}{"\n"}{end}' | grep '^smoke-c')
 		while read -r p _; do
 			while read -r _ ip; do
 				out=$("$k" exec "$p" -- curl -s -m 3 "http://$ip:8080/hostname" 2>&1) || out="FAILED: $out"
@@ -501,8 +658,56 @@ smoke() {
 			case "$out" in FAILED*|000*) fails=$((fails + 1)) ;; esac
 		done <<<"$pods"
 	done
+	smoke_crosscluster || fails=$((fails + $?))
 	[ $fails = 0 ] || { log "smoke: $fails checks failed"; return 1; }
 	log "smoke: all checks passed"
+}
+
+# smoke_crosscluster: for each cluster pair, a busybox pod on every node pings every smoke
+# pod of the other cluster and fetches its /hostname over TCP (nc), both ways: from and to
+# gateway nodes (the WireGuard tunnel between them) and non-gateway nodes (routed to their
+# cluster's gateway by the agent). Returns the number of failed checks.
+smoke_crosscluster() {
+	[ "$CLUSTERS" -ge 2 ] || return 0
+	local c i k fails=0 img=registry.k8s.io/e2e-test-images/busybox:1.37.0-2
+	for c in $(seq 1 "$CLUSTERS"); do
+		k=$(cdir "$c")/kubectl
+		for i in $(seq 1 "$NODES"); do
+			"$k" get pod "smoke-bb-$(node_name "$c" "$i")" >/dev/null 2>&1 || "$k" run "smoke-bb-$(node_name "$c" "$i")" \
+				--image=$img --image-pull-policy=IfNotPresent --restart=Never \
+				--overrides="{\"spec\":{\"nodeName\":\"$(node_name "$c" "$i")\",\"terminationGracePeriodSeconds\":1}}" \
+				--command -- sleep 86400 >/dev/null
+		done
+	done
+	for c in $(seq 1 "$CLUSTERS"); do
+		for i in $(seq 1 "$NODES"); do
+			"$(cdir "$c")/kubectl" wait --for=condition=Ready "pod/smoke-bb-$(node_name "$c" "$i")" --timeout=120s >/dev/null ||
+				fails=$((fails + 1))
+		done
+	done
+	local a b from to src dst ip out si di bb
+	while read -r a b; do
+		for from in "$a" "$b"; do
+			to=$(( from == a ? b : a ))
+			src=$(cdir "$from")/kubectl
+			dst=$(cdir "$to")/kubectl
+			for si in $(seq 1 "$NODES"); do
+				bb=smoke-bb-$(node_name "$from" "$si")
+				for di in $(seq 1 "$NODES"); do
+					ip=$("$dst" get pod "smoke-$(node_name "$to" "$di")" -o jsonpath='{.status.podIP}')
+					out=$("$src" exec "$bb" -- ping -c 2 -W 2 "$ip" 2>&1 | tail -2 | tr '\n' ' ') || out="FAILED: $out"
+					echo "cluster $from -> $to: $bb ping $ip (smoke-$(node_name "$to" "$di")): $out"
+					case "$out" in FAILED*) fails=$((fails + 1)) ;; esac
+					# busybox's wget crashes in this image: HTTP by hand over nc.
+					out=$("$src" exec "$bb" -- sh -c "printf 'GET /hostname HTTP/1.0\r\n\r\n' | nc -w 3 $ip 8080 | tail -1" 2>&1) || out="FAILED: $out"
+					case "$out" in smoke-*) ;; *) out="FAILED: $out" ;; esac
+					echo "cluster $from -> $to: $bb -> $ip:8080/hostname (TCP): $out"
+					case "$out" in FAILED*) fails=$((fails + 1)) ;; esac
+				done
+			done
+		done
+	done < <(pairs)
+	return "$fails"
 }
 
 status() {
@@ -526,10 +731,11 @@ up) up "$@" ;;
 down) down ;;
 status) status ;;
 smoke) smoke ;;
+wan) wan "$@" ;;
 kubectl) c=${1:?cluster}; shift; exec "$(cdir "$c")/kubectl" "$@" ;;
 exec)
 	c=${1:?cluster}; i=${2:?node}; shift 2
 	exec nsenter --net="/run/netns/$(ns_node "$c" "$i")" --mount="/proc/$(cat "$(ndir "$c" "$i")/containerd/containerd.pid")/ns/mnt" -- "$@"
 	;;
-*) die "usage: lab.sh up [--clusters N] [--nodes M] | down | status | kubectl C ARGS | exec C N CMD" ;;
+*) die "usage: lab.sh up [--clusters N] [--nodes M] | down | status | smoke | wan [PAIR LINK FLAGS] | kubectl C ARGS | exec C N CMD" ;;
 esac
