@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -98,13 +99,22 @@ func (a *agent) startPaths(ctx context.Context, cfg *config.Config, wg *sync.Wai
 		}
 	}
 	if len(o.Devices) > 0 {
-		dsts := map[string][]netip.Prefix{}
-		for _, r := range cfg.RemoteClusters {
-			if r.CIDR.IsValid() {
-				dsts[r.ID] = append(dsts[r.ID], r.CIDR)
+		pl.steer = steer.New(steer.Options{Kernel: steer.Netlink{}, Devices: o.Devices, Destinations: remoteCIDRs(cfg), Logger: log})
+	}
+	if dsts := remoteCIDRs(cfg); len(dsts) > 0 {
+		m := steer.Meter{}
+		if err := m.Program(dsts); err != nil {
+			log.Warn("pod bandwidth meter not installed: patronus_pod_bandwidth_mbps is not exported", "err", err)
+		} else {
+			pl.meter = &m
+			pl.bw = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "patronus_pod_bandwidth_mbps",
+				Help: "Pod traffic this node forwards towards a remote cluster (its pods, and on a gateway the cluster's), Mbit/s over the last 5 s."},
+				[]string{"src_cluster", "dst_cluster"})
+			if err := reg.Register(pl.bw); err != nil {
+				log.Warn("patronus_pod_bandwidth_mbps not registered", "err", err)
+				pl.bw = nil
 			}
 		}
-		pl.steer = steer.New(steer.Options{Kernel: steer.Netlink{}, Devices: o.Devices, Destinations: dsts, Logger: log})
 	}
 	var svc *probe.Service
 	svc, err = probe.NewService(probe.ServiceOptions{
@@ -131,6 +141,11 @@ func (a *agent) startPaths(ctx context.Context, cfg *config.Config, wg *sync.Wai
 				a.log.Warn("removing path steering", "err", err)
 			}
 		}
+		if pl.meter != nil {
+			if err := pl.meter.Remove(); err != nil {
+				a.log.Warn("removing the pod bandwidth meter", "err", err)
+			}
+		}
 	})
 }
 
@@ -152,6 +167,73 @@ type podPaths struct {
 
 	announcedAt time.Time
 	announceErr string
+
+	meter   *steer.Meter          // nil: not installed
+	bw      *prometheus.GaugeVec  // patronus_pod_bandwidth_mbps
+	samples map[string][]bwSample // per destination cluster, oldest first
+}
+
+type bwSample struct {
+	at    time.Time
+	bytes uint64
+}
+
+// bwWindow is the span patronus_pod_bandwidth_mbps averages over.
+const bwWindow = 5 * time.Second
+
+// remoteCIDRs lists each remote cluster's pod CIDR.
+func remoteCIDRs(cfg *config.Config) map[string][]netip.Prefix {
+	dsts := map[string][]netip.Prefix{}
+	for _, r := range cfg.RemoteClusters {
+		if r.CIDR.IsValid() && r.ID != cfg.ClusterID {
+			dsts[r.ID] = append(dsts[r.ID], r.CIDR)
+		}
+	}
+	return dsts
+}
+
+// addSample records counted bytes and returns the rate over the window in Mbit/s (false
+// until two samples exist). A counter that went backwards (the chain was rewritten)
+// restarts the window.
+func addSample(ss []bwSample, s bwSample) ([]bwSample, float64, bool) {
+	if n := len(ss); n > 0 && s.bytes < ss[n-1].bytes {
+		ss = ss[:0]
+	}
+	ss = append(ss, s)
+	for len(ss) > 2 && s.at.Sub(ss[1].at) >= bwWindow {
+		ss = ss[1:]
+	}
+	if len(ss) < 2 {
+		return ss, 0, false
+	}
+	dt := s.at.Sub(ss[0].at).Seconds()
+	if dt <= 0 {
+		return ss, 0, false
+	}
+	return ss, float64(s.bytes-ss[0].bytes) * 8 / dt / 1e6, true
+}
+
+// measure updates patronus_pod_bandwidth_mbps from the meter's counters.
+func (p *podPaths) measure(now time.Time) {
+	if p.meter == nil || p.bw == nil {
+		return
+	}
+	counted, err := p.meter.Read()
+	if err != nil {
+		p.log.Debug("reading the pod bandwidth meter", "err", err)
+		return
+	}
+	if p.samples == nil {
+		p.samples = map[string][]bwSample{}
+	}
+	for dst, b := range counted {
+		var mbps float64
+		var ok bool
+		p.samples[dst], mbps, ok = addSample(p.samples[dst], bwSample{now, b})
+		if ok {
+			p.bw.WithLabelValues(p.cluster, dst).Set(mbps)
+		}
+	}
 }
 
 type podReq struct {
@@ -201,6 +283,7 @@ func (p *podPaths) tick(m *paths.Monitor, now time.Time) {
 		}
 		p.report(m)
 		p.exchange(m, now)
+		p.measure(now)
 	}
 	if p.steer != nil {
 		_, err := p.steer.Update(m.Snapshot(now))

@@ -114,3 +114,34 @@ func TestPodPathsExchangesProbeSummaries(t *testing.T) {
 		t.Errorf("%d summaries after summaryEvery, want 2", len(sent))
 	}
 }
+
+func TestAddSample(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	var ss []bwSample
+	var mbps float64
+	var ok bool
+	sec := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Second) }
+	if ss, _, ok = addSample(ss, bwSample{sec(0), 0}); ok {
+		t.Fatal("rate from one sample")
+	}
+	for i := 1; i <= 10; i++ { // 1.25 MB/s = 10 Mbit/s
+		ss, mbps, ok = addSample(ss, bwSample{sec(i), uint64(i) * 1_250_000})
+		if !ok || mbps < 9.99 || mbps > 10.01 {
+			t.Fatalf("second %d: %v %v", i, mbps, ok)
+		}
+	}
+	if len(ss) > 7 {
+		t.Errorf("window keeps %d samples", len(ss))
+	}
+	// Idle for 5 s: the rate falls to 0 once the window has no traffic in it.
+	for i := 11; i <= 16; i++ {
+		ss, mbps, _ = addSample(ss, bwSample{sec(i), 10 * 1_250_000})
+	}
+	if mbps != 0 {
+		t.Errorf("idle rate %v", mbps)
+	}
+	// A reset counter restarts the window.
+	if _, _, ok = addSample(ss, bwSample{sec(17), 5}); ok {
+		t.Error("rate across a counter reset")
+	}
+}

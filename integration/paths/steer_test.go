@@ -108,9 +108,18 @@ func TestSteeringFollowsSelections(t *testing.T) {
 	})
 	time.Sleep(200 * ms)
 	s := l.serveUDP(t, 9000)
+	meter := steer.Meter{NetNS: l.nsA.Path()}
+	must(t, meter.Program(map[string][]netip.Prefix{"cluster-b": {clusterB}}))
 	const n = 400
 	onPath(t, "latency-sensitive pod", l.burst(t, s, 0, 9000, n), n, 0)
 	onPath(t, "bulk pod", l.burst(t, s, 1, 9000, n), n, 1)
+	// The gateway's meter counted both pods' datagrams (64 bytes + UDP and IP headers).
+	counted, err := meter.Read()
+	must(t, err)
+	t.Logf("meter: %d bytes to cluster-b", counted["cluster-b"])
+	if want := uint64(2 * n * 92); counted["cluster-b"] < want*9/10 || counted["cluster-b"] > want*2 {
+		t.Errorf("meter counted %d bytes to cluster-b, want about %d", counted["cluster-b"], want)
+	}
 
 	// An established connection of the latency-sensitive pod, 200 datagrams/s.
 	long := l.serveUDP(t, 9001)
