@@ -713,12 +713,20 @@ smoke_crosscluster() {
 status() {
 	[ -f "$LAB_DIR/shape" ] || { echo "no lab"; return 0; }
 	cat "$LAB_DIR/shape"
+	. "$LAB_DIR/shape"
 	local c
 	for c in "$LAB_DIR"/c*; do
 		echo "== cluster ${c##*/c}"
 		"$c/kubectl" get nodes -o wide 2>&1 || true
 		"$c/kubectl" get pods -A -o wide 2>&1 || true
 	done
+	if [ -f "$LAB_DIR/wan/links" ]; then
+		local a b x w
+		echo "== WAN links (lab.sh wan shows the relays)"
+		while read -r a b x w; do
+			echo "link $x of clusters $a-$b: netns $w, gateways $(wan_addr "$a" "$b" "$x" "$a") (c$a-n1) <-> $(wan_addr "$a" "$b" "$x" "$b") (c$b-n1)"
+		done <"$LAB_DIR/wan/links"
+	fi
 }
 
 # Sourced (for debugging a step by hand): define the functions only.
