@@ -68,11 +68,11 @@ iperf() { # args...: one client run against a fresh one-shot server
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
 RES=$(mktemp)
-measure() { # config index: appends "idx tcp sent recv" to $RES
+measure() { # config index: appends "round idx tcp sent recv" to $RES
 	local tcp j
 	tcp=$(iperf -O 1 | jq '.end.sum_received.bits_per_second / 1e9')
 	j=$(iperf -u -b 0 -l 64)
-	echo "$1 $tcp $(jq '.end.sum.packets / .end.sum.seconds / 1e3' <<<"$j") $(jq '(.end.sum.packets - .end.sum.lost_packets) / .end.sum.seconds / 1e3' <<<"$j")" >>"$RES"
+	echo "$ROUND $1 $tcp $(jq '.end.sum.packets / .end.sum.seconds / 1e3' <<<"$j") $(jq '(.end.sum.packets - .end.sum.lost_packets) / .end.sum.seconds / 1e3' <<<"$j")" >>"$RES"
 }
 
 run() { # index brnf mode
@@ -100,16 +100,34 @@ BRNF=(0 0 1 1 1 1 1)
 MODES=(none ebpf none ebpf nft-linear nft-linear-every-packet nft-sets)
 
 echo "policy datapath benchmark: $RULES rules per direction, ${SECS}s per iperf3 run, $ROUNDS interleaved rounds (median), $(nproc) CPUs, kernel $(uname -r)"
-for r in $(seq "$ROUNDS"); do
+for ROUND in $(seq "$ROUNDS"); do
 	for i in "${!MODES[@]}"; do
 		run "$i" "${BRNF[$i]}" "${MODES[$i]}"
 	done
-	echo "round $r done" >&2
+	echo "round $ROUND done" >&2
 done
 echo
 echo "| datapath | TCP Gbit/s | UDP 64 B sent kpps | UDP 64 B received kpps |"
 echo "|---|---:|---:|---:|"
 for i in "${!MODES[@]}"; do
-	col() { awk -v i="$i" -v c="$1" '$1 == i {print $c}' "$RES" | median; }
-	printf '| %s | %.2f | %.0f | %.0f |\n' "${LABELS[$i]}" "$(col 2)" "$(col 3)" "$(col 4)"
+	col() { awk -v i="$i" -v c="$1" '$2 == i {print $c}' "$RES" | median; }
+	printf '| %s | %.2f | %.0f | %.0f |\n' "${LABELS[$i]}" "$(col 3)" "$(col 4)" "$(col 5)"
 done
+# Ratios within a round (configurations measured minutes apart at most) cancel much of
+# the slow drift of a shared machine's load: median and range over the rounds.
+ratio() { # label numerator-index denominator-index column
+	local v
+	v=$(awk -v a="$2" -v b="$3" -v c="$4" '$2 == a {x[$1] = $c} $2 == b {y[$1] = $c}
+		END {for (r in x) if (y[r] > 0) print x[r] / y[r]}' "$RES" | sort -n)
+	printf '| %s | %.2f | %.2f–%.2f |\n' "$1" "$(median <<<"$v")" "$(head -1 <<<"$v")" "$(tail -1 <<<"$v")"
+}
+echo
+echo "| ratio, same round | median | range |"
+echo "|---|---:|---:|"
+ratio "TCP: eBPF / no policy (bridge-nf off)" 1 0 3
+ratio "TCP: eBPF / no policy (bridge-nf on)" 3 2 3
+ratio "UDP 64 B sent: eBPF / no policy (bridge-nf off)" 1 0 4
+ratio "UDP 64 B sent: eBPF / linear chain, every packet" 3 5 4
+ratio "UDP 64 B received: eBPF / linear chain, every packet" 3 5 5
+ratio "UDP 64 B sent: eBPF / linear chain behind ct established" 3 4 4
+ratio "UDP 64 B received: eBPF / linear chain behind ct established" 3 4 5
