@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/patronus/patronus/manifests"
@@ -63,7 +65,18 @@ type EdgeController struct {
 	eo      EdgeOptions
 	claimer *EdgeClaimer
 	trigger chan struct{}
+
+	// Re-publishing for members that do not know our claim yet (reconcile only).
+	unknownKey string
+	repubAt    time.Time
+	repubWait  time.Duration
 }
+
+// Bounds of the re-publish backoff while some alive member's claim is unknown.
+const (
+	repubMin = time.Second
+	repubMax = 30 * time.Second
+)
 
 // NewEdge checks o and makes an edge-mode controller.
 func NewEdge(o EdgeOptions) (*EdgeController, error) {
@@ -159,6 +172,7 @@ func (e *EdgeController) Run(ctx context.Context) error {
 func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *string) error {
 	members := e.eo.Members()
 	var claims []alloc.Claim
+	var unknown []string
 	addrs := map[string]netip.Addr{}
 	for _, m := range members {
 		if m.Name == e.eo.NodeName {
@@ -166,6 +180,7 @@ func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *
 		}
 		addrs[m.Name] = m.Addr
 		if m.Claim == "" {
+			unknown = append(unknown, m.Name)
 			continue
 		}
 		c, err := ParseClaim(m.Name, m.Claim)
@@ -192,6 +207,8 @@ func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *
 			return err
 		}
 		e.log.Info("claimed pod block through the mesh", "block", own.Block, "claim", wire)
+	} else {
+		e.republish(wire, unknown)
 	}
 	if st := e.Status(); st.Block != own.Block || st.Source != SourceGossip || !st.ClaimedAt.Equal(own.At) {
 		e.mu.Lock()
@@ -212,6 +229,33 @@ func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *
 		peers = append(peers, Peer{Name: w.Node, Addr: addrs[w.Node], Blocks: []netip.Prefix{b}})
 	}
 	return e.program(dp, e.eo.NodeIP, peers)
+}
+
+// republish spreads the claim again while some alive member shows no claim, with a
+// backoff (1s doubling to 30s, reset when that set of members changes). Such a member
+// may simply have none yet; but after a partition heals, a node that joined during it
+// ignores events older than its join (serf's Lamport clock of its own side), so the
+// other side's first re-broadcasts can be lost and only a later one, sent after the
+// clocks met, gets through. Without this the mesh's periodic refresh (30s) would be
+// the only retry.
+func (e *EdgeController) republish(wire string, unknown []string) {
+	if len(unknown) == 0 {
+		e.unknownKey = ""
+		return
+	}
+	slices.Sort(unknown)
+	now := e.eo.Now()
+	if key := strings.Join(unknown, ","); key != e.unknownKey {
+		e.unknownKey, e.repubWait, e.repubAt = key, repubMin, now
+	}
+	if now.Before(e.repubAt) {
+		return
+	}
+	if err := e.eo.Publish(wire); err != nil {
+		e.log.Warn("re-publish claim", "err", err)
+	}
+	e.repubAt = now.Add(e.repubWait)
+	e.repubWait = min(2*e.repubWait, repubMax)
 }
 
 // kv is the node database's claim record (a claimer used only for load/save).

@@ -83,6 +83,9 @@ func SerfPublisher(s *serf.Serf) func(claim string) error {
 		if tags == nil {
 			tags = map[string]string{}
 		}
+		if tags[TagPodBlock] == claim {
+			return nil // a re-publish: every tag update is a gossip broadcast of its own
+		}
 		tags[TagPodBlock] = claim
 		if err := s.SetTags(tags); err != nil {
 			return fmt.Errorf("nodenet: set tag %s: %w", TagPodBlock, err)

@@ -87,6 +87,9 @@ func pluginDir(t *testing.T) string {
 }
 
 func TestMain(m *testing.M) {
+	if raw := os.Getenv(envEdgeNode); raw != "" {
+		os.Exit(edgeNodeMain(raw)) // re-executed as an edge node (edge_test.go)
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
