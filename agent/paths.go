@@ -125,6 +125,9 @@ func (a *agent) startPaths(ctx context.Context, cfg *config.Config, wg *sync.Wai
 	})
 	if err != nil {
 		reg.unregisterAll()
+		if pl.meter != nil {
+			_ = pl.meter.Remove()
+		}
 		a.log.Error("path monitoring not started", "err", err)
 		return
 	}
