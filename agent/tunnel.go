@@ -35,6 +35,11 @@ type TunnelOptions struct {
 	Endpoint netip.AddrPort
 	// UplinkMTU is the underlay MTU; the tunnel's is this minus wg.Overhead (default 1500).
 	UplinkMTU int
+	// Keepalive is the peers' persistent keepalive (0: tunnel.DefaultKeepalive, 25 s;
+	// negative: off). It keeps NAT mappings open and makes a newly added peer handshake
+	// at once (an agent restart or a key rotation waits less for traffic); dataplane/wg
+	// keeps two gateways adding each other at once from crossing their handshakes.
+	Keepalive time.Duration
 }
 
 // tunnelState is the running tunnel dataplane (nil pointers: not running).
@@ -158,8 +163,15 @@ func (a *agent) runTunnel(ctx context.Context, cfg *config.Config, n *mesh.Node,
 		return fmt.Errorf("tunnel announcement: %w", err)
 	}
 	hints := tunnel.HintsFromRemoteClusters(cfg.RemoteClusters)
+	keepalive := o.Keepalive
+	switch {
+	case keepalive == 0:
+		keepalive = tunnel.DefaultKeepalive
+	case keepalive < 0:
+		keepalive = 0
+	}
 	base := func() tunnel.Input {
-		return tunnel.Input{LocalCluster: cfg.ClusterID, Gateway: true, Hints: hints}
+		return tunnel.Input{LocalCluster: cfg.ClusterID, Gateway: true, Hints: hints, Keepalive: keepalive}
 	}
 	a.tunnel.rec.Store(rec)
 	a.tunnel.rot.Store(rot)

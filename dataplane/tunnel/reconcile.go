@@ -59,9 +59,18 @@ type Status struct {
 
 // Reconciler applies plans. Safe for concurrent use; applies are serialised.
 type Reconciler struct {
-	o  ReconcilerOptions
-	mu sync.Mutex
-	st Status
+	o    ReconcilerOptions
+	mu   sync.Mutex
+	st   Status
+	held bool // the last Configure held a peer's keepalive (wg.KeepaliveHold)
+}
+
+// holding reports whether the last reconcile held a new peer's keepalive: Run then
+// reconciles again on its next poll, so the keepalive is on soon after the hold ends.
+func (r *Reconciler) holding() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.held
 }
 
 // NewReconciler makes a reconciler.
@@ -86,9 +95,11 @@ func (r *Reconciler) Reconcile(in Input) (Plan, error) {
 		// Peers first: a route to a peer that does not exist yet would send packets into
 		// the tunnel only to be dropped (no allowed IP), whereas a peer without a route is
 		// harmless.
-		if _, err := r.o.Device.Configure(p.Peers); err != nil {
+		ch, err := r.o.Device.Configure(p.Peers)
+		if err != nil {
 			errs = append(errs, err)
 		}
+		r.held = len(ch.Held) > 0
 		if r.o.MSS != nil {
 			if err := r.o.MSS([]string{r.o.Device.Name()}); err != nil {
 				errs = append(errs, err)
@@ -154,7 +165,7 @@ func (r *Reconciler) Run(ctx context.Context, state StateSource, base func() Inp
 	for {
 		v := state.Version()
 		now := time.Now()
-		if first || v != last || now.Sub(lastAt) >= resync || (!retryAt.IsZero() && now.After(retryAt)) {
+		if first || v != last || now.Sub(lastAt) >= resync || (!retryAt.IsZero() && now.After(retryAt)) || r.holding() {
 			in := base()
 			in.Gateways = GatewaysFromAnnouncements(state.List(), in.LocalCluster)
 			retryAt = time.Time{}

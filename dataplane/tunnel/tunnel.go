@@ -78,11 +78,11 @@ type Input struct {
 	GatewayDev  string
 	// Table is the routing table for the routes (0 = main).
 	Table int
-	// Keepalive is the peers' persistent keepalive (0: off). Off by default: with it on
-	// both sides, two gateways adding each other at the same moment both start a
-	// handshake at once, the initiations cross, and (seen here under load) the tunnel
-	// could stay one-way for more than 15 s. Set it (DefaultKeepalive) where a NAT sits
-	// between gateways.
+	// Keepalive is the peers' persistent keepalive (0: off; the agent sets
+	// DefaultKeepalive). With it on both sides, two gateways adding each other at the
+	// same moment would both start a handshake at once and the initiations would cross
+	// (no session until WireGuard's 5 s retry); the wg devices prevent that by holding
+	// the keepalive of the side with the larger public key (wg.KeepaliveHold).
 	Keepalive time.Duration
 	Gateways  []Gateway
 	Hints     []Hint
@@ -121,7 +121,7 @@ type Plan struct {
 	Conditions []Condition
 }
 
-// DefaultKeepalive is the keepalive to use when a NAT sits between gateways.
+// DefaultKeepalive is the agent's persistent keepalive (TunnelOptions.Keepalive).
 const DefaultKeepalive = 25 * time.Second
 
 // Compute derives the plan. It is deterministic: the same input gives the same plan.

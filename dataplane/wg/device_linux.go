@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -116,6 +117,7 @@ type userspace struct {
 	nsh     ns.NetNS
 	log     *slog.Logger
 	applies atomic.Uint64
+	hold    keepaliveHold
 
 	mu   sync.Mutex
 	name string
@@ -273,15 +275,17 @@ func (u *userspace) Configure(peers []Peer) (Changes, error) {
 	if err != nil {
 		return Changes{}, err
 	}
+	peers, held := u.hold.apply(cur, peers, time.Now())
 	cfg, ch, ok, err := Diff(cur, peers)
+	ch.Held = held
 	if err != nil || !ok {
-		return Changes{}, err
+		return Changes{Held: held}, err
 	}
 	if err := u.dev.IpcSet(encodeConfig(cfg)); err != nil {
-		return Changes{}, fmt.Errorf("wg: configure peers of %s: %w", u.name, err)
+		return Changes{Held: held}, fmt.Errorf("wg: configure peers of %s: %w", u.name, err)
 	}
 	u.applies.Add(1)
-	u.log.Info("wireguard peers changed", "added", len(ch.Added), "updated", len(ch.Updated), "removed", len(ch.Removed))
+	u.log.Info("wireguard peers changed", "added", len(ch.Added), "updated", len(ch.Updated), "removed", len(ch.Removed), "keepaliveHeld", len(held))
 	return ch, nil
 }
 
@@ -305,6 +309,7 @@ type kernel struct {
 	client  *wgctrl.Client
 	log     *slog.Logger
 	applies atomic.Uint64
+	hold    keepaliveHold
 	mu      sync.Mutex
 }
 
@@ -395,12 +400,14 @@ func (k *kernel) Configure(peers []Peer) (Changes, error) {
 	if err != nil {
 		return Changes{}, err
 	}
+	peers, held := k.hold.apply(cur, peers, time.Now())
 	cfg, ch, ok, err := Diff(cur, peers)
+	ch.Held = held
 	if err != nil || !ok {
-		return Changes{}, err
+		return Changes{Held: held}, err
 	}
 	if err := k.client.ConfigureDevice(k.name, cfg); err != nil {
-		return Changes{}, fmt.Errorf("wg: configure peers of %s: %w", k.name, err)
+		return Changes{Held: held}, fmt.Errorf("wg: configure peers of %s: %w", k.name, err)
 	}
 	k.applies.Add(1)
 	return ch, nil

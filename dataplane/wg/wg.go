@@ -12,6 +12,7 @@
 package wg
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -74,8 +76,11 @@ type Peer struct {
 }
 
 // Changes is what a Configure applied; all empty means nothing was sent to the device.
+// Held lists peers whose persistent keepalive is being held (see KeepaliveHold): the
+// caller should configure again shortly (within KeepaliveHold) to turn it on.
 type Changes struct {
 	Added, Updated, Removed []wgtypes.Key
+	Held                    []wgtypes.Key
 }
 
 // Empty reports whether nothing was applied.
@@ -166,6 +171,98 @@ func Diff(cur *wgtypes.Device, desired []Peer) (cfg wgtypes.Config, ch Changes, 
 		ch.Removed = append(ch.Removed, k)
 	}
 	return cfg, ch, !ch.Empty(), nil
+}
+
+// KeepaliveHold is how long the passive side of a new peer holds its persistent
+// keepalive (keepaliveHold).
+const KeepaliveHold = 2 * time.Second
+
+// keepaliveHold decides which new peers' persistent keepalive waits. Turning a peer's
+// keepalive on makes WireGuard send at once, and without a session that send is a
+// handshake initiation. Two gateways that learn of each other from the same gossip round
+// both turn it on within a millisecond: the initiations cross, each side answers the
+// other's, which replaces its own pending handshake (wireguard-go keeps one per peer),
+// and drops the answer to its own; both end up holding only an unconfirmed responder
+// session and neither sends until WireGuard's 5 s retry (measured here: first ping after
+// more than 4 s in about one of three simultaneous adds). So only the side with the
+// smaller public key (the active side) turns keepalive on at once; the other holds it
+// until a handshake with that peer completed or KeepaliveHold passed (the active side's
+// initiation may have been dropped because this node had not added it yet; then this
+// side starts one itself, well before the 5 s retry). While held, the peer also gets no
+// allowed IPs: pod traffic already waiting for the tunnel would otherwise start this
+// side's initiation just the same (it is dropped instead, until the handshake or for at most KeepaliveHold, and
+// retransmitted). A peer that replaces a removed one
+// with the same allowed IPs is a rotated key: the other side already has this node, so
+// only this side adds, and it is never held.
+type keepaliveHold struct {
+	mu    sync.Mutex
+	since map[wgtypes.Key]time.Time // first time each held peer was held
+}
+
+// apply returns desired with the keepalive and allowed IPs of held peers cleared, and
+// those peers.
+func (h *keepaliveHold) apply(cur *wgtypes.Device, desired []Peer, now time.Time) ([]Peer, []wgtypes.Key) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.since == nil {
+		h.since = map[wgtypes.Key]time.Time{}
+	}
+	have := map[wgtypes.Key]wgtypes.Peer{}
+	var local wgtypes.Key
+	if cur != nil {
+		local = cur.PublicKey
+		for _, p := range cur.Peers {
+			have[p.PublicKey] = p
+		}
+	}
+	wanted := map[wgtypes.Key]bool{}
+	for _, d := range desired {
+		wanted[d.PublicKey] = true
+	}
+	out := slices.Clone(desired)
+	var held []wgtypes.Key
+	for i := range out {
+		d := &out[i]
+		k := d.PublicKey
+		p, exists := have[k]
+		switch {
+		case d.Keepalive <= 0, local == (wgtypes.Key{}),
+			exists && (p.PersistentKeepaliveInterval > 0 || !p.LastHandshakeTime.IsZero()),
+			bytes.Compare(local[:], k[:]) < 0,
+			!exists && replacesRemoved(have, wanted, d.AllowedIPs):
+			delete(h.since, k)
+			continue
+		}
+		first, ok := h.since[k]
+		if !ok {
+			first = now
+			h.since[k] = now
+		}
+		if now.Sub(first) >= KeepaliveHold {
+			delete(h.since, k)
+			continue
+		}
+		d.Keepalive, d.AllowedIPs = 0, nil
+		held = append(held, k)
+	}
+	for k := range h.since {
+		if !wanted[k] {
+			delete(h.since, k)
+		}
+	}
+	return out, held
+}
+
+// replacesRemoved reports whether a current peer that is no longer wanted has exactly
+// the allowed IPs ips.
+func replacesRemoved(have map[wgtypes.Key]wgtypes.Peer, wanted map[wgtypes.Key]bool, ips []netip.Prefix) bool {
+	want := normPrefixes(ips)
+	for k, p := range have {
+		if !wanted[k] && slices.Equal(normNets(p.AllowedIPs), want) {
+			return true
+		}
+	}
+	return false
 }
 
 func endpointEqual(have *net.UDPAddr, want netip.AddrPort) bool {

@@ -510,25 +510,26 @@ func iperfDuring(t *testing.T, from, to cniPod, d, at time.Duration, event func(
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		t.Fatalf("iperf3 not installed (Debian package iperf3, scripts/deps.sh installs it): %v", err)
 	}
-	srv := exec.Command("ip", "netns", "exec", filepath.Base(to.netns), "iperf3", "-s", "-1", "-B", to.ip.String(), "-p", "5201")
+	srv := exec.Command("ip", "netns", "exec", filepath.Base(to.netns), "iperf3", "-s", "-B", to.ip.String(), "-p", "5201")
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { srv.Process.Kill(); srv.Wait() }()
+	// The client starts once the server listens (a probe connection would count as a test).
+	waitFor(t, 30*time.Second, "iperf3 server listening in "+to.name, func() error {
+		out, err := exec.Command("ip", "netns", "exec", filepath.Base(to.netns), "ss", "-Hltn", "sport = :5201").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "5201") {
+			return fmt.Errorf("not yet: %v %s", err, out)
+		}
+		return nil
+	})
 	var out []byte
 	var cerr error
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		// The server needs a moment to listen; retry the connect briefly.
-		for i := 0; i < 20; i++ {
-			out, cerr = exec.Command("ip", "netns", "exec", filepath.Base(from.netns), "iperf3", "-c", to.ip.String(), "-p", "5201",
-				"-t", fmt.Sprint(int(d.Seconds())), "-i", "0.5", "-b", "200M", "-J").Output()
-			if cerr == nil || !strings.Contains(string(out), "unable to connect") {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		out, cerr = exec.Command("ip", "netns", "exec", filepath.Base(from.netns), "iperf3", "-c", to.ip.String(), "-p", "5201",
+			"-t", fmt.Sprint(int(d.Seconds())), "-i", "0.5", "-b", "200M", "-J").Output()
 	}()
 	time.Sleep(at)
 	event()
