@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/allocator"
 )
 
 // Defaults (docs/CONTRACT.md).
@@ -41,7 +40,7 @@ type NetConf struct {
 	// raw is the original document, handed to IPAM as is.
 	raw []byte
 	// hostLocal is the parsed ipam section when its type is host-local.
-	hostLocal *allocator.IPAMConfig
+	hostLocal *hostLocalConf
 }
 
 // SDWANConf is the "sdwan" section.
@@ -114,7 +113,7 @@ func (c *NetConf) validate() *types.Error {
 		return invalid("ipam.type", "%q must be a plugin name, not a path", c.IPAM.Type)
 	}
 	if c.IPAM.Type == HostLocal {
-		ic, _, err := allocator.LoadIPAMConfig(c.raw, "")
+		ic, err := parseHostLocal(c.raw, "")
 		if err != nil {
 			return invalid("ipam", "host-local: %v", err)
 		}

@@ -2,19 +2,14 @@ package cni
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/plugins/pkg/ipam"
-	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/allocator"
 	"github.com/containernetworking/plugins/plugins/ipam/host-local/backend/disk"
 )
 
@@ -31,8 +26,8 @@ type ipamBackend interface {
 	GC(valid []types.GCAttachment) error
 }
 
-// newIPAM picks the backend: host-local runs in this process with the host-local plugin's
-// own allocator and on-disk store (same files, same lock) unless delegation is forced;
+// newIPAM picks the backend: host-local runs in this process on the host-local plugin's
+// on-disk store (same files, same lock; hostlocal.go) unless delegation is forced;
 // any other type is executed as a delegated IPAM plugin found in CNI_PATH.
 func newIPAM(conf *NetConf, cniArgs string, forceExec bool) (ipamBackend, error) {
 	if conf.IPAM.Type != HostLocal || forceExec {
@@ -41,15 +36,14 @@ func newIPAM(conf *NetConf, cniArgs string, forceExec bool) (ipamBackend, error)
 	ic := conf.hostLocal
 	if a := ipArg(cniArgs); a != "" {
 		var err error
-		if ic, _, err = allocator.LoadIPAMConfig(conf.raw, a); err != nil {
+		if ic, err = parseHostLocal(conf.raw, a); err != nil {
 			return nil, invalid("ipam", "host-local: %v", err)
 		}
 	}
-	return &hostLocal{conf: ic, cniVersion: conf.CNIVersion}, nil
+	return &hostLocal{conf: ic}, nil
 }
 
-// ipArg keeps only the IP=... key of CNI_ARGS, the one host-local reads: the allocator's
-// parser rejects the other keys runtimes send unless IgnoreUnknown is set.
+// ipArg keeps only the IP=... key of CNI_ARGS, the one host-local reads.
 func ipArg(cniArgs string) string {
 	for _, kv := range strings.Split(cniArgs, ";") {
 		if strings.HasPrefix(kv, "IP=") {
@@ -66,7 +60,7 @@ type execIPAM struct {
 }
 
 func (e execIPAM) Add(*skel.CmdArgs) (*current.Result, error) {
-	r, err := ipam.ExecAdd(e.typ, e.raw)
+	r, err := invoke.DelegateAdd(context.Background(), e.typ, e.raw, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -77,9 +71,17 @@ func (e execIPAM) Add(*skel.CmdArgs) (*current.Result, error) {
 	return res, nil
 }
 
-func (e execIPAM) Del(*skel.CmdArgs) error   { return ipam.ExecDel(e.typ, e.raw) }
-func (e execIPAM) Check(*skel.CmdArgs) error { return ipam.ExecCheck(e.typ, e.raw) }
-func (e execIPAM) Status() error             { return ipam.ExecStatus(e.typ, e.raw) }
+func (e execIPAM) Del(*skel.CmdArgs) error {
+	return invoke.DelegateDel(context.Background(), e.typ, e.raw, nil)
+}
+
+func (e execIPAM) Check(*skel.CmdArgs) error {
+	return invoke.DelegateCheck(context.Background(), e.typ, e.raw, nil)
+}
+
+func (e execIPAM) Status() error {
+	return invoke.DelegateStatus(context.Background(), e.typ, e.raw, nil)
+}
 func (e execIPAM) GC([]types.GCAttachment) error {
 	// The configuration already carries cni.dev/valid-attachments.
 	return invoke.DelegateGC(context.Background(), e.typ, e.raw, nil)
@@ -88,25 +90,18 @@ func (e execIPAM) GC([]types.GCAttachment) error {
 // hostLocal is the host-local plugin's allocation done in-process: it saves an exec per
 // ADD and DEL and shares the data dir and its flock with the host-local binary.
 type hostLocal struct {
-	conf       *allocator.IPAMConfig
-	cniVersion string
+	conf *hostLocalConf
 }
 
 func (h *hostLocal) store() (*disk.Store, error) {
-	s, err := disk.New(h.conf.Name, h.conf.DataDir)
+	s, err := disk.New(h.conf.Network, h.conf.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("host-local IPAM: open data dir %s: %w", h.dataDir(), err)
 	}
 	return s, nil
 }
 
-func (h *hostLocal) dataDir() string {
-	d := h.conf.DataDir
-	if d == "" {
-		d = "/var/lib/cni/networks"
-	}
-	return filepath.Join(d, h.conf.Name)
-}
+func (h *hostLocal) dataDir() string { return h.conf.dir() }
 
 func (h *hostLocal) Add(args *skel.CmdArgs) (*current.Result, error) {
 	s, err := h.store()
@@ -114,45 +109,11 @@ func (h *hostLocal) Add(args *skel.CmdArgs) (*current.Result, error) {
 		return nil, err
 	}
 	defer s.Close()
-	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, Routes: h.conf.Routes}
-	requested := map[string]net.IP{}
-	for _, ip := range h.conf.IPArgs {
-		requested[ip.String()] = ip
+	ips, err := h.conf.allocate(s, args.ContainerID, args.IfName)
+	if err != nil {
+		return nil, fmt.Errorf("host-local IPAM (data dir %s): %w", h.dataDir(), err)
 	}
-	var used []*allocator.IPAllocator
-	release := func() {
-		for _, a := range used {
-			_ = a.Release(args.ContainerID, args.IfName)
-		}
-	}
-	for i := range h.conf.Ranges {
-		rs := &h.conf.Ranges[i]
-		a := allocator.NewIPAllocator(rs, s, i)
-		var want net.IP
-		for k, ip := range requested {
-			if rs.Contains(ip) {
-				want = ip
-				delete(requested, k)
-				break
-			}
-		}
-		ipc, err := a.Get(args.ContainerID, args.IfName, want)
-		if err != nil {
-			release()
-			return nil, fmt.Errorf("host-local IPAM: allocate from range set %d (data dir %s): %w", i, h.dataDir(), err)
-		}
-		used = append(used, a)
-		res.IPs = append(res.IPs, ipc)
-	}
-	if len(requested) != 0 {
-		release()
-		var ips []string
-		for k := range requested {
-			ips = append(ips, k)
-		}
-		return nil, fmt.Errorf("host-local IPAM: requested addresses %s are in no configured range", strings.Join(ips, ", "))
-	}
-	return res, nil
+	return &current.Result{CNIVersion: current.ImplementedSpecVersion, IPs: ips, Routes: h.conf.Routes}, nil
 }
 
 func (h *hostLocal) Del(args *skel.CmdArgs) error {
@@ -161,13 +122,15 @@ func (h *hostLocal) Del(args *skel.CmdArgs) error {
 		return err
 	}
 	defer s.Close()
-	var errs []error
-	for i := range h.conf.Ranges {
-		if err := allocator.NewIPAllocator(&h.conf.Ranges[i], s, i).Release(args.ContainerID, args.IfName); err != nil {
-			errs = append(errs, fmt.Errorf("host-local IPAM: release range set %d: %w", i, err))
-		}
+	if err := s.Lock(); err != nil {
+		return fmt.Errorf("host-local IPAM: lock data dir %s: %w", h.dataDir(), err)
 	}
-	return errors.Join(errs...)
+	defer s.Unlock()
+	// One pass over the data dir releases the attachment's address in every range set.
+	if err := s.ReleaseByID(args.ContainerID, args.IfName); err != nil {
+		return fmt.Errorf("host-local IPAM: release in %s: %w", h.dataDir(), err)
+	}
+	return nil
 }
 
 func (h *hostLocal) Check(args *skel.CmdArgs) error {
