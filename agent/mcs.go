@@ -142,7 +142,7 @@ func (a *agent) runMCSDatapath(ctx context.Context, cfg *config.Config, o *MCSOp
 		return "datapath off: " + err.Error()
 	}
 	ds, err := mcs.NewDatapathSyncer(mcs.DatapathOptions{Kube: a.clients.Kube, MCS: a.clients.MCS, ClusterID: cfg.ClusterID,
-		Datapath: prog, CRDWait: a.opts.MCSRetryInterval, Logger: a.log})
+		Datapath: prog, Priority: QoSPriority, CRDWait: a.opts.MCSRetryInterval, Logger: a.log})
 	if err != nil {
 		prog.Close()
 		a.log.Error("ClusterSetIP datapath not started", "err", err)

@@ -15,6 +15,7 @@ import (
 	"github.com/patronus/patronus/mcs/resolve"
 	"github.com/patronus/patronus/mesh"
 	"github.com/patronus/patronus/mesh/announce"
+	"github.com/patronus/patronus/qos"
 )
 
 // Announcer carries exports between the clusters of the clusterset. The controller
@@ -44,9 +45,9 @@ type MeshNode interface {
 //
 // announce.Service has no fields for session affinity, export time or endpoint readiness,
 // so they travel as a suffix of its Type:
-// `ClusterSetIP;sa=ClientIP;sat=10800;at=<unix ms>;nr=<i>,<j>;tp=<i>:<port>,...`
+// `ClusterSetIP;sa=ClientIP;sat=10800;at=<unix ms>;nr=<i>,<j>;tp=<i>:<port>,...;qc=<class>`
 // (nr: indices of not-ready endpoints; tp: target ports of the ports at those indices
-// where they differ from the service port). A reader that only knows the plain type sees the
+// where they differ from the service port; qc: the QoS class of the Service's labels). A reader that only knows the plain type sees the
 // part before the first ';'.
 //
 // One announcement must fit in a gossip packet (announce.MaxWireSize), about 16 IPv4
@@ -264,6 +265,9 @@ func ToAnnouncement(e resolve.Export) *announce.Service {
 	if len(tp) > 0 {
 		typ += ";tp=" + strings.Join(tp, ",")
 	}
+	if e.QoSClass != "" {
+		typ += ";qc=" + e.QoSClass
+	}
 	s.Type = typ
 	return s
 }
@@ -285,6 +289,10 @@ func FromAnnouncement(cluster string, s *announce.Service) resolve.Export {
 		case "sat":
 			if n, err := strconv.ParseInt(v, 10, 32); err == nil {
 				e.AffinityTimeout = int32(n)
+			}
+		case "qc":
+			if c, err := qos.ParseClass(v); err == nil {
+				e.QoSClass = string(c)
 			}
 		case "at":
 			if n, err := strconv.ParseInt(v, 10, 64); err == nil {

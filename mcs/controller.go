@@ -46,6 +46,7 @@ import (
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
 	"github.com/patronus/patronus/mcs/resolve"
+	"github.com/patronus/patronus/qos"
 )
 
 // Names users see (docs/CONTRACT.md).
@@ -465,6 +466,12 @@ func (c *Controller) exportOf(se *mcsv1beta1.ServiceExport, svc *corev1.Service)
 			e.AffinityTimeout = *cfg.ClientIP.TimeoutSeconds
 		}
 	}
+	if cl, err := ServiceClass(svc.Labels); err != nil {
+		c.warnOnce("qos/"+se.Namespace+"/"+se.Name+"/"+svc.Labels[qos.AnnotationClass], "exported Service has an invalid QoS label",
+			"service", se.Namespace+"/"+se.Name, "err", err)
+	} else {
+		e.QoSClass = string(cl)
+	}
 	sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svc.Name})
 	eps, _ := c.slices.EndpointSlices(svc.Namespace).List(sel)
 	for _, p := range svc.Spec.Ports {
@@ -494,6 +501,17 @@ func (c *Controller) exportOf(se *mcsv1beta1.ServiceExport, svc *corev1.Service)
 	}
 	slices.SortFunc(e.Endpoints, func(a, b resolve.Endpoint) int { return a.Addr.Compare(b.Addr) })
 	return e
+}
+
+// warnOnce logs msg once per key (until the process restarts).
+func (c *Controller) warnOnce(key, msg string, args ...any) {
+	c.mu.Lock()
+	seen := c.warned[key]
+	c.warned[key] = true
+	c.mu.Unlock()
+	if !seen {
+		c.log.Warn(msg, args...)
+	}
 }
 
 // targetPort is the endpoints' port number for service port p: from the Service's
@@ -660,6 +678,10 @@ func (c *Controller) ensureImport(ctx context.Context, im resolve.Import, taken 
 		taken[vip] = key
 		spec.IPs = []string{vip.String()}
 	}
+	var annotations map[string]string
+	if im.QoSClass != "" {
+		annotations = map[string]string{AnnotationQoSClass: im.QoSClass}
+	}
 	var clusters []mcsv1beta1.ClusterStatus
 	for _, cl := range im.Clusters {
 		clusters = append(clusters, mcsv1beta1.ClusterStatus{Cluster: cl})
@@ -667,15 +689,23 @@ func (c *Controller) ensureImport(ctx context.Context, im resolve.Import, taken 
 	api := c.o.MCS.MulticlusterV1beta1().ServiceImports(im.Namespace)
 	if cur == nil {
 		si := &mcsv1beta1.ServiceImport{ObjectMeta: metav1.ObjectMeta{Namespace: im.Namespace, Name: im.Name,
-			Labels: map[string]string{LabelManagedBy: ManagedByValue}}, Spec: spec}
+			Labels: map[string]string{LabelManagedBy: ManagedByValue}, Annotations: annotations}, Spec: spec}
 		cur, err = api.Create(ctx, si, metav1.CreateOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("create ServiceImport %s: %w", key, err)
 		}
 		c.log.Info("ServiceImport created", "service", key, "type", im.Type, "ips", spec.IPs, "clusters", im.Clusters)
-	} else if !equality.Semantic.DeepEqual(cur.Spec, spec) {
+	} else if !equality.Semantic.DeepEqual(cur.Spec, spec) || cur.Annotations[AnnotationQoSClass] != im.QoSClass {
 		upd := cur.DeepCopy()
 		upd.Spec = spec
+		if im.QoSClass != "" {
+			if upd.Annotations == nil {
+				upd.Annotations = map[string]string{}
+			}
+			upd.Annotations[AnnotationQoSClass] = im.QoSClass
+		} else {
+			delete(upd.Annotations, AnnotationQoSClass)
+		}
 		if cur, err = api.Update(ctx, upd, metav1.UpdateOptions{}); err != nil {
 			return nil, fmt.Errorf("update ServiceImport %s: %w", key, err)
 		}

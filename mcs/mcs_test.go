@@ -34,6 +34,9 @@ func TestAnnouncementRoundTrip(t *testing.T) {
 			Endpoints: []resolve.Endpoint{{Addr: netip.MustParseAddr("10.0.0.1"), Ready: false}, {Addr: netip.MustParseAddr("10.0.0.2"), Ready: true},
 				{Addr: netip.MustParseAddr("fd00::3"), Ready: false}}},
 			typ: "Headless;sa=ClientIP;sat=600;at=1772600767000;nr=0,2;tp=1:8443"},
+		{name: "QoS class of the Service labels", e: resolve.Export{Cluster: "c1", Namespace: "ns", Name: "web", Type: resolve.TypeClusterSetIP,
+			SessionAffinity: resolve.AffinityNone, Ports: []resolve.Port{{Name: "http", Port: 80, Protocol: "TCP"}}, QoSClass: "bulk"},
+			typ: "ClusterSetIP;qc=bulk"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -22,6 +22,7 @@ import (
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 
 	"github.com/patronus/patronus/mcs/datapath"
+	"github.com/patronus/patronus/qos"
 )
 
 // Datapath programs the ClusterSetIP translation (*datapath.Programmer satisfies it).
@@ -39,6 +40,9 @@ type DatapathOptions struct {
 	// the endpoints of an unreachable cluster are left out until it is back. Call
 	// DatapathSyncer.Trigger when its answer changes.
 	ClusterHealthy func(cluster string) bool
+	// Priority maps a ServiceImport's QoS class (annotation patronus.io/qos-class, from the
+	// exported Services' labels) to the skb->priority its traffic gets (nil: none).
+	Priority func(qos.Class) uint32
 	// Resync re-applies the desired state periodically (default 1m); CRDWait as Options.
 	Resync  time.Duration
 	CRDWait time.Duration
@@ -113,7 +117,7 @@ func (d *DatapathSyncer) Run(ctx context.Context) error {
 		eps, err2 := sl.Lister().List(labels.Everything())
 		err := errors.Join(err1, err2)
 		if err == nil {
-			err = d.o.Datapath.Set(BuildServices(d.o.ClusterID, imports, eps, d.o.ClusterHealthy))
+			err = d.o.Datapath.Set(WithPriorities(BuildServices(d.o.ClusterID, imports, eps, d.o.ClusterHealthy), imports, d.o.Priority))
 		}
 		if err != nil {
 			if err.Error() != lastErr {
@@ -125,6 +129,26 @@ func (d *DatapathSyncer) Run(ctx context.Context) error {
 		}
 		lastErr = ""
 	}
+}
+
+// WithPriorities sets each service's Priority from its ServiceImport's QoS class
+// annotation through prio (nil: services unchanged). An invalid class gives none.
+func WithPriorities(svcs []datapath.Service, imports []*mcsv1beta1.ServiceImport, prio func(qos.Class) uint32) []datapath.Service {
+	if prio == nil {
+		return svcs
+	}
+	classes := map[string]qos.Class{}
+	for _, im := range imports {
+		if c, err := qos.ParseClass(im.Annotations[AnnotationQoSClass]); err == nil {
+			classes[im.Namespace+"/"+im.Name] = c
+		}
+	}
+	for i := range svcs {
+		if c, ok := classes[svcs[i].Name]; ok {
+			svcs[i].Priority = prio(c)
+		}
+	}
+	return svcs
 }
 
 // BuildServices computes the datapath's services: one per ServiceImport of type

@@ -242,16 +242,16 @@ func dialEchoTimeout(nsPath string, addr netip.Addr, port int, d time.Duration) 
 	return got, err
 }
 
-// mcsService creates Service web (port 80 → 9090) with an EndpointSlice of the pod's
-// address (ready as given) in c's default namespace, or updates the slice's readiness.
-func mcsService(t *testing.T, c *k8senv.Cluster, pod cniPod, ready bool) {
+// mcsService creates Service web (port 80 → 9090, labels) with an EndpointSlice of the
+// pod's address (ready as given) in c's default namespace, or updates the slice's readiness.
+func mcsService(t *testing.T, c *k8senv.Cluster, pod cniPod, ready bool, labels ...string) {
 	t.Helper()
 	ctx := context.Background()
 	k := c.Client()
 	proto, portName, port := corev1.ProtocolTCP, "http", int32(9090)
 	if _, err := k.CoreV1().Services("default").Get(ctx, "web", metav1.GetOptions{}); apierrors.IsNotFound(err) {
 		if _, err := k.CoreV1().Services("default").Create(ctx, &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web", Labels: pairs(labels)},
 			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
 				Ports: []corev1.ServicePort{{Name: portName, Protocol: proto, Port: 80, TargetPort: intstr.FromInt32(port)}}},
 		}, metav1.CreateOptions{}); err != nil {
@@ -275,6 +275,14 @@ func mcsService(t *testing.T, c *k8senv.Cluster, pod cniPod, ready bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+func pairs(kv []string) map[string]string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
 }
 
 func exportWeb(t *testing.T, c *k8senv.Cluster) {
@@ -352,8 +360,9 @@ func TestClusterSetIPAcrossClusters(t *testing.T) {
 	serveName(t, webB.netns, webB.ip, 9090, "b")
 	waitFor(t, 90*time.Second, "client in A reaches pod B across the tunnel", func() error { return podTCP(client, webB) })
 
-	// B exports web: A imports it with a ClusterSetIP and B's endpoint.
-	mcsService(t, cb, webB, true)
+	// B exports web, labelled latency-sensitive: A imports it with a ClusterSetIP, B's
+	// endpoint and the class, which A's datapath gives the VIP's traffic.
+	mcsService(t, cb, webB, true, "patronus.io/qos-class", "latency-sensitive")
 	exportWeb(t, cb)
 	mcA, err := mcsclient.NewForConfig(ca.RESTConfig())
 	if err != nil {
@@ -366,11 +375,23 @@ func TestClusterSetIPAcrossClusters(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if len(si.Spec.IPs) != 1 {
-			return fmt.Errorf("ips %v", si.Spec.IPs)
+		if len(si.Spec.IPs) != 1 || si.Annotations["patronus.io/qos-class"] != "latency-sensitive" {
+			return fmt.Errorf("ips %v annotations %v", si.Spec.IPs, si.Annotations)
 		}
 		vip, err = netip.ParseAddr(si.Spec.IPs[0])
 		return err
+	})
+	waitFor(t, 30*time.Second, "A's datapath sets priority 0:6 (latency-sensitive) on the VIP's connections", func() error {
+		out, err := exec.Command("ip", "netns", "exec", a.agent.ns, "nft", "list", "table", "inet", "patronus").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("nft: %v: %s", err, out)
+		}
+		// The VIP's chain records priority 6 in the ct mark; mcs-postrouting applies it.
+		if !strings.Contains(string(out), vip.String()) || !strings.Contains(string(out), "| 0x06000000") ||
+			!strings.Contains(string(out), "ct mark & 0x07000000 == 0x06000000 meta priority set 0:6") {
+			return fmt.Errorf("table inet patronus:\n%s", out)
+		}
+		return nil
 	})
 	waitFor(t, 30*time.Second, "client in A reaches B's web by ClusterSetIP", func() error {
 		if h := dialVIP(client, vip, 10); h["b"] != 10 {

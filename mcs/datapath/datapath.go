@@ -3,6 +3,11 @@
 // at random (numgen), preferring the local cluster's endpoints while any is ready, and
 // pinned per client address for the affinity timeout when session affinity is ClientIP.
 //
+// Services with a Priority (QoS class) get it on their packets in chain mcs-postrouting:
+// after forwarding, which resets skb->priority from the TOS byte. The connection carries
+// it in its ct mark (bits PriorityMask), set when its first packet is translated, since
+// by postrouting the packet's destination is the endpoint's, not the VIP.
+//
 // It owns the chains and sets named `mcs-*` in table `inet patronus` (docs/CONTRACT.md)
 // and nothing else there. Set takes the whole desired state and rewrites the owned
 // objects in one transaction when it differs from the last applied one; conntrack keeps
@@ -35,6 +40,10 @@ import (
 const (
 	Table  = "patronus"
 	Prefix = "mcs-"
+	// PriorityMask is the part of the connection mark this package owns: the service's
+	// skb->priority (1..7; 0 none), set when the connection is translated.
+	PriorityMask  uint32 = 0x07000000
+	priorityShift        = 24
 )
 
 // Endpoint is one backend of a service port.
@@ -58,7 +67,12 @@ type Service struct {
 	VIP  netip.Addr
 	// AffinityTimeout > 0 pins a client address to its endpoint for that long (ClientIP).
 	AffinityTimeout time.Duration
-	Ports           []Port
+	// Priority > 0 (at most 7) is written to skb->priority of the connections' packets
+	// towards the service (the QoS class of its Service labels) as they leave the node. The policy
+	// datapath's egress hook runs later and sets a pod's own non-zero priority over it, so
+	// a pod that asks for latency-sensitive or bulk keeps its class.
+	Priority uint32
+	Ports    []Port
 }
 
 // Pick returns the endpoints traffic is balanced over: the ready local ones if any,
@@ -233,6 +247,7 @@ func (p *Programmer) Set(services []Service) error {
 				return err
 			}
 		}
+
 		if err := c.Flush(); err != nil {
 			p.set = false // the next Set rebuilds from scratch
 			return fmt.Errorf("mcs datapath: apply: %w", err)
@@ -273,6 +288,21 @@ func (p *Programmer) rebuild(services []Service) error {
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest, Policy: &pol})
 	out := c.AddChain(&nftables.Chain{Name: Prefix + "output", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest, Policy: &pol})
+	post := c.AddChain(&nftables.Chain{Name: Prefix + "postrouting", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityMangle, Policy: &pol})
+	// Static: the priority a connection's ct mark carries goes on its packets towards the
+	// service, one rule per value.
+	for v := uint32(1); v <= PriorityMask>>priorityShift; v++ {
+		c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: []expr.Any{
+			&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}}, // IP_CT_DIR_ORIGINAL
+			&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(PriorityMask), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(v << priorityShift)},
+			&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(v)},
+			&expr.Meta{Key: expr.MetaKeyPRIORITY, SourceRegister: true, Register: 1},
+		}})
+	}
 	for _, s := range services {
 		if err := addService(c, t, pre, out, s); err != nil {
 			return err
@@ -334,6 +364,16 @@ func addService(c *nftables.Conn, t *nftables.Table, pre, out *nftables.Chain, s
 		}
 		n := namesOf(s, sp)
 		svcChain := c.AddChain(&nftables.Chain{Name: n.svc, Table: t})
+		if s.Priority > 0 {
+			// The connection remembers the service's priority (first packet only: NAT
+			// chains see nothing else); mcs-postrouting applies it to every packet.
+			c.AddRule(&nftables.Rule{Table: t, Chain: svcChain, Exprs: []expr.Any{
+				&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(^PriorityMask),
+					Xor: binaryutil.NativeEndian.PutUint32(min(s.Priority, PriorityMask>>priorityShift) << priorityShift)},
+				&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
+			}})
+		}
 		match := []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},

@@ -73,6 +73,9 @@ type Export struct {
 	Endpoints       []Endpoint
 	// ExportedAt is the ServiceExport's creation time: the oldest export wins conflicts.
 	ExportedAt time.Time
+	// QoSClass is the QoS class the exported Service's labels ask for (key
+	// patronus.io/qos-class); "" for none.
+	QoSClass string
 }
 
 // Key is namespace/name.
@@ -111,6 +114,9 @@ type Import struct {
 	// Winner is the cluster whose export is the oldest (decides contested properties).
 	Winner    string
 	Conflicts []Conflict
+	// QoSClass is the class of the oldest export that names one ("" for none): traffic to
+	// the ClusterSetIP takes it unless the client pod names its own.
+	QoSClass string
 }
 
 // Merge resolves the exports of one service (all with the same namespace/name; at most
@@ -162,6 +168,12 @@ func Merge(exports []Export) Import {
 		im.Conflicts = append(im.Conflicts, Conflict{ReasonSessionAffinityConfigConflict, fmt.Sprintf(
 			"session affinity timeout differs between clusters: using %ds from the oldest export (cluster %s); %s",
 			im.AffinityTimeout, win.Cluster, strings.Join(affCfgOff, ", "))})
+	}
+	for _, e := range ex {
+		if e.QoSClass != "" {
+			im.QoSClass = e.QoSClass
+			break
+		}
 	}
 	im.Ports, im.Conflicts = mergePorts(ex, im.Conflicts)
 	return im
@@ -232,5 +244,5 @@ func Group(exports []Export) map[string][]Export {
 func (e Export) Equal(o Export) bool {
 	return e.Cluster == o.Cluster && e.Namespace == o.Namespace && e.Name == o.Name && e.Type == o.Type &&
 		e.SessionAffinity == o.SessionAffinity && e.AffinityTimeout == o.AffinityTimeout &&
-		e.ExportedAt.Equal(o.ExportedAt) && slices.Equal(e.Ports, o.Ports) && slices.Equal(e.Endpoints, o.Endpoints)
+		e.ExportedAt.Equal(o.ExportedAt) && e.QoSClass == o.QoSClass && slices.Equal(e.Ports, o.Ports) && slices.Equal(e.Endpoints, o.Endpoints)
 }
