@@ -16,6 +16,7 @@
 #                                          pod-to-pod across clusters (ping, TCP) through the tunnel
 #   lab.sh wan [PAIR LINK [wanem flags]]   show the WAN links, or impair one: PAIR "1-2", LINK 1|2,
 #                                          flags of `patronus wanem set` (--delay 50ms --loss 5 ...)
+#                                          or "clear" (no impairment)
 #
 # Environment: LAB_DIR (state, default /var/tmp/patronus-lab), LAB_PREFIX (namespace prefix,
 # default plab; a second lab needs its own LAB_PREFIX and LAB_DIR), LAB_CLUSTERS, LAB_NODES,
@@ -544,8 +545,9 @@ wan_up() {
 	done < <(pairs)
 }
 
-# wan [PAIR LINK [FLAGS]]: without arguments, every relay's impairment and counters; with
-# PAIR ("1-2") and LINK (1, 2), `patronus wanem set FLAGS` on the link's four relays.
+# wan [PAIR LINK [FLAGS|clear]]: without arguments, every relay's impairment and counters;
+# with PAIR ("1-2") and LINK (1, 2), `patronus wanem set FLAGS` on the link's four relays
+# ("clear": no delay, jitter, loss or blackhole).
 wan() {
 	load_bins
 	. "$LAB_DIR/shape"
@@ -565,6 +567,8 @@ wan() {
 	shift 2
 	a=${pair%-*} b=${pair#*-}
 	[ -d "$(wan_dir "$a" "$b" "$x")" ] || die "no WAN link $x between clusters $a and $b"
+	if [ "${1:-}" = clear ]; then set -- --delay 0s --jitter 0s --loss 0 --blackhole=false; fi
+	[ $# -gt 0 ] || die "usage: lab.sh wan PAIR LINK clear | --delay D --jitter D --loss PCT --blackhole[=false]"
 	for s in "$(wan_dir "$a" "$b" "$x")"/*.sock; do
 		echo "$(basename "$s" .sock): $("$PATRONUS_BIN" wanem set --control "$s" "$@")"
 	done
