@@ -143,7 +143,7 @@ func runGateway(js string) error {
 	}
 	hints := []tunnel.Hint{{Cluster: c.Remote, CIDRs: []netip.Prefix{remoteCIDR}}}
 	base := func() tunnel.Input {
-		return tunnel.Input{LocalCluster: c.Cluster, Gateway: true, Hints: hints}
+		return tunnel.Input{LocalCluster: c.Cluster, Gateway: true, Hints: hints, Keepalive: tunnel.DefaultKeepalive} // as the agent
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+tunnel.PathTunnels, rec.ServeTunnels)
