@@ -23,16 +23,17 @@ export LAB_CLUSTERS=${LAB_CLUSTERS:-2}
 export LAB_NODES=${LAB_NODES:-2}
 export DEMO_ROOT=$ROOT
 
-# The seed's scenarios (design card) and the file that shows each; the summary names those
-# without a file.
+# The seed's scenarios (design card): the file that shows each, or the `agent` subcommand
+# (lib.sh notes each one that succeeded, whichever file ran it); the summary names those
+# shown nowhere.
 SEED=(
-	"10-pods.sh|pods getting IPs"
-	"30-policy.sh|the backend-policy allowing and denying"
-	"20-multinode.sh|patronus members"
-	"40-crosscluster.sh|the cross-cluster ping"
-	"45-paths.sh|patronus paths and a failover"
-	"50-mcs.sh|a clusterset.local call"
-	"90-status.sh|patronus status on a node"
+	"10-pods.sh||pods getting IPs"
+	"30-policy.sh||the backend-policy allowing and denying"
+	"20-multinode.sh|members|patronus members"
+	"40-crosscluster.sh||the cross-cluster ping"
+	"45-paths.sh|paths|patronus paths and a failover"
+	"50-mcs.sh||a clusterset.local call"
+	"90-status.sh|status|patronus status on a node"
 )
 
 if [ -t 1 ]; then B=$'\e[1m' Y=$'\e[33m' R=$'\e[31m' N=$'\e[0m'; else B='' Y='' R='' N=''; fi
@@ -46,6 +47,8 @@ run_scenarios() {
 	local f rc res summary=() failed=0 t0
 	local results
 	results=$(mktemp -d)
+	export DEMO_SHOWN=$results/shown
+	: >"$DEMO_SHOWN"
 	for f in "$@"; do
 		t0=$SECONDS
 		rc=0
@@ -73,19 +76,19 @@ run_scenarios() {
 		fi
 		summary+=("$(printf '  %-22s %s (%ss)' "$(basename "$f")" "$res" $((SECONDS - t0)))")
 	done
-	rm -rf "$results"
 	printf '\n%s=== Summary ===%s\n' "$B" "$N"
 	printf '%s\n' "${summary[@]}"
-	local s file what missing=0
+	local s file sub what missing=0
 	for s in "${SEED[@]}"; do
-		file=${s%%|*}
-		what=${s#*|}
+		IFS='|' read -r file sub what <<<"$s"
+		if [ -n "$sub" ] && grep -qx "$sub" "$DEMO_SHOWN"; then continue; fi
 		if [ ! -f "scripts/demo/$file" ]; then
 			[ $missing = 1 ] || echo "  The seed's scenarios not in the demo yet:"
 			missing=1
 			printf '  %snot built yet: %s (no scripts/demo/%s)%s\n' "$Y" "$what" "$file" "$N"
 		fi
 	done
+	rm -rf "$results"
 	[ $failed = 0 ]
 }
 

@@ -58,6 +58,7 @@ BUSYBOX_IMAGE=registry.k8s.io/e2e-test-images/busybox:1.37.0-2
 AGNHOST_IMAGE=registry.k8s.io/e2e-test-images/agnhost:2.66.1
 # Where ok/skipped/fail lines are counted for demo.sh's summary (optional).
 DEMO_RESULTS=${DEMO_RESULTS:-/dev/null}
+DEMO_SHOWN=${DEMO_SHOWN:-/dev/null}
 DEMO_CLUSTERS=0
 DEMO_NODES=0
 if [ -f "$LAB_DIR/shape" ]; then
@@ -109,7 +110,7 @@ agent_pod() {
 		-o jsonpath='{.items[0].metadata.name}'
 }
 
-agent() {
+_agent_exec() {
 	local c=$1 i=$2 pod
 	shift 2
 	pod=$(agent_pod "$c" "$i") || return 1
@@ -117,13 +118,20 @@ agent() {
 	kc "$c" -n kube-system exec "$pod" -c daemon -- patronus "$@"
 }
 
+# agent also notes the subcommand in DEMO_SHOWN when it succeeds: demo.sh's summary counts
+# `patronus members`, `paths` and `status` as shown by whichever scenario ran them.
+agent() {
+	_agent_exec "$@" || return $?
+	echo "$3" >>"$DEMO_SHOWN"
+}
+
 agent_has() {
 	local c=$1 i=$2
 	shift 2
-	agent "$c" "$i" "$@" --help >/dev/null 2>&1 || return 1
+	_agent_exec "$c" "$i" "$@" --help >/dev/null 2>&1 || return 1
 	# cobra prints the parent's help for an unknown subcommand of a command with children
 	# and exits 0; a real subcommand's help names it in its usage line.
-	agent "$c" "$i" "$@" --help 2>/dev/null | grep -q "patronus $*"
+	_agent_exec "$c" "$i" "$@" --help 2>/dev/null | grep -q "patronus $*"
 }
 
 patronus() { "$PATRONUS_BIN" "$@"; }
