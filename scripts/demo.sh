@@ -29,7 +29,7 @@ export DEMO_ROOT=$ROOT
 SEED=(
 	"10-pods.sh||pods getting IPs"
 	"30-policy.sh||the backend-policy allowing and denying"
-	"20-multinode.sh|members|patronus members"
+	"40-crosscluster.sh|members|patronus members"
 	"40-crosscluster.sh||the cross-cluster ping"
 	"45-paths.sh|paths|patronus paths and a failover"
 	"50-mcs.sh||a clusterset.local call"
