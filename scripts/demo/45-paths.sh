@@ -40,6 +40,7 @@ lab_wan() { LAB_DIR=$LAB_DIR LAB_PREFIX=$LAB_PREFIX "$DEMO_ROOT/scripts/lab/lab.
 pod=$(agent_pod 1 1)
 t0=$(date -u +%s.%N)
 show lab_wan 1-2 "$link" --blackhole || fail "blackholing WAN link $link failed"
+t1=$(date -u +%s.%N) # the command sets the link's four relays one after the other
 moved() {
 	kc 1 -n kube-system logs "$pod" -c daemon --since=2m 2>/dev/null |
 		jq -r --arg from "$active" --argjson t0 "$t0" '
@@ -63,8 +64,9 @@ if [ -z "$line" ]; then
 fi
 read -r at to reason <<<"$line"
 ms=$(awk -v a="$at" -v b="$t0" 'BEGIN { printf "%.0f", (a - b) * 1000 }')
+ms1=$(awk -v a="$at" -v b="$t1" 'BEGIN { printf "%.0f", (a - b) * 1000 }')
 interval=$(kc 1 -n kube-system get configmap patronus-config -o jsonpath='{.data.probe-interval}' 2>/dev/null || true)
-ok "blackhole of WAN link $link: best-effort moved $active -> $to ($reason) ${ms} ms after the blackhole command (probe interval ${interval:-50ms} x 3 misses; the command's own latency included)"
+ok "blackhole of WAN link $link: best-effort moved $active -> $to ($reason) ${ms1}..${ms} ms after the blackhole (from the end and the start of the command that sets the relays; probe interval ${interval:-50ms} x 3 misses)"
 show agent 1 1 paths
 lift
 note "WAN link $link restored; traffic fails back once the path stays healthy for the hold-down (5 s)"
