@@ -89,10 +89,10 @@ type entry struct {
 // Monitor holds the trackers of every path and the selections. It is safe for concurrent
 // use; time is always passed in.
 type Monitor struct {
-	mu    sync.Mutex
-	cfg   Config
-	paths map[string]*entry
-	order []string
+	mu     sync.Mutex
+	cfg    Config
+	paths  map[string]*entry
+	order  []string
 	extra  []Requirement
 	sel    *Selector
 	remote []RemoteLink
