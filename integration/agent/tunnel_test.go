@@ -214,7 +214,7 @@ func reachBoth(t *testing.T, what string, x, y cniPod) {
 	}
 }
 
-// createNode makes the Node object name with an InternalIP and labels.
+// createLabelledNode makes the Node object name with an InternalIP and labels.
 func createLabelledNode(t *testing.T, c *k8senv.Cluster, name, addr string, labels map[string]string) {
 	t.Helper()
 	ctx := context.Background()
