@@ -50,7 +50,14 @@ wait_for "web.demo-mcs.svc.clusterset.local resolves" 60 resolved || { show pod_
 show pod_exec 1 demo-mcs client nslookup web.demo-mcs.svc.clusterset.local.
 ok "DNS in cluster 1: web.demo-mcs.svc.clusterset.local -> $VIP (CoreDNS, multicluster zone)"
 
-call() { pod_exec 1 demo-mcs client wget -qO- -T 5 "http://$1/hostname"; }
+# agnhost's /hostname over plain HTTP/1.0 with nc (this busybox image's wget crashes).
+call() {
+	local r
+	pod_exec 1 demo-mcs client sh -c "printf 'GET /hostname HTTP/1.0\r\n\r\n' | nc -w 5 $1 80" | tail -n 1
+	r=${PIPESTATUS[0]}
+	echo
+	return "$r"
+}
 answered() { [ "$(call web.demo-mcs.svc.clusterset.local)" = web ]; }
 wait_for "call by name" 30 answered || true
 show call web.demo-mcs.svc.clusterset.local || fail "pod client (cluster 1) cannot call web.demo-mcs.svc.clusterset.local"
