@@ -408,3 +408,40 @@ func (c *hostLocalConf) allocate(s *disk.Store, id, ifname string) ([]*current.I
 	}
 	return out, nil
 }
+
+// release removes the attachment's reservations in every range set. The data dir is
+// scanned before the lock (as in allocate); under the lock each file found is read again
+// and removed only if it still names the attachment, so an address released and handed
+// to another container meanwhile (by GC) stays reserved.
+func (c *hostLocalConf) release(s *disk.Store, id, ifname string) error {
+	mine, err := reservedBy(c.dir(), id, ifname)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	if len(mine) == 0 {
+		return nil
+	}
+	if err := s.Lock(); err != nil {
+		return fmt.Errorf("lock data dir: %w", err)
+	}
+	defer s.Unlock()
+	key, old := hostLocalIDs(id, ifname)
+	var errs []error
+	for _, a := range mine {
+		f := disk.GetEscapedPath(c.dir(), a.String())
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // gone already
+		}
+		if v := strings.TrimSpace(string(b)); v != key && v != old {
+			continue
+		}
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -234,3 +234,34 @@ func TestLastAddr(t *testing.T) {
 		}
 	}
 }
+
+func TestRelease(t *testing.T) {
+	c := mustParseHL(t, `"ranges":[[{"subnet":"10.7.0.0/24"}],[{"subnet":"fd07::/120"}]]`, t.TempDir())
+	s := openStore(t, c)
+	for _, id := range []string{"a", "b"} {
+		if _, err := c.allocate(s, id, "eth0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An id-only file (old host-local) of the same container goes too.
+	if err := os.WriteFile(filepath.Join(c.dir(), "10.7.0.99"), []byte("a"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.release(s, "a", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := reservedBy(c.dir(), "a", "eth0"); len(got) != 0 {
+		t.Errorf("after release, a still holds %v", got)
+	}
+	if got, _ := reservedBy(c.dir(), "b", "eth0"); len(got) != 2 {
+		t.Errorf("release of a touched b: b holds %v", got)
+	}
+	// Releasing again, or in a data dir that does not exist yet, succeeds (DEL is idempotent).
+	if err := c.release(s, "a", "eth0"); err != nil {
+		t.Errorf("second release: %v", err)
+	}
+	other := mustParseHL(t, `"subnet":"10.8.0.0/24"`, filepath.Join(t.TempDir(), "missing"))
+	if err := other.release(s, "a", "eth0"); err != nil {
+		t.Errorf("release in a missing data dir: %v", err)
+	}
+}

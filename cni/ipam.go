@@ -122,12 +122,7 @@ func (h *hostLocal) Del(args *skel.CmdArgs) error {
 		return err
 	}
 	defer s.Close()
-	if err := s.Lock(); err != nil {
-		return fmt.Errorf("host-local IPAM: lock data dir %s: %w", h.dataDir(), err)
-	}
-	defer s.Unlock()
-	// One pass over the data dir releases the attachment's address in every range set.
-	if err := s.ReleaseByID(args.ContainerID, args.IfName); err != nil {
+	if err := h.conf.release(s, args.ContainerID, args.IfName); err != nil {
 		return fmt.Errorf("host-local IPAM: release in %s: %w", h.dataDir(), err)
 	}
 	return nil
