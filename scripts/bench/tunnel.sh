@@ -7,8 +7,10 @@
 #
 # Topology (integration/tunnel): two gateway namespaces joined by an underlay veth, each
 # with a bridge and a pod namespace (10.244.0.0/16 and 10.248.0.0/16); the tunnel path is
-# pod A → bridge → gateway A → wg → underlay → wg → gateway B → bridge → pod B, the
-# baseline gateway A → gateway B over the same veth.
+# pod A → bridge → gateway A → wg → underlay → wg → gateway B → bridge → pod B; the
+# baselines are gateway A → gateway B over the same veth, and the same pod-to-pod path in a
+# second copy of the topology whose gateways route the pod CIDRs over the underlay in the
+# clear (the difference to the tunnel is WireGuard alone).
 #
 # Usage: sudo scripts/bench/tunnel.sh [seconds per iperf3 run, default 5] [rounds, default 3]
 # Needs: root, iperf3, iputils-ping, go. Touches only its own namespaces.
