@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CNI ADD/DEL latency: the reference bridge plugin (+ host-local binary) against
-# patronus-cni (host-local in-process, and with the host-local binary exec'd), in the same
-# run, same kind of namespaces, same host-local IPAM; then p50/p99 of C concurrent ADDs.
+# patronus-cni (host-local in-process, with the host-local binary exec'd, and with policy
+# enforcement on against a stand-in agent that answers at once), in the same run, same kind
+# of namespaces, same host-local IPAM; then p50/p99 of C concurrent ADDs.
 # Also the binary's package-init cost (GODEBUG=inittrace=1), paid on every plugin call.
 #
 #   scripts/bench/cni.sh [N]      N sequential ADD+DEL cycles per plugin (default 300)
@@ -78,6 +79,8 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -154,7 +157,21 @@ func main() {
 			conf: `{"cniVersion":"1.0.0","name":"bench-pt","type":"patronus-cni","bridge":"cni-bridge0","ipam":{"type":"host-local","subnet":"10.20.0.0/16",` + routes + `,"dataDir":"` + *tmp + `/ipam"},"sdwan":{"database":"` + *tmp + `/db/k8s-sdwan.db","cluster_id":"bench"}}`},
 		{name: "patronus-cni, host-local exec'd", plugin: "patronus-cni", env: []string{"PATRONUS_CNI_EXEC_IPAM=1"},
 			conf: `{"cniVersion":"1.0.0","name":"bench-ptx","type":"patronus-cni","bridge":"ptxbr0","ipam":{"type":"host-local","subnet":"10.30.0.0/16",` + routes + `,"dataDir":"` + *tmp + `/ipam"},"sdwan":{"database":"` + *tmp + `/db/k8s-sdwan.db","cluster_id":"bench"}}`},
+		{name: "patronus-cni, in-process, policy enforcement on (stand-in agent answers at once)", plugin: "patronus-cni",
+			conf: `{"cniVersion":"1.0.0","name":"bench-pte","type":"patronus-cni","bridge":"ptebr0","ipam":{"type":"host-local","subnet":"10.40.0.0/16",` + routes + `,"dataDir":"` + *tmp + `/ipam"},"sdwan":{"database":"` + *tmp + `/db/k8s-sdwan.db","cluster_id":"bench","enable_policy_enforcement":true,"agent_socket":"` + *tmp + `/agent.sock"}}`},
 	}
+	// The stand-in agent: answers the plugin's endpoint sync and remove at once, so the
+	// enforcement variant measures the plugin's side of the call (dial, HTTP, JSON), not
+	// the agent's datapath programming (BENCHMARKS.md, NetworkPolicy update latency).
+	ln, err := net.Listen("unix", *tmp+"/agent.sock")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte("{}"))
+	}))
 	// Warm up: creates bridges, database, data dirs, page cache.
 	for _, v := range vs {
 		for i := 0; i < 5; i++ {
