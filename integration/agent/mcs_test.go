@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -242,6 +243,82 @@ func dialEchoTimeout(nsPath string, addr netip.Addr, port int, d time.Duration) 
 	return got, err
 }
 
+// corednsBinary is $PATRONUS_COREDNS, or the lab's CoreDNS built (cached) by
+// scripts/lab/build.sh: stock CoreDNS, whose kubernetes plugin has the multicluster option.
+func corednsBinary(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("PATRONUS_COREDNS"); p != "" {
+		return p
+	}
+	root, err := k8senv.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(root, "scripts/lab/build.sh"), "coredns")
+	cmd.Dir = root
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("scripts/lab/build.sh coredns: %v\n%s", err, stderr.String())
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), "coredns")
+}
+
+// startNodeCoreDNS runs CoreDNS in network namespace nsName on addr:53 (the node's
+// address: pods reach it through their default route), serving cluster.local and
+// clusterset.local from the API server of kubeconfig (reachable in the namespace through
+// its API forwarder). It returns addr:53.
+func startNodeCoreDNS(t *testing.T, nsName, addr, kubeconfig string) string {
+	t.Helper()
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`.:53 {
+    bind %s
+    errors
+    kubernetes cluster.local clusterset.local {
+        kubeconfig %s
+        multicluster clusterset.local
+        ttl 5
+    }
+}
+`, addr, kubeconfig)
+	path := filepath.Join(dir, "Corefile")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := &safeBuffer{}
+	cmd := exec.Command("ip", "netns", "exec", nsName, corednsBinary(t), "-conf", path)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("--- CoreDNS output ---\n%s", tail(out.String(), 40))
+		}
+	})
+	return net.JoinHostPort(addr, "53")
+}
+
+// podResolver resolves through server with sockets made in the pod's namespace (the
+// resolver's own goroutines may run on any thread; only the sockets matter).
+func podResolver(pod cniPod, server string) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var c net.Conn
+		err := inNS(pod.netns, func() error {
+			var err error
+			var d net.Dialer
+			c, err = d.DialContext(ctx, "udp", server)
+			return err
+		})
+		return c, err
+	}}
+}
+
 // mcsService creates Service web (port 80 → 9090, labels) with an EndpointSlice of the
 // pod's address (ready as given) in c's default namespace, or updates the slice's readiness.
 func mcsService(t *testing.T, c *k8senv.Cluster, pod cniPod, ready bool, labels ...string) {
@@ -299,8 +376,9 @@ func exportWeb(t *testing.T, c *k8senv.Cluster) {
 
 // TestClusterSetIPAcrossClusters: two clusters (own API servers, one gateway agent binary
 // each, pods attached through the real CNI plugin, the WireGuard tunnel the agents bring
-// up). Cluster B exports web; a pod in A reaches B's pod by the ClusterSetIP of A's
-// ServiceImport, through A's nftables translation and the tunnel. A exports web too: its
+// up). Cluster B exports web (labelled latency-sensitive); a pod in A reaches B's pod by
+// the ClusterSetIP of A's ServiceImport, through A's nftables translation and the tunnel,
+// and by its clusterset.local name through CoreDNS on A's node. A exports web too: its
 // ready local endpoint is preferred; while it is not ready, A's clients go to B. Then B's
 // agent is killed (no graceful leave) while a client in A keeps connecting: B's
 // endpoints leave A's ServiceImport, EndpointSlices and datapath within seconds, and no
@@ -400,6 +478,26 @@ func TestClusterSetIPAcrossClusters(t *testing.T) {
 		return nil
 	})
 	t.Logf("B's export reachable from a pod in A by ClusterSetIP %s %v after the ServiceExport", vip, time.Since(t0).Round(time.Millisecond))
+
+	// By name: CoreDNS (kubernetes plugin, multicluster zone) on A's gateway node answers
+	// the pod's query for web.default.svc.clusterset.local; the pod connects to the answer.
+	dnsAddr := startNodeCoreDNS(t, a.agent.ns, "10.78.0.1", ca.Kubeconfig())
+	var byName netip.Addr
+	waitFor(t, 30*time.Second, "pod in A resolves web.default.svc.clusterset.local", func() error {
+		ips, err := podResolver(client, dnsAddr).LookupNetIP(ctx, "ip4", "web.default.svc.clusterset.local.")
+		if err != nil {
+			return err
+		}
+		if len(ips) != 1 || ips[0] != vip {
+			return fmt.Errorf("answer %v, want %s", ips, vip)
+		}
+		byName = ips[0]
+		return nil
+	})
+	if h := dialVIP(client, byName, 10); h["b"] != 10 {
+		t.Fatalf("by name: answers %v, want all from B", h)
+	}
+	t.Logf("pod in A: web.default.svc.clusterset.local -> %s (CoreDNS on its node), answered by B", byName)
 
 	// A exports web too, its endpoint not ready yet: B still serves A's clients.
 	mcsService(t, ca, webA, false)
