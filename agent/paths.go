@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/patronus/patronus/config"
+	dqos "github.com/patronus/patronus/dataplane/qos"
 	"github.com/patronus/patronus/dataplane/steer"
 	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/paths"
@@ -99,7 +100,11 @@ func (a *agent) startPaths(ctx context.Context, cfg *config.Config, wg *sync.Wai
 		}
 	}
 	if len(o.Devices) > 0 {
-		pl.steer = steer.New(steer.Options{Kernel: steer.Netlink{}, Devices: o.Devices, Destinations: remoteCIDRs(cfg), Logger: log})
+		for i := range ps {
+			ps[i].Mark = steer.ProbeMark // their own class on shaped path devices
+		}
+		pl.steer = steer.New(steer.Options{Kernel: steer.Netlink{}, Devices: o.Devices, Destinations: remoteCIDRs(cfg),
+			QoS: qosKernel{}, Logger: log})
 	}
 	if dsts := remoteCIDRs(cfg); len(dsts) > 0 {
 		m := steer.Meter{}
@@ -263,7 +268,8 @@ func (p *podPaths) readPods() []podReq {
 					continue
 				}
 				out = append(out, podReq{PodClass: steer.PodClass{Name: r.Namespace + "/" + r.Name, IP: ip.Addr(),
-					Class: paths.Class(spec.Class), MaxLatencyMs: float64(spec.MaxLatencyMs)}, ns: r.Namespace, name: r.Name, uid: types.UID(r.UID)})
+					Class: paths.Class(spec.Class), MaxLatencyMs: float64(spec.MaxLatencyMs), MinBandwidthMbps: uint64(spec.MinBandwidthMbps)},
+					ns: r.Namespace, name: r.Name, uid: types.UID(r.UID)})
 				break
 			}
 		}
@@ -404,3 +410,6 @@ func (p *podPaths) report(m *paths.Monitor) {
 		}
 	}
 }
+
+// qosKernel is dataplane/qos's netlink kernel in the agent's (node) namespace.
+type qosKernel = dqos.Netlink

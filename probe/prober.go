@@ -27,6 +27,9 @@ type Path struct {
 	LocalAddr string
 	// Device binds the socket to an interface (SO_BINDTODEVICE, optional).
 	Device string
+	// Mark is the socket's packet mark (SO_MARK, 0 = none): steering gives probes their
+	// own traffic class with it (steer.ProbeMark).
+	Mark uint32
 }
 
 // Options configures a Prober.
@@ -123,10 +126,17 @@ func dial(pa Path) (*net.UDPConn, error) {
 		}
 		d.LocalAddr = &net.UDPAddr{IP: ip}
 	}
-	if pa.Device != "" {
+	if pa.Device != "" || pa.Mark != 0 {
 		d.Control = func(_, _ string, rc syscall.RawConn) error {
 			var serr error
-			err := rc.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), pa.Device) })
+			err := rc.Control(func(fd uintptr) {
+				if pa.Device != "" {
+					serr = unix.BindToDevice(int(fd), pa.Device)
+				}
+				if pa.Mark != 0 && serr == nil {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(pa.Mark))
+				}
+			})
 			return errors.Join(err, serr)
 		}
 	}

@@ -110,8 +110,11 @@ func ifname(n string) []byte {
 
 // setMark replaces the PathMask bits of the packet mark (ct = false) or the connection
 // mark (ct = true) with mark, leaving the other bits to their owners.
-func setMark(ct bool, mark uint32) []expr.Any {
-	bits := []expr.Any{&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(^PathMask), Xor: u32(mark)}}
+func setMark(ct bool, mark uint32) []expr.Any { return setBits(ct, PathMask, mark) }
+
+// setBits replaces the mask bits of the packet or connection mark with value.
+func setBits(ct bool, mask, value uint32) []expr.Any {
+	bits := []expr.Any{&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(^mask), Xor: u32(value)}}
 	if ct {
 		return append(append([]expr.Any{&expr.Ct{Register: 1, Key: expr.CtKeyMARK}}, bits...),
 			&expr.Ct{Register: 1, Key: expr.CtKeyMARK, SourceRegister: true})
@@ -140,6 +143,14 @@ var ret = &expr.Verdict{Kind: expr.VerdictReturn}
 // chainRules renders the three steps of the package comment.
 func chainRules(p Plan) []rule {
 	var out []rule
+	// Rule 0: a guaranteed pod's packets carry its QoS mark, whatever their path (no
+	// verdict: the path rules follow).
+	for _, pod := range p.Marked {
+		e := slices.Clone(ipv4)
+		e = append(e, ipMatch(12, netip.PrefixFrom(pod.IP, 32))...)
+		e = append(e, setBits(false, PodMask, pod.QoSMark)...)
+		out = append(out, rule{"qos " + pod.Name, e})
+	}
 	for _, pa := range p.Paths {
 		e := []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},

@@ -39,6 +39,16 @@ const (
 	Chain = "steer"
 	// PathMask is the part of the packet and connection mark that names a path.
 	PathMask uint32 = 0x00ff0000
+	// PodMask is the part of the packet mark that names a pod with a bandwidth guarantee
+	// (patronus.io/min-bandwidth-mbps), for the HTB classes of dataplane/qos on the path's
+	// device: the n-th guaranteed pod (by address, from 1) has n<<8.
+	PodMask uint32 = 0x0000ff00
+	// ProbeMark is the highest PodMask value, reserved for the path probes (the prober's
+	// sockets set it): on a shaped device they get a class of their own, so a path
+	// saturated by its own traffic is not declared down for lack of probe answers.
+	ProbeMark uint32 = PodMask
+	// ProbeMinMbps is the probes' guaranteed rate on a shaped device.
+	ProbeMinMbps = 1
 	// RouteProtocol marks the rules and routes this package owns (`ip rule show proto 79`).
 	RouteProtocol = 79
 	// TableBase + n is the routing table of the path with mark number n (1..255).
@@ -58,6 +68,9 @@ type Path struct {
 	Via netip.Addr `json:"via,omitzero"`
 	// Up: established connections may stay on the path.
 	Up bool `json:"up"`
+	// BandwidthMbps is the path's capacity: with guaranteed pods, Dev is shaped to it
+	// (dataplane/qos); 0 = unknown, no shaping.
+	BandwidthMbps float64 `json:"bandwidth_mbps,omitempty"`
 }
 
 // Pod is one local pod and the path each destination cluster's traffic takes (no entry:
@@ -66,6 +79,10 @@ type Pod struct {
 	Name string            `json:"name"`
 	IP   netip.Addr        `json:"ip"`
 	Via  map[string]string `json:"via"` // destination cluster → path id
+	// QoSMark (under PodMask, 0 = none) is set on every packet of the pod, for its
+	// bandwidth guarantee of MinMbps.
+	QoSMark uint32 `json:"qos_mark,omitempty"`
+	MinMbps uint64 `json:"min_mbps,omitempty"`
 }
 
 // Spec is the desired steering of a node.
@@ -99,6 +116,8 @@ type Steer struct {
 type Plan struct {
 	Paths  []PlannedPath
 	Steers []Steer
+	// Marked are the pods with a QoS mark (rule 0: every packet of the pod gets it).
+	Marked []Pod
 }
 
 // MarkOf returns the mark of the n-th path (from 1).
@@ -147,6 +166,12 @@ func NewPlan(spec Spec) (Plan, error) {
 			return Plan{}, fmt.Errorf("steer: pods %s and %s share address %s", other, pod.Name, pod.IP)
 		}
 		seen[pod.IP] = pod.Name
+		if pod.QoSMark != 0 {
+			if pod.QoSMark&^PodMask != 0 || pod.QoSMark == ProbeMark {
+				return Plan{}, fmt.Errorf("steer: pod %s: QoS mark %#x outside %#x", pod.Name, pod.QoSMark, PodMask)
+			}
+			p.Marked = append(p.Marked, Pod{Name: pod.Name, IP: pod.IP, QoSMark: pod.QoSMark, MinMbps: pod.MinMbps})
+		}
 		dsts := make([]string, 0, len(pod.Via))
 		for d := range pod.Via {
 			dsts = append(dsts, d)
@@ -168,6 +193,7 @@ func NewPlan(spec Spec) (Plan, error) {
 			}
 		}
 	}
+	slices.SortFunc(p.Marked, func(a, b Pod) int { return a.IP.Compare(b.IP) })
 	slices.SortFunc(p.Steers, func(a, b Steer) int {
 		return cmp.Or(a.Pod.Compare(b.Pod), comparePrefix(a.Prefix, b.Prefix))
 	})
@@ -186,6 +212,8 @@ type PodClass struct {
 	// MaxLatencyMs is patronus.io/max-latency-ms (0 = none); the monitor must have the
 	// matching paths.Requirement (Requirements).
 	MaxLatencyMs float64
+	// MinBandwidthMbps is patronus.io/min-bandwidth-mbps (0 = none).
+	MinBandwidthMbps uint64
 }
 
 // Requirements lists the extra requirements the monitor must select for: one per
@@ -213,7 +241,7 @@ func Assign(snap paths.Snapshot, devs map[string]string, pods []PodClass) ([]Pat
 	var ps []Path
 	for _, p := range snap.Paths {
 		if dev := devs[p.ID]; dev != "" {
-			ps = append(ps, Path{ID: p.ID, Dst: p.Dst, Dev: dev, Up: p.State == paths.StateUp})
+			ps = append(ps, Path{ID: p.ID, Dst: p.Dst, Dev: dev, Up: p.State == paths.StateUp, BandwidthMbps: p.BandwidthMbps})
 		}
 	}
 	type key struct {
@@ -229,9 +257,21 @@ func Assign(snap paths.Snapshot, devs map[string]string, pods []PodClass) ([]Pat
 			dsts = append(dsts, s.Dst)
 		}
 	}
+	// Guaranteed pods are numbered by address, so a pod keeps its mark while others come
+	// and go before it only.
+	var guaranteed []netip.Addr
+	for _, pc := range pods {
+		if pc.MinBandwidthMbps > 0 {
+			guaranteed = append(guaranteed, pc.IP)
+		}
+	}
+	slices.SortFunc(guaranteed, netip.Addr.Compare)
 	out := make([]Pod, 0, len(pods))
 	for _, pc := range pods {
 		pod := Pod{Name: pc.Name, IP: pc.IP, Via: map[string]string{}}
+		if i, ok := slices.BinarySearchFunc(guaranteed, pc.IP, netip.Addr.Compare); ok && pc.MinBandwidthMbps > 0 && i < int(PodMask>>8)-1 {
+			pod.QoSMark, pod.MinMbps = uint32(i+1)<<8, pc.MinBandwidthMbps
+		}
 		for _, d := range dsts {
 			id, ok := sel[key{d, pc.Class, pc.MaxLatencyMs}]
 			if !ok { // the requirement is not (yet) known to the monitor: the plain class

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/patronus/patronus/dataplane/qos"
 	"github.com/patronus/patronus/paths"
 )
 
@@ -149,5 +150,48 @@ func TestSteererWritesOnlyChanges(t *testing.T) {
 	}
 	if err := s.Close(); err != nil || k.removes != 1 {
 		t.Errorf("close: %v, removes %d", err, k.removes)
+	}
+}
+
+// fakeQoS records the shaped devices.
+type fakeQoS struct{ programs map[string]qos.Plan }
+
+func (f *fakeQoS) Installed(string) ([]qos.Class, error) { return nil, nil }
+func (f *fakeQoS) Program(link string, p qos.Plan) error { f.programs[link] = p; return nil }
+func (f *fakeQoS) Remove(link string) error              { delete(f.programs, link); return nil }
+
+func TestSteererShapesGuarantees(t *testing.T) {
+	k, q := &fakeKernel{}, &fakeQoS{programs: map[string]qos.Plan{}}
+	s := New(Options{Kernel: k, QoS: q, Devices: map[string]string{"p1": "wg-p1", "p2": "wg-p2"},
+		Destinations: map[string][]netip.Prefix{"b": {pfxB}}})
+	snap := paths.Snapshot{Paths: []paths.PathStatus{
+		{PathSpec: paths.PathSpec{ID: "p1", Dst: "b", BandwidthMbps: 100}, State: paths.StateUp},
+		{PathSpec: paths.PathSpec{ID: "p2", Dst: "b"}, State: paths.StateUp}}, // bandwidth unknown: not shaped
+		Selections: []paths.SelectionStatus{{Dst: "b", Class: paths.Bulk, PathID: "p1"}}}
+	ip := netip.MustParseAddr
+	s.SetPods([]PodClass{{Name: "b", IP: ip("10.0.0.9"), Class: paths.Bulk, MinBandwidthMbps: 20},
+		{Name: "a", IP: ip("10.0.0.3"), Class: paths.Bulk, MinBandwidthMbps: 10}, {Name: "c", IP: ip("10.0.0.1"), Class: paths.Bulk}})
+	if _, err := s.Update(snap); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := s.Plan()
+	if len(p.Marked) != 2 || p.Marked[0].QoSMark != 0x100 || p.Marked[1].QoSMark != 0x200 || p.Marked[1].MinMbps != 20 {
+		t.Errorf("marked pods %+v", p.Marked)
+	}
+	pl, ok := q.programs["wg-p1"]
+	if !ok || len(q.programs) != 1 {
+		t.Fatalf("shaped %v", q.programs)
+	}
+	var marks []uint32
+	for _, c := range pl.PodClass {
+		marks = append(marks, c.Mark)
+	}
+	if len(marks) != 3 || marks[2] != ProbeMark {
+		t.Errorf("classes by mark %#x: want the two pods and the probes", marks)
+	}
+	// No guarantee left: the shaping goes.
+	s.SetPods(nil)
+	if _, err := s.Update(snap); err != nil || len(q.programs) != 0 {
+		t.Errorf("after the guarantees left: %v, shaped %v", err, q.programs)
 	}
 }

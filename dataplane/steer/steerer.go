@@ -1,6 +1,7 @@
 package steer
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/patronus/patronus/dataplane/qos"
 	"github.com/patronus/patronus/paths"
 )
 
@@ -22,7 +24,10 @@ type Options struct {
 	Devices map[string]string
 	// Destinations lists each destination cluster's prefixes.
 	Destinations map[string][]netip.Prefix
-	Logger       *slog.Logger
+	// QoS shapes the path devices for the pods' bandwidth guarantees (dataplane/qos): on
+	// every path with a known bandwidth while any pod has a guarantee. nil: no shaping.
+	QoS    qos.Kernel
+	Logger *slog.Logger
 }
 
 // Steerer keeps the kernel's steering equal to the monitor's selections and the pods'
@@ -36,6 +41,7 @@ type Steerer struct {
 	pods    []PodClass
 	applied *Plan
 	writes  int
+	shaped  map[string]bool // devices with HTB guarantees
 }
 
 // New returns a Steerer; nothing is written before the first Update.
@@ -80,7 +86,48 @@ func (s *Steerer) Update(snap paths.Snapshot) (changed bool, err error) {
 	s.applied = &p
 	s.writes++
 	s.log.Debug("steering written", "paths", len(p.Paths), "rules", len(p.Steers))
+	if s.o.QoS != nil {
+		// A path whose guarantees do not fit its bandwidth stays unshaped (reported); the
+		// steering itself is written either way.
+		if err := s.shape(p); err != nil {
+			return true, err
+		}
+	}
 	return true, nil
+}
+
+// shape programs the HTB guarantees of the marked pods on every path device with a known
+// bandwidth, and removes them where no longer wanted.
+func (s *Steerer) shape(p Plan) error {
+	var gs []qos.Guarantee
+	for _, pod := range p.Marked {
+		gs = append(gs, qos.Guarantee{Mark: pod.QoSMark, MinMbps: pod.MinMbps, Pod: pod.Name})
+	}
+	if len(gs) > 0 {
+		gs = append(gs, qos.Guarantee{Mark: ProbeMark, MinMbps: ProbeMinMbps, Pod: "path probes"})
+	}
+	want := map[string]bool{}
+	var errs []error
+	for _, pa := range p.Paths {
+		if len(gs) == 0 || pa.BandwidthMbps < 1 {
+			continue
+		}
+		want[pa.Dev] = true
+		spec := qos.Spec{RateMbps: uint64(pa.BandwidthMbps), Guarantees: gs, MarkMask: PodMask}
+		if _, err := qos.Apply(s.o.QoS, pa.Dev, spec, s.log); err != nil {
+			errs = append(errs, fmt.Errorf("steer: guarantees on path %s: %w", pa.ID, err))
+		}
+	}
+	for dev := range s.shaped {
+		if !want[dev] {
+			if err := s.o.QoS.Remove(dev); err != nil {
+				errs = append(errs, fmt.Errorf("steer: remove guarantees from %s: %w", dev, err))
+				want[dev] = true // try again later
+			}
+		}
+	}
+	s.shaped = want
+	return errors.Join(errs...)
 }
 
 // Plan returns the last plan written (false before the first write).
@@ -98,5 +145,12 @@ func (s *Steerer) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.applied = nil
-	return s.o.Kernel.Remove()
+	var errs []error
+	if s.o.QoS != nil {
+		for dev := range s.shaped {
+			errs = append(errs, s.o.QoS.Remove(dev))
+		}
+		s.shaped = nil
+	}
+	return errors.Join(append(errs, s.o.Kernel.Remove())...)
 }

@@ -3,6 +3,7 @@ package pathstest
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/patronus/patronus/dataplane/enforce/enforcetest"
+	"github.com/patronus/patronus/dataplane/qos"
 	"github.com/patronus/patronus/dataplane/steer"
 	"github.com/patronus/patronus/dataplane/wg"
 	"github.com/patronus/patronus/paths"
@@ -208,7 +210,8 @@ func newSteerLab(t testing.TB, cfg paths.Config, rtt [2]time.Duration, bw [2]flo
 		{PathSpec: paths.PathSpec{ID: pathIDs[1], Dst: "cluster-a"}, State: paths.StateUp}}})
 	must(t, err)
 
-	l.steerA = steer.New(steer.Options{Kernel: steer.Netlink{NetNS: nsA.Path()}, Devices: devs, Destinations: dsts})
+	l.steerA = steer.New(steer.Options{Kernel: steer.Netlink{NetNS: nsA.Path()}, Devices: devs, Destinations: dsts,
+		QoS: nsQoS{nsA}})
 	for i := range pods {
 		pods[i].IP = podAddrs[i]
 	}
@@ -216,7 +219,7 @@ func newSteerLab(t testing.TB, cfg paths.Config, rtt [2]time.Duration, bw [2]flo
 	var ps []probe.Path
 	for i := range 2 {
 		ps = append(ps, probe.Path{PathSpec: paths.PathSpec{ID: pathIDs[i], Src: pathDevs[i], Dst: "cluster-b",
-			Remote: fmt.Sprintf("10.90.%d.2:%d", i+1, probe.DefaultPort), BandwidthMbps: bw[i]}, Device: pathDevs[i]})
+			Remote: fmt.Sprintf("10.90.%d.2:%d", i+1, probe.DefaultPort), BandwidthMbps: bw[i]}, Device: pathDevs[i], Mark: steer.ProbeMark})
 	}
 	reqs = append(reqs, steer.Requirements(pods[:], []string{"cluster-b"})...)
 	must(t, nsA.Do(func(ns.NetNS) (err error) {
@@ -395,4 +398,21 @@ func (l *steerLab) logMoves(t testing.TB) {
 			return
 		}
 	}
+}
+
+// nsQoS runs dataplane/qos's netlink kernel inside a namespace (it works in the calling
+// thread's).
+type nsQoS struct{ n ns.NetNS }
+
+func (q nsQoS) Installed(link string) (cs []qos.Class, err error) {
+	derr := q.n.Do(func(ns.NetNS) error { cs, err = qos.Netlink{}.Installed(link); return nil })
+	return cs, errors.Join(derr, err)
+}
+
+func (q nsQoS) Program(link string, p qos.Plan) error {
+	return q.n.Do(func(ns.NetNS) error { return qos.Netlink{}.Program(link, p) })
+}
+
+func (q nsQoS) Remove(link string) error {
+	return q.n.Do(func(ns.NetNS) error { return qos.Netlink{}.Remove(link) })
 }

@@ -1,10 +1,16 @@
 package pathstest
 
 import (
+	"context"
 	"encoding/binary"
+	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -319,4 +325,74 @@ func TestSteeringUnmetMaxLatency(t *testing.T) {
 	}
 	sink := l.serveUDP(t, 9300)
 	l.onPath(t, "pod with max-latency 2ms", l.burst(t, sink, 0, 9300, 400), 400, 1)
+}
+
+// iperf3 runs an iperf3 client in pod i towards the server's port and returns the
+// received rate in Mbit/s.
+func (l *steerLab) iperf3(ctx context.Context, i int, port, secs int, extra ...string) (float64, error) {
+	args := append([]string{"netns", "exec", filepath.Base(l.pods[i].Path()), "iperf3", "-c", srvAddr.String(),
+		"-p", strconv.Itoa(port), "-t", strconv.Itoa(secs), "-J"}, extra...)
+	out, err := exec.CommandContext(ctx, "ip", args...).Output()
+	if err != nil {
+		return 0, fmt.Errorf("iperf3 from pod%d to :%d: %v: %s", i+1, port, err, out)
+	}
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return 0, err
+	}
+	return r.End.SumReceived.BitsPerSecond / 1e6, nil
+}
+
+// TestSteeringBandwidthGuarantee: two bulk pods share the wide path; one has
+// min-bandwidth-mbps 20. While the other saturates the path (8 TCP streams), the
+// guaranteed pod's single stream still gets at least 90% of its minimum: the steering
+// chain marks its packets and HTB on the path's tunnel device (capacity = the path's
+// bandwidth) gives it its class.
+func TestSteeringBandwidthGuarantee(t *testing.T) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Skip("needs iperf3 (apt-get install iperf3); CI installs it")
+	}
+	const capacity, minimum = 30, 10
+	cfg := paths.Config{Interval: 50 * ms, DownAfter: 3, HoldDown: time.Second}
+	l := newSteerLab(t, cfg, [2]time.Duration{5 * ms, 30 * ms}, [2]float64{capacity, 20},
+		[2]steer.PodClass{{Name: "a/guaranteed", Class: paths.Bulk, MinBandwidthMbps: minimum}, {Name: "a/bulk", Class: paths.Bulk}}, nil)
+	l.waitFor(t, 15*time.Second, "bulk on p1 and the guarantee on its device", func() bool {
+		p, ok := l.steerA.Plan()
+		return l.selected(paths.Bulk) == "p1" && ok && len(p.Marked) == 1
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, port := range []int{5201, 5202} {
+		srv := exec.CommandContext(ctx, "ip", "netns", "exec", filepath.Base(l.srv.Path()), "iperf3", "-s", "-1", "-p", strconv.Itoa(port))
+		must(t, srv.Start())
+		t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+	}
+	time.Sleep(300 * ms)
+	before := l.forwarded()
+	type res struct {
+		mbps float64
+		err  error
+	}
+	bulkc := make(chan res, 1)
+	go func() { m, err := l.iperf3(ctx, 1, 5201, 10, "-P", "8"); bulkc <- res{m, err} }()
+	time.Sleep(time.Second)
+	pod, err := l.iperf3(ctx, 0, 5202, 8, "-O", "2")
+	must(t, err)
+	b := <-bulkc
+	must(t, b.err)
+	after := l.forwarded()
+	t.Logf("path p1 shaped to %d Mbit/s; guaranteed pod (min %d) %.1f Mbit/s, bulk pod (8 streams) %.1f Mbit/s; relays p1 +%d p2 +%d datagrams",
+		capacity, minimum, pod, b.mbps, after[0]-before[0], after[1]-before[1])
+	if pod < minimum*0.9 {
+		t.Errorf("guaranteed pod got %.1f Mbit/s, less than 90%% of its %d Mbit/s", pod, minimum)
+	}
+	if after[1]-before[1] > (after[0]-before[0])/10 {
+		t.Errorf("the bulk traffic did not stay on p1: relays p1 +%d p2 +%d", after[0]-before[0], after[1]-before[1])
+	}
 }
