@@ -405,8 +405,13 @@ func (c *Controller) syncExports(ctx context.Context, errs *[]error) map[string]
 		default:
 			e := c.exportOf(se, svc)
 			st.export = &e
-			st.set(mcsv1beta1.ServiceExportConditionValid, metav1.ConditionTrue, mcsv1beta1.ServiceExportReasonValid,
-				fmt.Sprintf("Service %s is exported as %s", key, e.Type))
+			msg := fmt.Sprintf("Service %s is exported as %s", key, e.Type)
+			if _, err := ServiceClass(svc.Labels); err != nil {
+				msg += "; " + err.Error()
+			} else if e.QoSClass != "" {
+				msg += " with QoS class " + e.QoSClass
+			}
+			st.set(mcsv1beta1.ServiceExportConditionValid, metav1.ConditionTrue, mcsv1beta1.ServiceExportReasonValid, msg)
 		}
 		if st.export == nil {
 			st.set(mcsv1beta1.ServiceExportConditionReady, metav1.ConditionFalse, mcsv1beta1.ServiceExportReasonPending,

@@ -563,6 +563,40 @@ func TestMultiClusterServices(t *testing.T) {
 			}
 			return nil
 		})
+
+		// An invalid QoS label: the export is valid and says the label is ignored; the
+		// import has no class. Fixed, the class reaches the import.
+		gold := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "gold", Labels: map[string]string{"patronus.io/qos-class": "gold"}},
+			Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}}
+		must(west.kube.CoreV1().Services(ns).Create(bg, gold, metav1.CreateOptions{}))(t)
+		west.export(t, "gold")
+		eventually(t, 10*time.Second, "gold valid, label reported", wantCond(west, "gold", "Valid", metav1.ConditionTrue, "Valid",
+			`label patronus.io/qos-class of the Service: invalid QoS class "gold"`, "keeps the client pods' classes"))
+		classOf := func(want string) func() error {
+			return func() error {
+				si, err := east.imp("gold")
+				if err != nil {
+					return err
+				}
+				if got := si.Annotations["patronus.io/qos-class"]; got != want {
+					return fmt.Errorf("east's import class %q, want %q", got, want)
+				}
+				return nil
+			}
+		}
+		eventually(t, 10*time.Second, "gold imported without a class", classOf(""))
+		cur := must(west.kube.CoreV1().Services(ns).Get(bg, "gold", metav1.GetOptions{}))(t)
+		cur.Labels["patronus.io/qos-class"] = "bulk"
+		must(west.kube.CoreV1().Services(ns).Update(bg, cur, metav1.UpdateOptions{}))(t)
+		eventually(t, 10*time.Second, "gold's class bulk in east", classOf("bulk"))
+		eventually(t, 5*time.Second, "Valid names the class", wantCond(west, "gold", "Valid", metav1.ConditionTrue, "Valid", "with QoS class bulk"))
+		west.unexport(t, "gold")
+		eventually(t, 10*time.Second, "gold gone in east", func() error {
+			if _, err := east.imp("gold"); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("still there (%v)", err)
+			}
+			return nil
+		})
 	})
 
 	t.Run("a second agent in a cluster does not lead", func(t *testing.T) {
