@@ -71,6 +71,11 @@ prepare_k8s() {
 	touch "$MOD/.prepared"
 }
 
+# Stock CoreDNS: its kubernetes plugin has had the MCS `multicluster` option (answers
+# clusterset.local from ServiceImports) since 1.12.2, so no external plugin is compiled in
+# (github.com/coredns/multicluster, the older external plugin, is not on the module proxy).
+# integration/mcs/dns_test.go and integration/agent/mcs_test.go run this binary
+# (PATRONUS_COREDNS, else they call `scripts/lab/build.sh coredns`).
 prepare_coredns() {
 	[ -f "$DNSMOD/.prepared" ] && return 0
 	log "preparing build module for CoreDNS $COREDNS_VERSION in $DNSMOD"
