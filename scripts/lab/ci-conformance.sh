@@ -44,8 +44,8 @@ CASES=(
 
 [ "$(id -u)" = 0 ] || { log "needs root (the lab)"; exit 1; }
 t_all=$(date +%s)
-rm -rf "$OUT"
 mkdir -p "$OUT"
+rm -f "$OUT"/results.md "$OUT"/table.md "$OUT"/junit-*.xml "$OUT"/e2e-*.log "$OUT"/smoke.log "$OUT"/lab-up.log "$OUT"/down*.log
 
 cleanup() {
 	local rc=$?
