@@ -20,7 +20,8 @@ show agent 1 1 members
 ok "patronus members on gateway c1-n1: the gateways of lab-c1 and lab-c2, joined over WAN link 1"
 
 # The tunnel, from each side's verified announcement of the other.
-tunnel_up() { agent "$1" 1 status 2>/dev/null | grep -q "Active tunnels: 1 (lab-c$2)"; }
+# (Output captured first: grep -q quitting early would fail the pipeline under pipefail.)
+tunnel_up() { local out; out=$(agent "$1" 1 status 2>/dev/null || true); grep -q "Active tunnels: 1 (lab-c$2)" <<<"$out"; }
 wait_for "tunnel c1 -> c2" 60 tunnel_up 1 2 || fail "gateway c1-n1 has no active tunnel to lab-c2"
 wait_for "tunnel c2 -> c1" 60 tunnel_up 2 1 || fail "gateway c2-n1 has no active tunnel to lab-c1"
 show agent 1 1 keys show
@@ -63,5 +64,5 @@ note "pod-a sent 16777216 bytes, md5 $sum_a; pod-b stored: ${res:-nothing}"
 ok "TCP: 16 MiB from pod-a (lab-c1) to pod-b:5000 (lab-c2) across the tunnel, checksum equal"
 
 show agent 1 1 status || true
-agent 1 1 status 2>/dev/null | grep -q "Active tunnels: 1 (lab-c2)" || fail "patronus status on c1-n1 does not show the tunnel to lab-c2"
+tunnel_up 1 2 || fail "patronus status on c1-n1 does not show the tunnel to lab-c2"
 ok "patronus status on gateway c1-n1: Active tunnels: 1 (lab-c2)"
