@@ -41,6 +41,9 @@ import (
 )
 
 var (
+	// configMu serialises agent starts: they share the patronus-config ConfigMap.
+	configMu sync.Mutex
+
 	buildOnce sync.Once
 	builtDir  string
 	buildErr  error
@@ -119,13 +122,15 @@ type node struct {
 	k      kubernetes.Interface
 	name   string
 	prefix string // namespace prefix of this run ("<prefix>-x")
-	dir    string
-	nsPath string
-	netns  ns.NetNS
-	lc     *libcni.CNIConfig
-	list   *libcni.NetworkConfigList
-	opts   agent.Options
-	audit  *syncBuffer
+	// datapath the ConfigMap names when this node's agent starts
+	datapath string
+	dir      string
+	nsPath   string
+	netns    ns.NetNS
+	lc       *libcni.CNIConfig
+	list     *libcni.NetworkConfigList
+	opts     agent.Options
+	audit    *syncBuffer
 
 	cancel context.CancelFunc
 	done   chan error
@@ -174,7 +179,7 @@ func newNode(t testing.TB, c *k8senv.Cluster, datapath string, mods ...func(*age
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	n := &node{t: t, k: c.Client(), name: "node-" + datapath, prefix: datapath, dir: dir, audit: &syncBuffer{}, pods: map[string]*pod{}}
+	n := &node{t: t, k: c.Client(), name: "node-" + datapath, datapath: datapath, prefix: datapath, dir: dir, audit: &syncBuffer{}, pods: map[string]*pod{}}
 	nodeName := "pt-ip-" + id + "-node"
 	n.netns = enforcetest.NewNS(t, nodeName)
 	n.nsPath = filepath.Join("/var/run/netns", nodeName)
@@ -188,20 +193,6 @@ func newNode(t testing.TB, c *k8senv.Cluster, datapath string, mods ...func(*age
 		}
 		return exec.Command("ip", "link", "set", "lo", "up").Run()
 	}); err != nil {
-		t.Fatal(err)
-	}
-
-	// The ConfigMap chooses the datapath (and gives the Service CIDR the eBPF egress check
-	// defers to after DNAT).
-	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "patronus-config"},
-		Data: map[string]string{"datapath": datapath, "service-cidr": k8senv.DefaultServiceCIDR, "cluster-cidr": "10.244.0.0/16"}}
-	ctx := context.Background()
-	if _, err := n.k.CoreV1().ConfigMaps("kube-system").Update(ctx, cm, metav1.UpdateOptions{}); apierrors.IsNotFound(err) {
-		_, err = n.k.CoreV1().ConfigMaps("kube-system").Create(ctx, cm, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-	} else if err != nil {
 		t.Fatal(err)
 	}
 
@@ -250,6 +241,21 @@ func newNode(t testing.TB, c *k8senv.Cluster, datapath string, mods ...func(*age
 func (n *node) start() {
 	t := n.t
 	t.Helper()
+	// The ConfigMap chooses the datapath (and gives the Service CIDR the eBPF egress check
+	// defers to after DNAT). The agent reads it when it starts; nodes of other datapaths
+	// share the API server and may start at the same time, so each start holds the lock
+	// from writing the ConfigMap until its agent is ready.
+	configMu.Lock()
+	defer configMu.Unlock()
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "patronus-config"},
+		Data: map[string]string{"datapath": n.datapath, "service-cidr": k8senv.DefaultServiceCIDR, "cluster-cidr": "10.244.0.0/16"}}
+	if _, err := n.k.CoreV1().ConfigMaps("kube-system").Update(context.Background(), cm, metav1.UpdateOptions{}); apierrors.IsNotFound(err) {
+		if _, err = n.k.CoreV1().ConfigMaps("kube-system").Create(context.Background(), cm, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	} else if err != nil {
+		t.Fatal(err)
+	}
 	n.opts.Registry = prometheus.NewRegistry()
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel, n.done, n.client = cancel, make(chan error, 1), localapi.NewClient(n.opts.SocketPath)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -45,9 +46,14 @@ func port(p intstr.IntOrString, proto corev1.Protocol) networkingv1.NetworkPolic
 // agent, bpffs and namespaces).
 func TestNetworkPolicyEndToEnd(t *testing.T) {
 	c := k8senv.Start(t)
+	// At the same time: each datapath has its own node namespace, agent, bpffs, kube-proxy
+	// and namespaces, and most of the time is spent waiting for expected denials to time
+	// out. (Concurrent t.Run rather than t.Parallel, which -parallel caps at GOMAXPROCS.)
+	var wg sync.WaitGroup
 	for _, dp := range []string{"ebpf", "nftables", "both"} {
-		t.Run(dp, func(t *testing.T) { runScenarios(t, c, dp) })
+		wg.Go(func() { t.Run(dp, func(t *testing.T) { runScenarios(t, c, dp) }) })
 	}
+	wg.Wait()
 }
 
 func runScenarios(t *testing.T, c *k8senv.Cluster, datapath string) {
@@ -139,9 +145,7 @@ func runScenarios(t *testing.T, c *k8senv.Cluster, datapath string) {
 		t.Run("audit all", func(t *testing.T) { auditAll(t, n, za, ya) })
 	}
 	t.Run("agent restart", func(t *testing.T) { agentRestart(t, n, ya, xb, is) })
-	if datapath != "both" {
-		t.Run("upstream", func(t *testing.T) { upstreamScenarios(t, n) })
-	}
+	t.Run("upstream", func(t *testing.T) { upstreamScenarios(t, n) })
 }
 
 // serviceScenario probes through the Service ClusterIPs (n.services: kube-proxy in
