@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -18,6 +19,8 @@ type agentTunnelFlags struct {
 	port     int
 	endpoint string
 	mtu      int
+	// keepalive 0 turns persistent keepalive off (agent.TunnelOptions: negative).
+	keepalive time.Duration
 }
 
 func (g *agentTunnelFlags) register(f *pflag.FlagSet) {
@@ -25,6 +28,7 @@ func (g *agentTunnelFlags) register(f *pflag.FlagSet) {
 	f.IntVar(&g.port, "wg-port", wg.DefaultPort, "WireGuard UDP listen port")
 	f.StringVar(&g.endpoint, "wg-endpoint", "", "underlay endpoint host[:port] announced to remote gateways (default: the gossip advertise address's host, --wg-port)")
 	f.IntVar(&g.mtu, "uplink-mtu", 1500, "underlay MTU; the tunnel's MTU is this minus the WireGuard overhead (80)")
+	f.DurationVar(&g.keepalive, "wg-keepalive", 25*time.Second, "WireGuard persistent keepalive to remote gateways (0: off)")
 }
 
 func (g *agentTunnelFlags) apply(o *agent.Options) error {
@@ -37,7 +41,13 @@ func (g *agentTunnelFlags) apply(o *agent.Options) error {
 	if g.mtu < 576+wg.Overhead || g.mtu > 65535 {
 		return usagef("--uplink-mtu %d: out of range", g.mtu)
 	}
-	t := &agent.TunnelOptions{ListenPort: g.port, UplinkMTU: g.mtu}
+	if g.keepalive < 0 {
+		return usagef("--wg-keepalive %s: negative", g.keepalive)
+	}
+	t := &agent.TunnelOptions{ListenPort: g.port, UplinkMTU: g.mtu, Keepalive: g.keepalive}
+	if g.keepalive == 0 {
+		t.Keepalive = -1
+	}
 	if g.endpoint != "" {
 		ap, err := parseEndpoint(g.endpoint, g.port)
 		if err != nil {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"testing"
+	"time"
 
 	"github.com/patronus/patronus/agent"
 )
@@ -13,16 +14,20 @@ func TestAgentTunnelFlags(t *testing.T) {
 		mesh     bool
 		want     string // endpoint; "-" means no tunnel options
 		wantPort int
+		wantKA   time.Duration // expected TunnelOptions.Keepalive
 		wantErr  bool
 	}{
-		{name: "default with mesh", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500}, mesh: true, want: "invalid AddrPort", wantPort: 51820},
+		{name: "default with mesh", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500, keepalive: 25 * time.Second}, mesh: true, want: "invalid AddrPort", wantPort: 51820, wantKA: 25 * time.Second},
 		{name: "no mesh, no tunnel", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500}, want: "-"},
 		{name: "off", g: agentTunnelFlags{on: false, port: 51820, mtu: 1500}, mesh: true, want: "-"},
-		{name: "endpoint host", g: agentTunnelFlags{on: true, port: 4000, mtu: 1500, endpoint: "192.0.2.1"}, mesh: true, want: "192.0.2.1:4000", wantPort: 4000},
-		{name: "endpoint host:port", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500, endpoint: "192.0.2.1:443"}, mesh: true, want: "192.0.2.1:443", wantPort: 51820},
+		{name: "endpoint host", g: agentTunnelFlags{on: true, port: 4000, mtu: 1500, endpoint: "192.0.2.1"}, mesh: true, want: "192.0.2.1:4000", wantPort: 4000, wantKA: -1},
+		{name: "endpoint host:port", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500, endpoint: "192.0.2.1:443"}, mesh: true, want: "192.0.2.1:443", wantPort: 51820, wantKA: -1},
 		{name: "bad endpoint", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500, endpoint: "gw.example:x"}, mesh: true, wantErr: true},
 		{name: "bad port", g: agentTunnelFlags{on: true, port: 70000, mtu: 1500}, mesh: true, wantErr: true},
 		{name: "bad mtu", g: agentTunnelFlags{on: true, port: 51820, mtu: 100}, mesh: true, wantErr: true},
+		{name: "keepalive", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500, keepalive: 10 * time.Second}, mesh: true, want: "invalid AddrPort", wantPort: 51820, wantKA: 10 * time.Second},
+		{name: "keepalive off", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500}, mesh: true, want: "invalid AddrPort", wantPort: 51820, wantKA: -1},
+		{name: "negative keepalive", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500, keepalive: -time.Second}, mesh: true, wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var o agent.Options
@@ -42,7 +47,7 @@ func TestAgentTunnelFlags(t *testing.T) {
 				}
 				return
 			}
-			if o.Tunnel == nil || o.Tunnel.Endpoint.String() != tc.want || o.Tunnel.ListenPort != tc.wantPort {
+			if o.Tunnel == nil || o.Tunnel.Endpoint.String() != tc.want || o.Tunnel.ListenPort != tc.wantPort || o.Tunnel.Keepalive != tc.wantKA {
 				t.Fatalf("tunnel options %+v, want endpoint %s port %d", o.Tunnel, tc.want, tc.wantPort)
 			}
 		})
