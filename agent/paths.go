@@ -19,6 +19,7 @@ import (
 	"github.com/patronus/patronus/config"
 	dqos "github.com/patronus/patronus/dataplane/qos"
 	"github.com/patronus/patronus/dataplane/steer"
+	"github.com/patronus/patronus/dataplane/tunnel"
 	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/paths"
 	"github.com/patronus/patronus/probe"
@@ -93,7 +94,7 @@ func (a *agent) startPaths(ctx context.Context, cfg *config.Config, wg *sync.Wai
 	}
 	reg := &trackingRegisterer{r: a.opts.Registry}
 	log := a.log.With("component", "paths")
-	pl := &podPaths{a: a, log: log, defClass: cfg.DefaultQoSClass, cluster: cfg.ClusterID}
+	pl := &podPaths{a: a, log: log, defClass: cfg.DefaultQoSClass, cluster: cfg.ClusterID, remotes: cfg.RemoteClusters}
 	for _, p := range ps {
 		if !slices.Contains(pl.dsts, p.Dst) {
 			pl.dsts = append(pl.dsts, p.Dst)
@@ -167,6 +168,7 @@ type podPaths struct {
 	cluster  string
 	dsts     []string
 	steer    *steer.Steerer // nil: no per-path devices, nothing to steer
+	remotes  []config.RemoteCluster
 
 	pods     []podReq
 	readAt   time.Time
@@ -294,6 +296,9 @@ func (p *podPaths) tick(m *paths.Monitor, now time.Time) {
 		p.exchange(m, now)
 		p.measure(now)
 	}
+	if p.steer == nil {
+		p.followTunnel(m)
+	}
 	if p.steer != nil {
 		_, err := p.steer.Update(m.Snapshot(now))
 		msg := ""
@@ -309,6 +314,37 @@ func (p *podPaths) tick(m *paths.Monitor, now time.Time) {
 			p.lastErr = msg
 		}
 	}
+}
+
+// followTunnel points each remote cluster's WireGuard peer at the path selected for the
+// default QoS class, on a gateway without per-path devices: its single tunnel per remote
+// cluster then follows the selection (best effort: every pod's traffic to that cluster
+// takes the default class's path; per-class steering needs --path-device). Called every
+// probe tick; the reconciler writes only an endpoint that changed. Each gateway follows
+// its own selection, so the return direction moves too (WireGuard's roaming alone would
+// be undone by the next reconcile writing the announced endpoint back).
+func (p *podPaths) followTunnel(m *paths.Monitor) {
+	rec := p.a.tunnel.rec.Load()
+	if rec == nil {
+		return
+	}
+	rec.SetPathEndpoints(tunnel.PathEndpoints(p.remotes, defaultSelections(m, p.dsts, p.defClass)))
+}
+
+// defaultSelections is the path selected for the default class (no max-latency) to each
+// destination; destinations without a selection or with no path up are left out.
+func defaultSelections(m *paths.Monitor, dsts []string, def qos.Class) map[string]string {
+	if def == "" {
+		def = qos.BestEffort
+	}
+	out := map[string]string{}
+	for _, d := range dsts {
+		s, ok := m.Selection(paths.Requirement{Dst: d, Class: paths.Class(def)})
+		if ok && s.PathID != "" && s.Condition != paths.CondNoPathUp {
+			out[d] = s.PathID
+		}
+	}
+	return out
 }
 
 // exchange announces this gateway's probe summary through the mesh every summaryEvery

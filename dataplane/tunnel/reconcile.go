@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,6 +29,52 @@ func HintsFromRemoteClusters(rcs []config.RemoteCluster) []Hint {
 			cidrs = []netip.Prefix{r.CIDR}
 		}
 		out = append(out, Hint{Cluster: r.ID, CIDRs: cidrs, Endpoint: r.Endpoint})
+	}
+	return out
+}
+
+// PathEndpoint is the WireGuard endpoint of path pathID to remote cluster rc: path ids are
+// "<cluster>/<host>" (probe.PathsFromConfig: one path per distinct host among rc's
+// endpoint and paths), and the endpoint is the configured host:port with that host. false
+// when the path is not one of rc's or its entry is not an IP address and port.
+func PathEndpoint(rc config.RemoteCluster, pathID string) (netip.AddrPort, bool) {
+	host, ok := strings.CutPrefix(pathID, rc.ID+"/")
+	if !ok || host == "" {
+		return netip.AddrPort{}, false
+	}
+	for _, e := range append([]string{rc.Endpoint}, rc.Paths...) {
+		h, _, err := net.SplitHostPort(e)
+		if err != nil || h != host {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(e)
+		if err != nil {
+			return netip.AddrPort{}, false
+		}
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// PathEndpoints maps the selected path of each remote cluster (selected: cluster -> path
+// id) to its endpoint (PathEndpoint). Left out, so that their tunnel keeps the gateway's
+// announced endpoint: clusters without a selection, whose path has no usable endpoint,
+// or whose selected path is the primary one (the host of remote-clusters endpoint: the
+// announced endpoint is what reaches it, and it is the one programmed without path
+// selection, so an agent without probes and one with agree).
+func PathEndpoints(rcs []config.RemoteCluster, selected map[string]string) map[string]netip.AddrPort {
+	out := map[string]netip.AddrPort{}
+	for _, rc := range rcs {
+		id, ok := selected[rc.ID]
+		if !ok {
+			continue
+		}
+		if h, _, err := net.SplitHostPort(rc.Endpoint); err == nil && id == rc.ID+"/"+h {
+			continue
+		}
+		if ep, ok := PathEndpoint(rc, id); ok {
+			out[rc.ID] = ep
+		}
 	}
 	return out
 }
@@ -63,6 +112,10 @@ type Reconciler struct {
 	mu   sync.Mutex
 	st   Status
 	held bool // the last Configure held a peer's keepalive (wg.KeepaliveHold)
+	// pathEPs are the endpoints of the selected paths (SetPathEndpoints), used by Run
+	// when its base input has none; kick wakes Run when they change.
+	pathEPs map[string]netip.AddrPort
+	kick    chan struct{}
 }
 
 // holding reports whether the last reconcile held a new peer's keepalive: Run then
@@ -78,7 +131,40 @@ func NewReconciler(o ReconcilerOptions) *Reconciler {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Reconciler{o: o}
+	return &Reconciler{o: o, kick: make(chan struct{}, 1)}
+}
+
+// SetPathEndpoints sets the endpoint of the path each remote cluster's tunnel should
+// follow (PathEndpoints; Input.PathEndpoints). When they differ from the last ones, Run
+// reconciles at once, and the device diff writes only the peers whose endpoint moved.
+// It reports whether they changed.
+func (r *Reconciler) SetPathEndpoints(eps map[string]netip.AddrPort) bool {
+	r.mu.Lock()
+	old := r.pathEPs
+	same := maps.Equal(old, eps)
+	if !same {
+		r.pathEPs = maps.Clone(eps)
+	}
+	r.mu.Unlock()
+	if same {
+		return false
+	}
+	for _, c := range slices.Sorted(maps.Keys(eps)) {
+		if old[c] != eps[c] {
+			r.o.Logger.Info("tunnel endpoint follows the path selection", "remote", c, "endpoint", eps[c])
+		}
+	}
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (r *Reconciler) pathEndpoints() map[string]netip.AddrPort {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.pathEPs)
 }
 
 // Reconcile computes the plan for in and makes the device and routes match it. Calling
@@ -148,8 +234,9 @@ type StateSource interface {
 }
 
 // Run reconciles whenever the mesh state's version moves (checked every poll, default
-// 200ms) and at least every resync (default 30s), with base providing everything but
-// the gateways (read from state). It returns when ctx ends.
+// 200ms), at once when SetPathEndpoints changed the endpoints, and at least every resync
+// (default 30s), with base providing everything but the gateways (read from state) and,
+// unless it sets them, the path endpoints. It returns when ctx ends.
 func (r *Reconciler) Run(ctx context.Context, state StateSource, base func() Input, poll, resync time.Duration) error {
 	if poll == 0 {
 		poll = 200 * time.Millisecond
@@ -161,13 +248,16 @@ func (r *Reconciler) Run(ctx context.Context, state StateSource, base func() Inp
 	defer t.Stop()
 	var last uint64
 	var lastAt, retryAt time.Time
-	first := true
+	first, kicked := true, false
 	for {
 		v := state.Version()
 		now := time.Now()
-		if first || v != last || now.Sub(lastAt) >= resync || (!retryAt.IsZero() && now.After(retryAt)) || r.holding() {
+		if first || kicked || v != last || now.Sub(lastAt) >= resync || (!retryAt.IsZero() && now.After(retryAt)) || r.holding() {
 			in := base()
 			in.Gateways = GatewaysFromAnnouncements(state.List(), in.LocalCluster)
+			if in.PathEndpoints == nil {
+				in.PathEndpoints = r.pathEndpoints()
+			}
 			retryAt = time.Time{}
 			if _, err := r.Reconcile(in); err != nil {
 				// Retried after a second, not every poll: a missing device would otherwise
@@ -177,10 +267,13 @@ func (r *Reconciler) Run(ctx context.Context, state StateSource, base func() Inp
 			}
 			last, lastAt, first = v, now, false
 		}
+		kicked = false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		case <-r.kick:
+			kicked = true
 		}
 	}
 }

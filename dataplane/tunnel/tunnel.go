@@ -84,8 +84,14 @@ type Input struct {
 	// (no session until WireGuard's 5 s retry); the wg devices prevent that by holding
 	// the keepalive of the side with the larger public key (wg.KeepaliveHold).
 	Keepalive time.Duration
-	Gateways  []Gateway
-	Hints     []Hint
+	// PathEndpoints is, per remote cluster, the underlay endpoint of the path its traffic
+	// should take (the path selected for the default QoS class, PathEndpoint). A cluster
+	// without one uses its chosen gateway's first announced endpoint. The peer's key and
+	// allowed IPs still come only from the verified announcement: the endpoint is only
+	// where packets are sent, and WireGuard authenticates everything that comes back.
+	PathEndpoints map[string]netip.AddrPort
+	Gateways      []Gateway
+	Hints         []Hint
 }
 
 // Condition reports something wrong or noteworthy about one remote cluster.
@@ -186,6 +192,9 @@ func Compute(in Input) Plan {
 			continue
 		}
 		ep := chosen.Endpoints[0]
+		if pe := in.PathEndpoints[c]; pe.IsValid() {
+			ep = pe
+		}
 		p.Tunnels = append(p.Tunnels, Tunnel{Cluster: c, Gateway: chosen.Node, PublicKey: chosen.PublicKey.String(), Endpoint: ep, PodCIDRs: allowed})
 		if in.Gateway {
 			p.Peers = append(p.Peers, wg.Peer{PublicKey: chosen.PublicKey, Endpoint: ep, AllowedIPs: allowed, Keepalive: in.Keepalive})
