@@ -1,6 +1,13 @@
 // Package policy_test checks NetworkPolicy end to end: a real API server (k8senv), the
 // agent in-process enforcing in a node network namespace, pods attached by the real
-// patronus-cni through libcni, and real TCP/UDP probes between pod namespaces.
+// patronus-cni through libcni, Services translated by kube-proxy (nftables mode) in the
+// node namespace, and real TCP/UDP (and crafted SCTP) probes between pod namespaces —
+// among them the 49 scenarios of the upstream NetworkPolicy e2e suite (upstream_test.go),
+// for each datapath setting (ebpf, nftables, both).
+//
+// Kube-proxy: $PATRONUS_KUBE_PROXY, else the lab's build cache, else built with
+// scripts/lab/build.sh kube-proxy; PATRONUS_KUBE_PROXY=standin uses an nftables DNAT rule
+// per Service instead (logged).
 package policy_test
 
 import (
