@@ -47,7 +47,8 @@ type MeshNode interface {
 // so they travel as a suffix of its Type:
 // `ClusterSetIP;sa=ClientIP;sat=10800;at=<unix ms>;nr=<i>,<j>;tp=<i>:<port>,...;qc=<class>`
 // (nr: indices of not-ready endpoints; tp: target ports of the ports at those indices
-// where they differ from the service port; qc: the QoS class of the Service's labels). A reader that only knows the plain type sees the
+// where they differ from the service port; qc: the QoS class of the Service's labels;
+// itp, td: the Service's internalTrafficPolicy and trafficDistribution when set). A reader that only knows the plain type sees the
 // part before the first ';'.
 //
 // One announcement must fit in a gossip packet (announce.MaxWireSize), about 16 IPv4
@@ -268,6 +269,12 @@ func ToAnnouncement(e resolve.Export) *announce.Service {
 	if e.QoSClass != "" {
 		typ += ";qc=" + e.QoSClass
 	}
+	if e.InternalTrafficPolicy != "" {
+		typ += ";itp=" + e.InternalTrafficPolicy
+	}
+	if e.TrafficDistribution != "" {
+		typ += ";td=" + e.TrafficDistribution
+	}
 	s.Type = typ
 	return s
 }
@@ -294,6 +301,10 @@ func FromAnnouncement(cluster string, s *announce.Service) resolve.Export {
 			if c, err := qos.ParseClass(v); err == nil {
 				e.QoSClass = string(c)
 			}
+		case "itp":
+			e.InternalTrafficPolicy = v
+		case "td":
+			e.TrafficDistribution = v
 		case "at":
 			if n, err := strconv.ParseInt(v, 10, 64); err == nil {
 				e.ExportedAt = time.UnixMilli(n).UTC()

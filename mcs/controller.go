@@ -465,6 +465,12 @@ func (c *Controller) exportOf(se *mcsv1beta1.ServiceExport, svc *corev1.Service)
 	if svc.Spec.ClusterIP == corev1.ClusterIPNone {
 		e.Type = resolve.TypeHeadless
 	}
+	if p := svc.Spec.InternalTrafficPolicy; p != nil {
+		e.InternalTrafficPolicy = string(*p)
+	}
+	if d := svc.Spec.TrafficDistribution; d != nil {
+		e.TrafficDistribution = *d
+	}
 	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
 		e.SessionAffinity = resolve.AffinityClientIP
 		if cfg := svc.Spec.SessionAffinityConfig; cfg != nil && cfg.ClientIP != nil && cfg.ClientIP.TimeoutSeconds != nil {
@@ -668,6 +674,14 @@ func (c *Controller) ensureImport(ctx context.Context, im resolve.Import, taken 
 	}
 	spec := mcsv1beta1.ServiceImportSpec{Type: mcsv1beta1.ServiceImportType(im.Type),
 		SessionAffinity: corev1.ServiceAffinity(im.SessionAffinity)}
+	if im.InternalTrafficPolicy != "" {
+		itp := corev1.ServiceInternalTrafficPolicy(im.InternalTrafficPolicy)
+		spec.InternalTrafficPolicy = &itp
+	}
+	if im.TrafficDistribution != "" {
+		td := im.TrafficDistribution
+		spec.TrafficDistribution = &td
+	}
 	for _, p := range im.Ports {
 		spec.Ports = append(spec.Ports, mcsv1beta1.ServicePort{Name: p.Name, Protocol: corev1.Protocol(p.Protocol), Port: p.Port})
 	}
@@ -682,6 +696,11 @@ func (c *Controller) ensureImport(ctx context.Context, im resolve.Import, taken 
 		}
 		taken[vip] = key
 		spec.IPs = []string{vip.String()}
+		// One family per IP, in the same order (the KEP; the conformance suite checks it).
+		spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol}
+		if vip.Is6() {
+			spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol}
+		}
 	}
 	var annotations map[string]string
 	if im.QoSClass != "" {

@@ -37,6 +37,10 @@ func TestAnnouncementRoundTrip(t *testing.T) {
 		{name: "QoS class of the Service labels", e: resolve.Export{Cluster: "c1", Namespace: "ns", Name: "web", Type: resolve.TypeClusterSetIP,
 			SessionAffinity: resolve.AffinityNone, Ports: []resolve.Port{{Name: "http", Port: 80, Protocol: "TCP"}}, QoSClass: "bulk"},
 			typ: "ClusterSetIP;qc=bulk"},
+		{name: "internal traffic policy and traffic distribution", e: resolve.Export{Cluster: "c1", Namespace: "ns", Name: "web", Type: resolve.TypeClusterSetIP,
+			SessionAffinity: resolve.AffinityNone, Ports: []resolve.Port{{Name: "http", Port: 80, Protocol: "TCP"}},
+			InternalTrafficPolicy: "Cluster", TrafficDistribution: "PreferClose"},
+			typ: "ClusterSetIP;itp=Cluster;td=PreferClose"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

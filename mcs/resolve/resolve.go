@@ -2,7 +2,7 @@
 // exports of one service from every cluster of the clusterset into the properties of its
 // ServiceImport, reporting conflicts the way the KEP prescribes (the oldest export wins
 // type and session affinity; ports are the union, a port whose definition differs between
-// clusters is taken from the oldest export), and choosing the ClusterSetIP of an import
+// clusters is taken from the oldest export, and ports that differ at all are a conflict), and choosing the ClusterSetIP of an import
 // deterministically from its namespace and name so that every cluster picks the same
 // address when it can. No Kubernetes client, no network, no clock.
 package resolve
@@ -76,6 +76,11 @@ type Export struct {
 	// QoSClass is the QoS class the exported Service's labels ask for (key
 	// patronus.io/qos-class); "" for none.
 	QoSClass string
+	// InternalTrafficPolicy and TrafficDistribution are the exported Service's
+	// (spec.internalTrafficPolicy, spec.trafficDistribution; "" when unset): the KEP
+	// carries them to the ServiceImport.
+	InternalTrafficPolicy string
+	TrafficDistribution   string
 }
 
 // Key is namespace/name.
@@ -95,6 +100,8 @@ const (
 	ReasonTypeConflict                  = "TypeConflict"
 	ReasonSessionAffinityConflict       = "SessionAffinityConflict"
 	ReasonSessionAffinityConfigConflict = "SessionAffinityConfigConflict"
+	ReasonInternalTrafficPolicyConflict = "InternalTrafficPolicyConflict"
+	ReasonTrafficDistributionConflict   = "TrafficDistributionConflict"
 )
 
 // Conflict is one disagreement between exports, reported on every export of the service.
@@ -117,6 +124,9 @@ type Import struct {
 	// QoSClass is the class of the oldest export that names one ("" for none): traffic to
 	// the ClusterSetIP takes it unless the client pod names its own.
 	QoSClass string
+	// InternalTrafficPolicy and TrafficDistribution are the oldest export's.
+	InternalTrafficPolicy string
+	TrafficDistribution   string
 }
 
 // Merge resolves the exports of one service (all with the same namespace/name; at most
@@ -133,14 +143,14 @@ func Merge(exports []Export) Import {
 	})
 	win := ex[0]
 	im := Import{Namespace: win.Namespace, Name: win.Name, Type: win.Type, SessionAffinity: win.affinity(),
-		Winner: win.Cluster}
+		Winner: win.Cluster, InternalTrafficPolicy: win.InternalTrafficPolicy, TrafficDistribution: win.TrafficDistribution}
 	if im.Type == "" {
 		im.Type = TypeClusterSetIP
 	}
 	if im.SessionAffinity == AffinityClientIP {
 		im.AffinityTimeout = win.AffinityTimeout
 	}
-	var typeOff, affOff, affCfgOff []string
+	var typeOff, affOff, affCfgOff, itpOff, tdOff []string
 	for _, e := range ex {
 		im.Clusters = append(im.Clusters, e.Cluster)
 		t := cmp.Or(e.Type, TypeClusterSetIP)
@@ -151,6 +161,12 @@ func Merge(exports []Export) Import {
 			affOff = append(affOff, fmt.Sprintf("%s exports %s", e.Cluster, e.affinity()))
 		} else if im.SessionAffinity == AffinityClientIP && e.AffinityTimeout != im.AffinityTimeout {
 			affCfgOff = append(affCfgOff, fmt.Sprintf("%s exports a timeout of %ds", e.Cluster, e.AffinityTimeout))
+		}
+		if e.InternalTrafficPolicy != im.InternalTrafficPolicy {
+			itpOff = append(itpOff, fmt.Sprintf("%s exports %q", e.Cluster, e.InternalTrafficPolicy))
+		}
+		if e.TrafficDistribution != im.TrafficDistribution {
+			tdOff = append(tdOff, fmt.Sprintf("%s exports %q", e.Cluster, e.TrafficDistribution))
 		}
 	}
 	slices.Sort(im.Clusters)
@@ -168,6 +184,16 @@ func Merge(exports []Export) Import {
 		im.Conflicts = append(im.Conflicts, Conflict{ReasonSessionAffinityConfigConflict, fmt.Sprintf(
 			"session affinity timeout differs between clusters: using %ds from the oldest export (cluster %s); %s",
 			im.AffinityTimeout, win.Cluster, strings.Join(affCfgOff, ", "))})
+	}
+	if len(itpOff) > 0 {
+		im.Conflicts = append(im.Conflicts, Conflict{ReasonInternalTrafficPolicyConflict, fmt.Sprintf(
+			"internal traffic policy differs between clusters: using %q from the oldest export (cluster %s); %s",
+			im.InternalTrafficPolicy, win.Cluster, strings.Join(itpOff, ", "))})
+	}
+	if len(tdOff) > 0 {
+		im.Conflicts = append(im.Conflicts, Conflict{ReasonTrafficDistributionConflict, fmt.Sprintf(
+			"traffic distribution differs between clusters: using %q from the oldest export (cluster %s); %s",
+			im.TrafficDistribution, win.Cluster, strings.Join(tdOff, ", "))})
 	}
 	for _, e := range ex {
 		if e.QoSClass != "" {
@@ -220,6 +246,22 @@ func mergePorts(ex []Export, conflicts []Conflict) ([]Port, []Conflict) {
 	for _, k := range kept {
 		out = append(out, k.p)
 	}
+	// Ports that differ between clusters are a conflict even without a collision: the
+	// import serves the union, and every export that lacks some of it is told (the MCS
+	// API's conformance suite requires the Conflict condition here).
+	for _, e := range ex {
+		var missing []string
+		for _, u := range out {
+			if !slices.ContainsFunc(e.Ports, func(p Port) bool {
+				return p.Name == u.Name && p.Port == u.Port && p.proto() == u.Protocol
+			}) {
+				missing = append(missing, u.String())
+			}
+		}
+		if len(missing) > 0 {
+			msgs = append(msgs, fmt.Sprintf("%s does not export %s", e.Cluster, strings.Join(missing, ", ")))
+		}
+	}
 	slices.SortFunc(out, func(a, b Port) int {
 		return cmp.Or(cmp.Compare(a.Port, b.Port), strings.Compare(a.Protocol, b.Protocol), strings.Compare(a.Name, b.Name))
 	})
@@ -244,5 +286,6 @@ func Group(exports []Export) map[string][]Export {
 func (e Export) Equal(o Export) bool {
 	return e.Cluster == o.Cluster && e.Namespace == o.Namespace && e.Name == o.Name && e.Type == o.Type &&
 		e.SessionAffinity == o.SessionAffinity && e.AffinityTimeout == o.AffinityTimeout &&
-		e.ExportedAt.Equal(o.ExportedAt) && e.QoSClass == o.QoSClass && slices.Equal(e.Ports, o.Ports) && slices.Equal(e.Endpoints, o.Endpoints)
+		e.ExportedAt.Equal(o.ExportedAt) && e.QoSClass == o.QoSClass &&
+		e.InternalTrafficPolicy == o.InternalTrafficPolicy && e.TrafficDistribution == o.TrafficDistribution && slices.Equal(e.Ports, o.Ports) && slices.Equal(e.Endpoints, o.Endpoints)
 }

@@ -41,12 +41,23 @@ func TestMerge(t *testing.T) {
 		{name: "identical exports, no conflict",
 			exports: []Export{ex("b", 1, TypeClusterSetIP, "", tcp("http", 80)), ex("a", 0, TypeClusterSetIP, "", tcp("http", 80))},
 			typ:     TypeClusterSetIP, aff: AffinityNone, winner: "a", ports: []Port{tcp("http", 80)}},
-		{name: "union of different ports is not a conflict",
+		{name: "union of different ports, reported as a conflict",
 			exports: []Export{ex("a", 0, "", "", tcp("http", 80)), ex("b", 1, "", "", tcp("https", 443))},
-			typ:     TypeClusterSetIP, aff: AffinityNone, winner: "a", ports: []Port{tcp("http", 80), tcp("https", 443)}},
+			typ:     TypeClusterSetIP, aff: AffinityNone, winner: "a", ports: []Port{tcp("http", 80), tcp("https", 443)},
+			reasons: []string{ReasonPortConflict}, msgSubstr: []string{"a does not export https=443/TCP", "b does not export http=80/TCP"}},
 		{name: "TCP and UDP on one number coexist",
 			exports: []Export{ex("a", 0, "", "", tcp("dns-tcp", 53)), ex("b", 1, "", "", udp("dns", 53))},
-			typ:     TypeClusterSetIP, aff: AffinityNone, winner: "a", ports: []Port{tcp("dns-tcp", 53), udp("dns", 53)}},
+			typ:     TypeClusterSetIP, aff: AffinityNone, winner: "a", ports: []Port{tcp("dns-tcp", 53), udp("dns", 53)},
+			reasons: []string{ReasonPortConflict}},
+		{name: "same ports in another order: no conflict",
+			exports: []Export{ex("a", 0, "", "", tcp("http", 80), udp("q", 80)), ex("b", 1, "", "", udp("q", 80), Port{Name: "http", Port: 80})},
+			typ:     TypeClusterSetIP, aff: AffinityNone, winner: "a", ports: []Port{tcp("http", 80), udp("q", 80)}},
+		{name: "internal traffic policy and traffic distribution: oldest wins, conflicts reported",
+			exports: []Export{
+				{Cluster: "b", Namespace: "ns", Name: "web", Ports: []Port{tcp("http", 80)}, ExportedAt: t0.Add(time.Minute), InternalTrafficPolicy: "Local"},
+				{Cluster: "a", Namespace: "ns", Name: "web", Ports: []Port{tcp("http", 80)}, ExportedAt: t0, InternalTrafficPolicy: "Cluster", TrafficDistribution: "PreferClose"}},
+			typ: TypeClusterSetIP, aff: AffinityNone, winner: "a", ports: []Port{tcp("http", 80)},
+			reasons: []string{ReasonInternalTrafficPolicyConflict, ReasonTrafficDistributionConflict}},
 		{name: "same name, other protocol: oldest wins",
 			exports: []Export{ex("b", 5, "", "", udp("dns", 53)), ex("a", 0, "", "", tcp("dns", 53))},
 			typ:     TypeClusterSetIP, aff: AffinityNone, winner: "a", ports: []Port{tcp("dns", 53)},
@@ -204,5 +215,16 @@ func TestDefaultRangeOverlapsNoDefault(t *testing.T) {
 		if r.Overlaps(netip.MustParsePrefix(s)) {
 			t.Errorf("default range %s overlaps %s", r, s)
 		}
+	}
+}
+
+func TestMergeCarriesTrafficFields(t *testing.T) {
+	im := Merge([]Export{
+		{Cluster: "b", Namespace: "ns", Name: "web", ExportedAt: t0.Add(time.Minute), InternalTrafficPolicy: "Local"},
+		{Cluster: "a", Namespace: "ns", Name: "web", ExportedAt: t0, InternalTrafficPolicy: "Cluster", TrafficDistribution: "PreferClose"},
+	})
+	if im.InternalTrafficPolicy != "Cluster" || im.TrafficDistribution != "PreferClose" {
+		t.Errorf("internal traffic policy/traffic distribution = %q/%q, want the oldest export's Cluster/PreferClose",
+			im.InternalTrafficPolicy, im.TrafficDistribution)
 	}
 }
