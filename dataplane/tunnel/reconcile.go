@@ -151,7 +151,12 @@ func (r *Reconciler) SetPathEndpoints(eps map[string]netip.AddrPort) bool {
 	}
 	for _, c := range slices.Sorted(maps.Keys(eps)) {
 		if old[c] != eps[c] {
-			r.o.Logger.Info("tunnel endpoint follows the path selection", "remote", c, "endpoint", eps[c])
+			r.o.Logger.Info("tunnel endpoint follows the path selection", "remote", c, "endpoint", eps[c].String())
+		}
+	}
+	for _, c := range slices.Sorted(maps.Keys(old)) {
+		if _, ok := eps[c]; !ok {
+			r.o.Logger.Info("tunnel endpoint follows the path selection", "remote", c, "endpoint", "announced")
 		}
 	}
 	select {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -329,4 +330,67 @@ func TestTunnelFollowsPathSelection(t *testing.T) {
 	}
 	gap2, _, _ := f.gapAround(back.Add(-2 * time.Second))
 	t.Logf("failback to path 1 after the hold-down: longest gap around it %v", gap2.Round(time.Millisecond))
+}
+
+// TestTunnelFollowFailoverBench measures the outage a pod sees when the path its tunnel
+// rides is blackholed, in the mode without per-path devices (one WireGuard peer per
+// remote cluster whose endpoint follows the selection): a ping every 10 ms from pod A to
+// pod B runs through every round; each round blackholes the path both selections use,
+// records the longest time between replies around the cut, lifts the blackhole and waits
+// for the path to answer again. A measurement, not a pass/fail test: it runs only with
+// PATRONUS_BENCH_FOLLOW=1 (PATRONUS_BENCH_ROUNDS, default 20) and logs p50/p99/max next
+// to the detection floor (probe interval × 3 misses).
+func TestTunnelFollowFailoverBench(t *testing.T) {
+	if os.Getenv("PATRONUS_BENCH_FOLLOW") != "1" {
+		t.Skip("a benchmark: set PATRONUS_BENCH_FOLLOW=1 (and PATRONUS_BENCH_ROUNDS, default 20)")
+	}
+	rounds := 20
+	if s, err := strconv.Atoi(os.Getenv("PATRONUS_BENCH_ROUNDS")); err == nil && s > 0 {
+		rounds = s
+	}
+	const interval, misses = 50 * time.Millisecond, 3
+	l := newFollowLab(t, interval)
+	a, b := l.a, l.b
+	ids := [2][2]string{{b.cluster + "/10.71.1.2", a.cluster + "/10.72.1.1"}, {b.cluster + "/10.71.2.2", a.cluster + "/10.72.2.1"}}
+	l.waitSelected(t, 10*time.Second, ids[0][0], ids[0][1])
+	waitTunnel(t, a.side, b.side)
+	f := startPing(t, a.podName, b.podIP, 10*time.Millisecond)
+	time.Sleep(time.Second)
+	upAgain := func(s *followSide, id string) bool {
+		for _, p := range s.prober.Monitor().Snapshot(time.Now()).Paths {
+			if p.ID == id {
+				return p.State == paths.StateUp
+			}
+		}
+		return false
+	}
+	var gaps []time.Duration
+	on := 0
+	for r := range rounds {
+		time.Sleep(300*time.Millisecond + time.Duration(r%7)*interval/7) // phase against the probes
+		cut := time.Now()
+		l.blackhole(t, on, true)
+		l.waitSelected(t, 5*time.Second, ids[1-on][0], ids[1-on][1])
+		time.Sleep(time.Second)
+		gap, _, ok := f.gapAround(cut)
+		if n := len(f.repliesSince(time.Now().Add(-300 * time.Millisecond))); !ok || n < 10 {
+			t.Fatalf("round %d: the flow did not continue after the blackhole of path %d (%d replies in the last 300 ms)", r+1, on+1, n)
+		}
+		gaps = append(gaps, gap)
+		t.Logf("round %d: blackholed path %d, longest gap %v", r+1, on+1, gap.Round(time.Millisecond))
+		l.blackhole(t, on, false)
+		deadline := time.Now().Add(15 * time.Second)
+		for !upAgain(a, ids[on][0]) || !upAgain(b, ids[on][1]) {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: path %d not up again", r+1, on+1)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		on = 1 - on
+	}
+	slices.Sort(gaps)
+	q := func(p float64) time.Duration { return gaps[min(len(gaps)-1, int(p*float64(len(gaps))))] }
+	t.Logf("tunnel endpoint follows the selection (ping every 10 ms, probe interval %v, %d misses): %d blackholes, p50 %v p99 %v min %v max %v; floor interval×misses %v",
+		interval, misses, len(gaps), q(0.5).Round(time.Millisecond), q(0.99).Round(time.Millisecond),
+		gaps[0].Round(time.Millisecond), gaps[len(gaps)-1].Round(time.Millisecond), interval*misses)
 }

@@ -88,9 +88,16 @@ ms1=$(awk -v a="$at" -v b="$t1" 'BEGIN { printf "%.0f", (a - b) * 1000 }')
 interval=$(kc 1 -n kube-system get configmap patronus-config -o jsonpath='{.data.probe-interval}' 2>/dev/null || true)
 ok "blackhole of WAN link $link: best-effort moved $active -> $to ($reason) ${ms1}..${ms} ms after the blackhole (from the end and the start of the command that sets the relays; probe interval ${interval:-50ms} x 3 misses)"
 wait "$pinger" || true
-# The gateways point their WireGuard peer at the selected path's endpoint (agent log).
-kc 1 -n kube-system logs "$pod" -c daemon --since=2m 2>/dev/null |
-	jq -r 'select(.msg == "tunnel endpoint follows the path selection" and .remote == "lab-c2") | "\(.time) cluster 1 -> lab-c2 via \(.endpoint)"' 2>/dev/null | tail -2 | indent || true
+# Both gateways point their WireGuard peer at their selected path's endpoint (agent logs):
+# cluster 2's return traffic moves by its own selection.
+since=$(date -u -d "@$t0" +%Y-%m-%dT%H:%M:%S)
+follows() {
+	kc "$1" -n kube-system logs "$(agent_pod "$1" 1)" -c daemon --since=2m 2>/dev/null |
+		jq -r --arg r "$2" --arg since "$since" 'select(.msg == "tunnel endpoint follows the path selection" and .remote == $r and .time >= $since)
+			| "\(.time) cluster '"$1"' -> \(.remote): WireGuard peer endpoint \(.endpoint)"' 2>/dev/null | indent || true
+}
+follows 1 lab-c2
+follows 2 lab-c1
 show agent 1 1 paths
 lift
 # seq numbers answered, in order: the longest run of missing ones is the gap.
