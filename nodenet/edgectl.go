@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -50,6 +51,12 @@ type EdgeOptions struct {
 
 	// Resync is how often the view is re-read (default 2s); Trigger re-reads at once.
 	Resync time.Duration
+	// Settle bounds how long a node with no claim yet (none saved either) waits to learn
+	// the claims already made before its first one (default 5s; negative: no wait): it
+	// claims as soon as it sees another member and every member's claim, else when Settle
+	// has passed. Without it a node that has not joined yet sees nobody, claims a block
+	// someone holds, writes it to the conflist and must re-claim seconds later.
+	Settle time.Duration
 	Logger *slog.Logger
 	Now    func() time.Time
 }
@@ -66,10 +73,13 @@ type EdgeController struct {
 	claimer *EdgeClaimer
 	trigger chan struct{}
 
+	settleUntil time.Time // end of the first claim's wait (reconcile only)
+
 	// Re-publishing for members that do not know our claim yet (reconcile only).
-	unknownKey string
-	repubAt    time.Time
+	viewKey    string    // the alive members last seen
+	repubAt    time.Time // next re-publish
 	repubWait  time.Duration
+	repubUntil time.Time // end of the re-publishing after a membership change
 }
 
 // Bounds of the re-publish backoff while some alive member's claim is unknown.
@@ -101,6 +111,9 @@ func NewEdge(o EdgeOptions) (*EdgeController, error) {
 	}
 	if o.Resync <= 0 {
 		o.Resync = 2 * time.Second
+	}
+	if o.Settle == 0 {
+		o.Settle = 5 * time.Second
 	}
 	if o.MasqTable == "" {
 		o.MasqTable = DefaultMasqTable
@@ -190,6 +203,15 @@ func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *
 		}
 		claims = append(claims, c)
 	}
+	if _, has := e.claimer.Own(); !has && e.eo.Settle > 0 {
+		now := e.eo.Now()
+		if e.settleUntil.IsZero() {
+			e.settleUntil = now.Add(e.eo.Settle)
+		}
+		if now.Before(e.settleUntil) && (len(addrs) == 0 || len(unknown) > 0) {
+			return nil // not ready: still learning the claims already made
+		}
+	}
 	own, lost, err := e.claimer.Step(claims)
 	if lost.IsValid() {
 		e.log.Warn("pod block lost to an older claim", "block", lost)
@@ -207,8 +229,9 @@ func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *
 			return err
 		}
 		e.log.Info("claimed pod block through the mesh", "block", own.Block, "claim", wire)
+		e.republish("", slices.Sorted(maps.Keys(addrs)), unknown) // schedule only
 	} else {
-		e.republish(wire, unknown)
+		e.republish(wire, slices.Sorted(maps.Keys(addrs)), unknown)
 	}
 	if st := e.Status(); st.Block != own.Block || st.Source != SourceGossip || !st.ClaimedAt.Equal(own.At) {
 		e.mu.Lock()
@@ -231,24 +254,23 @@ func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *
 	return e.program(dp, e.eo.NodeIP, peers)
 }
 
-// republish spreads the claim again while some alive member shows no claim, with a
-// backoff (1s doubling to 30s, reset when that set of members changes). Such a member
-// may simply have none yet; but after a partition heals, a node that joined during it
-// ignores events older than its join (serf's Lamport clock of its own side), so the
-// other side's first re-broadcasts can be lost and only a later one, sent after the
-// clocks met, gets through. Without this the mesh's periodic refresh (30s) would be
-// the only retry.
-func (e *EdgeController) republish(wire string, unknown []string) {
-	if len(unknown) == 0 {
-		e.unknownKey = ""
-		return
-	}
-	slices.Sort(unknown)
+// republish spreads the claim again, with a backoff (1s doubling to 30s), for 30s after
+// the set of alive members changed and for as long as some alive member shows no claim
+// (wire "" only schedules: a claim was just published). After a partition heals, a node
+// that joined during it ignores events older than its join (serf's Lamport clock of its
+// own side), so the other side's first re-broadcasts can be lost and only one sent after
+// the clocks met gets through; the mesh's periodic refresh (30s) would be the only retry.
+// Such a member may also simply have no claim yet, hence the cap.
+func (e *EdgeController) republish(wire string, members, unknown []string) {
 	now := e.eo.Now()
-	if key := strings.Join(unknown, ","); key != e.unknownKey {
-		e.unknownKey, e.repubWait, e.repubAt = key, repubMin, now
+	if key := strings.Join(members, ","); key != e.viewKey || wire == "" {
+		e.viewKey, e.repubWait, e.repubAt, e.repubUntil = key, repubMin, now, now.Add(repubMax)
+		if wire == "" {
+			e.repubAt, e.repubWait = now.Add(repubMin), 2*repubMin
+			return
+		}
 	}
-	if now.Before(e.repubAt) {
+	if len(unknown) == 0 && now.After(e.repubUntil) || now.Before(e.repubAt) {
 		return
 	}
 	if err := e.eo.Publish(wire); err != nil {

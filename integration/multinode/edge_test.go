@@ -99,7 +99,7 @@ func runEdgeNode(raw string, log *slog.Logger) error {
 	}
 	ctrl, err := nodenet.NewEdge(nodenet.MeshEdge(nodenet.EdgeOptions{NodeName: c.Name, NodeIP: addr, ClusterCIDR: cidr,
 		BlockSize: 24, DB: db, ConfListPath: c.ConfList, BaseConfList: c.BaseConfList,
-		Resync: 500 * time.Millisecond, Logger: log}, n, c.Cluster))
+		Resync: 500 * time.Millisecond, Settle: 2 * time.Second, Logger: log}, n, c.Cluster))
 	if err != nil {
 		return err
 	}
