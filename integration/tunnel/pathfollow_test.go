@@ -270,7 +270,8 @@ func (f *pingFlow) gapAround(at time.Time) (time.Duration, time.Time, bool) {
 // from a pod in A to a pod in B keeps going when the WAN path it rides is blackholed:
 // both gateways' probes select the other path and each points its peer there. The gap is
 // measured and logged; what is asserted is that the flow continued on path 2 (both
-// directions: every reply crossed back) and that it fails back after the path recovers.
+// directions: every reply crossed back), and, path 1 restored and path 2 blackholed, on
+// path 1 again with the announced endpoints.
 func TestTunnelFollowsPathSelection(t *testing.T) {
 	const interval = 50 * time.Millisecond
 	l := newFollowLab(t, interval)
@@ -316,20 +317,40 @@ func TestTunnelFollowsPathSelection(t *testing.T) {
 		t.Fatalf("path 2 carried %d WireGuard packets towards B and %d towards A since the blackhole: the tunnel did not move both ways", toB, toA)
 	}
 
-	// Failback: path 1 answers again; after the hold-down both move back to the primary
-	// path, the announced endpoints, and the flow goes on.
+	// Back to the primary path: path 1 answers again (best-effort does not fail back by
+	// itself here: the two paths' scores differ by less than the 10-point margin), then
+	// path 2 is blackholed; both move to path 1 and the announced endpoints.
 	l.blackhole(t, 0, false)
-	l.waitSelected(t, 20*time.Second, p1A, p1B)
+	deadline := time.Now().Add(15 * time.Second)
+	for !pathUp(a, p1A) || !pathUp(b, p1B) {
+		if time.Now().After(deadline) {
+			t.Fatal("path 1 not up again 15 s after lifting its blackhole")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	at2 := time.Now()
+	l.blackhole(t, 1, true)
+	l.waitSelected(t, 5*time.Second, p1A, p1B)
 	back := time.Now()
-	time.Sleep(time.Second)
-	if n := len(f.repliesSince(back.Add(300 * time.Millisecond))); n < 10 {
-		t.Fatalf("only %d replies after failing back to path 1", n)
+	time.Sleep(2 * time.Second)
+	if n := len(f.repliesSince(back.Add(500 * time.Millisecond))); n < 10 {
+		t.Fatalf("only %d replies after moving back to path 1", n)
 	}
 	if ea, eb := a.rec.Status().Tunnels, b.rec.Status().Tunnels; ea[0].Endpoint.String() != a.rc.Endpoint || eb[0].Endpoint.String() != b.rc.Endpoint {
-		t.Fatalf("after failback the tunnels' endpoints are A %s B %s", ea[0].Endpoint, eb[0].Endpoint)
+		t.Fatalf("back on the primary path the tunnels' endpoints are A %s B %s, want the announced %s and %s", ea[0].Endpoint, eb[0].Endpoint, a.rc.Endpoint, b.rc.Endpoint)
 	}
-	gap2, _, _ := f.gapAround(back.Add(-2 * time.Second))
-	t.Logf("failback to path 1 after the hold-down: longest gap around it %v", gap2.Round(time.Millisecond))
+	gap2, _, _ := f.gapAround(at2)
+	t.Logf("blackhole of path 2: back on path 1 (the announced endpoints) after %v, longest gap between replies %v",
+		back.Sub(at2).Round(time.Millisecond), gap2.Round(time.Millisecond))
+}
+
+func pathUp(s *followSide, id string) bool {
+	for _, p := range s.prober.Monitor().Snapshot(time.Now()).Paths {
+		if p.ID == id {
+			return p.State == paths.StateUp
+		}
+	}
+	return false
 }
 
 // TestTunnelFollowFailoverBench measures the outage a pod sees when the path its tunnel
@@ -356,14 +377,6 @@ func TestTunnelFollowFailoverBench(t *testing.T) {
 	waitTunnel(t, a.side, b.side)
 	f := startPing(t, a.podName, b.podIP, 10*time.Millisecond)
 	time.Sleep(time.Second)
-	upAgain := func(s *followSide, id string) bool {
-		for _, p := range s.prober.Monitor().Snapshot(time.Now()).Paths {
-			if p.ID == id {
-				return p.State == paths.StateUp
-			}
-		}
-		return false
-	}
 	var gaps []time.Duration
 	on := 0
 	for r := range rounds {
@@ -380,7 +393,7 @@ func TestTunnelFollowFailoverBench(t *testing.T) {
 		t.Logf("round %d: blackholed path %d, longest gap %v", r+1, on+1, gap.Round(time.Millisecond))
 		l.blackhole(t, on, false)
 		deadline := time.Now().Add(15 * time.Second)
-		for !upAgain(a, ids[on][0]) || !upAgain(b, ids[on][1]) {
+		for !pathUp(a, ids[on][0]) || !pathUp(b, ids[on][1]) {
 			if time.Now().After(deadline) {
 				t.Fatalf("round %d: path %d not up again", r+1, on+1)
 			}
