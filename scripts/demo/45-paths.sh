@@ -108,5 +108,5 @@ if [ "${got:-0}" -eq 0 ] || [ "${last:-0}" -lt $((pings - 20)) ]; then
 	fail "pod traffic did not continue after the blackhole of WAN link $link: ${got:-0} of $pings replies, the last seq=${last:-none}"
 fi
 ok "pod traffic moved too: pod in cluster 1 -> pod in cluster 2 ($dst) every 50 ms across the blackhole, $got of $pings replies, longest gap $((gap * 50)) ms (the gateways' one WireGuard tunnel follows the best-effort path)"
-note "WAN link $link restored; traffic fails back once the path stays healthy for the hold-down (5 s)"
+note "WAN link $link restored; best-effort stays on $to until that path fails or the restored one, healthy for the hold-down (5 s), beats it by the margin (10 score points)"
 note "per-class steering of pods onto different paths needs per-path tunnel devices (agent --path-device; integration/paths)"
