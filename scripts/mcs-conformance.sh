@@ -152,7 +152,8 @@ with_libs() {
 # oci_archive NAME REF ROOTFS: an OCI image layout in a tar (one layer, reproducible), cached
 # by content; prints its path.
 oci_archive() {
-	local name=$1 ref=$2 rootfs=$3 lay=$work/$name-layout arch layer config manifest out
+	local name=$1 ref=$2 rootfs=$3 lay arch layer config manifest out
+	lay=$work/$name-layout
 	arch=$(go env GOARCH)
 	mkdir -p "$lay/blobs/sha256"
 	tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=gnu -C "$rootfs" -cf "$work/$name-layer.tar" .
@@ -350,7 +351,13 @@ datapath=$(kcs 1 -n kube-system get configmap patronus-config -o jsonpath='{.dat
 	echo "  kubernetes-sigs/mcs-api commit \`$commit\`, built with \`go test -c\` in \`conformance/\`"
 	echo "  (its dependencies from the Go module proxy), run as"
 	echo "  \`conformance.test --kubeconfig=<one context per cluster> --contexts=lab-c1,lab-c2 --ginkgo.label-filter=$FILTER\`"
-	echo "- Lab: 2 clusters x $NODES node(s) ($LAB_PREFIX), Patronus from manifests/ at commit $(git rev-parse --short HEAD), datapath setting $datapath;"
+	echo "- Source: $origin. The Go module proxy does not serve the suite (\`conformance/\` is a nested module,"
+	echo "  sigs.k8s.io/mcs-api/conformance: 404); the script takes a checkout from MCS_API_SRC"
+	if [ $own_lab = 1 ]; then
+		echo "- Lab: 2 clusters x $NODES node(s) ($LAB_PREFIX) brought up by the script; Patronus from manifests/, image built from the checkout at $(git rev-parse --short HEAD) (make build); datapath setting $datapath;"
+	else
+		echo "- Lab: 2 clusters x $NODES node(s) ($LAB_PREFIX), reused as it was (its Patronus image is the one it runs; checkout at $(git rev-parse --short HEAD)); datapath setting $datapath;"
+	fi
 	echo "  the suite's service is deployed and exported in lab-c1 (its first context), request pods run in both"
 	echo "- Images: no registry is reachable, so \`alpine/socat:1.7.4.4\` and \`nicolaka/netshoot:v0.15\` are stand-ins"
 	echo "  built by the script with the same references (busybox, Debian's socat 1.7.4.4, netcat-openbsd); the pod specs are the suite's"
