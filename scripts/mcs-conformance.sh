@@ -94,8 +94,14 @@ if [ -z "$src" ]; then
 	origin="git mirror $MIRROR"
 else
 	[ -f "$src/conformance/go.mod" ] || die "MCS_API_SRC=$src has no conformance/go.mod (want a checkout of kubernetes-sigs/mcs-api)"
-	commit=$(git -C "$src" rev-parse HEAD 2>/dev/null) ||
+	# The checkout's commit when src is the top of a git work tree (not a directory inside
+	# some other repository), else a hash of the suite's and the API's sources.
+	top=$(git -C "$src" rev-parse --show-toplevel 2>/dev/null || true)
+	if [ -n "$top" ] && [ "$top" -ef "$src" ]; then
+		commit=$(git -C "$src" rev-parse HEAD)
+	else
 		commit=src-$(cd "$src" && find conformance pkg -type f -name '*.go' -o -name 'go.*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+	fi
 	origin="MCS_API_SRC=$src"
 fi
 log "suite: sigs.k8s.io/mcs-api conformance at $commit ($origin)"
@@ -317,7 +323,7 @@ rc=0
 (cd "$OUT" && nsenter --net="/run/netns/$RUNNER" -- "${cmd[@]}") >"$OUT/suite.log" 2>&1 || rc=$?
 t_suite=$(( $(date +%s) - t0 ))
 
-# --- results: one row per spec that ran (junit), with the first line of its failure
+# --- results: one row per spec that ran (junit); failures are summarised from suite.log below
 pass=0
 fail=0
 {
