@@ -7,6 +7,9 @@
 # netfilter (needed by the nftables layer to see bridged traffic) is measured both off and
 # on, so each datapath is compared with the baseline it really runs on.
 #
+# Besides throughput, the CPU iperf3 uses to carry TCP at a fixed 1 Gbit/s: less sensitive
+# to a shared machine's load than the rate itself.
+#
 # Usage: sudo scripts/bench/policy.sh [seconds per iperf3 run, default 5] [rules, default 1000] [rounds, default 3]
 # Every configuration is measured once per round, rounds interleaved, medians reported:
 # the machine is shared and single runs vary by tens of percent.
@@ -69,10 +72,14 @@ median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
 RES=$(mktemp)
 measure() { # config index: appends "round idx tcp sent recv" to $RES
-	local tcp j
+	local tcp j cpu
 	tcp=$(iperf -O 1 | jq '.end.sum_received.bits_per_second / 1e9')
 	j=$(iperf -u -b 0 -l 64)
-	echo "$ROUND $1 $tcp $(jq '.end.sum.packets / .end.sum.seconds / 1e3' <<<"$j") $(jq '(.end.sum.packets - .end.sum.lost_packets) / .end.sum.seconds / 1e3' <<<"$j")" >>"$RES"
+	# CPU cost at a fixed TCP rate the loaded machine sustains (1 Gbit/s): iperf3's own
+	# CPU use (user + system, which carries the veth, bridge, TC and netfilter work done in
+	# the sender's and receiver's context), client + server, in % of one CPU.
+	cpu=$(iperf -O 1 -b 1G | jq '.end.cpu_utilization_percent.host_total + .end.cpu_utilization_percent.remote_total')
+	echo "$ROUND $1 $tcp $(jq '.end.sum.packets / .end.sum.seconds / 1e3' <<<"$j") $(jq '(.end.sum.packets - .end.sum.lost_packets) / .end.sum.seconds / 1e3' <<<"$j") $cpu" >>"$RES"
 }
 
 run() { # index brnf mode
@@ -107,11 +114,11 @@ for ROUND in $(seq "$ROUNDS"); do
 	echo "round $ROUND done" >&2
 done
 echo
-echo "| datapath | TCP Gbit/s | UDP 64 B sent kpps | UDP 64 B received kpps |"
-echo "|---|---:|---:|---:|"
+echo "| datapath | TCP Gbit/s | UDP 64 B sent kpps | UDP 64 B received kpps | CPU % at TCP 1 Gbit/s |"
+echo "|---|---:|---:|---:|---:|"
 for i in "${!MODES[@]}"; do
 	col() { awk -v i="$i" -v c="$1" '$2 == i {print $c}' "$RES" | median; }
-	printf '| %s | %.2f | %.0f | %.0f |\n' "${LABELS[$i]}" "$(col 3)" "$(col 4)" "$(col 5)"
+	printf '| %s | %.2f | %.0f | %.0f | %.1f |\n' "${LABELS[$i]}" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)"
 done
 # Ratios within a round (configurations measured minutes apart at most) cancel much of
 # the slow drift of a shared machine's load: median and range over the rounds.
@@ -126,6 +133,8 @@ echo "| ratio, same round | median | range |"
 echo "|---|---:|---:|"
 ratio "TCP: eBPF / no policy (bridge-nf off)" 1 0 3
 ratio "TCP: eBPF / no policy (bridge-nf on)" 3 2 3
+ratio "CPU at TCP 1 Gbit/s: eBPF / no policy (bridge-nf off)" 1 0 6
+ratio "CPU at TCP 1 Gbit/s: eBPF / no policy (bridge-nf on)" 3 2 6
 ratio "UDP 64 B sent: eBPF / no policy (bridge-nf off)" 1 0 4
 ratio "UDP 64 B sent: eBPF / linear chain, every packet" 3 5 4
 ratio "UDP 64 B received: eBPF / linear chain, every packet" 3 5 5
