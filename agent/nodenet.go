@@ -106,6 +106,11 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 		ConfListPath: a.opts.ConflistPath, BaseConfList: base, NetNSPath: o.NetNSPath,
 		NoMasquerade: !masq, Resync: o.Resync, Logger: a.log,
 	}
+	for _, r := range cfg.RemoteClusters {
+		if r.CIDR.IsValid() {
+			no.KeepSourceTo = append(no.KeepSourceTo, r.CIDR)
+		}
+	}
 	var dp nodenet.Datapath
 	if o.NoRoutes {
 		if dp, err = nodenet.OpenDatapath(o.NetNSPath); err != nil {

@@ -88,8 +88,12 @@ type Options struct {
 	// NodeIP overrides the underlay address (default the Node's first IPv4 InternalIP).
 	NodeIP netip.Addr
 
-	// NoMasquerade disables the masquerade chain.
+	// NoMasquerade disables the masquerade chain (and removes one an earlier run made).
 	NoMasquerade bool
+	// KeepSourceTo are destinations besides the cluster never masqueraded to: the remote
+	// clusters' pod CIDRs, whose WireGuard peers accept only pod sources (a masqueraded
+	// packet would be dropped there as coming from a disallowed address).
+	KeepSourceTo []netip.Prefix
 	// MasqTable and MasqChain name the nftables inet table and chain (defaults patronus,
 	// nodenet-masq).
 	MasqTable, MasqChain string
@@ -397,8 +401,8 @@ func (c *Controller) program(dp Datapath, addr netip.Addr, peers []Peer) error {
 			errs = append(errs, err)
 		}
 	}
+	m := Masquerade{Table: c.o.MasqTable, Chain: c.o.MasqChain}
 	if !c.o.NoMasquerade {
-		m := Masquerade{Table: c.o.MasqTable, Chain: c.o.MasqChain}
 		if st.Block.IsValid() {
 			m.Sources = []netip.Prefix{st.Block}
 			m.Cluster = []netip.Prefix{st.Block}
@@ -412,10 +416,13 @@ func (c *Controller) program(dp Datapath, addr netip.Addr, peers []Peer) error {
 					}
 				}
 			}
+			m.Cluster = append(m.Cluster, c.o.KeepSourceTo...)
 		}
-		if err := dp.SetMasquerade(m); err != nil {
-			errs = append(errs, err)
-		}
+	}
+	// With NoMasquerade, m has no sources: SetMasquerade removes a chain left by an
+	// earlier run that had masquerade on.
+	if err := dp.SetMasquerade(m); err != nil {
+		errs = append(errs, err)
 	}
 	c.mu.Lock()
 	c.status.Peers, c.status.Routes, c.status.VXLAN, c.status.Conflicts = len(peers), plan.Routes, plan.VXLAN, plan.Conflicts

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -172,5 +173,36 @@ func TestNewRejects(t *testing.T) {
 		if _, err := New(o); err == nil {
 			t.Errorf("accepted %+v", o)
 		}
+	}
+}
+
+// TestMasqueradeExemptions: remote clusters' pod CIDRs keep pod sources (their WireGuard
+// peers drop anything else), and turning masquerade off removes the chain (the datapath is
+// asked for a chain with no sources) instead of leaving an earlier run's in place.
+func TestMasqueradeExemptions(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		noMasq      bool
+		wantSources int
+		wantCluster []netip.Prefix
+	}{
+		{name: "remote cidrs kept", wantSources: 1, wantCluster: []netip.Prefix{pfx("10.244.0.0/16"), pfx("10.248.0.0/16"), pfx("10.252.0.0/16")}},
+		{name: "off removes", noMasq: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := fake.NewSimpleClientset(node("n1", "192.168.1.1", "10.244.1.0/24"))
+			dp := newRec()
+			_, stop := runCtrl(t, Options{Client: client, NodeName: "n1", ConfListPath: filepath.Join(t.TempDir(), "c.conflist"),
+				Datapath: dp, ClusterCIDR: pfx("10.244.0.0/16"), NoMasquerade: tc.noMasq,
+				KeepSourceTo: []netip.Prefix{pfx("10.248.0.0/16"), pfx("10.252.0.0/16")}})
+			defer stop()
+			m := <-dp.masq
+			for tc.wantSources > 0 && m.Sources == nil { // before the block was known
+				m = <-dp.masq
+			}
+			if len(m.Sources) != tc.wantSources || !slices.Equal(m.Cluster, tc.wantCluster) || m.Chain != DefaultMasqChain {
+				t.Fatalf("masquerade %+v, want %d sources, never to %v", m, tc.wantSources, tc.wantCluster)
+			}
+		})
 	}
 }
