@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(clang llvm libbpf-dev bpftool nftables iproute2 iputils-ping iperf3 containerd runc
-      openssl tcpdump procps psmisc kmod ca-certificates)
+      openssl tcpdump procps psmisc kmod ca-certificates jq curl)
 
 missing=()
 for p in "${PKGS[@]}"; do
