@@ -98,6 +98,8 @@ follows() {
 }
 follows 1 lab-c2
 follows 2 lab-c1
+back=$(agent 2 1 paths -o json 2>/dev/null | jq -r '.selections[] | select(.dst == "lab-c1" and .class == "best-effort" and (.max_latency_ms // 0) == 0) | .path_id' || true)
+note "cluster 2's best-effort path to lab-c1 (its return traffic): ${back:-unknown}"
 show agent 1 1 paths
 lift
 # seq numbers answered, in order: the longest run of missing ones is the gap.
