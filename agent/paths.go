@@ -92,6 +92,14 @@ func (a *agent) startPaths(ctx context.Context, cfg *config.Config, wg *sync.Wai
 		a.log.Info("path monitoring idle: no remote clusters with endpoints")
 		return
 	}
+	// Only gateways reach the remote endpoints; a node that routes remote clusters through
+	// its gateway would probe paths it cannot use and report them all down.
+	if a.opts.Mesh != nil {
+		if gw, why := a.isGateway(ctx); !gw {
+			a.log.Info("not a gateway node: path monitoring not started (the gateway probes the paths)", "reason", why)
+			return
+		}
+	}
 	reg := &trackingRegisterer{r: a.opts.Registry}
 	log := a.log.With("component", "paths")
 	pl := &podPaths{a: a, log: log, defClass: cfg.DefaultQoSClass, cluster: cfg.ClusterID, remotes: cfg.RemoteClusters}
