@@ -21,6 +21,12 @@ step "building or reusing crictl (for the containerd tests)"
 PATRONUS_CRICTL=$(./scripts/containerd/build-crictl.sh)/crictl
 export PATRONUS_CRICTL
 
+step "building or reusing kube-proxy and CoreDNS (policy via Services, MCS DNS; first time: many minutes)"
+PATRONUS_KUBE_PROXY=$(./scripts/lab/build.sh kube-proxy)/kube-proxy
+export PATRONUS_KUBE_PROXY
+PATRONUS_COREDNS=$(./scripts/lab/build.sh coredns)/coredns
+export PATRONUS_COREDNS
+
 step "go vet"
 go vet ./...
 if [ -x scripts/check-generated.sh ]; then
