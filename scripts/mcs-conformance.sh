@@ -17,9 +17,11 @@
 # - Images: the suite's pods use alpine/socat:1.7.4.4 (the exported service: socat TCP and
 #   UDP listeners on port 42 answering "pod ip <ip>") and nicolaka/netshoot:v0.15 (the
 #   request pod: sh, `nc -v -w 2 -4`). No registry can be reached, so stand-ins with the same
-#   references are built here and imported into every node: busybox (sh, grep, awk, tr),
-#   Debian's socat 1.7.4.4 (the same socat version) and Debian's netcat-openbsd, with their
-#   libraries. The pod specs are the suite's, untouched.
+#   references are built here and imported into every node: Debian's dash as sh, busybox
+#   (grep, awk, tr, sleep, nslookup), Debian's socat 1.7.4.4 (the same socat version) and
+#   netcat-openbsd, with their libraries. The pod specs are the suite's, untouched; before
+#   the suite a pod of each image is started the suite's way and the request pod's nc must
+#   reach socat (else the "not exported -> inaccessible" spec could pass on a broken exec).
 # - Lab: reuses a lab already up in $LAB_DIR if it has 2 clusters (left running), else brings
 #   up 2 clusters x $LAB_NODES nodes (default 1) and removes it at exit (trap), also on failure.
 # - The suite runs in a network namespace of its own ($LAB_PREFIX-mcsr) with a leg on each
@@ -155,17 +157,18 @@ with_libs() {
 	done
 	if LD_LIBRARY_PATH=${libdir:+$libdir/usr/lib/x86_64-linux-gnu} ldd "$bin" | grep -q 'not found'; then die "libraries of $bin not found"; fi
 }
-# oci_archive NAME REF ROOTFS: an OCI image layout in a tar (one layer, reproducible), cached
-# by content; prints its path.
+# oci_archive NAME REF ROOTFS EXEC_JSON: an OCI image layout in a tar (one layer,
+# reproducible), cached by content; prints its path. EXEC_JSON is the config's
+# "Entrypoint"/"Cmd" part, as the real image has it (the suite's request pod gives only args).
 oci_archive() {
-	local name=$1 ref=$2 rootfs=$3 lay arch layer config manifest out
+	local name=$1 ref=$2 rootfs=$3 exec=$4 lay arch layer config manifest out
 	lay=$work/$name-layout
 	arch=$(go env GOARCH)
 	mkdir -p "$lay/blobs/sha256"
 	tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=gnu -C "$rootfs" -cf "$work/$name-layer.tar" .
 	layer=$(sha256sum "$work/$name-layer.tar" | cut -d' ' -f1)
-	printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Entrypoint":["/bin/sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"patronus scripts/mcs-conformance.sh (stand-in for %s)"}]}' \
-		"$arch" "$layer" "$ref" >"$work/$name-config.json"
+	printf '{"architecture":"%s","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],%s,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"patronus scripts/mcs-conformance.sh (stand-in for %s)"}]}' \
+		"$arch" "$exec" "$layer" "$ref" >"$work/$name-config.json"
 	config=$(sha256sum "$work/$name-config.json" | cut -d' ' -f1)
 	printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
 		"$config" "$(stat -c %s "$work/$name-config.json")" "$layer" "$(stat -c %s "$work/$name-layer.tar")" >"$work/$name-manifest.json"
@@ -189,9 +192,12 @@ base_rootfs() {
 	dpkg-deb -x "$(deb busybox-static)" "$work/bb-deb"
 	cp "$work/bb-deb/bin/busybox" "$r/bin/busybox"
 	for a in $("$r/bin/busybox" --list); do
-		# nc comes from netcat-openbsd where it is needed (busybox's lacks -4 and -v).
-		case $a in busybox | nc) ;; *) ln -sf busybox "$r/bin/$a" ;; esac
+		# nc comes from netcat-openbsd where it is needed (busybox's lacks -4 and -v); sh
+		# is dash, because Debian's busybox sh runs its own applets (nc too) before PATH.
+		case $a in busybox | nc | sh) ;; *) ln -sf busybox "$r/bin/$a" ;; esac
 	done
+	with_libs /usr/bin/dash "$r" /bin/dash
+	ln -sf dash "$r/bin/sh"
 	echo 'root:x:0:0:root:/root:/bin/sh' >"$r/etc/passwd"
 	echo 'root:x:0:' >"$r/etc/group"
 	echo 'hosts: files dns' >"$r/etc/nsswitch.conf"
@@ -204,12 +210,15 @@ mkdir -p "$work/socat-x"
 dpkg-deb -x "$(deb socat)" "$work/socat-x"
 dpkg-deb -x "$(deb libwrap0)" "$work/socat-x"
 with_libs "$work/socat-x/usr/bin/socat" "$sroot" /usr/bin/socat "$work/socat-x"
-socat_tar=$(oci_archive mcs-socat "$SOCAT_REF" "$sroot")
+# alpine/socat: ENTRYPOINT ["socat"] (the suite's pods override it with /bin/sh -c).
+socat_tar=$(oci_archive mcs-socat "$SOCAT_REF" "$sroot" '"Entrypoint":["/usr/bin/socat"]')
 nroot=$work/netshoot-root
 base_rootfs "$nroot"
 dpkg-deb -x "$(deb netcat-openbsd)" "$work/nc-x"
 with_libs "$work/nc-x/bin/nc.openbsd" "$nroot" /usr/bin/nc
-netshoot_tar=$(oci_archive mcs-netshoot "$NETSHOOT_REF" "$nroot")
+# nicolaka/netshoot: no entrypoint, CMD ["zsh"]; the request pod's args (/bin/sh -ec ...)
+# are its whole command line.
+netshoot_tar=$(oci_archive mcs-netshoot "$NETSHOOT_REF" "$nroot" '"Cmd":["/bin/sh"]')
 
 # --- the lab
 if [ -f "$LAB_DIR/netns.list" ] && [ -f "$LAB_DIR/shape" ]; then
@@ -269,6 +278,33 @@ for c in 1 2; do
 	[ $ok = 1 ] || die "cluster $c: no agent reports 'MCS: controller running' in patronus status after 120 s"
 done
 log "both clusters' MCS controllers are running"
+
+# The stand-ins must behave like the images they replace: the suite's "not exported ->
+# inaccessible" spec would also pass if exec in its request pod failed. A pod of each image
+# with the suite's way of starting it, in every cluster.
+preflight() {
+	local c=$1
+	kcs "$c" delete namespace mcs-preflight --ignore-not-found --timeout=60s >/dev/null || true
+	kcs "$c" create namespace mcs-preflight >/dev/null
+	kcs "$c" -n mcs-preflight run request --image="$NETSHOOT_REF" --restart=Never -- /bin/sh -ec "while :; do echo '.'; sleep 5 ; done" >/dev/null
+	kcs "$c" -n mcs-preflight run hello --image="$SOCAT_REF" --restart=Never --command -- /bin/sh -c 'socat TCP-LISTEN:42,crlf,reuseaddr,fork SYSTEM:"echo pod ip ok"' >/dev/null
+	kcs "$c" -n mcs-preflight wait --for=condition=Ready pod/request pod/hello --timeout=60s >/dev/null || return 1
+	local ip out
+	ip=$(kcs "$c" -n mcs-preflight get pod hello -o jsonpath='{.status.podIP}')
+	# socat may not listen yet when its container is Ready (no probe).
+	for _ in $(seq 1 15); do
+		out=$(kcs "$c" -n mcs-preflight exec request -- sh -c "echo hi | nc -v -w 2 -4 $ip 42 2>&1" 2>&1 || true)
+		grep -q 'pod ip ok' <<<"$out" && return 0
+		sleep 1
+	done
+	echo "$out" >&2
+	return 1
+}
+for c in 1 2; do
+	preflight "$c" || die "cluster $c: the stand-in images do not work as the suite uses them (namespace mcs-preflight)"
+	kcs "$c" delete namespace mcs-preflight --wait=false >/dev/null
+done
+log "stand-in images checked in both clusters (request pod execs nc, socat answers)"
 
 # --- the runner's namespace and kubeconfig
 ip netns del "$RUNNER" 2>/dev/null || true
@@ -366,7 +402,8 @@ datapath=$(kcs 1 -n kube-system get configmap patronus-config -o jsonpath='{.dat
 	fi
 	echo "  the suite's service is deployed and exported in lab-c1 (its first context), request pods run in both"
 	echo "- Images: no registry is reachable, so \`alpine/socat:1.7.4.4\` and \`nicolaka/netshoot:v0.15\` are stand-ins"
-	echo "  built by the script with the same references (busybox, Debian's socat 1.7.4.4, netcat-openbsd); the pod specs are the suite's"
+	echo "  built by the script with the same references (Debian's dash, busybox, socat 1.7.4.4, netcat-openbsd), checked before"
+	echo "  the suite (a request pod's nc reaches a socat pod in each cluster); the pod specs are the suite's"
 	echo "- Result: $pass passed, $fail failed (${ran:-the suite did not report}; exit $rc)"
 	echo "- Wall time: ${total}s in all (suite build/cache ${t_build}s, lab up ${t_up}s, suite ${t_suite}s; teardown not counted)"
 	echo
