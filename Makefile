@@ -31,7 +31,7 @@ clean:
 
 # The Kubernetes lab (docs/LAB.md): LAB_CLUSTERS x LAB_NODES (default 2 x 2) with Patronus
 # installed from manifests/; conformance runs upstream NetworkPolicy e2e cases against it.
-.PHONY: lab lab-down conformance
+.PHONY: lab lab-down conformance ci-conformance mcs-conformance
 lab:
 	./scripts/lab/lab.sh up
 
@@ -40,3 +40,13 @@ lab-down:
 
 conformance:
 	./scripts/lab/conformance.sh
+
+# What CI runs after the Go tests: lab.sh smoke + 12 upstream Netpol cases on a 1 x 2 lab
+# of its own (torn down at the end).
+ci-conformance:
+	./scripts/lab/ci-conformance.sh
+
+# The MCS API's own conformance suite against two lab clusters (needs a checkout of
+# kubernetes-sigs/mcs-api: MCS_API_SRC; the Go module proxy does not serve it).
+mcs-conformance:
+	./scripts/mcs-conformance.sh

@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run calls `make test`, which calls this).
 # Installs what is missing (Debian packages, Kubernetes binaries and reference CNI plugins,
 # cached by version), then runs every Go test, privileged ones included (they need root and
-# make their own network namespaces), and a short fuzz run of the CNI config decoder.
+# make their own network namespaces), upstream NetworkPolicy e2e cases against a lab
+# cluster, and a short fuzz run of the CNI config decoder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +42,9 @@ step "go test"
 # -p 2: the machine has two cores; privileged tests use unique netns names so packages may
 # run side by side.
 go test -count=1 -p 2 -timeout 40m ./...
+
+step "conformance: lab.sh smoke + 12 upstream NetworkPolicy e2e cases on a 1x2 lab of its own"
+./scripts/lab/ci-conformance.sh
 
 step "fuzzing the CNI config decoder (short run)"
 go test -run '^$' -fuzz '^FuzzParseConfig$' -fuzztime 20s ./cni/
