@@ -88,6 +88,9 @@ YAML
 		>"$dir/containerd.log" 2>&1 </dev/null &
 	local pid=$!
 	echo "$pid" >"$dir/containerd.pid"
+	# Its start time (clock ticks after boot, /proc/PID/stat field 22): with the pid it names
+	# this process only, so `down` never kills another one that got the pid after a wrap.
+	starttime "$pid" >"$dir/containerd.start" || true
 	local i
 	for i in $(seq 1 200); do
 		if ! kill -0 "$pid" 2>/dev/null; then
@@ -102,6 +105,16 @@ YAML
 		sleep 0.1
 	done
 	die "containerd did not answer on $dir/containerd.sock within 20s (log: $dir/containerd.log)"
+}
+
+# starttime PID: field 22 of /proc/PID/stat (after the command name, which may hold spaces).
+starttime() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	stat=${stat##*) }
+	# shellcheck disable=SC2086
+	set -- $stat
+	echo "${20}"
 }
 
 # descendants PID...: prints the given pids and all their descendants.
@@ -126,13 +139,44 @@ alive() {
 	[ "${stat:0:1}" != Z ]
 }
 
+# ours PID: PID is still this node's containerd or one of its processes: it is alive, in the
+# node's network namespace (when that still exists) and in the mount namespace recorded at
+# start (or, when up died before recording it, it is the process started then: same start
+# time). A pid file alone proves nothing: pids wrap, and another lab's process may have it.
+ours() {
+	local p=$1
+	alive "$p" || return 1
+	if [ -n "$netns_ino" ]; then
+		[ "$(stat -L -c %i "/proc/$p/ns/net" 2>/dev/null)" = "$netns_ino" ] || return 1
+	fi
+	if [ -n "$mntns" ]; then
+		[ "$(readlink "/proc/$p/ns/mnt" 2>/dev/null)" = "$mntns" ] && return 0
+	fi
+	[ -n "$start" ] && [ "$p" = "$pid" ] && [ "$(starttime "$p")" = "$start" ] && return 0
+	return 1
+}
+
 down() {
 	[ -d "$dir" ] || return 0
-	local pid="" mntns="" netns=""
+	local pid="" mntns="" netns="" start="" netns_ino="" status=0
 	[ -f "$dir/containerd.pid" ] && pid=$(cat "$dir/containerd.pid")
 	[ -f "$dir/mntns" ] && mntns=$(cat "$dir/mntns")
-	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-		# Remove the pods through the CRI so the CNI plugin gets its DEL.
+	[ -f "$dir/containerd.start" ] && start=$(cat "$dir/containerd.start")
+	[ -f "$dir/netns" ] && netns=$(cat "$dir/netns")
+	[ -n "$netns" ] && [ -e "/run/netns/$netns" ] && netns_ino=$(stat -L -c %i "/run/netns/$netns")
+	if [ -n "$pid" ] && ! ours "$pid"; then
+		alive "$pid" && log "pid $pid (from $dir/containerd.pid) is not this node's containerd any more: left alone"
+		pid=""
+		# The pid file is stale (or was overwritten): find containerd in its namespaces.
+		local p
+		for p in /proc/[0-9]*; do
+			p=${p#/proc/}
+			[ -n "$mntns" ] && [ "$(cat "/proc/$p/comm" 2>/dev/null)" = containerd ] && ours "$p" && { pid=$p; break; }
+		done
+	fi
+	if [ -n "$pid" ]; then
+		# Remove the pods through the CRI so the CNI plugin gets its DEL. (Whoever runs a
+		# kubelet on this containerd stops it first, else it re-creates the sandboxes.)
 		local crictl=${CRICTL:-$(command -v crictl || true)}
 		if [ -n "$crictl" ] && [ -S "$dir/containerd.sock" ]; then
 			timeout 60 "$crictl" --config "$dir/crictl.yaml" rmp --force --all >/dev/null 2>&1 ||
@@ -140,22 +184,30 @@ down() {
 		fi
 	fi
 	# Everything this node started lives in containerd's mount namespace (containerd and its
-	# shims) or below those processes (the containers). Collect them before killing any.
+	# shims, and whatever joined it) or below those processes (the containers). Collect them
+	# before killing any; only verified roots, never a bare pid.
 	local roots=() p
-	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && roots+=("$pid")
+	[ -n "$pid" ] && roots+=("$pid")
 	if [ -n "$mntns" ]; then
 		for p in /proc/[0-9]*; do
-			[ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$mntns" ] && roots+=("${p#/proc/}")
+			p=${p#/proc/}
+			[ "$p" != "$pid" ] && ours "$p" && roots+=("$p")
 		done
 	fi
 	if [ ${#roots[@]} -gt 0 ]; then
-		local all
-		all=$(descendants "${roots[@]}" | sort -u)
+		# pid:starttime of each, so a process that exits meanwhile and whose pid is reused
+		# is not killed in its place.
+		local all=() ps
+		for p in $(descendants "${roots[@]}" | sort -u); do
+			ps=$(starttime "$p") && all+=("$p:$ps")
+		done
 		[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
-		for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
-		for p in $all; do kill -KILL "$p" 2>/dev/null || true; done
-		for p in $all; do
-			for _ in $(seq 1 50); do alive "$p" || break; sleep 0.1; done
+		for _ in $(seq 1 50); do [ -n "$pid" ] && alive "$pid" || break; sleep 0.1; done
+		for ps in "${all[@]}"; do
+			[ "$(starttime "${ps%%:*}")" = "${ps#*:}" ] && kill -KILL "${ps%%:*}" 2>/dev/null || true
+		done
+		for ps in "${all[@]}"; do
+			for _ in $(seq 1 50); do alive "${ps%%:*}" || break; sleep 0.1; done
 		done
 	fi
 	if [ -f "$dir/cgroup-parent" ]; then
@@ -170,13 +222,18 @@ down() {
 			[ -z "$left" ] && break
 			sleep 0.1
 		done
-		[ -z "$left" ] || log "warning: cgroups left behind: $left"
+		if [ -n "$left" ]; then
+			log "ERROR: cgroups left behind: $left"
+			status=1
+		fi
 	fi
 	if [ -f "$dir/netns-created" ]; then
 		netns=$(cat "$dir/netns-created")
 		ip netns del "$netns" 2>/dev/null || true
+		if [ -e "/run/netns/$netns" ]; then log "ERROR: netns $netns could not be removed"; status=1; fi
 	fi
 	rm -rf "$dir"
+	return $status
 }
 
 case "$cmd" in

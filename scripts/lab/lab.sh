@@ -584,52 +584,137 @@ alive() {
 	[ "${stat:0:1}" != Z ]
 }
 
+# starttime PID: field 22 of /proc/PID/stat (clock ticks after boot); with the pid it names
+# one process, even after the pid space wraps.
+starttime() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	stat=${stat##*) }
+	# shellcheck disable=SC2086
+	set -- $stat
+	echo "${20}"
+}
+
+# Names `up` gives its namespaces (a prefix match alone could take another lab's whose
+# prefix starts with ours, or a test's).
+our_netns() { grep -E "^$PREFIX-(c[0-9]+-(ul|cp|n[0-9]+)|w[0-9]+-[0-9]+-[0-9]+)\$" || true; }
+
+# members [COMM]: "pid:starttime" of every live process that belongs to this lab: its network
+# namespace is one of the lab's (LAB_NS_INODES), or its cgroup is under one of the lab's cgroup
+# roots (a pod's containers, in network namespaces of their own). Pid files are never trusted:
+# pids wrap, and a stale one may name another lab's process. With COMM, only processes of
+# that name.
+members() {
+	local pid cand
+	# One stat and one grep over all of /proc (a loop forking per process takes seconds).
+	cand=$(
+		stat -L -c '%i %n' /proc/[0-9]*/ns/net 2>/dev/null |
+			awk -v inodes="$LAB_NS_INODES" 'BEGIN { n = split(inodes, a, " "); for (i = 1; i <= n; i++) want[a[i]] = 1 }
+				want[$1] { split($2, f, "/"); print f[3] }'
+		grep -l ":/patronus-$PREFIX-c[0-9]*-n[0-9]*\(/.*\)\?\$" /proc/[0-9]*/cgroup 2>/dev/null | cut -d/ -f3 || true
+	)
+	if [ -n "${1:-}" ] && [ -n "$cand" ]; then
+		cand=$(for pid in $cand; do [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != "$1" ] || echo "$pid"; done)
+	fi
+	for pid in $(echo "$cand" | sort -un); do
+		alive "$pid" || continue
+		echo "$pid:$(starttime "$pid")"
+	done
+}
+
+# stop_members [COMM]: SIGTERM to the lab's processes (of that name), up to 5 s for them to
+# exit, then SIGKILL to those still there. Each signal goes to a process just found in the
+# lab and still having the start time it had then.
+stop_members() {
+	local ps list
+	list=$(members "$@")
+	[ -n "$list" ] || return 0
+	for ps in $list; do
+		[ "$(starttime "${ps%%:*}")" = "${ps#*:}" ] && kill -TERM "${ps%%:*}" 2>/dev/null || true
+	done
+	for _ in $(seq 1 50); do
+		[ -n "$(members "$@")" ] || return 0
+		sleep 0.1
+	done
+	for _ in $(seq 1 30); do
+		list=$(members "$@")
+		[ -n "$list" ] || return 0
+		for ps in $list; do
+			[ "$(starttime "${ps%%:*}")" = "${ps#*:}" ] && kill -KILL "${ps%%:*}" 2>/dev/null || true
+		done
+		sleep 0.1
+	done
+}
+
+# describe "pid:start"...: pid, name and command line of each, for an error message.
+describe() {
+	local ps
+	for ps in "$@"; do
+		echo "pid ${ps%%:*} ($(tr '\0' ' ' <"/proc/${ps%%:*}/cmdline" 2>/dev/null | cut -c1-100))"
+	done
+}
+
+# down: in this order, so nothing re-creates what was just removed: the kubelets (a running
+# kubelet re-creates a pod sandbox removed under it), then each node's pods and containerd
+# (node.sh down: CNI DEL, shims, containers, cgroups), then every other process of the lab
+# (control planes, kube-proxy, WAN relays, leftovers of a failed bring-up), the cgroup roots,
+# the namespaces. Then it checks that no process, cgroup, namespace or mount of the lab is
+# left, and exits non-zero naming what is.
 down() {
 	[ -d "$LAB_DIR" ] || { log "nothing to remove"; return 0; }
-	local nslist=() n
-	[ -f "$LAB_DIR/netns.list" ] && mapfile -t nslist <"$LAB_DIR/netns.list"
-	# Also any namespace with our prefix (a bring-up that died before recording it).
-	for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$PREFIX-" || true); do nslist+=("$n"); done
-	# Nodes: containerd's harness removes pods (CNI DEL), kills everything in the node's
-	# mount namespace (containerd, shims, kubelet, kube-proxy, containers) and its cgroups.
+	local nslist=() n status=0
+	[ -f "$LAB_DIR/netns.list" ] && mapfile -t nslist < <(our_netns <"$LAB_DIR/netns.list")
+	# Also any namespace named like ours (a bring-up that died before recording it).
+	mapfile -t -O ${#nslist[@]} nslist < <(ip netns list 2>/dev/null | awk '{print $1}' | our_netns)
+	mapfile -t nslist < <(printf '%s\n' "${nslist[@]}" | grep . | sort -u)
+	LAB_NS_INODES=""
+	for n in "${nslist[@]}"; do
+		[ -e "/run/netns/$n" ] && LAB_NS_INODES="$LAB_NS_INODES $(stat -L -c %i "/run/netns/$n")"
+	done
+	log "removing the lab in $LAB_DIR (namespaces: ${nslist[*]:-none})"
+	stop_members kubelet
 	local nd crictl
 	crictl=$(./scripts/containerd/build-crictl.sh 2>/dev/null || true)
 	[ -z "$crictl" ] || crictl=$crictl/crictl
 	for nd in "$LAB_DIR"/c*/n*/containerd; do
 		[ -d "$nd" ] || continue
-		CRICTL=$crictl ./scripts/containerd/node.sh down "$nd" >&2 || log "warning: node.sh down $nd failed"
+		CRICTL=$crictl ./scripts/containerd/node.sh down "$nd" >&2 || log "warning: node.sh down $nd failed (finishing below)"
 	done
-	# Every process still in one of our network namespaces (control planes, leftovers).
-	local inodes="" p pids=()
-	for n in $(printf '%s\n' "${nslist[@]}" | sort -u); do
-		[ -e "/run/netns/$n" ] && inodes="$inodes $(stat -L -c %i "/run/netns/$n")"
-	done
-	for p in "$LAB_DIR"/c*/pids/* "$LAB_DIR"/c*/n*/*.pid "$LAB_DIR"/wan/*/*.pid; do
-		[ -f "$p" ] && pids+=("$(cat "$p")")
-	done
-	for p in /proc/[0-9]*; do
-		local ino
-		ino=$(stat -L -c %i "$p/ns/net" 2>/dev/null) || continue
-		case " $inodes " in *" $ino "*) pids+=("${p#/proc/}") ;; esac
-	done
-	if [ ${#pids[@]} -gt 0 ]; then
-		for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-		for p in "${pids[@]}"; do for _ in $(seq 1 30); do alive "$p" || break; sleep 0.1; done; done
-		for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-	fi
+	stop_members
 	# Cgroup roots (node.sh removes them too; this covers a node whose harness never ran).
-	local d
-	for d in /sys/fs/cgroup/*/"patronus-$PREFIX-"*; do
-		[ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+	# A killed process may hold its cgroup until it is reaped: retry for a while.
+	local d left=""
+	for _ in $(seq 1 50); do
+		for d in /sys/fs/cgroup/*/"patronus-$PREFIX-"c*-n*; do
+			[ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+		done
+		left=$(ls -d /sys/fs/cgroup/*/"patronus-$PREFIX-"c*-n* 2>/dev/null || true)
+		[ -n "$left" ] || break
+		sleep 0.1
 	done
-	for n in $(printf '%s\n' "${nslist[@]}" | sort -u); do
+	local procs
+	mapfile -t procs < <(members)
+	if [ ${#procs[@]} -gt 0 ]; then
+		log "ERROR: processes of the lab could not be stopped: $(describe "${procs[@]}" | paste -sd ';')"
+		status=1
+	fi
+	if [ -n "$left" ]; then
+		log "ERROR: cgroups could not be removed: $(echo $left)"
+		status=1
+	fi
+	for n in "${nslist[@]}"; do
 		ip netns del "$n" 2>/dev/null || true
+		if [ -e "/run/netns/$n" ]; then log "ERROR: network namespace $n could not be removed"; status=1; fi
 	done
+	local mounts
+	mounts=$(awk -v d="$LAB_DIR" -v ns="/run/netns/$PREFIX-" 'index($5, d) == 1 || index($5, ns) == 1 {print $5}' /proc/self/mountinfo)
+	if [ -n "$mounts" ]; then log "ERROR: mounts left: $(echo $mounts)"; status=1; fi
+	if [ $status != 0 ]; then
+		log "ERROR: the lab is not fully removed; $LAB_DIR kept (fix the above, then lab.sh down again)"
+		return 1
+	fi
 	rm -rf "$LAB_DIR"
-	local left
-	left=$(ls -d /sys/fs/cgroup/*/"patronus-$PREFIX-"* 2>/dev/null || true)
-	[ -z "$left" ] || log "warning: cgroups left: $left"
-	log "lab removed"
+	log "lab removed: no process, cgroup, network namespace or mount of it is left"
 }
 
 # smoke: per cluster, one agnhost netexec pod per node; every pod fetches every other pod's
