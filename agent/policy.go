@@ -243,7 +243,7 @@ func (pc *policyController) openEnforcers(cfg *config.Config) error {
 		err := enforce.MountBPFFS(o.BPFFS)
 		if err == nil {
 			pc.ebpf, err = enforce.NewEBPF(enforce.Options{PinDir: o.PinDir, NetNS: o.NetNS, ServiceCIDRs: svc,
-				Uplinks: o.Uplinks, Logger: pc.log})
+				Uplinks: o.Uplinks, RouteUplinks: true, Logger: pc.log})
 		}
 		switch {
 		case err == nil:

@@ -47,6 +47,8 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define CT_REFRESH_NS (1000000000ULL)
 
 #define IPPROTO_ICMPV6_ 58
+#define AF_INET_ 2
+#define AF_INET6_ 10
 
 struct endpoint {
 	__u32 set_id;   /* rule set of this endpoint in the cidrs/ports tries */
@@ -424,6 +426,40 @@ static __always_inline int deferred(const __u8 *daddr)
 	return bpf_map_lookup_elem(&pt_egress_defer, &k) != NULL;
 }
 
+/* addr_eq compares two 16-byte addresses (clang emits no inline memcmp for BPF). */
+static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
+{
+	__u64 a0, a1, b0, b1;
+
+	__builtin_memcpy(&a0, a, 8);
+	__builtin_memcpy(&a1, a + 8, 8);
+	__builtin_memcpy(&b0, b, 8);
+	__builtin_memcpy(&b1, b + 8, 8);
+	return a0 == b0 && a1 == b1;
+}
+
+/* from_node reports whether addr is an address of this node (a local route in the node
+ * namespace): bpf_fib_lookup answers NOT_FWDED for local destinations. */
+static __always_inline int from_node(struct __sk_buff *skb, const __u8 *addr)
+{
+	struct bpf_fib_lookup f;
+	__u64 hi;
+	__u32 mid;
+
+	__builtin_memcpy(&hi, addr, 8);
+	__builtin_memcpy(&mid, addr + 8, 4);
+	__builtin_memset(&f, 0, sizeof(f));
+	if (hi == 0 && mid == bpf_htonl(0x0000ffff)) { /* ::ffff:a.b.c.d */
+		f.family = AF_INET_;
+		__builtin_memcpy(&f.ipv4_dst, addr + 12, 4);
+	} else {
+		f.family = AF_INET6_;
+		__builtin_memcpy(f.ipv6_dst, addr, 16);
+	}
+	f.ifindex = skb->ifindex;
+	return bpf_fib_lookup(skb, &f, sizeof(f), 0) == BPF_FIB_LKUP_RET_NOT_FWDED;
+}
+
 /* from_pod runs at TC ingress of a pod's host-side veth: packets the pod sends.
  *
  * The egress policy of the pod needs the real destination. A packet to a Service IP
@@ -483,6 +519,17 @@ int to_pod(struct __sk_buff *skb)
 	now = bpf_ktime_get_ns();
 	if (ct_known(&p, ifindex, DIR_INGRESS, now))
 		return TC_ACT_UNSPEC;
+	/* A pod may always reach itself, and its node may always reach it (NetworkPolicy:
+	 * an isolated pod still accepts connections from its node). A pod reaching itself
+	 * through its own Service arrives here DNATed back to it and, since kube-proxy
+	 * masquerades hairpin traffic, with a node address as source (or, without that
+	 * masquerade, its own): neither its ingress nor its egress rules apply. */
+	if (addr_eq(p.saddr, p.daddr) || from_node(skb, p.saddr)) {
+		ct_create(&p, ifindex, DIR_INGRESS, now);
+		if (ep->flags & EP_F_AUDIT_ALLOW)
+			report(&p, ep, DIR_INGRESS, VERDICT_ALLOW, now);
+		return TC_ACT_UNSPEC;
+	}
 	if ((ep->flags & EP_F_INGRESS_ISOLATED) && !rules_allow(ep->set_id, DIR_INGRESS, p.saddr, &p))
 		return deny(&p, ep, DIR_INGRESS, now);
 	src = bpf_map_lookup_elem(&pt_endpoint_ips, p.saddr);
@@ -514,6 +561,8 @@ int to_net(struct __sk_buff *skb)
 	src = bpf_map_lookup_elem(&pt_endpoint_ips, p.saddr);
 	if (!src)
 		return TC_ACT_UNSPEC;
+	if (addr_eq(p.saddr, p.daddr))
+		return TC_ACT_UNSPEC; /* a pod reaching itself (see to_pod) */
 	if (src->priority)
 		skb->priority = src->priority;
 	now = bpf_ktime_get_ns();

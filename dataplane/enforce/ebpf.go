@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -38,7 +39,12 @@ type Options struct {
 	// the node; to_net completes the egress check there for Service traffic DNATed to
 	// remote pods.
 	Uplinks []string
-	Logger  *slog.Logger
+	// RouteUplinks, when Uplinks is empty, attaches to_net to the devices of the node's
+	// routes instead (underlay, VXLAN, WireGuard: wherever pod traffic leaves for other
+	// nodes), found again on every Set so that tunnels created later are covered. Pod
+	// veths, their bridge and lo are left out.
+	RouteUplinks bool
+	Logger       *slog.Logger
 }
 
 // EBPF enforces policy with the TC programs of package bpf. It implements Enforcer.
@@ -228,6 +234,9 @@ func (e *EBPF) Set(ctx context.Context, endpoints []Endpoint) error {
 		}
 		// Maps first, then links: a newly attached program finds its endpoint's rules.
 		errs = append(errs, e.sync.sync(desired))
+		if len(e.opts.Uplinks) == 0 && e.opts.RouteUplinks {
+			errs = append(errs, e.linkRouteUplinks(desired))
+		}
 		for ifindex := range desired {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -254,6 +263,74 @@ func (e *EBPF) Set(ctx context.Context, endpoints []Endpoint) error {
 	})
 	e.byIf = desired
 	return errors.Join(append(errs, err)...)
+}
+
+// linkRouteUplinks attaches to_net at TC egress of every device a route of the node
+// namespace points at, except pod veths (to_pod's) and other bridge ports, the bridges
+// of pod veths (traffic to local pods, checked by to_pod) and lo. Must run in the node namespace.
+func (e *EBPF) linkRouteUplinks(endpoints map[uint32]Endpoint) error {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("listing links: %w", err)
+	}
+	skip := map[int]bool{}
+	byIndex := map[int]netlink.Link{}
+	for _, l := range links {
+		a := l.Attrs()
+		byIndex[a.Index] = l
+		if _, ok := endpoints[uint32(a.Index)]; ok {
+			skip[a.Index] = true
+			if a.MasterIndex != 0 {
+				skip[a.MasterIndex] = true
+			}
+		}
+		// Bridge ports are pods' veths (a route never points at one anyway).
+		if a.Flags&net.FlagLoopback != 0 || a.MasterIndex != 0 {
+			skip[a.Index] = true
+		}
+	}
+	devs := map[int]bool{}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return fmt.Errorf("listing routes: %w", err)
+		}
+		for _, r := range routes {
+			if r.Type != unix.RTN_UNICAST {
+				continue
+			}
+			idx := r.LinkIndex
+			if idx == 0 && len(r.MultiPath) > 0 {
+				for _, nh := range r.MultiPath {
+					if !skip[nh.LinkIndex] {
+						devs[nh.LinkIndex] = true
+					}
+				}
+				continue
+			}
+			if idx != 0 && !skip[idx] {
+				devs[idx] = true
+			}
+		}
+	}
+	var errs []error
+	for idx := range devs {
+		l, ok := byIndex[idx]
+		if !ok {
+			continue
+		}
+		key := fmt.Sprintf("net:%d/%s", idx, l.Attrs().Name)
+		if e.linked[key] {
+			continue
+		}
+		if err := e.ensureLink(idx, "to_net", ebpf.AttachTCXEgress, e.objs.ToNet); err != nil {
+			errs = append(errs, fmt.Errorf("uplink %s: %w", l.Attrs().Name, err))
+			continue
+		}
+		e.log.Info("egress check after DNAT on uplink", "device", l.Attrs().Name)
+		e.linked[key] = true
+	}
+	return errors.Join(errs...)
 }
 
 // gcLinks unpins veth links of interfaces that are no longer endpoints (the uplink
