@@ -707,7 +707,8 @@ down() {
 		if [ -e "/run/netns/$n" ]; then log "ERROR: network namespace $n could not be removed"; status=1; fi
 	done
 	local mounts
-	mounts=$(awk -v d="$LAB_DIR" -v ns="/run/netns/$PREFIX-" 'index($5, d) == 1 || index($5, ns) == 1 {print $5}' /proc/self/mountinfo)
+	# (The namespaces' own mounts, /run/netns/NAME, were checked just above.)
+	mounts=$(awk -v d="${LAB_DIR%/}" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo)
 	if [ -n "$mounts" ]; then log "ERROR: mounts left: $(echo $mounts)"; status=1; fi
 	if [ $status != 0 ]; then
 		log "ERROR: the lab is not fully removed; $LAB_DIR kept (fix the above, then lab.sh down again)"
