@@ -179,8 +179,11 @@ down() {
 		# kubelet on this containerd stops it first, else it re-creates the sandboxes.)
 		local crictl=${CRICTL:-$(command -v crictl || true)}
 		if [ -n "$crictl" ] && [ -S "$dir/containerd.sock" ]; then
-			timeout 60 "$crictl" --config "$dir/crictl.yaml" rmp --force --all >/dev/null 2>&1 ||
+			if timeout 60 "$crictl" --config "$dir/crictl.yaml" rmp --force --all >/dev/null 2>&1; then
+				log "pods of containerd $pid removed through the CRI"
+			else
 				log "warning: removing pods through the CRI failed; killing them"
+			fi
 		fi
 	fi
 	# Everything this node started lives in containerd's mount namespace (containerd and its
