@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/patronus/patronus/localapi"
 	"github.com/patronus/patronus/mcs"
 	"github.com/patronus/patronus/mcs/datapath"
+	"github.com/patronus/patronus/paths"
 )
 
 // MCSOptions turn Multi-Cluster Services on (Options.MCS; nil: off; the CLI sets it unless
@@ -32,7 +35,8 @@ type MCSOptions struct {
 // mcsState is what /v1/status shows of the MCS controller.
 type mcsState struct {
 	ctrl   atomic.Pointer[mcs.Controller]
-	status atomic.Value // string: what runs, or why not
+	ds     atomic.Pointer[mcs.DatapathSyncer] // the ClusterSetIP datapath (nil: not running)
+	status atomic.Value                       // string: what runs, or why not
 }
 
 func (s *mcsState) set(format string, args ...any) { s.status.Store(fmt.Sprintf(format, args...)) }
@@ -142,17 +146,58 @@ func (a *agent) runMCSDatapath(ctx context.Context, cfg *config.Config, o *MCSOp
 		return "datapath off: " + err.Error()
 	}
 	ds, err := mcs.NewDatapathSyncer(mcs.DatapathOptions{Kube: a.clients.Kube, MCS: a.clients.MCS, ClusterID: cfg.ClusterID,
-		Datapath: prog, Priority: QoSPriority, CRDWait: a.opts.MCSRetryInterval, Logger: a.log})
+		Datapath: prog, Priority: QoSPriority, CRDWait: a.opts.MCSRetryInterval, Logger: a.log,
+		ClusterHealthy: a.clusterReachable})
 	if err != nil {
 		prog.Close()
 		a.log.Error("ClusterSetIP datapath not started", "err", err)
 		return "datapath off: " + err.Error()
 	}
+	a.mcs.ds.Store(ds)
 	wg.Go(func() {
 		defer prog.Close()
+		defer a.mcs.ds.Store(nil)
 		if err := ds.Run(ctx); err != nil && ctx.Err() == nil {
 			a.log.Error("ClusterSetIP datapath stopped", "err", err)
 		}
 	})
 	return "datapath running"
+}
+
+// clusterReachable reports whether a remote cluster has a probed path up, so the
+// ClusterSetIP datapath leaves out the endpoints of a cluster whose paths are all down
+// before its announcements expire. With no path monitor (a node that is not a gateway) or
+// no probed path to the cluster, the mesh alone decides (expiry, failure detection).
+func (a *agent) clusterReachable(cluster string) bool {
+	svc := a.pathsSvc.Load()
+	if svc == nil {
+		return true
+	}
+	return reachable(svc.Monitor().Snapshot(time.Now()), cluster)
+}
+
+func reachable(snap paths.Snapshot, cluster string) bool {
+	probed := false
+	for _, p := range snap.Paths {
+		if p.Dst != cluster {
+			continue
+		}
+		if p.State != paths.StateDown {
+			return true // up, or not measured yet: not evidence of an outage
+		}
+		probed = true
+	}
+	return !probed
+}
+
+// downClusters is the sorted list of remote clusters whose probed paths are all down.
+func downClusters(snap paths.Snapshot) string {
+	var down []string
+	for _, p := range snap.Paths {
+		if !slices.Contains(down, p.Dst) && !reachable(snap, p.Dst) {
+			down = append(down, p.Dst)
+		}
+	}
+	slices.Sort(down)
+	return strings.Join(down, ",")
 }

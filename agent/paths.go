@@ -185,6 +185,7 @@ type podPaths struct {
 
 	announcedAt time.Time
 	announceErr string
+	down        string // remote clusters with every path down (downClusters), last seen
 
 	meter   *steer.Meter          // nil: not installed
 	bw      *prometheus.GaugeVec  // patronus_pod_bandwidth_mbps
@@ -306,6 +307,14 @@ func (p *podPaths) tick(m *paths.Monitor, now time.Time) {
 	}
 	if p.steer == nil {
 		p.followTunnel(m)
+	}
+	// A remote cluster whose paths all went down (or came back) changes the ClusterSetIP
+	// endpoints (clusterReachable): re-sync the MCS datapath now, not at its next resync.
+	if down := downClusters(m.Snapshot(now)); down != p.down {
+		p.down = down
+		if ds := p.a.mcs.ds.Load(); ds != nil {
+			ds.Trigger()
+		}
 	}
 	if p.steer != nil {
 		_, err := p.steer.Update(m.Snapshot(now))
