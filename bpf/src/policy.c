@@ -568,6 +568,11 @@ int to_net(struct __sk_buff *skb)
 	now = bpf_ktime_get_ns();
 	if (ct_known(&p, ifindex, DIR_EGRESS, now))
 		return TC_ACT_UNSPEC;
+	/* A flow the pod's veth already knows with these addresses (not translated on the
+	 * way): a reply of a connection its ingress allowed, or a connection its egress
+	 * allowed in from_pod. Only Service traffic, DNATed since, is checked again here. */
+	if (ct_known(&p, src->ifindex, DIR_EGRESS, now))
+		return TC_ACT_UNSPEC;
 	if ((src->flags & EP_F_EGRESS_ISOLATED) && !rules_allow(src->set_id, DIR_EGRESS, p.daddr, &p))
 		return deny(&p, src, DIR_EGRESS, now);
 	ct_create(&p, ifindex, DIR_EGRESS, now);

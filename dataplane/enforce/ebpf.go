@@ -171,7 +171,10 @@ func (e *EBPF) replacePrograms() error {
 			errs = append(errs, fmt.Errorf("loading pinned link %s: %w", path, err))
 			continue
 		}
-		if err := l.Update(p); err != nil {
+		if err := l.Update(p); errors.Is(err, unix.ENOLINK) {
+			// Its device is gone (a tunnel or pod veth deleted while no agent ran).
+			_ = l.Unpin()
+		} else if err != nil {
 			errs = append(errs, fmt.Errorf("updating link %s: %w", path, err))
 		}
 		l.Close()
