@@ -18,11 +18,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/localapi"
 	"github.com/patronus/patronus/mesh"
 	"github.com/patronus/patronus/mesh/trust"
+	"github.com/patronus/patronus/nodenet"
+	"github.com/patronus/patronus/nodenet/alloc"
 	"github.com/patronus/patronus/store"
 )
 
@@ -88,6 +91,11 @@ type meshRunFlags struct {
 	noBeacons                                                               bool
 	beaconEvery, refresh, ttl, reconnect                                    time.Duration
 	certValidity                                                            time.Duration
+
+	// Edge-mode pod networking (--pod-network): nodenet.EdgeController.
+	podNetwork, masquerade bool
+	nodeIP, confList       string
+	blockSize              int
 }
 
 func newMeshRunCmd(e env) *cobra.Command {
@@ -134,6 +142,11 @@ The local API on --socket serves /v1/members, /v1/events, /v1/mesh, /v1/announce
 	fl.DurationVar(&f.ttl, "ttl", 0, "lifetime of own announcements (default 3x --refresh)")
 	fl.DurationVar(&f.reconnect, "reconnect-interval", 10*time.Second, "retry interval for failed members")
 	fl.DurationVar(&f.certValidity, "cert-validity", 30*24*time.Hour, "validity of the node certificate issued at start")
+	fl.BoolVar(&f.podNetwork, "pod-network", false, "edge-mode pod networking: claim this node's pod block of --cluster-cidr through the mesh (kept in --database), write --cni-conflist for it, route the other nodes' blocks, masquerade; status on /v1/nodenet")
+	fl.StringVar(&f.nodeIP, "node-ip", "", "with --pod-network: this node's underlay address, the next hop of its block on the other nodes (default: the --advertise host, else the --bind host)")
+	fl.IntVar(&f.blockSize, "node-block-size", nodenet.DefaultBlockSize, "with --pod-network: prefix length of the node's pod block in --cluster-cidr")
+	fl.StringVar(&f.confList, "cni-conflist", nodenet.DefaultConfListPath, "with --pod-network: the CNI conflist written for the node's block")
+	fl.BoolVar(&f.masquerade, "masquerade", true, "with --pod-network: masquerade pod traffic leaving --cluster-cidr to the node address")
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd
@@ -160,12 +173,19 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 		return usagef("--cluster-id (or $CLUSTER_ID) and --cluster-key are required")
 	}
 	var localCIDRs []netip.Prefix
-	for _, s := range []string{f.clusterCIDR, f.serviceCIDR} {
+	for i, s := range []string{f.clusterCIDR, f.serviceCIDR} {
 		ps, err := mesh.ParsePrefixes(s)
 		if err != nil {
-			return usagef("%v", err)
+			return usagef("%s: %v", [...]string{"--cluster-cidr", "--service-cidr"}[i], err)
 		}
 		localCIDRs = append(localCIDRs, ps...)
+	}
+	// Before any key file is read: a usage error names its flag at once.
+	var edge *nodenet.EdgeOptions
+	if f.podNetwork {
+		if edge, err = edgeOptions(f); err != nil {
+			return err
+		}
 	}
 	var remotes []config.RemoteCluster
 	if f.remotes != "" {
@@ -218,9 +238,9 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 	}
 	reg := prometheus.NewRegistry()
 	var kv mesh.KV
+	var db *store.DB
 	if f.db != "" {
-		db, err := store.Open(ctx, f.db)
-		if err != nil {
+		if db, err = store.Open(ctx, f.db); err != nil {
 			return err
 		}
 		defer db.Close()
@@ -243,6 +263,14 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 	if err != nil {
 		return err
 	}
+	var ctrl *nodenet.EdgeController
+	if edge != nil {
+		edge.DB, edge.Logger = db, log
+		if ctrl, err = nodenet.NewEdge(nodenet.MeshEdge(*edge, node, f.cluster)); err != nil {
+			node.Shutdown()
+			return err
+		}
+	}
 	ln, err := listenSocket(f.socket)
 	if err != nil {
 		node.Shutdown()
@@ -250,6 +278,10 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", node.HTTPHandler())
+	if ctrl != nil {
+		// "GET /v1/nodenet" is more specific than "/v1/" (method and path), so it wins.
+		mux.Handle(nodenet.StatusPath, ctrl.HTTPHandler())
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
@@ -260,7 +292,55 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 	defer stop()
 	log.Info("mesh agent running", "node", f.node, "cluster", f.cluster, "bind", f.bind, "socket", f.socket,
 		"public_key", trust.EncodeKey(tr.ClusterPublicKey), "seeds", seeds)
-	return node.Run(ctx)
+	if ctrl == nil {
+		return node.Run(ctx)
+	}
+	log.Info("edge pod networking", "node_ip", edge.NodeIP, "cluster_cidr", edge.ClusterCIDR,
+		"block_size", edge.BlockSize, "conflist", edge.ConfListPath, "masquerade", !edge.NoMasquerade)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return node.Run(gctx) })
+	g.Go(func() error { return ctrl.Run(gctx) })
+	return g.Wait()
+}
+
+// edgeOptions checks the --pod-network flags (usage errors name the flag) and returns
+// the controller's options without DB, Members and Publish (set once they exist).
+func edgeOptions(f meshRunFlags) (*nodenet.EdgeOptions, error) {
+	cidrs, err := mesh.ParsePrefixes(f.clusterCIDR)
+	if err != nil {
+		return nil, usagef("--cluster-cidr: %v", err)
+	}
+	if len(cidrs) == 0 {
+		return nil, usagef("--pod-network needs --cluster-cidr (the pod blocks are claimed out of it)")
+	}
+	cidr := cidrs[0] // the first is the pod CIDR, as in the ConfigMap's cluster-cidr
+	if !cidr.Addr().Is4() {
+		return nil, usagef("--cluster-cidr: pod blocks are IPv4, got %s", cidr)
+	}
+	if f.db == "" {
+		return nil, usagef("--pod-network needs --database (the node's block claim is kept there across restarts)")
+	}
+	if err := alloc.Validate(cidr, f.blockSize); err != nil {
+		return nil, usagef("--node-block-size %d: %v", f.blockSize, err)
+	}
+	if f.confList == "" {
+		return nil, usagef("--cni-conflist: empty path")
+	}
+	ipFlag, ipStr := "--node-ip", f.nodeIP
+	if ipStr == "" {
+		ipFlag = "--advertise"
+		ipStr, _, _ = splitHostPortDefault(f.advertise, 0)
+		if ipStr == "" {
+			ipFlag = "--bind"
+			ipStr, _, _ = splitHostPortDefault(f.bind, 0)
+		}
+	}
+	ip, err := netip.ParseAddr(ipStr)
+	if err != nil || !ip.Is4() || ip.IsUnspecified() {
+		return nil, usagef("--pod-network needs this node's IPv4 underlay address: --node-ip (or an --advertise address); %s %q is not one", ipFlag, ipStr)
+	}
+	return &nodenet.EdgeOptions{NodeName: f.node, NodeIP: ip, ClusterCIDR: cidr, BlockSize: f.blockSize,
+		ConfListPath: f.confList, NoMasquerade: !f.masquerade}, nil
 }
 
 func joinArgs(ss []string) string {
