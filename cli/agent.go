@@ -102,7 +102,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.StringVar(&po.BPFFS, "bpffs", agent.DefaultBPFFS, "bpffs mount point (mounted if it is not one)")
 	f.StringVar(&po.PinDir, "bpf-pin-dir", "", "directory for pinned BPF programs, maps and links (default <bpffs>/patronus)")
 	f.StringVar(&po.AuditLog, "audit-log", "", "also append the policy audit log (JSON lines) to this file")
-	f.StringSliceVar(&po.Uplinks, "uplink", nil, "node interface where local pods' traffic leaves the node (repeatable; completes egress checks of Service traffic DNATed to remote pods)")
+	f.StringSliceVar(&po.Uplinks, "uplink", nil, "node interface where local pods' traffic leaves the node (repeatable; completes egress checks of Service traffic DNATed to remote pods); default: the devices of the node's routes (underlay, VXLAN, WireGuard), found again on every sync")
 	f.BoolVar(&manageCNI, "manage-conflist", false, "own the CNI conflist (the DaemonSet sets it, with install-cni --no-conflist): claim this node's pod block (Node podCIDR, else a Lease on cluster-cidr), write the conflist for it, route other nodes' blocks, masquerade; /readyz fails until the conflist is written")
 	f.BoolVar(&nodeRoute, "node-routes", true, "route other nodes' pod blocks (direct or VXLAN ptx0); false: the conflist only")
 	f.BoolVar(&masq, "masquerade", true, "masquerade pod traffic leaving cluster-cidr to the node address (default: the ConfigMap's masquerade, true)")
