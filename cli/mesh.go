@@ -109,7 +109,10 @@ certifies a fresh node key with it at start. Peers on the LAN are found with mul
 beacons; remote clusters are joined through --remote-clusters (the ConfigMap's YAML list,
 whose publicKey entries are the pinned trusted keys) and --join.
 The local API on --socket serves /v1/members, /v1/events, /v1/mesh, /v1/announcements
-(see patronus members, patronus event) and /metrics.`,
+(see patronus members, patronus event) and /metrics.
+With --pod-network it also runs edge-mode pod networking: the node's pod block is claimed
+out of --cluster-cidr through the mesh (kept in --database), --cni-conflist is written for
+it, the other nodes' blocks are routed, and GET /v1/nodenet shows it (patronus status).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runMesh(cmd.Context(), e, f)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/patronus/patronus/localapi"
 	"github.com/patronus/patronus/mesh"
+	"github.com/patronus/patronus/nodenet"
 )
 
 // TestEdgeCLI: `patronus mesh run --pod-network`, the built binary, on two node
@@ -150,5 +151,12 @@ func TestEdgeCLI(t *testing.T) {
 		}
 		return nil
 	})
+	// --masquerade defaults to true: the node's block leaving the cluster CIDR is masqueraded.
+	for _, n := range nodes {
+		out, err := exec.Command("ip", "netns", "exec", n.netns, "nft", "list", "chain", "inet", nodenet.DefaultMasqTable, nodenet.DefaultMasqChain).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "ip saddr "+blocks[n.name].String()) || !strings.Contains(string(out), "masquerade") {
+			t.Fatalf("%s: masquerade chain (%v):\n%s", n.name, err, out)
+		}
+	}
 	t.Logf("cli-a %s, cli-b %s", blocks[a.name], blocks[b.name])
 }
