@@ -361,7 +361,11 @@ cp_routes() {
 	local c=$1 i cidr
 	for i in $(seq 1 "$NODES"); do
 		cidr=$("$(cdir "$c")/kubectl" get node "$(node_name "$c" "$i")" -o jsonpath='{.spec.podCIDR}' 2>/dev/null || true)
-		[ -n "$cidr" ] && ip -n "$(ns_cp "$c")" route replace "$cidr" via "$(underlay_net "$c").$((10 + i))"
+		# A node without spec.podCIDR yet (its agent claimed a block by Lease) is not an
+		# error: as the last command, a bare `[ -n ] && ...` would fail `up` under set -e.
+		if [ -n "$cidr" ]; then
+			ip -n "$(ns_cp "$c")" route replace "$cidr" via "$(underlay_net "$c").$((10 + i))"
+		fi
 	done
 }
 
