@@ -360,11 +360,19 @@ YAML
 cp_routes() {
 	local c=$1 i cidr
 	for i in $(seq 1 "$NODES"); do
-		cidr=$("$(cdir "$c")/kubectl" get node "$(node_name "$c" "$i")" -o jsonpath='{.spec.podCIDR}' 2>/dev/null || true)
-		# A node without spec.podCIDR yet (its agent claimed a block by Lease) is not an
-		# error: as the last command, a bare `[ -n ] && ...` would fail `up` under set -e.
+		local tries=0
+		cidr=
+		# kube-controller-manager allocates spec.podCIDR shortly after a node registers;
+		# a failed kubectl call is retried too (an `[ -n ] && ...` as the function's last
+		# command once ended `up` with rc=1 after the nodes were Ready).
+		while [ -z "$cidr" ] && [ $tries -lt 60 ]; do
+			cidr=$("$(cdir "$c")/kubectl" get node "$(node_name "$c" "$i")" -o jsonpath='{.spec.podCIDR}' 2>/dev/null || true)
+			[ -n "$cidr" ] || { tries=$((tries + 1)); sleep 0.5; }
+		done
 		if [ -n "$cidr" ]; then
 			ip -n "$(ns_cp "$c")" route replace "$cidr" via "$(underlay_net "$c").$((10 + i))"
+		else
+			log "WARNING: node $(node_name "$c" "$i") has no spec.podCIDR after 30s: the control plane has no route to its pods"
 		fi
 	done
 }
