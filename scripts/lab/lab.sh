@@ -357,6 +357,13 @@ YAML
 
 # The control plane must route replies to pods (it is not a node): one route per node's
 # pod CIDR, as an underlay router would have.
+# nodes_ready KUBECTL: every one of the NODES nodes has registered and is Ready.
+nodes_ready() {
+	local ready
+	ready=$("$1" get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c '^True$') || return 1
+	[ "$ready" -eq "$NODES" ]
+}
+
 cp_routes() {
 	local c=$1 i cidr
 	for i in $(seq 1 "$NODES"); do
@@ -455,7 +462,9 @@ up() {
 		local k
 		k=$(cdir "$c")/kubectl
 		log "cluster $c: waiting for the nodes to become Ready (through Patronus)"
-		wait_for "cluster $c nodes Ready" 180 "$k" wait --for=condition=Ready node --all --timeout=5s
+		# All NODES registered and Ready: `kubectl wait --all` alone succeeds on a cluster
+		# where no node has registered yet.
+		wait_for "cluster $c nodes Ready" 180 nodes_ready "$k"
 		cp_routes "$c"
 		wait_for "cluster $c CoreDNS" 120 "$k" -n kube-system rollout status deployment/coredns --timeout=5s
 		"$k" get nodes -o wide >&2
