@@ -32,6 +32,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/patronus/patronus/integration/k8senv"
+	"github.com/patronus/patronus/internal/testbin"
 	"github.com/patronus/patronus/localapi"
 	"github.com/patronus/patronus/mesh/trust"
 )
@@ -243,27 +244,9 @@ func dialEchoTimeout(nsPath string, addr netip.Addr, port int, d time.Duration) 
 	return got, err
 }
 
-// corednsBinary is $PATRONUS_COREDNS, or the lab's CoreDNS built (cached) by
-// scripts/lab/build.sh: stock CoreDNS, whose kubernetes plugin has the multicluster option.
-func corednsBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("PATRONUS_COREDNS"); p != "" {
-		return p
-	}
-	root, err := k8senv.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(root, "scripts/lab/build.sh"), "coredns")
-	cmd.Dir = root
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("scripts/lab/build.sh coredns: %v\n%s", err, stderr.String())
-	}
-	return filepath.Join(strings.TrimSpace(string(out)), "coredns")
-}
+// corednsBinary is $PATRONUS_COREDNS, or the lab's CoreDNS (scripts/lab/build.sh, cached):
+// stock CoreDNS, whose kubernetes plugin's multicluster option serves clusterset.local.
+func corednsBinary(t *testing.T) string { return testbin.Lab(t, "coredns", "PATRONUS_COREDNS") }
 
 // startNodeCoreDNS runs CoreDNS in network namespace nsName on addr:53 (the node's
 // address: pods reach it through their default route), serving cluster.local and

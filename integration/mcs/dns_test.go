@@ -30,37 +30,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/patronus/patronus/integration/k8senv"
+	"github.com/patronus/patronus/internal/testbin"
 )
 
-// corednsBinary is $PATRONUS_COREDNS, or the lab's CoreDNS built (cached) by
-// scripts/lab/build.sh. It is CoreDNS with its stock plugins: the kubernetes plugin's
-// multicluster option is the MCS DNS implementation.
-func corednsBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("PATRONUS_COREDNS"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("PATRONUS_COREDNS=%s: %v", p, err)
-		}
-		return p
-	}
-	if testing.Short() {
-		t.Skip("-short: no PATRONUS_COREDNS and building CoreDNS takes minutes the first time")
-	}
-	root, err := k8senv.ModuleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(root, "scripts/lab/build.sh"), "coredns")
-	cmd.Dir = root
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("scripts/lab/build.sh coredns: %v\n%s", err, stderr.String())
-	}
-	dir := strings.TrimSpace(string(out))
-	return filepath.Join(dir, "coredns")
-}
+// corednsBinary is $PATRONUS_COREDNS, or the lab's CoreDNS (scripts/lab/build.sh, cached):
+// stock CoreDNS, whose kubernetes plugin's multicluster option serves clusterset.local.
+func corednsBinary(t *testing.T) string { return testbin.Lab(t, "coredns", "PATRONUS_COREDNS") }
 
 // freePort returns a port free for both UDP and TCP on addr (CoreDNS listens on both).
 func freePort(t *testing.T, addr string) int {

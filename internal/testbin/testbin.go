@@ -57,3 +57,30 @@ func Cleanup() {
 		os.RemoveAll(filepath.Dir(built))
 	}
 }
+
+// Lab returns a binary the lab builds (scripts/lab/build.sh NAME: CoreDNS, kube-proxy,
+// ...): $env when set, else the script's cached build (built first if missing; minutes the
+// first time, so CI builds them up front and sets the variables).
+func Lab(t testing.TB, name, env string) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("%s=%s: %v", env, p, err)
+		}
+		return p
+	}
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Fatalf("go env GOMOD: %v", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(gomod)))
+	cmd := exec.Command(filepath.Join(root, "scripts/lab/build.sh"), name)
+	cmd.Dir = root
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("scripts/lab/build.sh %s (or set %s): %v\n%s", name, env, err, stderr.String())
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), name)
+}
