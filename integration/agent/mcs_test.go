@@ -14,7 +14,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,7 +33,6 @@ import (
 	"github.com/patronus/patronus/integration/k8senv"
 	"github.com/patronus/patronus/internal/testbin"
 	"github.com/patronus/patronus/localapi"
-	"github.com/patronus/patronus/mesh/trust"
 )
 
 func TestGatewayAgentRunsMCS(t *testing.T) {
@@ -192,25 +190,7 @@ func TestNonGatewayAgentRunsMCSDatapathOnly(t *testing.T) {
 // name (which endpoint a ClusterSetIP connection reached).
 func serveName(t *testing.T, nsPath string, addr netip.Addr, port int, name string) {
 	t.Helper()
-	var ln net.Listener
-	if err := inNS(nsPath, func() error {
-		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, uint16(port)).String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte(name))
-			c.Close()
-		}
-	}()
+	serveTCP(t, nsPath, addr, port, func(net.Conn) string { return name })
 }
 
 // dialVIP connects n times from the pod to vip:80 and counts who answered ("error" for a
@@ -367,35 +347,10 @@ func exportWeb(t *testing.T, c *k8senv.Cluster) {
 // endpoints leave A's ServiceImport, EndpointSlices and datapath within seconds, and no
 // connection of A's client fails.
 func TestClusterSetIPAcrossClusters(t *testing.T) {
-	la, ca := newMeshLab(t)
-	cb := k8senv.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	_, kubecfgB, err := cb.InstallPatronus(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := url.Parse(cb.Host())
-	if err != nil {
-		t.Fatal(err)
-	}
-	lb := &meshLab{t: t, id: la.id, bridge: la.bridge, bin: la.bin, dir: la.dir, apiHost: u.Host, kubecfg: kubecfgB}
-	gossip, err := trust.GenerateGossipKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyA, err := trust.GenerateClusterKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyB, err := trust.GenerateClusterKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &tunnelSide{cluster: "cluster-a", cidr: "10.244.0.0/16", n: 1, key: keyA, lab: la, c: ca}
-	b := &tunnelSide{cluster: "cluster-b", cidr: "10.248.0.0/16", n: 2, key: keyB, lab: lb, c: cb}
-	a.configure(t, b, gossip)
-	b.configure(t, a, gossip)
+	a, b := newTwoClusters(t, ctx)
+	la, ca, lb, cb := a.lab, a.c, b.lab, b.c
 	createLabelledNode(t, ca, "gw-1", "10.78.0.1", nil)
 	createLabelledNode(t, cb, "gw-2", "10.78.0.2", nil)
 	nodeNS := func(n int) string { return fmt.Sprintf("pt-g%s-%d", la.id, n) }

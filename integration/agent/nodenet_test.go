@@ -547,6 +547,13 @@ func TestNodeNetAcrossNodes(t *testing.T) {
 // remote address it saw.
 func serveEcho(t *testing.T, nsPath string, addr netip.Addr, port int) {
 	t.Helper()
+	serveTCP(t, nsPath, addr, port, func(c net.Conn) string { return c.RemoteAddr().(*net.TCPAddr).IP.String() })
+}
+
+// serveTCP answers each TCP connection on addr:port inside the namespace at nsPath with
+// answer(conn), then closes it.
+func serveTCP(t *testing.T, nsPath string, addr netip.Addr, port int, answer func(net.Conn) string) {
+	t.Helper()
 	var ln net.Listener
 	if err := inNS(nsPath, func() error {
 		var err error
@@ -562,7 +569,7 @@ func serveEcho(t *testing.T, nsPath string, addr netip.Addr, port int) {
 			if err != nil {
 				return
 			}
-			c.Write([]byte(c.RemoteAddr().(*net.TCPAddr).IP.String()))
+			c.Write([]byte(answer(c)))
 			c.Close()
 		}
 	}()

@@ -228,12 +228,15 @@ func createLabelledNode(t *testing.T, c *k8senv.Cluster, name, addr string, labe
 	}
 }
 
-func TestTwoClustersEndToEnd(t *testing.T) {
+// newTwoClusters makes clusters A (10.244/16, gateway 10.78.0.1) and B (10.248/16,
+// 10.78.0.2): an API server each with Patronus installed, one underlay bridge, a cluster
+// key each and a shared gossip key in their Secrets and ConfigMaps. It returns the two
+// sides (no agent started yet).
+func newTwoClusters(t *testing.T, ctx context.Context) (a, b *tunnelSide) {
+	t.Helper()
 	la, ca := newMeshLab(t)
 	// Cluster B: its own API server, on the same underlay bridge.
 	cb := k8senv.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	_, kubecfgB, err := cb.InstallPatronus(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +246,6 @@ func TestTwoClustersEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	lb := &meshLab{t: t, id: la.id, bridge: la.bridge, bin: la.bin, dir: la.dir, apiHost: u.Host, kubecfg: kubecfgB}
-
 	gossip, err := trust.GenerateGossipKey()
 	if err != nil {
 		t.Fatal(err)
@@ -256,10 +258,18 @@ func TestTwoClustersEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &tunnelSide{cluster: "cluster-a", cidr: "10.244.0.0/16", n: 1, key: keyA, lab: la, c: ca}
-	b := &tunnelSide{cluster: "cluster-b", cidr: "10.248.0.0/16", n: 2, key: keyB, lab: lb, c: cb}
+	a = &tunnelSide{cluster: "cluster-a", cidr: "10.244.0.0/16", n: 1, key: keyA, lab: la, c: ca}
+	b = &tunnelSide{cluster: "cluster-b", cidr: "10.248.0.0/16", n: 2, key: keyB, lab: lb, c: cb}
 	a.configure(t, b, gossip)
 	b.configure(t, a, gossip)
+	return a, b
+}
+
+func TestTwoClustersEndToEnd(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	a, b := newTwoClusters(t, ctx)
+	la, ca, lb, cb := a.lab, a.c, b.lab, b.c
 	// Cluster A has two nodes: gw-1 is its gateway (marked), gw-3 is not. Cluster B's
 	// only node is its gateway (no Node marked: every node is one).
 	createLabelledNode(t, ca, "gw-1", "10.78.0.1", map[string]string{"patronus.io/gateway": "true"})
