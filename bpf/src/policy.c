@@ -524,7 +524,10 @@ int to_pod(struct __sk_buff *skb)
 	 * through its own Service arrives here DNATed back to it and, since kube-proxy
 	 * masquerades hairpin traffic, with a node address as source (or, without that
 	 * masquerade, its own): neither its ingress nor its egress rules apply. */
-	if (addr_eq(p.saddr, p.daddr) || from_node(skb, p.saddr)) {
+	/* The FIB lookup only where it can change the verdict: a node address is no pod
+	 * endpoint, so for a pod that is not ingress-isolated the path below allows it too. */
+	if (addr_eq(p.saddr, p.daddr) ||
+	    ((ep->flags & EP_F_INGRESS_ISOLATED) && from_node(skb, p.saddr))) {
 		ct_create(&p, ifindex, DIR_INGRESS, now);
 		if (ep->flags & EP_F_AUDIT_ALLOW)
 			report(&p, ep, DIR_INGRESS, VERDICT_ALLOW, now);
