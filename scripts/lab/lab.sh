@@ -29,8 +29,8 @@ LAB_DIR=${LAB_DIR:-/var/tmp/patronus-lab}
 CLUSTERS=${LAB_CLUSTERS:-2}
 NODES=${LAB_NODES:-2}
 PREFIX=${LAB_PREFIX:-plab}
-# Masquerade of pod traffic leaving the cluster CIDR (ConfigMap key masquerade).
-LAB_MASQUERADE=${LAB_MASQUERADE:-false}
+# Masquerade of pod traffic leaving the cluster CIDR (ConfigMap key masquerade; as shipped).
+LAB_MASQUERADE=${LAB_MASQUERADE:-true}
 
 log() { echo "lab: $(date +%H:%M:%S) $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
