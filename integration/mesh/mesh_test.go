@@ -235,13 +235,15 @@ func TestMeshLAN(t *testing.T) {
 		stranger, _ := trust.NewIdentity("north", strangerKey, "x", now, time.Hour)
 		seal := func(id trust.Identity, prefix string, seq uint64) []byte {
 			w, err := announce.Seal(announce.Announcement{Kind: announce.KindProbe, Origin: id.Cert.Node, Cluster: id.Cert.Cluster,
-				Seq: seq, Expires: now.Add(10 * time.Second).UnixMilli(), Prefixes: []netip.Prefix{netip.MustParsePrefix(prefix)},
+				Seq: seq, Expires: now.Add(2 * time.Minute).UnixMilli(), Prefixes: []netip.Prefix{netip.MustParsePrefix(prefix)},
 				Probe: &announce.Probe{Links: []announce.Link{{Peer: "east-1", RTTMicros: 100}}}}, id)
 			if err != nil {
 				t.Fatal(err)
 			}
 			return w
 		}
+		// Long-lived so that a copy gossip delivers late (seen in CI: 10 s under
+		// load) is still judged a replay, not expired.
 		valid := seal(ghost, "10.244.200.0/24", 1)
 		// Flip a byte of the signed body, keeping certificate and signature.
 		forged := flipBody(t, seal(ghost, "10.244.201.0/24", 2))
