@@ -179,6 +179,13 @@ func chainRules(p Plan) []rule {
 		e = append(append(e, setMark(true, s.Mark)...), ret)
 		out = append(out, rule{"pod " + s.Name + " " + s.Prefix.String() + " " + s.PathID, e})
 	}
+	for _, s := range p.Defaults {
+		e := slices.Clone(ipv4)
+		e = append(e, ipMatch(16, s.Prefix)...)
+		e = append(e, setMark(false, s.Mark)...)
+		e = append(append(e, setMark(true, s.Mark)...), ret)
+		out = append(out, rule{"default " + s.Prefix.String() + " " + s.PathID, e})
+	}
 	return out
 }
 
