@@ -109,6 +109,9 @@ type Config struct {
 	// when the default overlaps one of them and no key is set: MCS imports are then off
 	// and Warnings says why.
 	ClusterSetIPRange netip.Prefix
+	// PathBandwidth is each path's capacity in Mbit/s by path id (key path-bandwidth;
+	// nil: none known).
+	PathBandwidth map[string]uint64
 
 	// From the conflist.
 	Bridge          string
@@ -161,7 +164,7 @@ func configMapSource(ns string) string {
 func knownKeys() map[string]bool {
 	return map[string]bool{KeyClusterID: true, KeyClusterCIDR: true, KeyServiceCIDR: true, KeyRemoteClusters: true,
 		KeyNodeBlockSize: true, KeyDatapath: true, KeyMulticastGroup: true, KeyKeyRotation: true, KeyProbeInterval: true,
-		KeyMasquerade: true, KeyClusterSetIPRange: true}
+		KeyMasquerade: true, KeyClusterSetIPRange: true, KeyPathBandwidth: true}
 }
 
 // dns1123Label is the shape of cluster ids and node-independent names: they end up in
@@ -340,6 +343,13 @@ func applyConfigMap(cfg *Config, data map[string]string, source string) error {
 			return err
 		}
 		cfg.RemoteClusters = rcs
+	}
+	if v, ok := data[KeyPathBandwidth]; ok {
+		bw, err := parsePathBandwidth(v, cfg.RemoteClusters, cmErr)
+		if err != nil {
+			return err
+		}
+		cfg.PathBandwidth = bw
 	}
 	return nil
 }
