@@ -57,6 +57,11 @@ type agent struct {
 	recorder  *kube.Recorder
 	qosEvents eventDedup
 
+	// steering: this gateway steers pods per QoS class (set by startPaths, before the
+	// informers); clusterPods then lists every pod of the cluster (nil until set up).
+	steering    atomic.Bool
+	clusterPods atomic.Pointer[corelisters.PodLister]
+
 	seen map[string]*seenSet // per kind: keys present in the API
 
 	policy atomic.Pointer[policyController] // set once its caches synced (nil: enforcement off)
@@ -259,6 +264,14 @@ func (a *agent) runKube(ctx context.Context) error {
 
 	ctrls := []*kube.Controller{a.pods}
 	synced := []cache.InformerSynced{podInf.Informer().HasSynced}
+	// A gateway that steers pods per QoS class steers every pod of the cluster (the other
+	// nodes route remote clusters through it): it reads all pods (agent/paths.go).
+	if a.steering.Load() {
+		inf := shared.Core().V1().Pods()
+		l := inf.Lister()
+		a.clusterPods.Store(&l)
+		synced = append(synced, inf.Informer().HasSynced)
+	}
 	watch := func(kind string, inf cache.SharedIndexInformer) error {
 		c := a.observer(kind, inf.GetIndexer())
 		if _, err := inf.AddEventHandler(c.Handler()); err != nil {
