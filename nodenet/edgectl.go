@@ -42,6 +42,11 @@ type EdgeOptions struct {
 	Members func() []EdgeMember
 	// Publish spreads this node's claim (FormatClaim form) through the mesh.
 	Publish func(claim string) error
+	// Changes, if set, receives a value whenever the view may have changed (a member
+	// joined, left, failed or changed; a claim was announced, withdrawn or expired):
+	// the controller then reconciles at once instead of at its next Resync, which stays
+	// the safety net. mesh.Node.Subscribe is one (MeshEdge wires it).
+	Changes <-chan struct{}
 
 	DB           *store.DB
 	ConfListPath string
@@ -188,6 +193,7 @@ func (e *EdgeController) Run(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		case <-e.trigger:
+		case <-e.eo.Changes: // nil: never
 		}
 	}
 }

@@ -76,8 +76,9 @@ func meshPublisher(n *mesh.Node, pub string) func(claim string) error {
 	}
 }
 
-// MeshEdge completes o for a running mesh node of cluster: Members from MeshClaims and
-// Publish from MeshPublisher (the wiring of an edge-mode agent). With node encryption on
+// MeshEdge completes o for a running mesh node of cluster: Members from MeshClaims,
+// Publish from MeshPublisher and Changes from the node's Subscribe (the wiring of an
+// edge-mode agent). With node encryption on
 // (o.Encrypt.Mode wireguard) the claim also carries the node's WireGuard public key, so
 // peers learn it signed: o.Encrypt.Key is then loaded from o.DB (KVWGKey), or made, here
 // (if that fails the key stays unpublished and the controller reports the error).
@@ -99,6 +100,11 @@ func MeshEdge(o EdgeOptions, n *mesh.Node, cluster string) EdgeOptions {
 		}
 	}
 	o.Publish = meshPublisher(n, pub)
+	if o.Changes == nil {
+		// Reconcile on every membership or claim change, not only at Resync. The
+		// subscription lives as long as n: an unread wake-up costs the mesh nothing.
+		o.Changes, _ = n.Subscribe()
+	}
 	return o
 }
 
