@@ -263,6 +263,9 @@ func (a *agent) openPathDevices(cfg *config.Config, spec wg.Spec, refs []tunnel.
 		}
 		devs[i+1] = d
 		out = append(out, tunnel.DeviceSpec{Device: d, Spec: s})
+		if err := tunnel.ValidSourceByMark(s.Name); err != nil {
+			log.Warn("per-path device: with reverse-path filtering on, its traffic is dropped", "err", err)
+		}
 	}
 	log.Info("per-path tunnels", "devices", len(devs), "first", specs[0].Name, "ports", fmt.Sprintf("%d-%d", specs[0].ListenPort, specs[len(specs)-1].ListenPort))
 	return devs, out, nil

@@ -8,7 +8,8 @@
 // `inet patronus` (hook prerouting, priority mangle) sets the marks:
 //
 //  1. a packet arriving from a path's device records that path in its connection's ct mark
-//     (connections opened from the remote side are answered on the path they came by);
+//     (connections opened from the remote side are answered on the path they came by) and
+//     carries its mark (for reverse-path filtering with src_valid_mark);
 //  2. a packet whose connection's ct mark names a path that is up takes that path's mark:
 //     established connections stay where they are, also when the class's selection moves
 //     to a better path (no flapping of live flows);

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 
@@ -163,4 +165,18 @@ func StalePathDevices(clusterID string, links []string, keep int) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// ValidSourceByMark turns on src_valid_mark on a per-path device in the calling thread's
+// network namespace. Reverse-path filtering (net.ipv4.conf.*.rp_filter 1 or 2) drops a
+// packet arriving on a device without an address whose source the main table routes via
+// another device (the main table routes the remote cluster via the main device); with
+// src_valid_mark the source is looked up with the packet's mark, which dataplane/steer
+// sets to the path's on arrival, so the path's own table answers with this device.
+func ValidSourceByMark(dev string) error {
+	p := filepath.Join("/proc/sys/net/ipv4/conf", dev, "src_valid_mark")
+	if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("tunnel: src_valid_mark on %s: %w", dev, err)
+	}
+	return nil
 }
