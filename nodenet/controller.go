@@ -162,7 +162,9 @@ type WGStatus struct {
 	Port           int    `json:"port"`
 	MTU            int    `json:"mtu,omitempty"`
 	Implementation string `json:"implementation,omitempty"` // kernel | userspace
-	Error          string `json:"error,omitempty"`
+	// Peers is how many peers the device has now.
+	Peers int    `json:"peers"`
+	Error string `json:"error,omitempty"`
 }
 
 // PeerState is one peer node under encryption.
@@ -279,8 +281,9 @@ func (c *Controller) Status() Status {
 	}
 	live := c.wgLive
 	c.mu.Unlock()
-	if live != nil && len(s.PeerStates) > 0 {
+	if live != nil && s.WireGuard != nil {
 		if d, err := live.State(); err == nil && d != nil {
+			s.WireGuard.Peers = len(d.Peers)
 			fillHandshakes(s.PeerStates, d)
 		}
 	}
