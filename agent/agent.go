@@ -356,6 +356,9 @@ func (a *agent) runKube(ctx context.Context) error {
 func (a *agent) loadConfig(ctx context.Context) (config.Config, error) {
 	in := config.Input{ClusterIDEnv: a.opts.ClusterID, NodeName: a.opts.NodeName, ConflistPath: a.opts.ConflistPath,
 		ConfigMapNamespace: a.opts.ConfigNamespace}
+	if a.opts.NodeNet != nil {
+		in.NodeEncryptionEnv = a.opts.NodeNet.Encryption
+	}
 	b, err := os.ReadFile(a.opts.ConflistPath)
 	switch {
 	case err == nil:
