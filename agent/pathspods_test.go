@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -85,5 +86,23 @@ func TestPathDeviceCount(t *testing.T) {
 		if got := pathDeviceCount(&tc.o, tc.refs); got != tc.want {
 			t.Errorf("%s: %d per-path devices, want %d", tc.name, got, tc.want)
 		}
+	}
+}
+
+// A per-path tunnel is steered onto only with a recent WireGuard session.
+func TestUsableDevices(t *testing.T) {
+	now := time.Unix(10000, 0)
+	devs := map[string]string{"c2/a": "wg-x", "c2/b": "wg1-x", "c2/c": "wg2-x", "c2/d": "wg3-x"}
+	hs := map[string]time.Time{
+		"c2/b": now.Add(-time.Minute),      // live
+		"c2/c": {},                         // never: the remote has no such device
+		"c2/d": now.Add(-10 * time.Minute), // stale
+	}
+	got := usableDevices(devs, hs, now)
+	if want := map[string]string{"c2/a": "wg-x", "c2/b": "wg1-x"}; !maps.Equal(got, want) {
+		t.Fatalf("usableDevices = %v, want %v", got, want)
+	}
+	if got := usableDevices(devs, map[string]time.Time{}, now); !maps.Equal(got, devs) {
+		t.Fatalf("no tunnel state yet: %v, want every device", got)
 	}
 }

@@ -399,6 +399,18 @@ func TestPerPathTunnelsSteerByClass(t *testing.T) {
 	if st := a.rec.Status(); len(st.Tunnels) != 1 || len(st.Tunnels[0].Paths) != 2 || st.Tunnels[0].Paths[1].Device != tunnel.PathInterfaceName(a.cluster, 1) {
 		t.Fatalf("A's tunnels %+v", st.Tunnels)
 	}
+	// The agent steers onto a per-path tunnel only with a session (agent usableDevices).
+	for _, s := range []*ppSide{a, b} {
+		hs := s.rec.PathHandshakes()
+		if len(hs) != 1 {
+			t.Fatalf("%s: per-path handshakes %v, want one path", s.cluster, hs)
+		}
+		for id, at := range hs {
+			if at.IsZero() || time.Since(at) > time.Minute {
+				t.Fatalf("%s: per-path tunnel %s: last handshake %v", s.cluster, id, at)
+			}
+		}
+	}
 	if plan, ok := a.steer.Plan(); !ok || len(plan.Paths) != 2 || plan.Paths[0].Dev != wg.InterfaceName(a.cluster) || plan.Paths[1].Dev != tunnel.PathInterfaceName(a.cluster, 1) {
 		t.Fatalf("A's steering plan %+v", plan)
 	}
