@@ -31,6 +31,8 @@ NODES=${LAB_NODES:-2}
 PREFIX=${LAB_PREFIX:-plab}
 # Masquerade of pod traffic leaving the cluster CIDR (ConfigMap key masquerade; as shipped).
 LAB_MASQUERADE=${LAB_MASQUERADE:-true}
+# Node-to-node encryption inside each cluster (ConfigMap key node-encryption: none | wireguard).
+LAB_NODE_ENCRYPTION=${LAB_NODE_ENCRYPTION:-none}
 
 log() { echo "lab: $(date +%H:%M:%S) $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -435,7 +437,7 @@ install_patronus() {
 	# The lab's own values for this cluster (the ConfigMap ships an example). Masquerade
 	# off: see docs/LAB.md (pod traffic to a remote cluster must keep its pod address).
 	"$k" -n kube-system patch configmap patronus-config --type merge -p \
-		"{\"data\":{\"cluster-id\":\"lab-c$c\",\"cluster-cidr\":\"$(pod_cidr "$c")\",\"service-cidr\":\"$SERVICE_CIDR\",\"remote-clusters\":\"$(remote_clusters "$c")\",\"masquerade\":\"$LAB_MASQUERADE\",\"path-bandwidth\":\"$(path_bandwidth "$c")\"}}" >&2
+		"{\"data\":{\"cluster-id\":\"lab-c$c\",\"cluster-cidr\":\"$(pod_cidr "$c")\",\"service-cidr\":\"$SERVICE_CIDR\",\"remote-clusters\":\"$(remote_clusters "$c")\",\"masquerade\":\"$LAB_MASQUERADE\",\"node-encryption\":\"$LAB_NODE_ENCRYPTION\",\"path-bandwidth\":\"$(path_bandwidth "$c")\"}}" >&2
 }
 
 install_coredns() {
