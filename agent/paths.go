@@ -402,10 +402,10 @@ func (p *podPaths) tick(m *paths.Monitor, now time.Time) {
 	}
 }
 
-// pathSessionMaxAge: a per-path tunnel whose last handshake is older is not steered onto
-// (WireGuard rekeys every 2 minutes while packets flow, and the persistent keepalive keeps
-// them flowing; a session is rejected after 3 minutes without a new handshake).
-const pathSessionMaxAge = 5 * time.Minute
+// pathSessionMaxAge: a per-path tunnel whose last handshake is older is not steered onto.
+// WireGuard rekeys 2 minutes into a session while packets flow (the persistent keepalive
+// keeps them flowing) and rejects a session 3 minutes old: older means no session.
+const pathSessionMaxAge = 3 * time.Minute
 
 // usableDevices is devs without the per-path tunnels (the ids in handshakes, from
 // tunnel.Reconciler.PathHandshakes) that have no session younger than pathSessionMaxAge.
