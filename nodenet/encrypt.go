@@ -45,6 +45,13 @@ const (
 	KVWGKey = "nodenet/wireguard-key"
 )
 
+// GatewayLabel marks gateway nodes (label or annotation "true"; docs/CONTRACT.md).
+const GatewayLabel = "patronus.io/gateway"
+
+func isGateway(n *corev1.Node) bool {
+	return n.Labels[GatewayLabel] == "true" || n.Annotations[GatewayLabel] == "true"
+}
+
 // ParseEncryption validates a node-encryption value ("" is none).
 func ParseEncryption(v string) (string, error) {
 	switch s := strings.TrimSpace(v); s {

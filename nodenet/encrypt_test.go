@@ -46,6 +46,14 @@ func TestComputeEncrypted(t *testing.T) {
 	off.Encrypt = false
 	port := local
 	port.WGPort = 40000
+	remote := local
+	remote.Remote = []netip.Prefix{pfx("10.250.0.0/16"), pfx("10.244.2.0/25")}
+	remoteLast := remote
+	remoteLast.Name = "n9"
+	n3gw := n3
+	n3gw.Gateway = true
+	remoteSelfGW := remote
+	remoteSelfGW.Gateway = true
 	for _, tc := range []struct {
 		name   string
 		local  Local
@@ -81,6 +89,18 @@ func TestComputeEncrypted(t *testing.T) {
 			vxlan:  true},
 		{name: "another port", local: port, peers: []Peer{n2}, routes: []string{"10.244.2.0/24 dev ptw0"},
 			wg: []string{"n2 192.168.77.2:40000 10.244.2.0/24"}},
+		{name: "remote clusters enter at the marked gateway: its peer allows their sources (never a cluster block)", local: remote, peers: []Peer{n2, n3gw},
+			routes: []string{"10.244.2.0/24 dev ptw0", "10.244.3.0/24 dev ptw0", "10.245.3.0/24 dev ptw0"},
+			wg: []string{"n2 192.168.77.2:51819 10.244.2.0/24", "n3 192.168.78.3:51819 10.244.3.0/24,10.245.3.0/24,10.250.0.0/16"}},
+		{name: "none marked: the smallest name is the entry (this node: no peer gets them)", local: remote, peers: []Peer{n2, n3},
+			routes: []string{"10.244.2.0/24 dev ptw0", "10.244.3.0/24 dev ptw0", "10.245.3.0/24 dev ptw0"},
+			wg: []string{"n2 192.168.77.2:51819 10.244.2.0/24", "n3 192.168.78.3:51819 10.244.3.0/24,10.245.3.0/24"}},
+		{name: "none marked, another node smallest", local: remoteLast, peers: []Peer{n3, n2},
+			routes: []string{"10.244.2.0/24 dev ptw0", "10.244.3.0/24 dev ptw0", "10.245.3.0/24 dev ptw0"},
+			wg: []string{"n2 192.168.77.2:51819 10.244.2.0/24,10.250.0.0/16", "n3 192.168.78.3:51819 10.244.3.0/24,10.245.3.0/24"}},
+		{name: "this node the marked gateway", local: remoteSelfGW, peers: []Peer{n2, n3},
+			routes: []string{"10.244.2.0/24 dev ptw0", "10.244.3.0/24 dev ptw0", "10.245.3.0/24 dev ptw0"},
+			wg: []string{"n2 192.168.77.2:51819 10.244.2.0/24", "n3 192.168.78.3:51819 10.244.3.0/24,10.245.3.0/24"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := Compute(tc.local, tc.peers)
