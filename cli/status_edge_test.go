@@ -55,21 +55,7 @@ func TestEdgeStatusLines(t *testing.T) {
 				}
 			}
 			got := tc.a.edgeLines()
-			if len(got) != len(tc.want) {
-				t.Fatalf("%d lines, want %d: %+v", len(got), len(tc.want), got)
-			}
-			failed := 0
-			for i, l := range got {
-				if !strings.Contains(l.text, tc.want[i]) {
-					t.Errorf("line %d %q lacks %q", i, l.text, tc.want[i])
-				}
-				if !l.ok {
-					failed++
-				}
-			}
-			if failed != tc.failed {
-				t.Errorf("%d failed lines, want %d: %+v", failed, tc.failed, got)
-			}
+			checkStatusLines(t, got, tc.want, tc.failed)
 		})
 	}
 }

@@ -43,21 +43,28 @@ func TestNodeNetLines(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := nodeNetLines(tc.n, tc.err)
-			if len(got) != len(tc.want) {
-				t.Fatalf("%d lines, want %d: %+v", len(got), len(tc.want), got)
-			}
-			failed := 0
-			for i, l := range got {
-				if !strings.Contains(l.text, tc.want[i]) {
-					t.Errorf("line %d %q lacks %q", i, l.text, tc.want[i])
-				}
-				if !l.ok {
-					failed++
-				}
-			}
-			if failed != tc.failed {
-				t.Errorf("%d failed lines, want %d: %+v", failed, tc.failed, got)
-			}
+			checkStatusLines(t, got, tc.want, tc.failed)
 		})
+	}
+}
+
+// checkStatusLines fails t unless got has one line per want, each containing its want
+// substring in order, and exactly failed of them are marked ✗.
+func checkStatusLines(t *testing.T, got []statusLine, want []string, failed int) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%d lines, want %d: %+v", len(got), len(want), got)
+	}
+	n := 0
+	for i, l := range got {
+		if !strings.Contains(l.text, want[i]) {
+			t.Errorf("line %d %q lacks %q", i, l.text, want[i])
+		}
+		if !l.ok {
+			n++
+		}
+	}
+	if n != failed {
+		t.Errorf("%d failed lines, want %d: %+v", n, failed, got)
 	}
 }
