@@ -47,6 +47,21 @@ func loadUnpinned(t testing.TB) *bpf.PolicyObjects {
 	return &objs
 }
 
+// loadSynced loads the programs unpinned and syncs eps into their maps; the syncer is for
+// tests that sync again.
+func loadSynced(t testing.TB, eps map[uint32]Endpoint) (*bpf.PolicyObjects, *syncer) {
+	t.Helper()
+	objs := loadUnpinned(t)
+	s, err := newSyncer(mapsOf(objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.sync(eps); err != nil {
+		t.Fatal(err)
+	}
+	return objs, s
+}
+
 type pktSpec struct {
 	src, dst     string
 	proto        uint8
@@ -142,14 +157,7 @@ func testEndpoint() Endpoint {
 }
 
 func TestProgramVerdicts(t *testing.T) {
-	objs := loadUnpinned(t)
-	s, err := newSyncer(mapsOf(objs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.sync(map[uint32]Endpoint{lo: testEndpoint()}); err != nil {
-		t.Fatal(err)
-	}
+	objs, s := loadSynced(t, map[uint32]Endpoint{lo: testEndpoint()})
 	const tcp, udp, sctp, icmp = 6, 17, 132, 1
 	tests := []struct {
 		name string
@@ -223,16 +231,9 @@ func TestProgramVerdicts(t *testing.T) {
 
 // TestProgramPriority: packets from the pod get the endpoint's QoS priority.
 func TestProgramPriority(t *testing.T) {
-	objs := loadUnpinned(t)
-	s, err := newSyncer(mapsOf(objs))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ep := testEndpoint()
 	ep.EgressIsolated = false
-	if err := s.sync(map[uint32]Endpoint{lo: ep}); err != nil {
-		t.Fatal(err)
-	}
+	objs, _ := loadSynced(t, map[uint32]Endpoint{lo: ep})
 	kspec, err := btf.LoadKernelSpec()
 	if err != nil {
 		t.Fatalf("kernel BTF: %v", err)
@@ -267,15 +268,8 @@ func TestProgramPriority(t *testing.T) {
 // TestProgramToNet: at the uplink, a local pod's egress is checked against the
 // (translated) destination; traffic of other sources passes.
 func TestProgramToNet(t *testing.T) {
-	objs := loadUnpinned(t)
-	s, err := newSyncer(mapsOf(objs))
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The endpoint's veth is some other interface: to_net finds it by address.
-	if err := s.sync(map[uint32]Endpoint{77: testEndpoint()}); err != nil {
-		t.Fatal(err)
-	}
+	objs, _ := loadSynced(t, map[uint32]Endpoint{77: testEndpoint()})
 	for _, tc := range []struct {
 		p    pktSpec
 		want uint32
@@ -293,14 +287,7 @@ func TestProgramToNet(t *testing.T) {
 // TestProgramDenyReporting: every denied packet is counted, a flow's denials are
 // reported once a second.
 func TestProgramDenyReporting(t *testing.T) {
-	objs := loadUnpinned(t)
-	s, err := newSyncer(mapsOf(objs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.sync(map[uint32]Endpoint{lo: testEndpoint()}); err != nil {
-		t.Fatal(err)
-	}
+	objs, _ := loadSynced(t, map[uint32]Endpoint{lo: testEndpoint()})
 	rd, err := ringbuf.NewReader(objs.PtEvents)
 	if err != nil {
 		t.Fatal(err)
@@ -343,14 +330,7 @@ func TestProgramDenyReporting(t *testing.T) {
 // or on a CPU that read it after the tick) is live, an entry older than the timeout is
 // not; a packet whose transport header is cut short is dropped on either parse path.
 func TestProgramConntrackClock(t *testing.T) {
-	objs := loadUnpinned(t)
-	s, err := newSyncer(mapsOf(objs))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.sync(map[uint32]Endpoint{lo: testEndpoint()}); err != nil {
-		t.Fatal(err)
-	}
+	objs, _ := loadSynced(t, map[uint32]Endpoint{lo: testEndpoint()})
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
 		t.Fatal(err)
