@@ -47,9 +47,75 @@ type followSide struct {
 }
 
 type followLab struct {
-	a, b   *followSide
-	w      ns.NetNS
-	relays [2][]*wanem.Relay // per path: every relay of it
+	a, b *followSide
+	*twoPathWAN
+}
+
+// twoPathWAN is the WAN namespace W between the gateways of a pair (newPair) and the
+// wanem relays in it, for the follow and per-path tunnel labs.
+type twoPathWAN struct {
+	w        ns.NetNS
+	relays   [2][]*wanem.Relay // per path: every relay of it
+	wgRelays [2][]*wanem.Relay // per path: the relays of its WireGuard port
+}
+
+// newTwoPathWAN links gateway a's p1 and p2 and gateway b's p0 to a new namespace W with
+// the addresses drawn above, and starts (under ctx, in run) a relay in W for every UDP
+// flow of each path: its WireGuard port wgPort(i) and the probe port, towards B and
+// towards A. Path i is i×10 ms slower each way; path blackholed (-1: none) starts
+// blackholed.
+func newTwoPathWAN(t *testing.T, ctx context.Context, run *sync.WaitGroup, a, b *side, wgPort func(path int) int, blackholed int) *twoPathWAN {
+	t.Helper()
+	n := &twoPathWAN{w: enforcetest.NewNS(t, a.gwName[:len(a.gwName)-1]+"w")}
+	link := func(x ns.NetNS, xn string, y ns.NetNS, yn string) {
+		must(t, x.Do(func(ns.NetNS) error {
+			return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: xn}, PeerName: yn, PeerNamespace: netlink.NsFd(int(y.Fd()))})
+		}))
+	}
+	link(a.gw, "p1", n.w, "a1")
+	link(a.gw, "p2", n.w, "a2")
+	link(b.gw, "p0", n.w, "b0")
+	pf := netip.MustParsePrefix
+	must(t, a.gw.Do(func(ns.NetNS) error {
+		return errorsJoin(addrUp("p1", pf("10.71.1.1/24")), addrUp("p2", pf("10.71.2.1/24")))
+	}))
+	must(t, b.gw.Do(func(ns.NetNS) error { return addrUp("p0", pf("10.72.0.2/16")) }))
+	must(t, n.w.Do(func(ns.NetNS) error {
+		return errorsJoin(up("lo"), addrUp("a1", pf("10.71.1.2/24")), addrUp("a2", pf("10.71.2.2/24")),
+			addrUp("b0", pf("10.72.0.1/16")), addrUp("b0", pf("10.72.1.1/32")), addrUp("b0", pf("10.72.2.1/32")))
+	}))
+	relay := func(i int, isWG bool, listen, target string) {
+		var r *wanem.Relay
+		must(t, n.w.Do(func(ns.NetNS) (err error) {
+			r, err = wanem.New(wanem.Options{Listen: listen, Target: target, Impairment: wanem.Impairment{Delay: time.Duration(i) * 10 * time.Millisecond, Blackhole: i == blackholed}})
+			return err
+		}))
+		n.relays[i] = append(n.relays[i], r)
+		if isWG {
+			n.wgRelays[i] = append(n.wgRelays[i], r)
+		}
+		run.Go(func() { _ = r.Run(ctx) })
+	}
+	prPort := strconv.Itoa(probe.DefaultPort)
+	for i := range 2 {
+		toB, toA := fmt.Sprintf("10.71.%d.2", i+1), fmt.Sprintf("10.72.%d.1", i+1)
+		aAddr := fmt.Sprintf("10.71.%d.1", i+1)
+		wgp := strconv.Itoa(wgPort(i))
+		for _, port := range []string{wgp, prPort} {
+			relay(i, port == wgp, net.JoinHostPort(toB, port), net.JoinHostPort("10.72.0.2", port))
+			relay(i, port == wgp, net.JoinHostPort(toA, port), net.JoinHostPort(aAddr, port))
+		}
+	}
+	return n
+}
+
+func (n *twoPathWAN) blackhole(t *testing.T, i int, on bool) {
+	t.Helper()
+	for _, r := range n.relays[i] {
+		imp := r.Impairment()
+		imp.Blackhole = on
+		must(t, r.Set(imp))
+	}
 }
 
 func peerEndpoint(s *side) string {
@@ -64,25 +130,6 @@ func newFollowLab(t *testing.T, interval time.Duration) *followLab {
 	t.Helper()
 	a0, b0 := newPair(t) // pods, bridges, devices, reconcilers (its direct underlay is unused)
 	l := &followLab{a: &followSide{side: a0}, b: &followSide{side: b0}}
-	l.w = enforcetest.NewNS(t, a0.gwName[:len(a0.gwName)-1]+"w")
-	link := func(x ns.NetNS, xn string, y ns.NetNS, yn string) {
-		must(t, x.Do(func(ns.NetNS) error {
-			return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: xn}, PeerName: yn, PeerNamespace: netlink.NsFd(int(y.Fd()))})
-		}))
-	}
-	link(a0.gw, "p1", l.w, "a1")
-	link(a0.gw, "p2", l.w, "a2")
-	link(b0.gw, "p0", l.w, "b0")
-	pf := netip.MustParsePrefix
-	must(t, a0.gw.Do(func(ns.NetNS) error {
-		return errorsJoin(addrUp("p1", pf("10.71.1.1/24")), addrUp("p2", pf("10.71.2.1/24")))
-	}))
-	must(t, b0.gw.Do(func(ns.NetNS) error { return addrUp("p0", pf("10.72.0.2/16")) }))
-	must(t, l.w.Do(func(ns.NetNS) error {
-		return errorsJoin(up("lo"), addrUp("a1", pf("10.71.1.2/24")), addrUp("a2", pf("10.71.2.2/24")),
-			addrUp("b0", pf("10.72.0.1/16")), addrUp("b0", pf("10.72.1.1/32")), addrUp("b0", pf("10.72.2.1/32")))
-	}))
-
 	ctx, cancel := context.WithCancel(context.Background())
 	var run sync.WaitGroup
 	t.Cleanup(func() { cancel(); run.Wait() })
@@ -90,24 +137,8 @@ func newFollowLab(t *testing.T, interval time.Duration) *followLab {
 	// it): best-effort takes the first path that answers and does not fail back while the
 	// scores differ by less than the margin, so on a loaded machine where path 1's first
 	// answers came late a gateway used to start, and stay, on path 2.
-	relay := func(i int, listen, target string) {
-		var r *wanem.Relay
-		must(t, l.w.Do(func(ns.NetNS) (err error) {
-			r, err = wanem.New(wanem.Options{Listen: listen, Target: target, Impairment: wanem.Impairment{Delay: time.Duration(i) * 10 * time.Millisecond, Blackhole: i == 1}})
-			return err
-		}))
-		l.relays[i] = append(l.relays[i], r)
-		run.Go(func() { _ = r.Run(ctx) })
-	}
+	l.twoPathWAN = newTwoPathWAN(t, ctx, &run, a0, b0, func(int) int { return wg.DefaultPort }, 1)
 	wgPort, prPort := strconv.Itoa(wg.DefaultPort), strconv.Itoa(probe.DefaultPort)
-	for i := range 2 {
-		toB, toA := fmt.Sprintf("10.71.%d.2", i+1), fmt.Sprintf("10.72.%d.1", i+1)
-		aAddr := fmt.Sprintf("10.71.%d.1", i+1)
-		for _, port := range []string{wgPort, prPort} {
-			relay(i, net.JoinHostPort(toB, port), net.JoinHostPort("10.72.0.2", port))
-			relay(i, net.JoinHostPort(toA, port), net.JoinHostPort(aAddr, port))
-		}
-	}
 	// Each side's remote-clusters entry for the other: the primary endpoint (what the
 	// other gateway announces) crosses path 1, the extra path path 2.
 	l.a.rc = config.RemoteCluster{ID: b0.cluster, Endpoint: "10.71.1.2:" + wgPort, CIDR: b0.podCIDR, Paths: []string{"10.71.2.2:" + wgPort}}
@@ -173,15 +204,6 @@ type fixedState []announce.Announcement
 
 func (s fixedState) List() []announce.Announcement { return s }
 func (s fixedState) Version() uint64               { return 1 }
-
-func (l *followLab) blackhole(t *testing.T, i int, on bool) {
-	t.Helper()
-	for _, r := range l.relays[i] {
-		imp := r.Impairment()
-		imp.Blackhole = on
-		must(t, r.Set(imp))
-	}
-}
 
 // settle waits until both gateways select path 1 (path 2 is blackholed from the start),
 // then lifts path 2's blackhole and waits until both see path 2 up: both paths answer,

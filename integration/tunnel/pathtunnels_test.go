@@ -25,7 +25,6 @@ import (
 	"github.com/patronus/patronus/dataplane/wg"
 	"github.com/patronus/patronus/paths"
 	"github.com/patronus/patronus/probe"
-	"github.com/patronus/patronus/wanem"
 )
 
 // The per-path tunnel lab: the follow lab's two WAN paths (every UDP flow of a path
@@ -56,14 +55,12 @@ type ppSide struct {
 }
 
 type ppLab struct {
-	a, b     *ppSide
-	w        ns.NetNS
-	relays   [2][]*wanem.Relay // per path: every relay
-	wgRelays [2][]*wanem.Relay // per path: the relays of its WireGuard port
-	bulkPod  string            // netns of A's bulk pod on the gateway
-	n2Pod    string            // netns of the pod on A's second node
-	mu       sync.Mutex
-	errs     []string
+	a, b *ppSide
+	*twoPathWAN
+	bulkPod string // netns of A's bulk pod on the gateway
+	n2Pod   string // netns of the pod on A's second node
+	mu      sync.Mutex
+	errs    []string
 }
 
 var (
@@ -149,24 +146,6 @@ func newPathTunnelLab(t *testing.T, interval time.Duration) *ppLab {
 	t.Helper()
 	a0, b0 := newPair(t) // namespaces, pods, main devices (their reconcilers are not used)
 	l := &ppLab{a: &ppSide{side: a0}, b: &ppSide{side: b0}}
-	l.w = enforcetest.NewNS(t, a0.gwName[:len(a0.gwName)-1]+"w")
-	link := func(x ns.NetNS, xn string, y ns.NetNS, yn string) {
-		must(t, x.Do(func(ns.NetNS) error {
-			return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: xn}, PeerName: yn, PeerNamespace: netlink.NsFd(int(y.Fd()))})
-		}))
-	}
-	link(a0.gw, "p1", l.w, "a1")
-	link(a0.gw, "p2", l.w, "a2")
-	link(b0.gw, "p0", l.w, "b0")
-	pf := netip.MustParsePrefix
-	must(t, a0.gw.Do(func(ns.NetNS) error {
-		return errorsJoin(addrUp("p1", pf("10.71.1.1/24")), addrUp("p2", pf("10.71.2.1/24")))
-	}))
-	must(t, b0.gw.Do(func(ns.NetNS) error { return addrUp("p0", pf("10.72.0.2/16")) }))
-	must(t, l.w.Do(func(ns.NetNS) error {
-		return errorsJoin(up("lo"), addrUp("a1", pf("10.71.1.2/24")), addrUp("a2", pf("10.71.2.2/24")),
-			addrUp("b0", pf("10.72.0.1/16")), addrUp("b0", pf("10.72.1.1/32")), addrUp("b0", pf("10.72.2.1/32")))
-	}))
 	l.bulkPod = a0.gwName + "b"
 	addPod(t, a0, l.bulkPod, ppBulkIP)
 	l.n2Pod = addNode2(t, a0, b0.podCIDR)
@@ -174,29 +153,9 @@ func newPathTunnelLab(t *testing.T, interval time.Duration) *ppLab {
 	ctx, cancel := context.WithCancel(context.Background())
 	var run sync.WaitGroup
 	t.Cleanup(func() { cancel(); run.Wait() })
-	relay := func(i int, isWG bool, listen, target string) {
-		var r *wanem.Relay
-		must(t, l.w.Do(func(ns.NetNS) (err error) {
-			r, err = wanem.New(wanem.Options{Listen: listen, Target: target, Impairment: wanem.Impairment{Delay: time.Duration(i) * 10 * time.Millisecond}})
-			return err
-		}))
-		l.relays[i] = append(l.relays[i], r)
-		if isWG {
-			l.wgRelays[i] = append(l.wgRelays[i], r)
-		}
-		run.Go(func() { _ = r.Run(ctx) })
-	}
+	// Path index i's devices listen on 51820+i (tunnel.PathPort).
+	l.twoPathWAN = newTwoPathWAN(t, ctx, &run, a0, b0, func(i int) int { return tunnel.PathPort(wg.DefaultPort, i) }, -1)
 	prPort := strconv.Itoa(probe.DefaultPort)
-	for i := range 2 {
-		toB, toA := fmt.Sprintf("10.71.%d.2", i+1), fmt.Sprintf("10.72.%d.1", i+1)
-		aAddr := fmt.Sprintf("10.71.%d.1", i+1)
-		// Path index i's devices listen on 51820+i (tunnel.PathPort).
-		wgPort := strconv.Itoa(tunnel.PathPort(wg.DefaultPort, i))
-		for _, port := range []string{wgPort, prPort} {
-			relay(i, port == wgPort, net.JoinHostPort(toB, port), net.JoinHostPort("10.72.0.2", port))
-			relay(i, port == wgPort, net.JoinHostPort(toA, port), net.JoinHostPort(aAddr, port))
-		}
-	}
 
 	// The ConfigMaps: each side's remote-clusters entry for the other (endpoint over path
 	// 1, path 2 as the extra path, the same order on both sides) and path-bandwidth:
@@ -302,15 +261,6 @@ func newPathTunnelLab(t *testing.T, interval time.Duration) *ppLab {
 func (s *ppSide) selected(class paths.Class) string {
 	x, _ := s.prober.Monitor().Selection(paths.Requirement{Dst: s.cfg.RemoteClusters[0].ID, Class: class})
 	return x.PathID
-}
-
-func (l *ppLab) blackhole(t *testing.T, i int, on bool) {
-	t.Helper()
-	for _, r := range l.relays[i] {
-		imp := r.Impairment()
-		imp.Blackhole = on
-		must(t, r.Set(imp))
-	}
 }
 
 // moves is a fingerprint of side s's selections and path states (changes when a path went
