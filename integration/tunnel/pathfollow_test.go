@@ -214,7 +214,7 @@ func (l *followLab) settle(t *testing.T) {
 	l.waitSelected(t, 30*time.Second, b.cluster+"/10.71.1.2", a.cluster+"/10.72.1.1")
 	l.blackhole(t, 1, false)
 	deadline := time.Now().Add(30 * time.Second)
-	for !pathUp(a, b.cluster+"/10.71.2.2") || !pathUp(b, a.cluster+"/10.72.2.1") {
+	for !pathUp(a.prober, b.cluster+"/10.71.2.2") || !pathUp(b.prober, a.cluster+"/10.72.2.1") {
 		if time.Now().After(deadline) {
 			t.Fatal("path 2 not up on both gateways 30 s after lifting its blackhole")
 		}
@@ -364,7 +364,7 @@ func TestTunnelFollowsPathSelection(t *testing.T) {
 	// path 2 is blackholed; both move to path 1 and the announced endpoints.
 	l.blackhole(t, 0, false)
 	deadline := time.Now().Add(15 * time.Second)
-	for !pathUp(a, p1A) || !pathUp(b, p1B) {
+	for !pathUp(a.prober, p1A) || !pathUp(b.prober, p1B) {
 		if time.Now().After(deadline) {
 			t.Fatal("path 1 not up again 15 s after lifting its blackhole")
 		}
@@ -386,8 +386,9 @@ func TestTunnelFollowsPathSelection(t *testing.T) {
 		back.Sub(at2).Round(time.Millisecond), gap2.Round(time.Millisecond))
 }
 
-func pathUp(s *followSide, id string) bool {
-	for _, p := range s.prober.Monitor().Snapshot(time.Now()).Paths {
+// pathUp reports whether pr's path id is up.
+func pathUp(pr *probe.Prober, id string) bool {
+	for _, p := range pr.Monitor().Snapshot(time.Now()).Paths {
 		if p.ID == id {
 			return p.State == paths.StateUp
 		}
@@ -407,10 +408,7 @@ func TestTunnelFollowFailoverBench(t *testing.T) {
 	if os.Getenv("PATRONUS_BENCH_FOLLOW") != "1" {
 		t.Skip("a benchmark: set PATRONUS_BENCH_FOLLOW=1 (and PATRONUS_BENCH_ROUNDS, default 20)")
 	}
-	rounds := 20
-	if s, err := strconv.Atoi(os.Getenv("PATRONUS_BENCH_ROUNDS")); err == nil && s > 0 {
-		rounds = s
-	}
+	rounds := benchRounds()
 	const interval, misses = 50 * time.Millisecond, 3
 	l := newFollowLab(t, interval)
 	a, b := l.a, l.b
@@ -435,7 +433,7 @@ func TestTunnelFollowFailoverBench(t *testing.T) {
 		t.Logf("round %d: blackholed path %d, longest gap %v", r+1, on+1, gap.Round(time.Millisecond))
 		l.blackhole(t, on, false)
 		deadline := time.Now().Add(15 * time.Second)
-		for !pathUp(a, ids[on][0]) || !pathUp(b, ids[on][1]) {
+		for !pathUp(a.prober, ids[on][0]) || !pathUp(b.prober, ids[on][1]) {
 			if time.Now().After(deadline) {
 				t.Fatalf("round %d: path %d not up again", r+1, on+1)
 			}
@@ -443,9 +441,24 @@ func TestTunnelFollowFailoverBench(t *testing.T) {
 		}
 		on = 1 - on
 	}
+	logGaps(t, "tunnel endpoint follows the selection", "ping every 10 ms", interval, misses, gaps)
+}
+
+// benchRounds is PATRONUS_BENCH_ROUNDS, default 20.
+func benchRounds() int {
+	if n, err := strconv.Atoi(os.Getenv("PATRONUS_BENCH_ROUNDS")); err == nil && n > 0 {
+		return n
+	}
+	return 20
+}
+
+// logGaps logs a failover bench's longest gaps (p50, p99, min, max) next to the detection
+// floor, interval × misses.
+func logGaps(t *testing.T, mode, flow string, interval time.Duration, misses int, gaps []time.Duration) {
+	t.Helper()
 	slices.Sort(gaps)
 	q := func(p float64) time.Duration { return gaps[min(len(gaps)-1, int(p*float64(len(gaps))))] }
-	t.Logf("tunnel endpoint follows the selection (ping every 10 ms, probe interval %v, %d misses): %d blackholes, p50 %v p99 %v min %v max %v; floor interval×misses %v",
-		interval, misses, len(gaps), q(0.5).Round(time.Millisecond), q(0.99).Round(time.Millisecond),
-		gaps[0].Round(time.Millisecond), gaps[len(gaps)-1].Round(time.Millisecond), interval*misses)
+	t.Logf("%s (%s, probe interval %v, %d misses): %d blackholes, p50 %v p99 %v min %v max %v; floor interval×misses %v",
+		mode, flow, interval, misses, len(gaps), q(0.5).Round(time.Millisecond), q(0.99).Round(time.Millisecond),
+		gaps[0].Round(time.Millisecond), gaps[len(gaps)-1].Round(time.Millisecond), interval*time.Duration(misses))
 }

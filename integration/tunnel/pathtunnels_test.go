@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -447,10 +446,7 @@ func TestPerPathFailoverBench(t *testing.T) {
 	if os.Getenv("PATRONUS_BENCH_PERPATH") != "1" {
 		t.Skip("a benchmark: set PATRONUS_BENCH_PERPATH=1 (and PATRONUS_BENCH_ROUNDS, default 20)")
 	}
-	rounds := 20
-	if s, err := strconv.Atoi(os.Getenv("PATRONUS_BENCH_ROUNDS")); err == nil && s > 0 {
-		rounds = s
-	}
+	rounds := benchRounds()
 	const interval, misses = 50 * time.Millisecond, 3
 	l := newPathTunnelLab(t, interval)
 	a, b := l.a, l.b
@@ -463,14 +459,6 @@ func TestPerPathFailoverBench(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	eventually(t, handshakeTimeout, "bulk pod reaches B", func() error { return ping(l.bulkPod, b.podIP, 0) })
-	up := func(id string) bool {
-		for _, p := range a.prober.Monitor().Snapshot(time.Now()).Paths {
-			if p.ID == id {
-				return p.State == paths.StateUp
-			}
-		}
-		return false
-	}
 	f := startPing(t, l.bulkPod, b.podIP, 10*time.Millisecond)
 	time.Sleep(time.Second)
 	var gaps []time.Duration
@@ -492,7 +480,7 @@ func TestPerPathFailoverBench(t *testing.T) {
 		t.Logf("round %d: blackholed path %d, longest gap %v", r+1, on+1, gap.Round(time.Millisecond))
 		l.blackhole(t, on, false)
 		deadline := time.Now().Add(15 * time.Second)
-		for !up(ids[on]) {
+		for !pathUp(a.prober, ids[on]) {
 			if time.Now().After(deadline) {
 				t.Fatalf("round %d: path %d not up again", r+1, on+1)
 			}
@@ -500,9 +488,5 @@ func TestPerPathFailoverBench(t *testing.T) {
 		}
 		on = 1 - on
 	}
-	slices.Sort(gaps)
-	q := func(p float64) time.Duration { return gaps[min(len(gaps)-1, int(p*float64(len(gaps))))] }
-	t.Logf("per-path tunnels (ping every 10 ms from the bulk pod, probe interval %v, %d misses): %d blackholes, p50 %v p99 %v min %v max %v; floor interval×misses %v",
-		interval, misses, len(gaps), q(0.5).Round(time.Millisecond), q(0.99).Round(time.Millisecond),
-		gaps[0].Round(time.Millisecond), gaps[len(gaps)-1].Round(time.Millisecond), interval*misses)
+	logGaps(t, "per-path tunnels", "ping every 10 ms from the bulk pod", interval, misses, gaps)
 }
