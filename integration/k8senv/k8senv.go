@@ -39,6 +39,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/patronus/patronus/kube/kclient"
 )
 
 // EnvBinDir names the environment variable holding the directory with etcd,
@@ -357,6 +359,16 @@ func (c *Cluster) Client() kubernetes.Interface {
 		c.t.Fatalf("k8senv: building client: %v", err)
 	}
 	return cs
+}
+
+// AgentClient returns an admin client of the kind the agent uses (package kclient), for
+// handing to the agent's packages (mcs, nodenet) in tests.
+func (c *Cluster) AgentClient() *kclient.Client {
+	kc, err := kclient.New(c.RESTConfig())
+	if err != nil {
+		c.t.Fatalf("k8senv: building agent client: %v", err)
+	}
+	return kc
 }
 
 // Kubeconfig returns the path of the admin kubeconfig.
