@@ -115,7 +115,6 @@ func (p *eventPoster) Event(obj runtime.Object, eventtype, reason, message strin
 		ObjectMeta:     metav1.ObjectMeta{Name: ref.Name + "." + strconv.FormatInt(t.UnixNano(), 16), Namespace: ns},
 		InvolvedObject: *ref, Reason: reason, Message: message, Type: eventtype,
 		FirstTimestamp: t, LastTimestamp: t, Count: 1, Source: p.source,
-		ReportingController: p.source.Component, ReportingInstance: p.source.Host,
 	}
 	p.log.Debug("event", "object", ref.Namespace+"/"+ref.Name, "type", eventtype, "reason", reason, "message", message)
 	select {
