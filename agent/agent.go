@@ -57,6 +57,11 @@ type agent struct {
 	recorder  *kube.Recorder
 	qosEvents eventDedup
 
+	// steering: this gateway steers pods per QoS class (set by startPaths, before the
+	// informers); clusterPods then lists every pod of the cluster (nil until set up).
+	steering    atomic.Bool
+	clusterPods atomic.Pointer[corelisters.PodLister]
+
 	seen map[string]*seenSet // per kind: keys present in the API
 
 	policy atomic.Pointer[policyController] // set once its caches synced (nil: enforcement off)
@@ -258,6 +263,14 @@ func (a *agent) runKube(ctx context.Context) error {
 
 	ctrls := []*kube.Controller{a.pods}
 	synced := []cache.InformerSynced{podInf.HasSynced}
+	// A gateway that steers pods per QoS class steers every pod of the cluster (the other
+	// nodes route remote clusters through it): it reads all pods (agent/paths.go).
+	if a.steering.Load() {
+		inf := shared.Pods()
+		l := corelisters.NewPodLister(inf.GetIndexer())
+		a.clusterPods.Store(&l)
+		synced = append(synced, inf.HasSynced)
+	}
 	watch := func(kind string, inf cache.SharedIndexInformer) error {
 		c := a.observer(kind, inf.GetIndexer())
 		if _, err := inf.AddEventHandler(c.Handler()); err != nil {
@@ -342,6 +355,9 @@ func (a *agent) runKube(ctx context.Context) error {
 func (a *agent) loadConfig(ctx context.Context) (config.Config, error) {
 	in := config.Input{ClusterIDEnv: a.opts.ClusterID, NodeName: a.opts.NodeName, ConflistPath: a.opts.ConflistPath,
 		ConfigMapNamespace: a.opts.ConfigNamespace}
+	if a.opts.NodeNet != nil {
+		in.NodeEncryptionEnv = a.opts.NodeNet.Encryption
+	}
 	b, err := os.ReadFile(a.opts.ConflistPath)
 	switch {
 	case err == nil:

@@ -16,6 +16,7 @@ import (
 
 	"github.com/patronus/patronus/cni"
 	"github.com/patronus/patronus/config"
+	"github.com/patronus/patronus/dataplane/wg"
 	"github.com/patronus/patronus/manifests"
 	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/nodenet"
@@ -38,6 +39,12 @@ type NodeNetOptions struct {
 	Masquerade *bool
 	// Resync is nodenet's periodic re-apply (default nodenet.DefaultResync).
 	Resync time.Duration
+	// Encryption is the NODE_ENCRYPTION tier of node-to-node encryption (--node-encryption
+	// or $NODE_ENCRYPTION: wireguard | none; "" = the ConfigMap's node-encryption).
+	Encryption string
+	// WGMode picks the WireGuard implementation of node encryption (default: kernel if
+	// present, else userspace in the agent).
+	WGMode wg.Mode
 }
 
 // nodeNetState is the running nodenet controller, as seen by the local API.
@@ -105,6 +112,7 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 		ClusterCIDR: cfg.ClusterCIDR, BlockSize: cfg.NodeBlockSize, DB: a.db,
 		ConfListPath: a.opts.ConflistPath, BaseConfList: base, NetNSPath: o.NetNSPath,
 		NoMasquerade: !masq, Resync: o.Resync, Logger: a.log,
+		Encrypt: nodenet.Encrypt{Mode: cfg.NodeEncryption, WGMode: o.WGMode},
 	}
 	for _, r := range cfg.RemoteClusters {
 		if r.CIDR.IsValid() {
@@ -129,7 +137,8 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 	}
 	a.nodeNet.ctrl.Store(c)
 	a.log.Info("node pod network starting", "clusterCIDR", cfg.ClusterCIDR, "blockSize", cfg.NodeBlockSize,
-		"conflist", a.opts.ConflistPath, "routes", !o.NoRoutes, "masquerade", masq)
+		"conflist", a.opts.ConflistPath, "routes", !o.NoRoutes, "masquerade", masq,
+		"nodeEncryption", cfg.NodeEncryption, "nodeEncryptionFrom", cfg.NodeEncryptionSource)
 	wg.Go(func() {
 		if dp != nil {
 			defer dp.Close()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/patronus/patronus/config"
@@ -108,12 +109,24 @@ func (a *agent) startPaths(ctx context.Context, cfg *config.Config, wg *sync.Wai
 			pl.dsts = append(pl.dsts, p.Dst)
 		}
 	}
-	if len(o.Devices) > 0 {
+	for i := range ps {
+		if bw, ok := cfg.PathBandwidth[ps[i].ID]; ok {
+			ps[i].BandwidthMbps = float64(bw)
+		}
+	}
+	// The devices paths leave by: --path-device, else the gateway's own per-path tunnels
+	// (agent/tunnel.go, opened before this when a remote cluster has several paths).
+	devices, source := o.Devices, "--path-device"
+	if len(devices) == 0 {
+		devices, source = a.tunnel.pathDevices(), "per-path tunnels"
+	}
+	if len(devices) > 0 {
 		for i := range ps {
 			ps[i].Mark = steer.ProbeMark // their own class on shaped path devices
 		}
-		pl.steer = steer.New(steer.Options{Kernel: steer.Netlink{}, Devices: o.Devices, Destinations: remoteCIDRs(cfg),
-			QoS: qosKernel{}, Logger: log})
+		pl.steer = steer.New(steer.Options{Kernel: steer.Netlink{}, Devices: devices, Destinations: remoteCIDRs(cfg),
+			QoS: qosKernel{}, DefaultClass: paths.Class(pl.defClass), Logger: log})
+		log.Info("steering pods per QoS class", "devices", devices, "from", source)
 	}
 	if dsts := remoteCIDRs(cfg); len(dsts) > 0 {
 		m := steer.Meter{}
@@ -146,6 +159,7 @@ func (a *agent) startPaths(ctx context.Context, cfg *config.Config, wg *sync.Wai
 		return
 	}
 	a.pathsSvc.Store(svc)
+	a.steering.Store(pl.steer != nil)
 	a.log.Info("path monitoring running", "paths", len(ps), "interval", cfg.ProbeInterval, "steering", pl.steer != nil)
 	wg.Go(func() {
 		defer reg.unregisterAll()
@@ -285,7 +299,49 @@ func (p *podPaths) readPods() []podReq {
 			}
 		}
 	}
+	if l := p.a.clusterPods.Load(); l != nil {
+		if all, err := (*l).List(labels.Everything()); err == nil {
+			out = append(out, otherPods(all, out, p.defClass)...)
+		}
+	}
 	slices.SortFunc(out, func(x, y podReq) int { return x.IP.Compare(y.IP) })
+	return out
+}
+
+// otherPods are the pods of the cluster not already in have (this node's, from the
+// database), by their status address: on a gateway that steers, the other nodes' pods
+// are steered too (their traffic to remote clusters is routed through the gateway and
+// marked on its forward path). Host-network pods (the node's address), finished pods and
+// pods without an IPv4 address yet are left out.
+func otherPods(all []*corev1.Pod, have []podReq, def qos.Class) []podReq {
+	seen := map[netip.Addr]bool{}
+	for _, r := range have {
+		seen[r.IP] = true
+	}
+	var out []podReq
+	for _, pod := range all {
+		if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed || pod.DeletionTimestamp != nil {
+			continue
+		}
+		ips := pod.Status.PodIPs
+		if len(ips) == 0 && pod.Status.PodIP != "" {
+			ips = []corev1.PodIP{{IP: pod.Status.PodIP}}
+		}
+		for _, s := range ips {
+			ip, err := netip.ParseAddr(s.IP)
+			if err != nil || !ip.Is4() {
+				continue
+			}
+			if !seen[ip] {
+				seen[ip] = true
+				spec, _ := qos.Parse(pod.Annotations, def)
+				out = append(out, podReq{PodClass: steer.PodClass{Name: pod.Namespace + "/" + pod.Name, IP: ip,
+					Class: paths.Class(spec.Class), MaxLatencyMs: float64(spec.MaxLatencyMs), MinBandwidthMbps: uint64(spec.MinBandwidthMbps)},
+					ns: pod.Namespace, name: pod.Name, uid: pod.UID})
+			}
+			break
+		}
+	}
 	return out
 }
 
@@ -442,6 +498,9 @@ func (p *podPaths) report(m *paths.Monitor) {
 				continue
 			}
 			pod, err := p.a.podLister.Pods(r.ns).Get(r.name)
+			if l := p.a.clusterPods.Load(); err != nil && l != nil { // a pod of another node
+				pod, err = (*l).Pods(r.ns).Get(r.name)
+			}
 			if err != nil || pod.UID != r.uid {
 				continue
 			}

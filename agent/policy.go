@@ -259,8 +259,10 @@ func (pc *policyController) openEnforcers(cfg *config.Config) error {
 		if err := pc.bridgeNetfilter(); err != nil {
 			pc.log.Warn("cannot enable bridge netfilter: nftables does not see same-node pod traffic", "err", err)
 		}
-		// Its denials reach the audit log over NFLOG (readNftLog).
-		n, err := nft.New(nft.Options{NetNS: o.NetNS, Logger: pc.log, LogGroup: nft.DefaultLogGroup})
+		// Its denials reach the audit log over NFLOG (readNftLog), and so do the allowed
+		// new connections of audited namespaces when no eBPF datapath reports them (mode
+		// nftables, or both with eBPF unavailable): one line per connection either way.
+		n, err := nft.New(nft.Options{NetNS: o.NetNS, Logger: pc.log, LogGroup: nft.DefaultLogGroup, AuditAllowed: pc.ebpf == nil})
 		if err != nil {
 			if pc.ebpf != nil {
 				pc.ebpf.Close()
@@ -779,7 +781,8 @@ func (pc *policyController) readEvents(ctx context.Context) {
 
 // readNftLog writes the nftables datapath's denials (NFLOG) as audit lines. In mode both
 // these are the denials eBPF let through to netfilter: same-node ingress, which the
-// forward hook drops before the destination veth's TC program sees the packet.
+// forward hook drops before the destination veth's TC program sees the packet. Without
+// eBPF it also carries the allowed new connections of audited namespaces.
 func (pc *policyController) readNftLog(ctx context.Context) {
 	rd, err := pc.nft.LogReader()
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -40,6 +41,11 @@ type TunnelOptions struct {
 	// at once (an agent restart or a key rotation waits less for traffic); dataplane/wg
 	// keeps two gateways adding each other at once from crossing their handshakes.
 	Keepalive time.Duration
+	// NoPathTunnels keeps one WireGuard device per gateway even when a remote cluster
+	// has several paths (its peer's endpoint then follows the default class's
+	// selection). By default a gateway with path monitoring and no --path-device opens a
+	// device per path (tunnel.PathRefs) and steers pods per QoS class across them.
+	NoPathTunnels bool
 }
 
 // tunnelState is the running tunnel dataplane (nil pointers: not running).
@@ -47,6 +53,17 @@ type tunnelState struct {
 	rec atomic.Pointer[tunnel.Reconciler]
 	rot atomic.Pointer[tunnel.Rotator]
 	err atomic.Value // string: why the tunnel dataplane is not running
+	// pathDevs is the interface of each path (path id → device) when this gateway runs
+	// per-path devices; nil otherwise.
+	pathDevs atomic.Pointer[map[string]string]
+}
+
+// pathDevices is the per-path device of each path id (nil: no per-path devices).
+func (st *tunnelState) pathDevices() map[string]string {
+	if m := st.pathDevs.Load(); m != nil {
+		return *m
+	}
+	return nil
 }
 
 var errTunnelNotRunning = errors.New("the tunnel dataplane is not running on this agent")
@@ -149,17 +166,30 @@ func (a *agent) runTunnel(ctx context.Context, cfg *config.Config, n *mesh.Node,
 		return fmt.Errorf("route events: %w", err)
 	}
 	router := route.NewRouter(route.Options{Kernel: k, Events: events, Logger: log})
-	rec := tunnel.NewReconciler(tunnel.ReconcilerOptions{Device: dev, Routes: router, Logger: log,
+	refs := tunnel.PathRefs(cfg.RemoteClusters)
+	pathDevs, pathSpecs, err := a.openPathDevices(cfg, spec, refs, log)
+	if err != nil {
+		// One tunnel per cluster still works (its endpoint follows the selection).
+		log.Error("per-path tunnels not opened: one tunnel per remote cluster", "err", err)
+	}
+	closeAll := func() {
+		for _, d := range pathDevs {
+			d.Close()
+		}
+		dev.Close()
+	}
+	rec := tunnel.NewReconciler(tunnel.ReconcilerOptions{Device: dev, PathDevices: pathDevs, Routes: router, Logger: log,
 		MSS: func(devs []string) error { return wg.EnsureMSSClamp("", devs) }})
 	var pods []netip.Prefix
 	if cfg.ClusterCIDR.IsValid() {
 		pods = []netip.Prefix{cfg.ClusterCIDR}
 	}
 	rot := tunnel.NewRotator(tunnel.RotatorOptions{Device: dev, Spec: spec, CreatedAt: created, Store: a.db,
-		Announce: n.Announce, Endpoints: []netip.AddrPort{ep}, PodCIDRs: pods, Interval: cfg.KeyRotation, Logger: log})
+		Announce: n.Announce, Endpoints: []netip.AddrPort{ep}, PodCIDRs: pods, Interval: cfg.KeyRotation, Logger: log,
+		PathDevices: pathSpecs})
 	if err := rot.Announce(); err != nil {
 		k.Close()
-		dev.Close()
+		closeAll()
 		return fmt.Errorf("tunnel announcement: %w", err)
 	}
 	hints := tunnel.HintsFromRemoteClusters(cfg.RemoteClusters)
@@ -171,12 +201,21 @@ func (a *agent) runTunnel(ctx context.Context, cfg *config.Config, n *mesh.Node,
 		keepalive = 0
 	}
 	base := func() tunnel.Input {
-		return tunnel.Input{LocalCluster: cfg.ClusterID, Gateway: true, Hints: hints, Keepalive: keepalive}
+		return tunnel.Input{LocalCluster: cfg.ClusterID, Gateway: true, Hints: hints, Keepalive: keepalive, Paths: refs}
 	}
 	a.tunnel.rec.Store(rec)
 	a.tunnel.rot.Store(rot)
+	if len(pathDevs) > 0 {
+		var pds []tunnel.PathDevice
+		for _, s := range pathSpecs {
+			k, _ := tunnel.IsPathInterfaceName(cfg.ClusterID, s.Spec.Name)
+			pds = append(pds, tunnel.PathDevice{Index: k, Name: s.Spec.Name})
+		}
+		m := tunnel.PathDeviceMap(refs, spec.Name, pds)
+		a.tunnel.pathDevs.Store(&m)
+	}
 	log.Info("tunnel dataplane running", "device", spec.Name, "port", o.ListenPort, "endpoint", ep,
-		"publicKey", rot.PublicKey().String())
+		"publicKey", rot.PublicKey().String(), "pathDevices", len(pathDevs))
 	var inner sync.WaitGroup
 	inner.Go(func() { router.Run(ctx) })
 	inner.Go(func() { _ = rec.Run(ctx, n.State(), base, 0, 0) })
@@ -185,11 +224,77 @@ func (a *agent) runTunnel(ctx context.Context, cfg *config.Config, n *mesh.Node,
 		inner.Wait()
 		a.tunnel.rec.Store(nil)
 		a.tunnel.rot.Store(nil)
+		a.tunnel.pathDevs.Store(nil)
 		k.Close()
 		// The userspace device lives in this process: closing it removes the interface.
-		dev.Close()
+		closeAll()
 	})
 	return nil
+}
+
+// openPathDevices opens a WireGuard device per path index ≥ 1 (tunnel.PathDeviceSpecs:
+// same key and MTU as the main device, port +k) when this gateway steers per class with
+// its own devices: path monitoring on, no --path-device, and some remote cluster with
+// more than one path. Per-path kernel links of indexes no longer configured (left by an
+// earlier run: kernel links outlive the agent) are deleted first. On error every device
+// opened so far is closed again.
+func (a *agent) openPathDevices(cfg *config.Config, spec wg.Spec, refs []tunnel.PathRef, log *slog.Logger) (map[int]wg.Device, []tunnel.DeviceSpec, error) {
+	n := tunnel.MaxPathIndex(refs)
+	if a.opts.Tunnel.NoPathTunnels || a.opts.Paths == nil || len(a.opts.Paths.Devices) > 0 {
+		n = 0
+	}
+	removeStalePathLinks(cfg.ClusterID, n, log)
+	if n == 0 {
+		return nil, nil, nil
+	}
+	specs, err := tunnel.PathDeviceSpecs(cfg.ClusterID, spec, n)
+	if err != nil {
+		return nil, nil, err
+	}
+	devs := map[int]wg.Device{}
+	var out []tunnel.DeviceSpec
+	for i, s := range specs {
+		d, err := wg.Open(wg.Options{Logger: log}, s)
+		if err != nil {
+			for _, d := range devs {
+				d.Close()
+			}
+			return nil, nil, fmt.Errorf("wireguard device %s (path index %d): %w", s.Name, i+1, err)
+		}
+		devs[i+1] = d
+		out = append(out, tunnel.DeviceSpec{Device: d, Spec: s})
+		if err := tunnel.ValidSourceByMark(s.Name); err != nil {
+			log.Warn("per-path device: with reverse-path filtering on, its traffic is dropped", "err", err)
+		}
+	}
+	log.Info("per-path tunnels", "devices", len(devs), "first", specs[0].Name, "ports", fmt.Sprintf("%d-%d", specs[0].ListenPort, specs[len(specs)-1].ListenPort))
+	return devs, out, nil
+}
+
+// removeStalePathLinks deletes the kernel WireGuard links named like per-path devices of
+// this cluster with an index above keep (a userspace device disappears with the process
+// that made it; kernel links stay).
+func removeStalePathLinks(cluster string, keep int, log *slog.Logger) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		log.Warn("listing links for stale per-path devices", "err", err)
+		return
+	}
+	var names []string
+	byName := map[string]netlink.Link{}
+	for _, l := range links {
+		if l.Type() == "wireguard" {
+			names = append(names, l.Attrs().Name)
+			byName[l.Attrs().Name] = l
+		}
+	}
+	for _, name := range tunnel.StalePathDevices(cluster, names, keep) {
+		if err := netlink.LinkDel(byName[name]); err != nil {
+			log.Warn("removing a stale per-path device", "device", name, "err", err)
+			continue
+		}
+		log.Info("removed the device of a path no longer configured", "device", name)
+	}
 }
 
 // tunnelsStatus is the Tunnels list of /v1/status: the active tunnels of the last

@@ -24,6 +24,7 @@ func newAgentCmd(e env) *cobra.Command {
 		manageCNI bool
 		nodeRoute bool
 		masq      bool
+		nodeEnc   string
 		gw        agentGatewayFlags
 		mcsFlags  agentMCSFlags
 		tun       agentTunnelFlags
@@ -69,6 +70,9 @@ SIGTERM or SIGINT stops it cleanly.`,
 				if cmd.Flags().Changed("masquerade") {
 					nno.Masquerade = &masq
 				}
+				if nno.Encryption, err = nodeEncryptionTier(nodeEnc, cmd.Flags().Changed("node-encryption"), e.getenv); err != nil {
+					return err
+				}
 				o.NodeNet = &nno
 			}
 			if err := gw.apply(&o); err != nil {
@@ -106,6 +110,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.BoolVar(&manageCNI, "manage-conflist", false, "own the CNI conflist (the DaemonSet sets it, with install-cni --no-conflist): claim this node's pod block (Node podCIDR, else a Lease on cluster-cidr), write the conflist for it, route other nodes' blocks, masquerade; /readyz fails until the conflist is written")
 	f.BoolVar(&nodeRoute, "node-routes", true, "route other nodes' pod blocks (direct or VXLAN ptx0); false: the conflist only")
 	f.BoolVar(&masq, "masquerade", true, "masquerade pod traffic leaving cluster-cidr to the node address (default: the ConfigMap's masquerade, true)")
+	f.StringVar(&nodeEnc, "node-encryption", "", "with --manage-conflist: node-to-node encryption, wireguard or none (default $NODE_ENCRYPTION, else the ConfigMap's node-encryption, else none): WireGuard device ptw0 on UDP 51819, key published on the Node")
 	gw.register(f)
 	mcsFlags.register(f)
 	tun.register(f)

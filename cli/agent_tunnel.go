@@ -21,6 +21,8 @@ type agentTunnelFlags struct {
 	mtu      int
 	// keepalive 0 turns persistent keepalive off (agent.TunnelOptions: negative).
 	keepalive time.Duration
+	// pathTunnels: a WireGuard device per path when a remote cluster has several.
+	pathTunnels bool
 }
 
 func (g *agentTunnelFlags) register(f *pflag.FlagSet) {
@@ -29,6 +31,7 @@ func (g *agentTunnelFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&g.endpoint, "wg-endpoint", "", "underlay endpoint host[:port] announced to remote gateways (default: the gossip advertise address's host, --wg-port)")
 	f.IntVar(&g.mtu, "uplink-mtu", 1500, "underlay MTU; the tunnel's MTU is this minus the WireGuard overhead (80)")
 	f.DurationVar(&g.keepalive, "wg-keepalive", 25*time.Second, "WireGuard persistent keepalive to remote gateways (0: off)")
+	f.BoolVar(&g.pathTunnels, "path-tunnels", true, "a WireGuard device per path (wg<k>-<cluster id>, port --wg-port+k) when a remote cluster has several paths, pods steered across them per QoS class (false: one device whose endpoint follows the default class's path)")
 }
 
 func (g *agentTunnelFlags) apply(o *agent.Options) error {
@@ -44,7 +47,7 @@ func (g *agentTunnelFlags) apply(o *agent.Options) error {
 	if g.keepalive < 0 {
 		return usagef("--wg-keepalive %s: negative", g.keepalive)
 	}
-	t := &agent.TunnelOptions{ListenPort: g.port, UplinkMTU: g.mtu, Keepalive: g.keepalive}
+	t := &agent.TunnelOptions{ListenPort: g.port, UplinkMTU: g.mtu, Keepalive: g.keepalive, NoPathTunnels: !g.pathTunnels}
 	if g.keepalive == 0 {
 		t.Keepalive = -1
 	}

@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/patronus/patronus/agent"
 )
 
@@ -16,6 +18,7 @@ func TestAgentTunnelFlags(t *testing.T) {
 		wantPort int
 		wantKA   time.Duration // expected TunnelOptions.Keepalive
 		wantErr  bool
+		pathsOn  bool // expected !TunnelOptions.NoPathTunnels
 	}{
 		{name: "default with mesh", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500, keepalive: 25 * time.Second}, mesh: true, want: "invalid AddrPort", wantPort: 51820, wantKA: 25 * time.Second},
 		{name: "no mesh, no tunnel", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500}, want: "-"},
@@ -27,6 +30,7 @@ func TestAgentTunnelFlags(t *testing.T) {
 		{name: "bad mtu", g: agentTunnelFlags{on: true, port: 51820, mtu: 100}, mesh: true, wantErr: true},
 		{name: "keepalive", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500, keepalive: 10 * time.Second}, mesh: true, want: "invalid AddrPort", wantPort: 51820, wantKA: 10 * time.Second},
 		{name: "keepalive off", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500}, mesh: true, want: "invalid AddrPort", wantPort: 51820, wantKA: -1},
+		{name: "per-path tunnels (default)", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500, keepalive: 25 * time.Second, pathTunnels: true}, mesh: true, want: "invalid AddrPort", wantPort: 51820, wantKA: 25 * time.Second, pathsOn: true},
 		{name: "negative keepalive", g: agentTunnelFlags{on: true, port: 51820, mtu: 1500, keepalive: -time.Second}, mesh: true, wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -50,6 +54,19 @@ func TestAgentTunnelFlags(t *testing.T) {
 			if o.Tunnel == nil || o.Tunnel.Endpoint.String() != tc.want || o.Tunnel.ListenPort != tc.wantPort || o.Tunnel.Keepalive != tc.wantKA {
 				t.Fatalf("tunnel options %+v, want endpoint %s port %d", o.Tunnel, tc.want, tc.wantPort)
 			}
+			if o.Tunnel.NoPathTunnels == tc.pathsOn {
+				t.Fatalf("NoPathTunnels %v, want %v", o.Tunnel.NoPathTunnels, !tc.pathsOn)
+			}
 		})
+	}
+	// Per-path tunnels are the default.
+	var g agentTunnelFlags
+	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	g.register(fs)
+	if err := fs.Parse(nil); err != nil || !g.pathTunnels {
+		t.Fatalf("--path-tunnels default %v (%v), want true", g.pathTunnels, err)
+	}
+	if err := fs.Parse([]string{"--path-tunnels=false"}); err != nil || g.pathTunnels {
+		t.Fatalf("--path-tunnels=false gave %v (%v)", g.pathTunnels, err)
 	}
 }

@@ -43,6 +43,10 @@ const (
 	KeyMasquerade     = "masquerade"
 	// KeyClusterSetIPRange is where MCS ClusterSetIPs come from (package mcs).
 	KeyClusterSetIPRange = "clusterset-ip-range"
+	// KeyNodeEncryption is node-to-node encryption (package nodenet): wireguard | none.
+	KeyNodeEncryption = "node-encryption"
+	// EnvNodeEncryption (or the agent's --node-encryption, same tier) overrides it.
+	EnvNodeEncryption = "NODE_ENCRYPTION"
 
 	EnvClusterID = "CLUSTER_ID"
 	EnvNodeName  = "NODE_NAME"
@@ -109,6 +113,14 @@ type Config struct {
 	// when the default overlaps one of them and no key is set: MCS imports are then off
 	// and Warnings says why.
 	ClusterSetIPRange netip.Prefix
+	// PathBandwidth is each path's capacity in Mbit/s by path id (key path-bandwidth;
+	// nil: none known).
+	PathBandwidth map[string]uint64
+	// NodeEncryption is node-to-node encryption: NodeEncryptionNone (default) or
+	// NodeEncryptionWireGuard (NODE_ENCRYPTION / --node-encryption, else the ConfigMap's
+	// node-encryption); NodeEncryptionSource names where it came from ("" default).
+	NodeEncryption       string
+	NodeEncryptionSource string
 
 	// From the conflist.
 	Bridge          string
@@ -125,6 +137,9 @@ type Input struct {
 	ClusterIDEnv string
 	// NodeName is NODE_NAME (or --node-name).
 	NodeName string
+	// NodeEncryptionEnv is NODE_ENCRYPTION (or --node-encryption, same precedence): over
+	// the ConfigMap's node-encryption.
+	NodeEncryptionEnv string
 	// ConfigMap is the data of kube-system/patronus-config; nil if it does not exist.
 	ConfigMap map[string]string
 	// Conflist is the content of the CNI conflist file, nil if absent; ConflistPath names
@@ -161,7 +176,8 @@ func configMapSource(ns string) string {
 func knownKeys() map[string]bool {
 	return map[string]bool{KeyClusterID: true, KeyClusterCIDR: true, KeyServiceCIDR: true, KeyRemoteClusters: true,
 		KeyNodeBlockSize: true, KeyDatapath: true, KeyMulticastGroup: true, KeyKeyRotation: true, KeyProbeInterval: true,
-		KeyMasquerade: true, KeyClusterSetIPRange: true}
+		KeyMasquerade: true, KeyClusterSetIPRange: true, KeyPathBandwidth: true,
+		KeyNodeEncryption: true}
 }
 
 // dns1123Label is the shape of cluster ids and node-independent names: they end up in
@@ -186,6 +202,7 @@ func Load(in Input) (Config, error) {
 		KeyRotation:     DefaultKeyRotation,
 		ProbeInterval:   DefaultProbeInterval,
 		Masquerade:      true,
+		NodeEncryption:  NodeEncryptionNone,
 		Bridge:          DefaultBridge,
 		DefaultQoSClass: qos.DefaultClass,
 	}
@@ -243,7 +260,29 @@ func Load(in Input) (Config, error) {
 	if err := applyConfigMap(&cfg, in.ConfigMap, cmSource); err != nil {
 		return Config{}, err
 	}
+	if v := strings.TrimSpace(in.NodeEncryptionEnv); v != "" {
+		e, err := parseNodeEncryption(v)
+		if err != nil {
+			return Config{}, &Error{Source: "environment", Key: EnvNodeEncryption, Err: err}
+		}
+		cfg.NodeEncryption, cfg.NodeEncryptionSource = e, "environment "+EnvNodeEncryption
+	}
 	return cfg, nil
+}
+
+// Node-to-node encryption modes (ConfigMap node-encryption).
+const (
+	NodeEncryptionNone      = "none"
+	NodeEncryptionWireGuard = "wireguard"
+)
+
+func parseNodeEncryption(v string) (string, error) {
+	switch s := strings.TrimSpace(v); s {
+	case NodeEncryptionNone, NodeEncryptionWireGuard:
+		return s, nil
+	default:
+		return "", fmt.Errorf("%q: accepted values are %s and %s", v, NodeEncryptionWireGuard, NodeEncryptionNone)
+	}
 }
 
 func applyConfigMap(cfg *Config, data map[string]string, source string) error {
@@ -327,6 +366,13 @@ func applyConfigMap(cfg *Config, data map[string]string, source string) error {
 		}
 		cfg.ProbeInterval = d
 	}
+	if v, ok := data[KeyNodeEncryption]; ok {
+		e, err := parseNodeEncryption(v)
+		if err != nil {
+			return cmErr(KeyNodeEncryption, err)
+		}
+		cfg.NodeEncryption, cfg.NodeEncryptionSource = e, source+" key "+KeyNodeEncryption
+	}
 	if v, ok := data[KeyMasquerade]; ok {
 		b, err := strconv.ParseBool(strings.TrimSpace(v))
 		if err != nil {
@@ -340,6 +386,13 @@ func applyConfigMap(cfg *Config, data map[string]string, source string) error {
 			return err
 		}
 		cfg.RemoteClusters = rcs
+	}
+	if v, ok := data[KeyPathBandwidth]; ok {
+		bw, err := parsePathBandwidth(v, cfg.RemoteClusters, cmErr)
+		if err != nil {
+			return err
+		}
+		cfg.PathBandwidth = bw
 	}
 	return nil
 }

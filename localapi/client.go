@@ -1,6 +1,7 @@
 package localapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -59,9 +60,17 @@ func (e *StatusError) Error() string {
 // Do sends a request for path (e.g. "/v1/members") and, if v is not nil, decodes the JSON
 // answer into it. It is exported so that handlers mounted later (mesh) need no new method.
 func (c *Client) Do(ctx context.Context, method, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://patronus-agent"+path, nil)
+	return c.send(ctx, method, path, nil, v)
+}
+
+// send is Do with an optional JSON request body.
+func (c *Client) send(ctx context.Context, method, path string, body io.Reader, v any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://patronus-agent"+path, body)
 	if err != nil {
 		return fmt.Errorf("agent %s: %w", path, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -74,7 +83,7 @@ func (c *Client) Do(ctx context.Context, method, path string, v any) error {
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return &StatusError{Path: path, Code: resp.StatusCode, Body: string(b)}
+		return &StatusError{Path: path, Code: resp.StatusCode, Body: string(bytes.TrimSpace(b))}
 	}
 	if v == nil {
 		_, _ = io.Copy(io.Discard, resp.Body)

@@ -4,10 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 )
 
@@ -61,30 +58,5 @@ func (c *Client) post(ctx context.Context, path string, body, v any) error {
 	if err != nil {
 		return fmt.Errorf("agent %s: %w", path, err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://patronus-agent"+path, bytes.NewReader(b))
-	if err != nil {
-		return fmt.Errorf("agent %s: %w", path, err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.http.Do(req)
-	if err != nil {
-		var ne *net.OpError
-		if errors.As(err, &ne) && ne.Op == "dial" {
-			return fmt.Errorf("%w (no answer on %s: %v)", ErrNotRunning, c.socket, ne.Err)
-		}
-		return fmt.Errorf("agent %s on %s: %w", path, c.socket, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		rb, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return &StatusError{Path: path, Code: resp.StatusCode, Body: string(bytes.TrimSpace(rb))}
-	}
-	if v == nil {
-		_, _ = io.Copy(io.Discard, resp.Body)
-		return nil
-	}
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		return fmt.Errorf("agent %s: decode answer: %w", path, err)
-	}
-	return nil
+	return c.send(ctx, http.MethodPost, path, bytes.NewReader(b), v)
 }

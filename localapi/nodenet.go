@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 )
 
 // PathNodeNet is the node's pod network status (package nodenet's Status), served while
@@ -13,14 +14,25 @@ const PathNodeNet = "/v1/nodenet"
 // NodeNet is GET /v1/nodenet: the node's pod block and what nodenet did with it. Only the
 // fields `patronus status` shows are decoded; the agent sends more (routes).
 type NodeNet struct {
-	Block     string        `json:"block"`  // "invalid Prefix" / "" until known
-	Source    string        `json:"source"` // "node" (Node podCIDRs) | "lease" | "" (single-node default)
-	ConfList  string        `json:"conflist,omitempty"`
-	Peers     int           `json:"peers"`
-	VXLAN     bool          `json:"vxlan"`
-	Conflicts []string      `json:"conflicts,omitempty"`
-	Lost      []NodeNetLost `json:"lostPods,omitempty"`
-	LastError string        `json:"lastError,omitempty"`
+	Block  string `json:"block"`  // "invalid Prefix" / "" until known
+	Source string `json:"source"` // "node" (Node podCIDRs) | "lease" | "gossip" (edge mode) | "" (single-node default)
+	// ClaimedAt is when the node got its block (the claim's seniority in edge mode).
+	ClaimedAt time.Time      `json:"claimedAt,omitzero"`
+	ConfList  string         `json:"conflist,omitempty"`
+	Peers     int            `json:"peers"`
+	Routes    []NodeNetRoute `json:"routes,omitempty"`
+	VXLAN     bool           `json:"vxlan"`
+	Conflicts []string       `json:"conflicts,omitempty"`
+	Lost      []NodeNetLost  `json:"lostPods,omitempty"`
+	LastError string         `json:"lastError,omitempty"`
+}
+
+// NodeNetRoute is a route to another node's pod block.
+type NodeNetRoute struct {
+	Dst    string `json:"dst"`
+	Via    string `json:"via"`
+	Dev    string `json:"dev"`
+	OnLink bool   `json:"onlink,omitempty"`
 }
 
 // NodeNetLost is a pod still holding an address of a pod block this node lost.

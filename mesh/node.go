@@ -134,6 +134,7 @@ type Node struct {
 	admitted *prometheus.CounterVec
 
 	mu          sync.Mutex
+	subs        map[chan struct{}]struct{}       // Subscribe's channels
 	own         map[string]announce.Announcement // slot -> own announcement (re-signed on refresh)
 	lastJoin    map[string]time.Time             // beacon-triggered joins, rate limited per node
 	eventsLog   []EventRecord                    // recent events for /v1/events
@@ -423,10 +424,12 @@ func (n *Node) handleEvent(e serf.Event) {
 	switch ev := e.(type) {
 	case serf.UserEvent:
 		if ev.Name == AnnounceEvent {
-			if _, err := n.recv.Receive(ev.Payload); err == nil {
-				return
+			v := n.recv.State().Version()
+			_, _ = n.recv.Receive(ev.Payload) // a rejection is counted and logged by the receiver
+			if n.recv.State().Version() != v {
+				n.notify()
 			}
-			return // rejected: counted and logged by the receiver
+			return
 		}
 		n.record(EventRecord{Type: "user", Name: ev.Name, Payload: ev.Payload, LTime: uint64(ev.LTime)})
 	case serf.MemberEvent:
@@ -440,6 +443,7 @@ func (n *Node) handleEvent(e serf.Event) {
 			}
 		}
 		n.record(EventRecord{Type: ev.Type.String(), Members: names})
+		n.notify()
 		if ev.Type == serf.EventMemberJoin {
 			// Push our state to the newcomer (and to the other side of a healed partition).
 			select {
@@ -453,6 +457,39 @@ func (n *Node) handleEvent(e serf.Event) {
 		case n.hooks <- e:
 		default:
 			n.log.Warn("event handler queue full, event dropped", "event", e.String())
+		}
+	}
+}
+
+// Subscribe returns a channel that receives a value soon after the membership or the
+// verified announcements change (a member joined, left, failed, was updated or reaped; an
+// announcement was accepted, withdrawn or expired), so a follower reconciles at once
+// instead of at its next resync. Changes coalesce: the channel holds at most one pending
+// value and the mesh never waits for the reader, who re-reads Members and State (the
+// value carries nothing). cancel ends the subscription.
+func (n *Node) Subscribe() (changes <-chan struct{}, cancel func()) {
+	ch := make(chan struct{}, 1)
+	n.mu.Lock()
+	if n.subs == nil {
+		n.subs = map[chan struct{}]struct{}{}
+	}
+	n.subs[ch] = struct{}{}
+	n.mu.Unlock()
+	return ch, func() {
+		n.mu.Lock()
+		delete(n.subs, ch)
+		n.mu.Unlock()
+	}
+}
+
+// notify wakes every subscriber without blocking.
+func (n *Node) notify() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for ch := range n.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -519,6 +556,7 @@ func (n *Node) maintain(ctx context.Context) {
 		case now := <-tick.C:
 			if gone := n.recv.State().Expire(now); len(gone) > 0 {
 				n.log.Info("announcements expired", "count", len(gone))
+				n.notify()
 			}
 			n.persist(ctx, false)
 		}

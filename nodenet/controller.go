@@ -32,6 +32,8 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/patronus/patronus/kube/kclient"
 	"github.com/patronus/patronus/manifests"
 	"github.com/patronus/patronus/mesh/announce"
@@ -99,6 +101,9 @@ type Options struct {
 	// nodenet-masq).
 	MasqTable, MasqChain string
 
+	// Encrypt is node-to-node encryption (ConfigMap node-encryption; default none).
+	Encrypt Encrypt
+
 	// Resync is how often the datapath is re-applied and the claim re-verified (default 10s).
 	Resync time.Duration
 	// OrphanGrace (default 5m): see DefaultOrphanGrace.
@@ -141,6 +146,40 @@ type Status struct {
 	// Lost are pods still holding addresses of a block this node lost.
 	Lost      []LostPod `json:"lostPods,omitempty"`
 	LastError string    `json:"lastError,omitempty"`
+
+	// Encryption is the node-to-node encryption mode (EncryptionNone | EncryptionWireGuard).
+	Encryption string `json:"encryption"`
+	// WireGuard is the node device while encryption is on.
+	WireGuard *WGStatus `json:"wireguard,omitempty"`
+	// PeerStates say, with encryption on, for every routed peer whether its traffic is
+	// encrypted (and its last handshake) or why not.
+	PeerStates []PeerState `json:"peerStates,omitempty"`
+}
+
+// WGStatus is the node-to-node WireGuard device.
+type WGStatus struct {
+	Device         string `json:"device"`
+	PublicKey      string `json:"publicKey"`
+	Port           int    `json:"port"`
+	MTU            int    `json:"mtu,omitempty"`
+	Implementation string `json:"implementation,omitempty"` // kernel | userspace
+	// Peers is how many peers the device has now.
+	Peers int    `json:"peers"`
+	Error string `json:"error,omitempty"`
+}
+
+// PeerState is one peer node under encryption.
+type PeerState struct {
+	Node      string         `json:"node"`
+	Blocks    []netip.Prefix `json:"blocks"`
+	Encrypted bool           `json:"encrypted"`
+	PublicKey string         `json:"publicKey,omitempty"`
+	Endpoint  string         `json:"endpoint,omitempty"`
+	// LastHandshake is zero until the first handshake (WireGuard handshakes on traffic).
+	LastHandshake time.Time `json:"lastHandshake,omitzero"`
+	RxBytes       int64     `json:"rxBytes,omitempty"`
+	TxBytes       int64     `json:"txBytes,omitempty"`
+	Reason        string    `json:"reason,omitempty"` // why not encrypted
 }
 
 // Controller runs per-node pod networking for one node.
@@ -153,6 +192,14 @@ type Controller struct {
 	status Status
 	ready  chan struct{}
 	once   sync.Once
+	wgLive WGLink // the device Status reads handshakes from (under mu)
+
+	// Encryption state, used by the reconcile goroutine only.
+	wgLink    WGLink
+	wgKey     wgtypes.Key
+	wgUp      bool   // the device is as wanted: peers may be encrypted
+	wgRemoved bool   // encryption off: the device of an earlier run is gone
+	wgPlain   string // the plain peers last logged
 }
 
 // New checks o and makes a controller.
@@ -196,6 +243,9 @@ func New(o Options) (*Controller, error) {
 	if o.MasqChain == "" {
 		o.MasqChain = DefaultMasqChain
 	}
+	if err := o.Encrypt.check(); err != nil {
+		return nil, err
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -203,6 +253,7 @@ func New(o Options) (*Controller, error) {
 		o.Now = time.Now
 	}
 	c := &Controller{o: o, log: o.Logger.With("controller", "nodenet"), ready: make(chan struct{})}
+	c.status.Encryption = o.Encrypt.Mode
 	var kv KV
 	if o.DB != nil {
 		kv = o.DB
@@ -216,14 +267,27 @@ func New(o Options) (*Controller, error) {
 // defaults): the node is ready for pods.
 func (c *Controller) Ready() <-chan struct{} { return c.ready }
 
-// Status returns a copy of the current status.
+// Status returns a copy of the current status (with encryption on, the peers' handshakes
+// as the device shows them now).
 func (c *Controller) Status() Status {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	s := c.status
 	s.Routes = slices.Clone(s.Routes)
 	s.Conflicts = slices.Clone(s.Conflicts)
 	s.Lost = slices.Clone(s.Lost)
+	s.PeerStates = slices.Clone(s.PeerStates)
+	if s.WireGuard != nil {
+		w := *s.WireGuard
+		s.WireGuard = &w
+	}
+	live := c.wgLive
+	c.mu.Unlock()
+	if live != nil && s.WireGuard != nil {
+		if d, err := live.State(); err == nil && d != nil {
+			s.WireGuard.Peers = len(d.Peers)
+			fillHandshakes(s.PeerStates, d)
+		}
+	}
 	return s
 }
 
@@ -238,6 +302,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 		defer dp.Close()
 	}
+	defer c.closeWG()
 	trigger := make(chan struct{}, 1)
 	kick := func() {
 		select {
@@ -363,7 +428,7 @@ func (c *Controller) reconcile(ctx context.Context, dp Datapath, nl nodeLister, 
 		if n.Name == c.o.NodeName || n.DeletionTimestamp != nil {
 			continue
 		}
-		p := Peer{Name: n.Name}
+		p := Peer{Name: n.Name, Key: ParseWGKey(n.Annotations[AnnotationWGKey])}
 		p.Addr, _ = nodeIP(n)
 		if b, ok := nodeBlock(n); ok {
 			p.Blocks = []netip.Prefix{b}
@@ -379,7 +444,8 @@ func (c *Controller) reconcile(ctx context.Context, dp Datapath, nl nodeLister, 
 	if !addr.IsValid() {
 		addr, _ = nodeIP(self)
 	}
-	return errors.Join(blockErr, c.program(dp, addr, peers))
+	progErr := c.program(dp, addr, peers)
+	return errors.Join(blockErr, progErr, c.publishKey(ctx, self))
 }
 
 // program makes the datapath route peers (from this node's underlay address addr) and
@@ -396,12 +462,34 @@ func (c *Controller) program(dp Datapath, addr netip.Addr, peers []Peer) error {
 	} else if len(peers) > 0 {
 		errs = append(errs, fmt.Errorf("nodenet: node %s has no IPv4 underlay address: cannot route to peers", c.o.NodeName))
 	}
+	enc := c.o.Encrypt.Mode == EncryptionWireGuard
+	if enc && local.Dev != "" {
+		local.Encrypt, local.WGPort = true, c.o.Encrypt.Port
+		if err := c.ensureWG(local); err != nil {
+			errs = append(errs, err)
+		}
+		if c.wgUp {
+			local.Key = c.wgKey.PublicKey()
+		}
+	}
 	plan := Compute(local, peers)
 	if local.Dev != "" {
+		// New peers before their routes; and routes back to plain before the device goes.
+		if enc && c.wgUp {
+			if err := c.configureWG(plan); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		if err := dp.Apply(local, plan); err != nil {
 			errs = append(errs, err)
 		}
+		if !enc && !c.wgRemoved {
+			if err := c.removeWG(); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
+	c.recordPeers(enc, peers, plan)
 	m := Masquerade{Table: c.o.MasqTable, Chain: c.o.MasqChain}
 	if !c.o.NoMasquerade {
 		if st.Block.IsValid() {
@@ -528,6 +616,17 @@ func (c *Controller) writeConfList(b netip.Prefix) error {
 // server the Lease decides and the announcement tells the mesh.
 func BlockAnnouncement(block netip.Prefix, claimedAt time.Time) announce.Announcement {
 	return announce.Announcement{Kind: announce.KindPodBlock, Prefixes: []netip.Prefix{block.Masked()}, Claimed: claimedAt.UnixMilli()}
+}
+
+// BlockAnnouncementKey is BlockAnnouncement carrying the node's node-to-node WireGuard
+// public key (base64; "" none) in its Tunnel field (no endpoints: a node's endpoint is its
+// underlay address and the cluster's port), so edge-mode peers learn the key signed.
+func BlockAnnouncementKey(block netip.Prefix, claimedAt time.Time, pub string) announce.Announcement {
+	a := BlockAnnouncement(block, claimedAt)
+	if pub != "" {
+		a.Tunnel = &announce.Tunnel{PublicKey: pub}
+	}
+	return a
 }
 
 // LostPods returns the pods in pods holding an address in block.

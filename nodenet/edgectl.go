@@ -25,6 +25,9 @@ type EdgeMember struct {
 	Name  string
 	Addr  netip.Addr
 	Claim string
+	// Key is its node-to-node WireGuard public key (base64, from its signed claim; ""
+	// none).
+	Key string
 }
 
 // EdgeOptions configure an EdgeController. Zero values take Options' defaults.
@@ -39,6 +42,11 @@ type EdgeOptions struct {
 	Members func() []EdgeMember
 	// Publish spreads this node's claim (FormatClaim form) through the mesh.
 	Publish func(claim string) error
+	// Changes, if set, receives a value whenever the view may have changed (a member
+	// joined, left, failed or changed; a claim was announced, withdrawn or expired):
+	// the controller then reconciles at once instead of at its next Resync, which stays
+	// the safety net. mesh.Node.Subscribe is one (MeshEdge wires it).
+	Changes <-chan struct{}
 
 	DB           *store.DB
 	ConfListPath string
@@ -48,6 +56,8 @@ type EdgeOptions struct {
 
 	NoMasquerade         bool
 	MasqTable, MasqChain string
+	// Encrypt is node-to-node encryption (the key travels in the signed claim: MeshEdge).
+	Encrypt Encrypt
 
 	// Resync is how often the view is re-read (default 2s); Trigger re-reads at once.
 	Resync time.Duration
@@ -127,10 +137,14 @@ func NewEdge(o EdgeOptions) (*EdgeController, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if err := o.Encrypt.check(); err != nil {
+		return nil, err
+	}
 	c := &Controller{o: Options{NodeName: o.NodeName, NodeIP: o.NodeIP, ClusterCIDR: o.ClusterCIDR, BlockSize: o.BlockSize,
 		DB: o.DB, ConfListPath: o.ConfListPath, BaseConfList: o.BaseConfList, NetNSPath: o.NetNSPath, Datapath: o.Datapath,
-		NoMasquerade: o.NoMasquerade, MasqTable: o.MasqTable, MasqChain: o.MasqChain, Logger: o.Logger, Now: o.Now},
+		NoMasquerade: o.NoMasquerade, MasqTable: o.MasqTable, MasqChain: o.MasqChain, Encrypt: o.Encrypt, Logger: o.Logger, Now: o.Now},
 		log: o.Logger.With("controller", "nodenet", "mode", "edge"), ready: make(chan struct{})}
+	c.status.Encryption = o.Encrypt.Mode
 	return &EdgeController{Controller: c, eo: o, trigger: make(chan struct{}, 1),
 		claimer: &EdgeClaimer{Node: o.NodeName, Cluster: o.ClusterCIDR, Bits: o.BlockSize, Now: o.Now}}, nil
 }
@@ -153,6 +167,7 @@ func (e *EdgeController) Run(ctx context.Context) error {
 		}
 		defer dp.Close()
 	}
+	defer e.closeWG()
 	// A claim saved before a restart keeps its original time (its seniority).
 	if e.eo.DB != nil {
 		if s, ok := e.kv().load(ctx); ok && s.Source == SourceGossip && s.Block.Bits() == e.eo.BlockSize && e.eo.ClusterCIDR.Contains(s.Block.Addr()) {
@@ -178,6 +193,7 @@ func (e *EdgeController) Run(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		case <-e.trigger:
+		case <-e.eo.Changes: // nil: never
 		}
 	}
 }
@@ -187,11 +203,12 @@ func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *
 	var claims []alloc.Claim
 	var unknown []string
 	addrs := map[string]netip.Addr{}
+	keys := map[string]string{}
 	for _, m := range members {
 		if m.Name == e.eo.NodeName {
 			continue
 		}
-		addrs[m.Name] = m.Addr
+		addrs[m.Name], keys[m.Name] = m.Addr, m.Key
 		if m.Claim == "" {
 			unknown = append(unknown, m.Name)
 			continue
@@ -249,7 +266,7 @@ func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *
 		if w.Node == e.eo.NodeName || !addrs[w.Node].IsValid() {
 			continue
 		}
-		peers = append(peers, Peer{Name: w.Node, Addr: addrs[w.Node], Blocks: []netip.Prefix{b}})
+		peers = append(peers, Peer{Name: w.Node, Addr: addrs[w.Node], Blocks: []netip.Prefix{b}, Key: ParseWGKey(keys[w.Node])})
 	}
 	return e.program(dp, e.eo.NodeIP, peers)
 }

@@ -332,6 +332,9 @@ func (d *netlinkDatapath) syncRoutes(want []Route) error {
 		if r.OnLink {
 			nr.Flags = int(netlink.FLAG_ONLINK)
 		}
+		if !r.Via.IsValid() {
+			nr.Scope = netlink.SCOPE_LINK // a device route (the WireGuard device: no next hop)
+		}
 		if err := d.h.RouteReplace(nr); err != nil {
 			errs = append(errs, fmt.Errorf("nodenet: route %v: %w", r, err))
 		}

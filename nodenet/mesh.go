@@ -1,6 +1,7 @@
 package nodenet
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/serf/serf"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/patronus/patronus/mesh"
 	"github.com/patronus/patronus/mesh/announce"
@@ -25,12 +27,15 @@ const TagPodBlock = "podblock"
 // claim is certified for its origin's name by the cluster key, so no node can claim in
 // another's name, and a member that failed or left (a partition) holds nothing here.
 func MeshClaims(ms []mesh.Member, anns []announce.Announcement, cluster string) []EdgeMember {
-	claims := map[string]string{}
+	claims, keys := map[string]string{}, map[string]string{}
 	for _, a := range anns {
 		if a.Kind != announce.KindPodBlock || a.Withdraw || len(a.Prefixes) != 1 || (cluster != "" && a.Cluster != cluster) {
 			continue
 		}
 		claims[a.Origin] = FormatClaim(alloc.Claim{Block: a.Prefixes[0], Node: a.Origin, At: time.UnixMilli(a.Claimed)})
+		if a.Tunnel != nil {
+			keys[a.Origin] = a.Tunnel.PublicKey // node-to-node encryption (BlockAnnouncementKey)
+		}
 	}
 	var out []EdgeMember
 	for _, m := range ms {
@@ -45,7 +50,7 @@ func MeshClaims(ms []mesh.Member, anns []announce.Announcement, cluster string) 
 		if err != nil {
 			continue
 		}
-		out = append(out, EdgeMember{Name: m.Name, Addr: a.Unmap(), Claim: claims[m.Name]})
+		out = append(out, EdgeMember{Name: m.Name, Addr: a.Unmap(), Claim: claims[m.Name], Key: keys[m.Name]})
 	}
 	return out
 }
@@ -53,25 +58,53 @@ func MeshClaims(ms []mesh.Member, anns []announce.Announcement, cluster string) 
 // MeshPublisher returns an EdgeOptions.Publish that announces the claim signed through
 // the mesh (BlockAnnouncement; the mesh re-signs it every refresh and after joins, so a
 // healed partition learns it) and mirrors it in TagPodBlock.
-func MeshPublisher(n *mesh.Node) func(claim string) error {
+func MeshPublisher(n *mesh.Node) func(claim string) error { return meshPublisher(n, "") }
+
+// meshPublisher is MeshPublisher with the node's WireGuard public key in the claim
+// (pub "": none).
+func meshPublisher(n *mesh.Node, pub string) func(claim string) error {
 	tag := SerfPublisher(n.Serf())
 	return func(claim string) error {
 		c, err := ParseClaim("", claim)
 		if err != nil {
 			return err
 		}
-		if err := n.Announce(BlockAnnouncement(c.Block, c.At)); err != nil {
+		if err := n.Announce(BlockAnnouncementKey(c.Block, c.At, pub)); err != nil {
 			return fmt.Errorf("nodenet: announce claim: %w", err)
 		}
 		return tag(claim)
 	}
 }
 
-// MeshEdge completes o for a running mesh node of cluster: Members from MeshClaims and
-// Publish from MeshPublisher (the wiring of an edge-mode agent).
+// MeshEdge completes o for a running mesh node of cluster: Members from MeshClaims,
+// Publish from MeshPublisher and Changes from the node's Subscribe (the wiring of an
+// edge-mode agent). With node encryption on
+// (o.Encrypt.Mode wireguard) the claim also carries the node's WireGuard public key, so
+// peers learn it signed: o.Encrypt.Key is then loaded from o.DB (KVWGKey), or made, here
+// (if that fails the key stays unpublished and the controller reports the error).
 func MeshEdge(o EdgeOptions, n *mesh.Node, cluster string) EdgeOptions {
 	o.Members = func() []EdgeMember { return MeshClaims(n.Members(), n.State().List(), cluster) }
-	o.Publish = MeshPublisher(n)
+	pub := ""
+	if m, _ := ParseEncryption(o.Encrypt.Mode); m == EncryptionWireGuard {
+		if o.Encrypt.Key == (wgtypes.Key{}) {
+			var kv KV
+			if o.DB != nil {
+				kv = o.DB
+			}
+			if k, err := LoadOrCreateWGKey(context.Background(), kv, time.Now()); err == nil {
+				o.Encrypt.Key = k
+			}
+		}
+		if o.Encrypt.Key != (wgtypes.Key{}) {
+			pub = o.Encrypt.Key.PublicKey().String()
+		}
+	}
+	o.Publish = meshPublisher(n, pub)
+	if o.Changes == nil {
+		// Reconcile on every membership or claim change, not only at Resync. The
+		// subscription lives as long as n: an unread wake-up costs the mesh nothing.
+		o.Changes, _ = n.Subscribe()
+	}
 	return o
 }
 

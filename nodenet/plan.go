@@ -6,6 +6,10 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/patronus/patronus/dataplane/wg"
 )
 
 // VXLAN device parameters (docs/CONTRACT.md).
@@ -25,6 +29,9 @@ type Peer struct {
 	Name   string
 	Addr   netip.Addr     // underlay (InternalIP)
 	Blocks []netip.Prefix // pod blocks
+	// Key is the peer's node-to-node WireGuard public key (zero: it published none, so
+	// with encryption on it keeps the plain route: mixed rollout).
+	Key wgtypes.Key
 }
 
 // Local is this node's side.
@@ -34,6 +41,13 @@ type Local struct {
 	Net   netip.Prefix // the underlay address's subnet on Dev: peers in it are L2 neighbours
 	Dev   string       // the underlay interface
 	Block netip.Prefix // this node's pod block (may be zero)
+	// Encrypt routes the blocks of peers that published a Key over the node WireGuard
+	// device (WGDevice), one WireGuard peer each (endpoint Addr:WGPort, allowed IPs = its
+	// blocks); the others keep the direct or VXLAN route. It needs Block (the device's
+	// address, the source of the node's own traffic to peer pods) and Key.
+	Encrypt bool
+	Key     wgtypes.Key // this node's public key (a peer showing it is a clone: plain)
+	WGPort  int         // the peers' listen port (0: WGPort)
 }
 
 // Route is one node-to-node route.
@@ -45,6 +59,9 @@ type Route struct {
 }
 
 func (r Route) String() string {
+	if !r.Via.IsValid() {
+		return fmt.Sprintf("%s dev %s", r.Dst, r.Dev) // over the WireGuard device
+	}
 	s := fmt.Sprintf("%s via %s dev %s", r.Dst, r.Via, r.Dev)
 	if r.OnLink {
 		s += " onlink"
@@ -77,7 +94,31 @@ type Plan struct {
 	// Conflicts name peer blocks left out because they overlap this node's block or an
 	// earlier peer's (a claim conflict: never route one block two ways).
 	Conflicts []string
+	// WGPeers are the WireGuard peers of the node device (Local.Encrypt), by node name.
+	WGPeers []WGPeer
+	// Plain names the routed peers not encrypted although Local.Encrypt is set, with why.
+	Plain []PlainPeer
 }
+
+// WGPeer is one node-to-node WireGuard peer.
+type WGPeer struct {
+	Node string
+	wg.Peer
+}
+
+// PlainPeer is a peer routed without encryption while encryption is on.
+type PlainPeer struct {
+	Node   string
+	Reason string
+}
+
+// Reasons a peer is routed in the clear with encryption on.
+const (
+	PlainNoKey    = "the node published no WireGuard key (yet)"
+	PlainNoBlock  = "this node has no pod block yet"
+	PlainDupKey   = "the node shows a WireGuard key another node (or this one) already has"
+	PlainNoDevice = "this node's WireGuard device is not up"
+)
 
 // VTEPMAC is the VXLAN device's MAC for a node with underlay address a: locally
 // administered 0e:70 followed by the IPv4 address, so every node computes a peer's MAC
@@ -103,12 +144,34 @@ func Compute(local Local, peers []Peer) Plan {
 	if local.Block.IsValid() {
 		used.add(local.Block)
 	}
+	port := local.WGPort
+	if port == 0 {
+		port = WGPort
+	}
+	keys := map[wgtypes.Key]bool{local.Key: true, {}: true}
 	for _, peer := range ps {
 		if peer.Name == local.Name || !peer.Addr.IsValid() || !peer.Addr.Is4() {
 			continue
 		}
 		direct := local.Net.IsValid() && local.Net.Contains(peer.Addr)
+		encrypt, plain := false, ""
+		if local.Encrypt {
+			switch {
+			case peer.Key == (wgtypes.Key{}):
+				plain = PlainNoKey
+			case !local.Block.IsValid():
+				plain = PlainNoBlock
+			case local.Key == (wgtypes.Key{}):
+				plain = PlainNoDevice
+			case keys[peer.Key]:
+				plain = PlainDupKey
+			default:
+				encrypt = true
+				keys[peer.Key] = true
+			}
+		}
 		var vtep netip.Addr
+		var allowed []netip.Prefix
 		for _, b := range peer.Blocks {
 			b = b.Masked()
 			if !b.IsValid() || !b.Addr().Is4() {
@@ -119,6 +182,11 @@ func Compute(local Local, peers []Peer) Plan {
 				continue
 			}
 			used.add(b)
+			if encrypt {
+				allowed = append(allowed, b)
+				p.Routes = append(p.Routes, Route{Dst: b, Dev: WGDevice})
+				continue
+			}
 			if direct {
 				p.Routes = append(p.Routes, Route{Dst: b, Via: peer.Addr, Dev: local.Dev})
 				continue
@@ -130,6 +198,12 @@ func Compute(local Local, peers []Peer) Plan {
 				p.FDB = append(p.FDB, FDB{MAC: mac, Dst: peer.Addr})
 			}
 			p.Routes = append(p.Routes, Route{Dst: b, Via: vtep, Dev: VXLANDevice, OnLink: true})
+		}
+		if len(allowed) > 0 {
+			p.WGPeers = append(p.WGPeers, WGPeer{Node: peer.Name, Peer: wg.Peer{PublicKey: peer.Key,
+				Endpoint: netip.AddrPortFrom(peer.Addr, uint16(port)), AllowedIPs: allowed}})
+		} else if plain != "" && len(peer.Blocks) > 0 {
+			p.Plain = append(p.Plain, PlainPeer{Node: peer.Name, Reason: plain})
 		}
 	}
 	if len(p.FDB) > 0 && local.Addr.Is4() && local.Block.IsValid() {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	. "github.com/patronus/patronus/policy/npbuild"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -42,25 +43,25 @@ func scaleInput(nPods, nPolicies int) Input {
 		case 0:
 			p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
 		case 1:
-			p.Spec.PodSelector = *labels("app", app)
-			p.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{from(peers(podPeer(labels("tier", "web"))), port(pTCP, 8080))}
+			p.Spec.PodSelector = *Labels("app", app)
+			p.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{From(Peers(PodPeer(Labels("tier", "web"))), Port(pTCP, 8080))}
 		case 2:
-			p.Spec.PodSelector = *labels("app", app)
+			p.Spec.PodSelector = *Labels("app", app)
 			p.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{
-				from(peers(nsPodPeer(expr("team", metav1.LabelSelectorOpIn, "a"), expr("tier", metav1.LabelSelectorOpNotIn, "db"))), named("http")),
-				from(peers(nsPeer(labels("team", "b"))), named("metrics"), portRange(pTCP, 9000, 9100)),
+				From(Peers(NsPodPeer(Expr("team", metav1.LabelSelectorOpIn, "a"), Expr("tier", metav1.LabelSelectorOpNotIn, "db"))), Named("http")),
+				From(Peers(NsPeer(Labels("team", "b"))), Named("metrics"), PortSpan(pTCP, 9000, 9100)),
 			}
 		case 3:
-			p.Spec.PodSelector = *labels("tier", "api")
+			p.Spec.PodSelector = *Labels("tier", "api")
 			p.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{
-				to(peers(nsPodPeer(all, labels("tier", "db"))), named("http")),
-				to(peers(ipPeer("10.0.0.0/8", "10.1.0.0/24")), port(pUDP, 53)),
+				To(Peers(NsPodPeer(all, Labels("tier", "db"))), Named("http")),
+				To(Peers(IPPeer("10.0.0.0/8", "10.1.0.0/24")), Port(pUDP, 53)),
 			}
 		case 4:
-			p.Spec.PodSelector = *labels("app", app)
+			p.Spec.PodSelector = *Labels("app", app)
 			p.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
-			p.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{from(peers(podPeer(all)))}
-			p.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{to(peers(nsPeer(nsName(ns))), port(pTCP, 5432))}
+			p.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{From(Peers(PodPeer(all)))}
+			p.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{To(Peers(NsPeer(nsName(ns))), Port(pTCP, 5432))}
 		}
 		in.Policies = append(in.Policies, p)
 	}

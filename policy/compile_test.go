@@ -1,6 +1,7 @@
 package policy
 
 import (
+	. "github.com/patronus/patronus/policy/npbuild"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -102,7 +103,7 @@ func checkFlows(t *testing.T, s *Set, flows []flowWant) {
 
 func TestEndPort(t *testing.T) {
 	w := newWorld("xa ya")
-	w.apply(pol("range", podA, ingress(from(nil, portRange(pTCP, 8000, 8080), port(pUDP, 53)))))
+	w.apply(pol("range", podA, Ingress(From(nil, PortSpan(pTCP, 8000, 8080), Port(pUDP, 53)))))
 	checkFlows(t, w.compile(t), []flowWant{
 		{"y/a", "x/a", TCP, 7999, false},
 		{"y/a", "x/a", TCP, 8000, true},
@@ -118,8 +119,8 @@ func TestEndPort(t *testing.T) {
 func TestIPBlockIngressAndEgress(t *testing.T) {
 	w := newWorld("xa xb ya yb") // x: 10.0.0.1-2, y: 10.0.1.1-2
 	w.apply(
-		pol("in", podA, ingress(from(peers(ipPeer("10.0.1.0/24", "10.0.1.2/32"))))),
-		pol("out", map[string]string{"pod": "b"}, egress(to(peers(ipPeer("10.0.0.0/16", "10.0.1.0/24")), port(pTCP, 80)))),
+		pol("in", podA, Ingress(From(Peers(IPPeer("10.0.1.0/24", "10.0.1.2/32"))))),
+		pol("out", map[string]string{"pod": "b"}, Egress(To(Peers(IPPeer("10.0.0.0/16", "10.0.1.0/24")), Port(pTCP, 80)))),
 	)
 	s := w.compile(t)
 	checkFlows(t, s, []flowWant{
@@ -146,11 +147,11 @@ func TestIPBlockIngressAndEgress(t *testing.T) {
 func TestPolicyTypeDefaults(t *testing.T) {
 	w := newWorld("xa ya")
 	ingressOnly := pol("ingress-only", podA)
-	ingressOnly.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{from(peers(podPeer(labels("pod", "nobody"))))}
+	ingressOnly.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{From(Peers(PodPeer(Labels("pod", "nobody"))))}
 	withEgress := pol("with-egress", podA)
-	withEgress.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{to(nil, port(pTCP, 53))}
-	egressTypeOnly := pol("egress-type", podA, egress())
-	egressTypeOnly.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{from(nil)} // ignored: type not listed
+	withEgress.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{To(nil, Port(pTCP, 53))}
+	egressTypeOnly := pol("egress-type", podA, Egress())
+	egressTypeOnly.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{From(nil)} // ignored: type not listed
 	cases := []struct {
 		pol           networkingv1.NetworkPolicy
 		ingIso, egIso bool
@@ -180,8 +181,8 @@ func TestPolicyTypeDefaults(t *testing.T) {
 func TestPeerMatchingNothingAllowsNothing(t *testing.T) {
 	w := newWorld("xa ya")
 	w.apply(
-		pol("in", podA, ingress(from(peers(podPeer(labels("pod", "ghost")))))),
-		pol("out", podA, egress(to(peers(nsPeer(nsName("nonexistent")))))),
+		pol("in", podA, Ingress(From(Peers(PodPeer(Labels("pod", "ghost")))))),
+		pol("out", podA, Egress(To(Peers(NsPeer(nsName("nonexistent")))))),
 	)
 	s := w.compile(t)
 	ep, _ := s.Endpoint("x/a")
@@ -199,9 +200,9 @@ func TestNamedPortsPerPod(t *testing.T) {
 	w.pod("x/b").Spec.Containers[0].Ports = append(w.pod("x/b").Spec.Containers[0].Ports, corev1.ContainerPort{Name: "http", ContainerPort: 9090, Protocol: pTCP})
 	w.pod("y/b").Spec.Containers[0].Ports = append(w.pod("y/b").Spec.Containers[0].Ports, corev1.ContainerPort{Name: "http", ContainerPort: 8080, Protocol: pUDP})
 	w.apply(
-		pol("ingress-http", anyPod, ingress(from(nil, named("http")))),
-		pol("egress-http", podA, inNS("y"), egress(to(nil, named("http"), port(pTCP, 7000)))),
-		pol("egress-http-udp", map[string]string{"pod": "b"}, inNS("y"), egress(to(peers(ipPeer("10.0.0.0/24")), namedPortProto(pUDP, "http")))),
+		pol("ingress-http", anyPod, Ingress(From(nil, Named("http")))),
+		pol("egress-http", podA, inNS("y"), Egress(To(nil, Named("http"), Port(pTCP, 7000)))),
+		pol("egress-http-udp", map[string]string{"pod": "b"}, inNS("y"), Egress(To(Peers(IPPeer("10.0.0.0/24")), NamedPortProto(pUDP, "http")))),
 	)
 	s := w.compile(t)
 	checkFlows(t, s, []flowWant{
@@ -239,7 +240,7 @@ func TestEndpointsAndPeers(t *testing.T) {
 		corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "q", Name: "dual", Labels: map[string]string{"pod": "dual"}},
 			Status: corev1.PodStatus{PodIP: "10.0.9.1", PodIPs: []corev1.PodIP{{IP: "10.0.9.1"}, {IP: "fd00::9:1"}}}},
 	)
-	w.apply(polSel("from-all-pods", metav1.LabelSelector{}, ingress(from(peers(nsPeer(all))))))
+	w.apply(polSel("from-all-pods", metav1.LabelSelector{}, Ingress(From(Peers(NsPeer(all))))))
 	s := w.compile(t)
 
 	var names []string
@@ -284,7 +285,7 @@ func TestNodeFilter(t *testing.T) {
 	w.pod("x/a").Spec.NodeName = "n1"
 	w.pod("x/b").Spec.NodeName = "n2"
 	w.pod("y/a").Spec.NodeName = "n1"
-	w.apply(polSel("from-b", metav1.LabelSelector{}, ingress(from(peers(podPeer(labels("pod", "b")))))))
+	w.apply(polSel("from-b", metav1.LabelSelector{}, Ingress(From(Peers(PodPeer(Labels("pod", "b")))))))
 	s, err := Compile(Input{Policies: w.policies, Pods: w.pods, Namespaces: w.namespaces}, Options{Node: "n1"})
 	if err != nil {
 		t.Fatal(err)
@@ -301,9 +302,9 @@ func TestNodeFilter(t *testing.T) {
 func TestDeterministic(t *testing.T) {
 	w := newWorld("xa xb xc ya yb za")
 	w.apply(
-		pol("p1", podA, ingress(from(peers(nsPeer(all)), named("serve-80-tcp"))), egress(to(nil, named("serve-81-udp")))),
-		polSel("p2", metav1.LabelSelector{}, ingress(from(peers(podPeer(all), ipPeer("10.0.0.0/8", "10.0.1.0/24"))))),
-		pol("p3", podA, inNS("y"), egress(to(peers(nsPodPeer(nsName("x"), all))))),
+		pol("p1", podA, Ingress(From(Peers(NsPeer(all)), Named("serve-80-tcp"))), Egress(To(nil, Named("serve-81-udp")))),
+		polSel("p2", metav1.LabelSelector{}, Ingress(From(Peers(PodPeer(all), IPPeer("10.0.0.0/8", "10.0.1.0/24"))))),
+		pol("p3", podA, inNS("y"), Egress(To(Peers(NsPodPeer(nsName("x"), all))))),
 	)
 	a := w.compile(t)
 	slices.Reverse(w.pods)
@@ -319,14 +320,14 @@ func TestDeterministic(t *testing.T) {
 // the error names the policy and field.
 func TestInvalidPolicyFailsClosed(t *testing.T) {
 	w := newWorld("xa ya")
-	bad := port(pTCP, 80)
+	bad := Port(pTCP, 80)
 	bad.EndPort = ptr(int32(70))
-	badProto := port("ICMP", 80)
+	badProto := Port("ICMP", 80)
 	w.apply(
-		pol("bad-port", podA, ingress(from(nil, bad))),
-		pol("bad-proto", podA, ingress(from(nil, badProto))),
-		pol("bad-cidr", podA, egress(to(peers(ipPeer("10.0.0.0/40"))))),
-		pol("bad-sel", podA, ingress(from(peers(podPeer(expr("pod", "Like", "a")))))),
+		pol("bad-port", podA, Ingress(From(nil, bad))),
+		pol("bad-proto", podA, Ingress(From(nil, badProto))),
+		pol("bad-cidr", podA, Egress(To(Peers(IPPeer("10.0.0.0/40"))))),
+		pol("bad-sel", podA, Ingress(From(Peers(PodPeer(Expr("pod", "Like", "a")))))),
 	)
 	s, err := Compile(Input{Policies: w.policies, Pods: w.pods, Namespaces: w.namespaces}, Options{})
 	if err == nil {
@@ -350,8 +351,8 @@ func ptr[T any](v T) *T { return &v }
 func TestVerdictExplanation(t *testing.T) {
 	w := newWorld("xa xb")
 	w.apply(
-		polSel("deny-all", metav1.LabelSelector{}, ingress()),
-		pol("allow-b", map[string]string{"pod": "b"}, ingress(from(peers(podPeer(labels("pod", "a"))), port(pTCP, 80)))),
+		polSel("deny-all", metav1.LabelSelector{}, Ingress()),
+		pol("allow-b", map[string]string{"pod": "b"}, Ingress(From(Peers(PodPeer(Labels("pod", "a"))), Port(pTCP, 80)))),
 	)
 	s := w.compile(t)
 	v := decide(t, s, "x/a", "x/b", TCP, 80)
@@ -368,14 +369,14 @@ func TestVerdictExplanation(t *testing.T) {
 
 func TestEndpointPolicyEqual(t *testing.T) {
 	w := newWorld("xa xb ya")
-	w.apply(pol("p", podA, ingress(from(peers(ipPeer("10.0.0.0/8", "10.0.1.0/24")), port(pTCP, 80)))))
+	w.apply(pol("p", podA, Ingress(From(Peers(IPPeer("10.0.0.0/8", "10.0.1.0/24")), Port(pTCP, 80)))))
 	a, b := w.compile(t), w.compile(t)
 	for i := range a.Endpoints {
 		if !a.Endpoints[i].Equal(&b.Endpoints[i]) {
 			t.Errorf("%s: two compilations of one state differ", a.Endpoints[i].Name())
 		}
 	}
-	w.apply(pol("p", podA, ingress(from(peers(ipPeer("10.0.0.0/8", "10.0.2.0/24")), port(pTCP, 80)))))
+	w.apply(pol("p", podA, Ingress(From(Peers(IPPeer("10.0.0.0/8", "10.0.2.0/24")), Port(pTCP, 80)))))
 	c := w.compile(t)
 	xa, _ := a.Endpoint("x/a")
 	xa2, _ := c.Endpoint("x/a")
@@ -395,8 +396,8 @@ func TestKnownIPs(t *testing.T) {
 	w := newWorld("xa ya")
 	w.pods = append(w.pods, corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "new", Labels: map[string]string{"pod": "new"}}})
 	w.apply(
-		pol("to-new", podA, egress(to(peers(podPeer(labels("pod", "new")))))),
-		pol("new-from-a", map[string]string{"pod": "new"}, ingress(from(peers(podPeer(labels("pod", "a")))))),
+		pol("to-new", podA, Egress(To(Peers(PodPeer(Labels("pod", "new")))))),
+		pol("new-from-a", map[string]string{"pod": "new"}, Ingress(From(Peers(PodPeer(Labels("pod", "a")))))),
 	)
 	known := map[string][]netip.Addr{"x/new": {netip.MustParseAddr("10.0.0.50")}, "x/a": {netip.MustParseAddr("10.9.9.9")}}
 	s, err := Compile(Input{Policies: w.policies, Pods: w.pods, Namespaces: w.namespaces}, Options{KnownIPs: known})

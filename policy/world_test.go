@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	. "github.com/patronus/patronus/policy/npbuild"
 	"net/netip"
 	"slices"
 	"strings"
@@ -10,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // world is the cluster the upstream e2e harness builds: namespaces x, y, z labelled only
@@ -111,7 +111,7 @@ var (
 	anyPod = map[string]string{}
 )
 
-type polOpt func(*networkingv1.NetworkPolicy)
+type polOpt = Opt
 
 // pol is a policy in namespace x selecting pods with the given labels ({} for all).
 func pol(name string, sel map[string]string, opts ...polOpt) networkingv1.NetworkPolicy {
@@ -133,91 +133,7 @@ func polSel(name string, sel metav1.LabelSelector, opts ...polOpt) networkingv1.
 
 func inNS(ns string) polOpt { return func(p *networkingv1.NetworkPolicy) { p.Namespace = ns } }
 
-// ingress sets the ingress rules and lists Ingress in policyTypes (even with no rules).
-func ingress(rules ...networkingv1.NetworkPolicyIngressRule) polOpt {
-	return func(p *networkingv1.NetworkPolicy) {
-		p.Spec.Ingress = append([]networkingv1.NetworkPolicyIngressRule{}, rules...)
-		p.Spec.PolicyTypes = append(p.Spec.PolicyTypes, networkingv1.PolicyTypeIngress)
-	}
-}
-
-func egress(rules ...networkingv1.NetworkPolicyEgressRule) polOpt {
-	return func(p *networkingv1.NetworkPolicy) {
-		p.Spec.Egress = append([]networkingv1.NetworkPolicyEgressRule{}, rules...)
-		p.Spec.PolicyTypes = append(p.Spec.PolicyTypes, networkingv1.PolicyTypeEgress)
-	}
-}
-
-func from(peers []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) networkingv1.NetworkPolicyIngressRule {
-	return networkingv1.NetworkPolicyIngressRule{From: peers, Ports: ports}
-}
-
-func to(peers []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) networkingv1.NetworkPolicyEgressRule {
-	return networkingv1.NetworkPolicyEgressRule{To: peers, Ports: ports}
-}
-
-func peers(p ...networkingv1.NetworkPolicyPeer) []networkingv1.NetworkPolicyPeer { return p }
-
-func labels(kv ...string) *metav1.LabelSelector {
-	m := map[string]string{}
-	for i := 0; i < len(kv); i += 2 {
-		m[kv[i]] = kv[i+1]
-	}
-	return &metav1.LabelSelector{MatchLabels: m}
-}
-
-func expr(key string, op metav1.LabelSelectorOperator, values ...string) *metav1.LabelSelector {
-	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: op, Values: values}}}
-}
-
-func podPeer(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
-	return networkingv1.NetworkPolicyPeer{PodSelector: s}
-}
-
-func nsPeer(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
-	return networkingv1.NetworkPolicyPeer{NamespaceSelector: s}
-}
-
-func nsPodPeer(ns, pod *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
-	return networkingv1.NetworkPolicyPeer{NamespaceSelector: ns, PodSelector: pod}
-}
-
-func ipPeer(cidr string, except ...string) networkingv1.NetworkPolicyPeer {
-	return networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr, Except: except}}
-}
-
-func nsName(ns string) *metav1.LabelSelector { return labels(NamespaceNameLabel, ns) }
-
-func port(proto corev1.Protocol, p int32) networkingv1.NetworkPolicyPort {
-	v := intstr.FromInt32(p)
-	return networkingv1.NetworkPolicyPort{Protocol: &proto, Port: &v}
-}
-
-// portNoProto is a numeric port with the protocol left to its default (TCP).
-func portNoProto(p int32) networkingv1.NetworkPolicyPort {
-	v := intstr.FromInt32(p)
-	return networkingv1.NetworkPolicyPort{Port: &v}
-}
-
-func portRange(proto corev1.Protocol, first, last int32) networkingv1.NetworkPolicyPort {
-	v := intstr.FromInt32(first)
-	return networkingv1.NetworkPolicyPort{Protocol: &proto, Port: &v, EndPort: &last}
-}
-
-func named(name string) networkingv1.NetworkPolicyPort {
-	v := intstr.FromString(name)
-	return networkingv1.NetworkPolicyPort{Port: &v}
-}
-
-func namedPortProto(proto corev1.Protocol, name string) networkingv1.NetworkPolicyPort {
-	p := named(name)
-	p.Protocol = &proto
-	return p
-}
-
-func protoOnly(proto corev1.Protocol) networkingv1.NetworkPolicyPort {
-	return networkingv1.NetworkPolicyPort{Protocol: &proto}
-}
+func nsName(ns string) *metav1.LabelSelector { return Labels(NamespaceNameLabel, ns) }
 
 const (
 	pTCP  = corev1.ProtocolTCP

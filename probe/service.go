@@ -118,7 +118,7 @@ func (s *Service) Run(ctx context.Context) error {
 // PathsFromConfig lists the paths to every configured remote cluster: its WireGuard
 // endpoint's host and every extra `paths` entry's host, each probed on port (0 =
 // DefaultPort). Ids are "<cluster>/<host>"; the source is left to routing ("" src label
-// "default"). Bandwidth is not in the ConfigMap: callers set it from announcements.
+// "default"). Bandwidth comes from the ConfigMap's path-bandwidth (config.Config.PathBandwidth): the caller sets it.
 func PathsFromConfig(remotes []config.RemoteCluster, port int) ([]Path, error) {
 	if port == 0 {
 		port = DefaultPort

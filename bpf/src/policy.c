@@ -215,6 +215,68 @@ struct pkt {
 	__u8 syn; /* TCP SYN without ACK: always a new connection */
 };
 
+/* l4_ports fills ports (and, for TCP, syn) from the transport header at l4 in the linear
+ * data. Returns 0 if those bytes are not there (the caller takes the general path). */
+static __always_inline int l4_ports(struct pkt *p, __u8 *l4, void *data_end)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
+		return 1;
+	if ((void *)(l4 + 4) > data_end)
+		return 0;
+	__builtin_memcpy(&p->sport, l4, 2);
+	__builtin_memcpy(&p->dport, l4 + 2, 2);
+	if (p->proto == IPPROTO_TCP) {
+		if ((void *)(l4 + 14) > data_end)
+			return 0;
+		p->syn = (l4[13] & 0x12) == 0x02;
+	}
+	return 1;
+}
+
+/* parse_direct is parse's fast path: the headers read straight from the skb's linear
+ * data (where they are for nearly every packet at TC), no helper call per field.
+ * Returns 1 with p filled, 0 when the general path must decide (headers not linear,
+ * IPv6 ICMP, not IP). */
+static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + ETH_HLEN;
+		__u32 ihl;
+
+		if ((void *)(ip + 1) > data_end)
+			return 0;
+		ihl = ip->ihl * 4;
+		if (ihl < sizeof(*ip))
+			return 0;
+		__builtin_memset(p, 0, sizeof(*p));
+		p->saddr[10] = 0xff;
+		p->saddr[11] = 0xff;
+		p->daddr[10] = 0xff;
+		p->daddr[11] = 0xff;
+		__builtin_memcpy(&p->saddr[12], &ip->saddr, 4);
+		__builtin_memcpy(&p->daddr[12], &ip->daddr, 4);
+		p->proto = ip->protocol;
+		if (ip->frag_off & bpf_htons(0x1fff))
+			return 1; /* non-first fragment: no ports (see parse) */
+		return l4_ports(p, (__u8 *)ip + ihl, data_end);
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + ETH_HLEN;
+
+		if ((void *)(ip6 + 1) > data_end || ip6->nexthdr == IPPROTO_ICMPV6_)
+			return 0;
+		__builtin_memset(p, 0, sizeof(*p));
+		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+		p->proto = ip6->nexthdr;
+		return l4_ports(p, (__u8 *)(ip6 + 1), data_end);
+	}
+	return 0;
+}
+
 /* parse fills p for IPv4/IPv6 packets. Returns 0 for packets policy ignores (non-IP,
  * ICMPv6 neighbour discovery), 1 for packets to check, -1 for malformed IP packets. */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
@@ -222,6 +284,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	__u32 l4 = 0;
 	int ports = 0;
 
+	if (parse_direct(skb, p))
+		return 1;
 	__builtin_memset(p, 0, sizeof(*p));
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
@@ -277,6 +341,15 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 1;
 }
 
+/* clock_ns is the time conntrack and the denial rate limit use: CLOCK_MONOTONIC at tick
+ * resolution (bpf_ktime_get_coarse_ns, same unit and epoch as bpf_ktime_get_ns), read on
+ * every packet: it reads the timekeeper's last tick instead of the clock source, whose
+ * read is most of the cost of bpf_ktime_get_ns in a VM. Timeouts are seconds. */
+static __always_inline __u64 clock_ns(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
 static __always_inline int rules_allow(__u32 set_id, __u8 dir, const __u8 *peer, const struct pkt *p)
 {
 	struct cidr_key ck = {
@@ -328,11 +401,17 @@ static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p, __u
 static __always_inline int ct_live(struct ct_val *v, __u8 proto, __u64 now)
 {
 	__u64 timeout = proto == IPPROTO_TCP ? CT_TIMEOUT_TCP_NS : CT_TIMEOUT_OTHER_NS;
-	if (now - v->last_seen > timeout)
+	__u64 last = v->last_seen;
+
+	/* An entry stamped by the precise clock (an earlier program version, pinned maps
+	 * survive the upgrade) lies up to a tick ahead of the coarse one: live. */
+	if (now <= last)
+		return last - now < CT_REFRESH_NS;
+	if (now - last > timeout)
 		return 0;
 	/* Refresh at most once a second: writing on every packet would bounce the
 	 * cache line between CPUs for nothing. */
-	if (now - v->last_seen > CT_REFRESH_NS)
+	if (now - last > CT_REFRESH_NS)
 		v->last_seen = now;
 	return 1;
 }
@@ -381,7 +460,7 @@ static __always_inline void report(const struct pkt *p, const struct endpoint *e
 			(*lost)++;
 		return;
 	}
-	e->ts_ns = now;
+	e->ts_ns = bpf_ktime_get_ns(); /* events are rare: the precise clock */
 	__builtin_memcpy(e->saddr, p->saddr, 16);
 	__builtin_memcpy(e->daddr, p->daddr, 16);
 	e->sport = p->sport;
@@ -485,7 +564,7 @@ int from_pod(struct __sk_buff *skb)
 	r = parse(skb, &p);
 	if (r <= 0)
 		return r == 0 ? TC_ACT_UNSPEC : TC_ACT_SHOT;
-	now = bpf_ktime_get_ns();
+	now = clock_ns();
 	if (ct_known(&p, ifindex, DIR_EGRESS, now))
 		return TC_ACT_UNSPEC;
 	if ((ep->flags & EP_F_EGRESS_ISOLATED) && !deferred(p.daddr) &&
@@ -516,7 +595,7 @@ int to_pod(struct __sk_buff *skb)
 	r = parse(skb, &p);
 	if (r <= 0)
 		return r == 0 ? TC_ACT_UNSPEC : TC_ACT_SHOT;
-	now = bpf_ktime_get_ns();
+	now = clock_ns();
 	if (ct_known(&p, ifindex, DIR_INGRESS, now))
 		return TC_ACT_UNSPEC;
 	/* A pod may always reach itself, and its node may always reach it (NetworkPolicy:
@@ -568,7 +647,7 @@ int to_net(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC; /* a pod reaching itself (see to_pod) */
 	if (src->priority)
 		skb->priority = src->priority;
-	now = bpf_ktime_get_ns();
+	now = clock_ns();
 	if (ct_known(&p, ifindex, DIR_EGRESS, now))
 		return TC_ACT_UNSPEC;
 	/* A flow the pod's veth already knows with these addresses (not translated on the

@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 
 	"github.com/patronus/patronus/bpf"
 	"github.com/patronus/patronus/policy"
@@ -334,5 +335,65 @@ func TestProgramDenyReporting(t *testing.T) {
 	}
 	if events != 2 {
 		t.Errorf("%d deny events, want 2 (one per flow)", events)
+	}
+}
+
+// TestProgramConntrackClock: conntrack ages entries on the coarse monotonic clock. An
+// entry a little ahead of it (stamped by the precise clock of an earlier program version,
+// or on a CPU that read it after the tick) is live, an entry older than the timeout is
+// not; a packet whose transport header is cut short is dropped on either parse path.
+func TestProgramConntrackClock(t *testing.T) {
+	objs := loadUnpinned(t)
+	s, err := newSyncer(mapsOf(objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.sync(map[uint32]Endpoint{lo: testEndpoint()}); err != nil {
+		t.Fatal(err)
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	mono := uint64(ts.Nano())
+	mapped := func(s string) (a [16]uint8) { return netip.MustParseAddr(s).As16() }
+	v4mapped := func(s string) [16]uint8 { return netip.AddrFrom16(mapped("::ffff:" + s)).As16() }
+	// The egress flow 10.0.0.1:port -> 10.2.3.4:53/udp, as from_pod records it; its
+	// reply meets to_pod, whose ingress rules do not admit 10.2.3.4.
+	entry := func(sport uint16, lastSeen uint64) {
+		t.Helper()
+		k := bpf.PolicyCtKey{Saddr: v4mapped("10.0.0.1"), Daddr: v4mapped("10.2.3.4"), Sport: htons(sport), Dport: htons(53), Proto: 17, Ifindex: lo}
+		if err := objs.PtConntrack.Put(k, bpf.PolicyCtVal{LastSeen: lastSeen, Dir: uint8(Egress)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entry(41000, mono+50*uint64(time.Millisecond)) // ahead of the clock
+	entry(41001, mono-121*uint64(time.Second))     // older than the 120 s UDP timeout
+	entry(41002, mono)
+	for _, tc := range []struct {
+		name  string
+		sport uint16
+		want  uint32
+	}{{"entry ahead of the clock", 41000, actAllow}, {"expired entry", 41001, actDrop}, {"fresh entry", 41002, actAllow}} {
+		if got := run(t, objs.ToPod, pktSpec{"10.2.3.4", "10.0.0.1", 17, 53, tc.sport, false}); got != tc.want {
+			t.Errorf("reply, %s: got %d, want %d", tc.name, int32(got), int32(tc.want))
+		}
+	}
+	for _, p := range []pktSpec{{"10.1.1.1", "10.0.0.1", 6, 1000, 80, false}, {"fd07::5", "fd00::1", 17, 1000, 22, false}} {
+		full := craft(p)
+		hdr := 14 + 20
+		if netip.MustParseAddr(p.src).Is6() {
+			hdr = 14 + 40
+		}
+		if got := run(t, objs.ToPod, p); got != actAllow {
+			t.Fatalf("%+v whole: got %d, want allow", p, int32(got))
+		}
+		ret, err := objs.ToPod.Run(&ebpf.RunOptions{Data: full[:hdr+2]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ret != actDrop {
+			t.Errorf("%+v with 2 bytes of transport header: got %d, want drop", p, int32(ret))
+		}
 	}
 }

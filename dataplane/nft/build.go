@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
@@ -178,6 +179,39 @@ func (e *Enforcer) build(ep enforce.Endpoint, dir enforce.Direction, rules []pol
 		user: []byte("patronus-deny"),
 	})
 	return cs
+}
+
+// auditRules is the content of an audit chain (name "ai<tag>" or "ae<tag>", see
+// auditChain): a connection not yet marked as reported gets the direction's mark and
+// its packet is logged, prefixed with the chain's name, then the chain returns. The mark
+// is set only when the message is sent (under the rate limit), so a connection whose
+// first packet exceeded the limit is reported by a later one if it has any.
+func (e *Enforcer) auditRules(name string, _ enforce.Endpoint) []ruleSpec {
+	bit := auditMark(enforce.Ingress)
+	if name[1] == 'e' {
+		bit = auditMark(enforce.Egress)
+	}
+	u32 := binaryutil.NativeEndian.PutUint32
+	return []ruleSpec{
+		{exprs: func(map[string]*nftables.Set) []expr.Any {
+			return []expr.Any{
+				&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(bit), Xor: u32(0)},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(0)},
+				&expr.Verdict{Kind: expr.VerdictReturn},
+			}
+		}, user: []byte("patronus-audit-seen")},
+		{exprs: func(map[string]*nftables.Set) []expr.Any {
+			return []expr.Any{
+				&expr.Limit{Type: expr.LimitTypePkts, Rate: allowLogRate, Unit: expr.LimitTimeSecond, Burst: allowLogBurst},
+				&expr.Ct{Register: 1, Key: expr.CtKeyMARK},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(^bit), Xor: u32(bit)},
+				&expr.Ct{Register: 1, Key: expr.CtKeyMARK, SourceRegister: true},
+				&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_SNAPLEN,
+					Group: e.opts.LogGroup, Data: []byte(name), Snaplen: logSnaplen},
+			}
+		}, user: []byte("patronus-audit-log")},
+	}
 }
 
 // setMatches: one rule per (class, family, protocol), addresses and ports in interval

@@ -18,6 +18,8 @@ import (
 // Denied packets reach the agent over NFLOG (nfnetlink_log): the endpoint chains' log
 // rule sends the packet's headers, prefixed with the chain, to a group of the node
 // namespace, and LogReader turns them into the same events the eBPF ring buffer yields.
+// With Options.AuditAllowed the audit chains send the first packet of every allowed new
+// connection of an audited endpoint to the same group (prefix "ai<tag>" / "ae<tag>").
 
 const (
 	// DefaultLogGroup is the NFLOG group the agent uses in the node namespace
@@ -26,6 +28,9 @@ const (
 	logRate         = 100 // log messages a second per endpoint chain, then drops unreported
 	logBurst        = 20
 	logSnaplen      = 128 // IP header and the first bytes of the transport header
+	// Allowed new connections of audited endpoints: a second per endpoint and direction.
+	allowLogRate  = 1000
+	allowLogBurst = 200
 
 	nfnlSubsysULOG  = 4
 	nfulnlMsgPacket = 0
@@ -39,7 +44,8 @@ const (
 	copyPacket      = 2
 )
 
-// LogReader reads the denials an Enforcer with Options.LogGroup reports.
+// LogReader reads the denials (and, with Options.AuditAllowed, the allowed new
+// connections of audited endpoints) an Enforcer with Options.LogGroup reports.
 type LogReader struct {
 	e     *Enforcer
 	conn  *netlink.Conn
@@ -95,7 +101,7 @@ func (r *LogReader) SetDeadline(t time.Time) error { return r.conn.SetReadDeadli
 // Close stops the reader; a blocked Read returns an error.
 func (r *LogReader) Close() error { return r.conn.Close() }
 
-// Read blocks for the next denials (one netlink read may carry several).
+// Read blocks for the next events (one netlink read may carry several).
 func (r *LogReader) Read() ([]enforce.Event, error) {
 	for {
 		msgs, err := r.conn.Receive()
@@ -138,6 +144,22 @@ func (r *LogReader) decode(b []byte) (enforce.Event, bool) {
 	ev := enforce.Event{Time: time.Now().UTC(), Verdict: enforce.Denied, Endpoint: "chain:" + prefix}
 	if !parseHeaders(payload, &ev) {
 		return enforce.Event{}, false
+	}
+	if len(prefix) == 10 && prefix[0] == 'a' { // an audit chain: an allowed new connection
+		ev.Verdict = enforce.Allowed
+		if prefix[1] == 'e' {
+			ev.Direction = enforce.Egress
+		}
+		r.e.mu.Lock()
+		if ep, ok := r.e.audited[prefix]; ok {
+			ev.Endpoint = ep.Key()
+			ev.Policies = ep.IngressPolicies
+			if ev.Direction == enforce.Egress {
+				ev.Policies = ep.EgressPolicies
+			}
+		}
+		r.e.mu.Unlock()
+		return ev, true
 	}
 	if len(prefix) > 0 && prefix[0] == 'e' {
 		ev.Direction = enforce.Egress

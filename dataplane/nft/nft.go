@@ -16,6 +16,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -53,7 +54,13 @@ type Options struct {
 	// endpoint and direction) to this NFLOG group of the node namespace, where
 	// LogReader reads them (the audit log of the nftables datapath).
 	LogGroup uint16
-	Logger   *slog.Logger
+	// AuditAllowed (with LogGroup) also reports, to the same NFLOG group, the first
+	// packet of every new connection that an endpoint with Endpoint.AuditAllowed sends
+	// (egress) or receives (ingress) and the policies let through: the audit log's
+	// allowed flows where no eBPF datapath reports them. At most allowLogRate a second
+	// per endpoint and direction.
+	AuditAllowed bool
+	Logger       *slog.Logger
 }
 
 // Enforcer is the nftables datapath.
@@ -64,8 +71,9 @@ type Enforcer struct {
 	nsFd  *os.File
 	table *nftables.Table
 
-	mu    sync.Mutex
-	known map[string]enforce.Endpoint // chain name → endpoint, for Denies
+	mu      sync.Mutex
+	known   map[string]enforce.Endpoint // chain name → endpoint, for Denies
+	audited map[string]enforce.Endpoint // audit chain name → endpoint, for LogReader
 }
 
 var _ enforce.Enforcer = (*Enforcer)(nil)
@@ -80,7 +88,7 @@ func New(opts Options) (*Enforcer, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	e := &Enforcer{opts: opts, log: opts.Logger, known: map[string]enforce.Endpoint{}}
+	e := &Enforcer{opts: opts, log: opts.Logger, known: map[string]enforce.Endpoint{}, audited: map[string]enforce.Endpoint{}}
 	connOpts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(bigBuffers)}
 	if opts.NetNS != "" {
 		f, err := os.Open(opts.NetNS)
@@ -166,6 +174,38 @@ var vmaps = []struct {
 	{"in6", true, enforce.Ingress, 24, unix.NFPROTO_IPV6},
 }
 
+// auditVmaps send a new connection that the policy chains let through to the audit chain
+// of its sender (egress) or receiver (ingress), when that endpoint is audited (its
+// namespace has patronus.io/audit: all). Same keys as vmaps.
+var auditVmaps = []struct {
+	name  string
+	v6    bool
+	dir   enforce.Direction
+	off   uint32
+	proto byte
+}{
+	{"aeg4", false, enforce.Egress, 12, unix.NFPROTO_IPV4},
+	{"ain4", false, enforce.Ingress, 16, unix.NFPROTO_IPV4},
+	{"aeg6", true, enforce.Egress, 8, unix.NFPROTO_IPV6},
+	{"ain6", true, enforce.Ingress, 24, unix.NFPROTO_IPV6},
+}
+
+// Connection mark bits recording that a connection was reported as allowed, per
+// direction: "new connections only" (a UDP stream is in state new until its first reply,
+// a TCP SYN may be retried). Bits no other part of Patronus uses (steer: 0x00ff0000,
+// mcs: 0x07000000; docs/CONTRACT.md).
+const (
+	CtMarkAuditedEgress  uint32 = 0x10000000
+	CtMarkAuditedIngress uint32 = 0x20000000
+)
+
+func auditMark(dir enforce.Direction) uint32 {
+	if dir == enforce.Egress {
+		return CtMarkAuditedEgress
+	}
+	return CtMarkAuditedIngress
+}
+
 func keyType(v6 bool) nftables.SetDatatype {
 	if v6 {
 		return nftables.TypeIP6Addr
@@ -182,7 +222,7 @@ func (e *Enforcer) ensureBase() error {
 	ch := e.conn.AddChain(&nftables.Chain{Name: baseChain, Table: e.table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
 	sets := map[string]*nftables.Set{}
-	for _, m := range vmaps {
+	for _, m := range allVmaps() {
 		s := e.vmap(m.name, keyType(m.v6))
 		if err := e.conn.AddSet(s, nil); err != nil {
 			return fmt.Errorf("nft map %s: %w", m.name, err)
@@ -217,6 +257,27 @@ func (e *Enforcer) ensureBase() error {
 			&expr.Lookup{SourceRegister: 1, SetName: m.name, SetID: sets[m.name].ID, IsDestRegSet: true, DestRegister: 0},
 		})
 	}
+	// What reaches this point passed every policy chain. A new connection of an
+	// audited endpoint goes through its audit chain (which returns): reported once.
+	if e.opts.AuditAllowed && e.opts.LogGroup != 0 {
+		for _, m := range auditVmaps {
+			l := uint32(4)
+			if m.v6 {
+				l = 16
+			}
+			want = append(want, []expr.Any{
+				&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+					Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW),
+					Xor:  binaryutil.NativeEndian.PutUint32(0)},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{m.proto}},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: m.off, Len: l},
+				&expr.Lookup{SourceRegister: 1, SetName: m.name, SetID: sets[m.name].ID, IsDestRegSet: true, DestRegister: 0},
+			})
+		}
+	}
 	have, err := e.conn.GetRules(e.table, ch)
 	if err != nil {
 		return fmt.Errorf("reading chain %s: %w", baseChain, err)
@@ -232,6 +293,26 @@ func (e *Enforcer) ensureBase() error {
 		return fmt.Errorf("writing chain %s: %w", baseChain, err)
 	}
 	return nil
+}
+
+// allVmaps are the policy and the audit verdict maps.
+func allVmaps() []struct {
+	name  string
+	v6    bool
+	dir   enforce.Direction
+	off   uint32
+	proto byte
+} {
+	return append(slices.Clone(vmaps), auditVmaps...)
+}
+
+// auditChain names an endpoint's audit chain in one direction: "ai<tag>" or "ae<tag>".
+func auditChain(ep enforce.Endpoint, dir enforce.Direction) string {
+	letter := "i"
+	if dir == enforce.Egress {
+		letter = "e"
+	}
+	return "a" + letter + epTag(ep.Key())
 }
 
 // epTag is a short stable tag of an endpoint for chain names.
@@ -273,11 +354,23 @@ func (e *Enforcer) Set(ctx context.Context, endpoints []enforce.Endpoint) error 
 		return err
 	}
 	desired := map[string]*chainSpec{}
+	audit := map[string]enforce.Endpoint{}      // audit chain → endpoint
 	wantElems := map[string]map[string]string{} // vmap → addr bytes → chain
-	for _, m := range vmaps {
+	for _, m := range allVmaps() {
 		wantElems[m.name] = map[string]string{}
 	}
 	for _, ep := range endpoints {
+		if ep.AuditAllowed && e.opts.AuditAllowed && e.opts.LogGroup != 0 {
+			for _, m := range auditVmaps {
+				name := auditChain(ep, m.dir)
+				audit[name] = ep
+				for _, a := range ep.IPs {
+					if m.v6 == !a.Unmap().Is4() {
+						wantElems[m.name][string(a.Unmap().AsSlice())] = name
+					}
+				}
+			}
+		}
 		for _, d := range []struct {
 			dir      enforce.Direction
 			isolated bool
@@ -297,7 +390,7 @@ func (e *Enforcer) Set(ctx context.Context, endpoints []enforce.Endpoint) error 
 			}
 		}
 	}
-	return e.apply(desired, wantElems, nil)
+	return e.apply(desired, audit, wantElems, nil)
 }
 
 // apply writes the difference in one netlink batch (atomic). Each endpoint and
@@ -307,7 +400,9 @@ func (e *Enforcer) Set(ctx context.Context, endpoints []enforce.Endpoint) error 
 // instead is not possible in one batch: a hash set cannot hold the old and the new
 // element of one key at once.) onlyDelete, if not nil, limits deletions to the chains
 // for which it returns true (Remove).
-func (e *Enforcer) apply(desired map[string]*chainSpec, wantElems map[string]map[string]string, onlyDelete func(chain string) bool) error {
+// audit holds the audit chains wanted (chain → endpoint), whose content depends on the
+// name alone.
+func (e *Enforcer) apply(desired map[string]*chainSpec, audit map[string]enforce.Endpoint, wantElems map[string]map[string]string, onlyDelete func(chain string) bool) error {
 	chains, err := e.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return fmt.Errorf("listing chains: %w", err)
@@ -361,11 +456,21 @@ func (e *Enforcer) apply(desired map[string]*chainSpec, wantElems map[string]map
 		}
 		e.conn.AddRule(&nftables.Rule{Table: e.table, Chain: sc, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: name}}})
 	}
+	for name, ep := range audit {
+		wantChains[name] = true
+		if _, ok := have[name]; ok {
+			continue
+		}
+		ch := e.conn.AddChain(&nftables.Chain{Name: name, Table: e.table})
+		for _, r := range e.auditRules(name, ep) {
+			e.conn.AddRule(&nftables.Rule{Table: e.table, Chain: ch, Exprs: r.exprs(nil), UserData: r.user})
+		}
+	}
 	// Verdict maps. A key whose target changes (an address moved to another endpoint)
 	// is deleted in a batch of its own before being added again.
 	var moved []func() error
 	deleted := false
-	for _, m := range vmaps {
+	for _, m := range allVmaps() {
 		vm := e.vmap(m.name, keyType(m.v6))
 		cur, err := e.conn.GetSetElements(vm)
 		if err != nil {
@@ -447,9 +552,13 @@ func (e *Enforcer) apply(desired map[string]*chainSpec, wantElems map[string]map
 	}
 	for _, d := range dead {
 		delete(e.known, d.Name)
+		delete(e.audited, d.Name)
 	}
 	for name, cs := range desired {
 		e.known[name] = cs.ep
+	}
+	for name, ep := range audit {
+		e.audited[name] = ep
 	}
 	return nil
 }
@@ -460,9 +569,13 @@ func stableName(content string) string {
 	return n
 }
 
-// ownedChain tells the endpoint chains this enforcer writes ("i<tag>", "e<tag>" and their
-// content chains "i<tag>-<hash>") from every other chain in the table.
+// ownedChain tells the endpoint chains this enforcer writes ("i<tag>", "e<tag>", their
+// content chains "i<tag>-<hash>" and the audit chains "ai<tag>", "ae<tag>") from every
+// other chain in the table.
 func ownedChain(name string) bool {
+	if len(name) == 10 && name[0] == 'a' && (name[1] == 'i' || name[1] == 'e') && isHex(name[2:]) {
+		return true
+	}
 	stable, hash, hasHash := strings.Cut(name, "-")
 	if len(stable) != 9 || (stable[0] != 'i' && stable[0] != 'e') || !isHex(stable[1:]) {
 		return false
@@ -486,12 +599,17 @@ func (e *Enforcer) Remove(ctx context.Context, ep enforce.Endpoint) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	tag := epTag(ep.Key())
-	mine := func(chain string) bool { return len(chain) > 1 && strings.HasPrefix(chain[1:], tag) }
+	mine := func(chain string) bool {
+		if len(chain) == 10 && chain[0] == 'a' {
+			return chain[2:] == tag // audit chain
+		}
+		return len(chain) > 1 && strings.HasPrefix(chain[1:], tag)
+	}
 	empty := map[string]map[string]string{}
-	for _, m := range vmaps {
+	for _, m := range allVmaps() {
 		empty[m.name] = map[string]string{}
 	}
-	return e.apply(map[string]*chainSpec{}, empty, mine)
+	return e.apply(map[string]*chainSpec{}, nil, empty, mine)
 }
 
 // DenyCount is the packets an endpoint chain dropped.

@@ -156,7 +156,10 @@ func chainRules(p Plan) []rule {
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(pa.Dev)},
 		}
-		e = append(append(e, setMark(true, pa.Mark)...), ret)
+		// The packet mark too: with src_valid_mark on the device, reverse-path filtering
+		// then looks the source up in the path's table, where it is routed via this
+		// device (the main table may route it via another path's device).
+		e = append(append(append(e, setMark(false, pa.Mark)...), setMark(true, pa.Mark)...), ret)
 		out = append(out, rule{"in " + pa.ID, e})
 	}
 	for _, pa := range p.Paths {
@@ -178,6 +181,13 @@ func chainRules(p Plan) []rule {
 		e = append(e, setMark(false, s.Mark)...)
 		e = append(append(e, setMark(true, s.Mark)...), ret)
 		out = append(out, rule{"pod " + s.Name + " " + s.Prefix.String() + " " + s.PathID, e})
+	}
+	for _, s := range p.Defaults {
+		e := slices.Clone(ipv4)
+		e = append(e, ipMatch(16, s.Prefix)...)
+		e = append(e, setMark(false, s.Mark)...)
+		e = append(append(e, setMark(true, s.Mark)...), ret)
+		out = append(out, rule{"default " + s.Prefix.String() + " " + s.PathID, e})
 	}
 	return out
 }

@@ -8,12 +8,16 @@
 // `inet patronus` (hook prerouting, priority mangle) sets the marks:
 //
 //  1. a packet arriving from a path's device records that path in its connection's ct mark
-//     (connections opened from the remote side are answered on the path they came by);
+//     (connections opened from the remote side are answered on the path they came by) and
+//     carries its mark (for reverse-path filtering with src_valid_mark);
 //  2. a packet whose connection's ct mark names a path that is up takes that path's mark:
 //     established connections stay where they are, also when the class's selection moves
 //     to a better path (no flapping of live flows);
 //  3. otherwise a packet from a steered pod to a destination prefix takes the mark of the
-//     path selected for the pod, and its connection remembers it.
+//     path selected for the pod, and its connection remembers it;
+//  4. otherwise (a sender the plan does not list, e.g. a pod created since the last
+//     pod refresh) a packet to a destination prefix takes the path selected for the
+//     default class, when Spec.Defaults names one, and its connection remembers it.
 //
 // When a path goes down, rule 2 no longer matches its connections, so their next packet
 // falls to rule 3 and moves to the pod's current selection: failover under a running flow
@@ -26,6 +30,7 @@ package steer
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -93,6 +98,9 @@ type Spec struct {
 	// Destinations lists each destination cluster's prefixes.
 	Destinations map[string][]netip.Prefix
 	Pods         []Pod
+	// Defaults is, per destination cluster, the path of traffic from senders not in Pods
+	// (rule 4; the default QoS class's selection). Empty: such traffic is not steered.
+	Defaults map[string]string
 }
 
 // PlannedPath is a path with its mark, table and routes.
@@ -118,6 +126,8 @@ type Plan struct {
 	Steers []Steer
 	// Marked are the pods with a QoS mark (rule 0: every packet of the pod gets it).
 	Marked []Pod
+	// Defaults are rule 4's steers (Pod invalid: any sender), after every pod's.
+	Defaults []Steer
 }
 
 // MarkOf returns the mark of the n-th path (from 1).
@@ -191,6 +201,21 @@ func NewPlan(spec Spec) (Plan, error) {
 			for _, pfx := range pp.Prefixes {
 				p.Steers = append(p.Steers, Steer{Pod: pod.IP, Prefix: pfx, Mark: pp.Mark, PathID: id, Name: pod.Name})
 			}
+		}
+	}
+	for _, d := range slices.Sorted(maps.Keys(spec.Defaults)) {
+		id := spec.Defaults[d]
+		pp, ok := byID[id]
+		switch {
+		case id == "":
+			continue
+		case !ok:
+			return Plan{}, fmt.Errorf("steer: default path of %s: unknown path %q", d, id)
+		case pp.Dst != d:
+			return Plan{}, fmt.Errorf("steer: default path %s leads to %s, not %s", id, pp.Dst, d)
+		}
+		for _, pfx := range pp.Prefixes {
+			p.Defaults = append(p.Defaults, Steer{Prefix: pfx, Mark: pp.Mark, PathID: id, Name: "default"})
 		}
 	}
 	slices.SortFunc(p.Marked, func(a, b Pod) int { return a.IP.Compare(b.IP) })
@@ -284,4 +309,19 @@ func Assign(snap paths.Snapshot, devs map[string]string, pods []PodClass) ([]Pat
 		out = append(out, pod)
 	}
 	return ps, out
+}
+
+// Defaults is, per destination of snap's selections, the path selected for class without
+// a max-latency when a device carries it (Spec.Defaults). Empty class: none.
+func Defaults(snap paths.Snapshot, devs map[string]string, class paths.Class) map[string]string {
+	if class == "" {
+		return nil
+	}
+	out := map[string]string{}
+	for _, s := range snap.Selections {
+		if s.Class == class && s.MaxLatencyMs == 0 && s.PathID != "" && devs[s.PathID] != "" {
+			out[s.Dst] = s.PathID
+		}
+	}
+	return out
 }

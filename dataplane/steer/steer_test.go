@@ -42,6 +42,19 @@ func TestNewPlan(t *testing.T) {
 		{name: "pod without a selection is not steered",
 			spec:  Spec{Paths: twoPaths, Destinations: dsts, Pods: []Pod{pod("10.81.1.1", "b", "")}},
 			check: func(t *testing.T, p Plan) { assertLen(t, p.Steers, 0) }},
+		{name: "default path for senders not listed, after every pod's steer",
+			spec: Spec{Paths: twoPaths, Destinations: dsts, Pods: []Pod{pod("10.81.1.1", "b", "p1")}, Defaults: map[string]string{"b": "p2", "c": ""}},
+			check: func(t *testing.T, p Plan) {
+				if len(p.Defaults) != 1 || p.Defaults[0].Pod.IsValid() || p.Defaults[0].Prefix != pfxB || p.Defaults[0].Mark != 0x20000 {
+					t.Fatalf("defaults %+v", p.Defaults)
+				}
+				rs := chainRules(p)
+				if last := rs[len(rs)-1].comment; last != "default 10.82.0.0/16 p2" {
+					t.Fatalf("last rule %q, want the default", last)
+				}
+			}},
+		{name: "default path unknown", spec: Spec{Paths: twoPaths, Defaults: map[string]string{"b": "p9"}}, wantErr: "unknown path"},
+		{name: "default path to another cluster", spec: Spec{Paths: twoPaths, Defaults: map[string]string{"c": "p1"}}, wantErr: "leads to b"},
 		{name: "unknown path", spec: Spec{Paths: twoPaths, Pods: []Pod{pod("10.81.1.1", "b", "p9")}}, wantErr: "unknown path"},
 		{name: "path to another cluster", spec: Spec{Paths: twoPaths, Pods: []Pod{pod("10.81.1.1", "c", "p1")}}, wantErr: "leads to b"},
 		{name: "duplicate path", spec: Spec{Paths: []Path{twoPaths[0], twoPaths[0]}}, wantErr: "listed twice"},
@@ -193,5 +206,21 @@ func TestSteererShapesGuarantees(t *testing.T) {
 	s.SetPods(nil)
 	if _, err := s.Update(snap); err != nil || len(q.programs) != 0 {
 		t.Errorf("after the guarantees left: %v, shaped %v", err, q.programs)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	snap := paths.Snapshot{Selections: []paths.SelectionStatus{
+		{Dst: "b", Class: paths.BestEffort, PathID: "p2"},
+		{Dst: "b", Class: paths.LatencySensitive, PathID: "p1"},
+		{Dst: "b", Class: paths.BestEffort, MaxLatencyMs: 10, PathID: "p1"},
+		{Dst: "c", Class: paths.BestEffort, PathID: "p3"}, // no device: not steered
+	}}
+	got := Defaults(snap, map[string]string{"p1": "wg-a", "p2": "wg1-a"}, paths.BestEffort)
+	if len(got) != 1 || got["b"] != "p2" {
+		t.Fatalf("Defaults = %v, want b: p2", got)
+	}
+	if got := Defaults(snap, map[string]string{"p1": "wg-a"}, ""); got != nil {
+		t.Fatalf("no default class: %v", got)
 	}
 }

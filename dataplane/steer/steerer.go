@@ -26,8 +26,11 @@ type Options struct {
 	Destinations map[string][]netip.Prefix
 	// QoS shapes the path devices for the pods' bandwidth guarantees (dataplane/qos): on
 	// every path with a known bandwidth while any pod has a guarantee. nil: no shaping.
-	QoS    qos.Kernel
-	Logger *slog.Logger
+	QoS qos.Kernel
+	// DefaultClass, when set, steers traffic from senders that are not among the pods
+	// onto the path selected for this class (rule 4; Defaults).
+	DefaultClass paths.Class
+	Logger       *slog.Logger
 }
 
 // Steerer keeps the kernel's steering equal to the monitor's selections and the pods'
@@ -72,7 +75,7 @@ func (s *Steerer) Update(snap paths.Snapshot) (changed bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ps, pods := Assign(snap, s.o.Devices, s.pods)
-	p, err := NewPlan(Spec{Paths: ps, Destinations: s.o.Destinations, Pods: pods})
+	p, err := NewPlan(Spec{Paths: ps, Destinations: s.o.Destinations, Pods: pods, Defaults: Defaults(snap, s.o.Devices, s.o.DefaultClass)})
 	if err != nil {
 		return false, err
 	}

@@ -88,7 +88,11 @@ type Routes interface {
 type ReconcilerOptions struct {
 	// Device is the WireGuard device (nil on nodes that are not gateways).
 	Device wg.Device
-	Routes Routes
+	// PathDevices are the gateway's per-path devices by path index (≥ 1; see PathRefs):
+	// Reconcile sets Input.PathDevices from them and configures each with its plan's
+	// peers.
+	PathDevices map[int]wg.Device
+	Routes      Routes
 	// MSS, if set, is called with the tunnel devices to clamp (wg.EnsureMSSClamp bound to
 	// the node's namespace).
 	MSS    func(devs []string) error
@@ -180,6 +184,10 @@ func (r *Reconciler) Reconcile(in Input) (Plan, error) {
 	if r.o.Device != nil {
 		in.Device = r.o.Device.Name()
 	}
+	in.PathDevices = nil
+	for _, k := range slices.Sorted(maps.Keys(r.o.PathDevices)) {
+		in.PathDevices = append(in.PathDevices, PathDevice{Index: k, Name: r.o.PathDevices[k].Name()})
+	}
 	p := Compute(in)
 	var errs []error
 	if r.o.Device != nil {
@@ -191,8 +199,18 @@ func (r *Reconciler) Reconcile(in Input) (Plan, error) {
 			errs = append(errs, err)
 		}
 		r.held = len(ch.Held) > 0
+		devs := []string{r.o.Device.Name()}
+		for _, pd := range in.PathDevices {
+			d := r.o.PathDevices[pd.Index]
+			ch, err := d.Configure(p.PathPeers[pd.Name])
+			if err != nil {
+				errs = append(errs, err)
+			}
+			r.held = r.held || len(ch.Held) > 0
+			devs = append(devs, pd.Name)
+		}
 		if r.o.MSS != nil {
-			if err := r.o.MSS([]string{r.o.Device.Name()}); err != nil {
+			if err := r.o.MSS(devs); err != nil {
 				errs = append(errs, err)
 			}
 		}

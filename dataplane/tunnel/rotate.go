@@ -80,9 +80,12 @@ func saveKey(ctx context.Context, kv KV, k wgtypes.Key, at time.Time) error {
 type RotatorOptions struct {
 	Device wg.Device
 	// Spec is the device's name, port and MTU (its PrivateKey is the current key).
-	Spec      wg.Spec
-	CreatedAt time.Time // when Spec.PrivateKey was made (LoadOrCreateKey)
-	Store     KV
+	Spec wg.Spec
+	// PathDevices share the key (per-path devices, PathDeviceSpecs): a rotation applies
+	// the new key to each of them too, after Device.
+	PathDevices []DeviceSpec
+	CreatedAt   time.Time // when Spec.PrivateKey was made (LoadOrCreateKey)
+	Store       KV
 	// Announce signs and broadcasts an announcement (mesh.Node.Announce).
 	Announce  func(announce.Announcement) error
 	Endpoints []netip.AddrPort // this gateway's underlay endpoints
@@ -90,6 +93,12 @@ type RotatorOptions struct {
 	Interval  time.Duration    // default DefaultRotation
 	Logger    *slog.Logger
 	Now       func() time.Time
+}
+
+// DeviceSpec is a device with the spec it was made with.
+type DeviceSpec struct {
+	Device wg.Device
+	Spec   wg.Spec
 }
 
 // Rotator owns the gateway's WireGuard key.
@@ -169,12 +178,26 @@ func (r *Rotator) Rotate(ctx context.Context) (RotateResult, error) {
 	old := r.spec.PrivateKey.PublicKey()
 	r.spec, r.created = spec, now
 	res := RotateResult{PublicKey: k.PublicKey().String(), PreviousPublicKey: old.String(), RotatedAt: now.UTC()}
+	var pathErrs []error
+	for i := range r.o.PathDevices {
+		d := &r.o.PathDevices[i]
+		s := d.Spec
+		s.PrivateKey = k
+		if err := d.Device.Ensure(s); err != nil {
+			// The main device has the new key already: announce it anyway (the other
+			// paths' tunnels would otherwise break too); this path's device keeps the old
+			// key until the next rotation or restart, so its tunnel is down meanwhile.
+			pathErrs = append(pathErrs, fmt.Errorf("tunnel: new key on %s: %w", s.Name, err))
+			continue
+		}
+		d.Spec = s
+	}
 	if err := r.o.Announce(Announcement(k.PublicKey(), r.o.Endpoints, r.o.PodCIDRs)); err != nil {
 		// The device already uses the new key: the mesh refresh retries the broadcast.
-		return res, fmt.Errorf("tunnel: announce new key: %w", err)
+		return res, errors.Join(append(pathErrs, fmt.Errorf("tunnel: announce new key: %w", err))...)
 	}
-	r.o.Logger.Info("wireguard key rotated", "public_key", res.PublicKey, "previous", res.PreviousPublicKey)
-	return res, nil
+	r.o.Logger.Info("wireguard key rotated", "public_key", res.PublicKey, "previous", res.PreviousPublicKey, "path_devices", len(r.o.PathDevices))
+	return res, errors.Join(pathErrs...)
 }
 
 // Run rotates every Interval after the current key's creation (so restarts do not reset

@@ -90,8 +90,15 @@ type Input struct {
 	// allowed IPs still come only from the verified announcement: the endpoint is only
 	// where packets are sent, and WireGuard authenticates everything that comes back.
 	PathEndpoints map[string]netip.AddrPort
-	Gateways      []Gateway
-	Hints         []Hint
+	// PathDevices are the gateway's per-path devices (index ≥ 1, see PathRefs); with
+	// them, every remote cluster's path k (Paths) gets a peer on device k with that path's
+	// endpoint and the same key and allowed IPs as the main peer, and no route (the
+	// path's traffic is steered onto the device by dataplane/steer).
+	PathDevices []PathDevice
+	// Paths are the remote clusters' paths (PathRefs of the ConfigMap's remote-clusters).
+	Paths    []PathRef
+	Gateways []Gateway
+	Hints    []Hint
 }
 
 // Condition reports something wrong or noteworthy about one remote cluster.
@@ -117,11 +124,23 @@ type Tunnel struct {
 	PublicKey string         `json:"publicKey"`
 	Endpoint  netip.AddrPort `json:"endpoint"`
 	PodCIDRs  []netip.Prefix `json:"podCIDRs"`
+	// Paths lists the per-path tunnels to the cluster (only with per-path devices).
+	Paths []TunnelPath `json:"paths,omitempty"`
+}
+
+// TunnelPath is one path's tunnel to a remote cluster.
+type TunnelPath struct {
+	PathID   string         `json:"pathId"`
+	Device   string         `json:"device"`
+	Endpoint netip.AddrPort `json:"endpoint"`
 }
 
 // Plan is the desired dataplane.
 type Plan struct {
-	Peers      []wg.Peer
+	Peers []wg.Peer
+	// PathPeers are the peers of each per-path device (Input.PathDevices; every device
+	// has an entry, possibly empty).
+	PathPeers  map[string][]wg.Peer
 	Routes     []route.Route
 	Tunnels    []Tunnel
 	Conditions []Condition
@@ -134,6 +153,12 @@ const DefaultKeepalive = 25 * time.Second
 func Compute(in Input) Plan {
 	var p Plan
 	in.Keepalive = max(in.Keepalive, 0)
+	if in.Gateway && len(in.PathDevices) > 0 {
+		p.PathPeers = map[string][]wg.Peer{}
+		for _, d := range in.PathDevices {
+			p.PathPeers[d.Name] = nil
+		}
+	}
 	byCluster := map[string][]Gateway{}
 	for _, g := range in.Gateways {
 		if g.Cluster == in.LocalCluster {
@@ -195,9 +220,13 @@ func Compute(in Input) Plan {
 		if pe := in.PathEndpoints[c]; pe.IsValid() {
 			ep = pe
 		}
-		p.Tunnels = append(p.Tunnels, Tunnel{Cluster: c, Gateway: chosen.Node, PublicKey: chosen.PublicKey.String(), Endpoint: ep, PodCIDRs: allowed})
+		tun := Tunnel{Cluster: c, Gateway: chosen.Node, PublicKey: chosen.PublicKey.String(), Endpoint: ep, PodCIDRs: allowed}
 		if in.Gateway {
 			p.Peers = append(p.Peers, wg.Peer{PublicKey: chosen.PublicKey, Endpoint: ep, AllowedIPs: allowed, Keepalive: in.Keepalive})
+			tun.Paths = p.addPathPeers(in, c, chosen.PublicKey, ep, allowed)
+		}
+		p.Tunnels = append(p.Tunnels, tun)
+		if in.Gateway {
 			for _, pf := range allowed {
 				p.Routes = append(p.Routes, route.Route{Dst: pf, Dev: in.Device, Table: in.Table})
 			}
@@ -209,6 +238,36 @@ func Compute(in Input) Plan {
 	}
 	p.Conditions = append(p.Conditions, checkHints(in.Hints, byCluster)...)
 	return p
+}
+
+// addPathPeers adds cluster c's peers on the per-path devices and returns its paths'
+// tunnels (none without per-path devices). The main device carries path index 0 with the
+// main peer's endpoint.
+func (p *Plan) addPathPeers(in Input, c string, key wgtypes.Key, mainEP netip.AddrPort, allowed []netip.Prefix) []TunnelPath {
+	if len(in.PathDevices) == 0 {
+		return nil
+	}
+	var out []TunnelPath
+	for _, r := range in.Paths {
+		if r.Cluster != c {
+			continue
+		}
+		if r.Index == 0 {
+			out = append(out, TunnelPath{PathID: r.ID, Device: in.Device, Endpoint: mainEP})
+			continue
+		}
+		i := slices.IndexFunc(in.PathDevices, func(d PathDevice) bool { return d.Index == r.Index })
+		if i < 0 || !r.Endpoint.IsValid() {
+			continue
+		}
+		dev := in.PathDevices[i].Name
+		if slices.ContainsFunc(p.PathPeers[dev], func(x wg.Peer) bool { return x.PublicKey == key }) {
+			continue // one peer per key on a device (two clusters cannot share a gateway key)
+		}
+		p.PathPeers[dev] = append(p.PathPeers[dev], wg.Peer{PublicKey: key, Endpoint: r.Endpoint, AllowedIPs: allowed, Keepalive: in.Keepalive})
+		out = append(out, TunnelPath{PathID: r.ID, Device: dev, Endpoint: r.Endpoint})
+	}
+	return out
 }
 
 func checkHints(hints []Hint, byCluster map[string][]Gateway) []Condition {

@@ -48,6 +48,10 @@ type edgeNodeConfig struct {
 	DB, ConfList  string
 	BaseConfList  []byte
 	Socket        string
+	// Resync is the controller's periodic re-read (0: 500ms); NoEvents leaves it the
+	// only one (no reconcile on mesh changes: the behaviour before mesh.Node.Subscribe).
+	Resync   time.Duration
+	NoEvents bool
 }
 
 // edgeNodeMain runs one edge node until SIGTERM (the child side).
@@ -97,9 +101,16 @@ func runEdgeNode(raw string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if c.Resync == 0 {
+		c.Resync = 500 * time.Millisecond
+	}
+	var changes chan struct{}
+	if c.NoEvents {
+		changes = make(chan struct{}) // never written: MeshEdge then subscribes nothing
+	}
 	ctrl, err := nodenet.NewEdge(nodenet.MeshEdge(nodenet.EdgeOptions{NodeName: c.Name, NodeIP: addr, ClusterCIDR: cidr,
-		BlockSize: 24, DB: db, ConfListPath: c.ConfList, BaseConfList: c.BaseConfList,
-		Resync: 500 * time.Millisecond, Settle: 2 * time.Second, Logger: log}, n, c.Cluster))
+		BlockSize: 24, DB: db, ConfListPath: c.ConfList, BaseConfList: c.BaseConfList, Changes: changes,
+		Resync: c.Resync, Settle: 2 * time.Second, Logger: log}, n, c.Cluster))
 	if err != nil {
 		return err
 	}
@@ -138,6 +149,9 @@ type edgeCluster struct {
 	key        ed25519.PrivateKey
 	gossip     []byte
 	partitions map[string][]netip.Addr // node name -> addresses it cannot reach
+	// resync and noEvents go to every node's edgeNodeConfig (zero: the defaults).
+	resync   time.Duration
+	noEvents bool
 }
 
 func newEdgeCluster(l *lab) *edgeCluster {
@@ -163,7 +177,8 @@ func (e *edgeCluster) addNode(name string, addr netip.Addr, cut []netip.Addr, se
 	}
 	n.sock = filepath.Join(n.dir, "edge.sock")
 	cfg := edgeNodeConfig{Name: name, Cluster: e.id, ClusterKey: e.key, GossipKey: e.gossip, Addr: addr.String(),
-		ClusterCIDR: e.l.cidr.String(), DB: n.db.Path(), ConfList: n.confList, BaseConfList: e.l.baseConfList(n.node), Socket: n.sock}
+		ClusterCIDR: e.l.cidr.String(), DB: n.db.Path(), ConfList: n.confList, BaseConfList: e.l.baseConfList(n.node), Socket: n.sock,
+		Resync: e.resync, NoEvents: e.noEvents}
 	for _, s := range seeds {
 		cfg.Seeds = append(cfg.Seeds, netip.AddrPortFrom(s.addr, mesh.DefaultGossipPort).String())
 	}

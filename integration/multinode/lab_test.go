@@ -171,6 +171,7 @@ type lab struct {
 	under   string          // underlay namespace (bridge br0)
 	cidr    netip.Prefix
 	nodes   map[string]*node
+	encrypt nodenet.Encrypt // node-to-node encryption of nodes started from now on
 }
 
 type node struct {
@@ -185,6 +186,7 @@ type node struct {
 	done     chan error
 	cni      *libcni.CNIConfig
 	pods     []*pod
+	encrypt  *nodenet.Encrypt // overrides lab.encrypt at the next start
 }
 
 type pod struct {
@@ -323,10 +325,14 @@ func (l *lab) baseConfList(n *node) []byte {
 func (l *lab) start(n *node) {
 	t := l.t
 	t.Helper()
+	enc := l.encrypt
+	if n.encrypt != nil {
+		enc = *n.encrypt
+	}
 	ctrl, err := nodenet.New(nodenet.Options{
 		Client: l.agentC, NodeName: n.name, Namespace: l.ns, ClusterCIDR: l.cidr, DB: n.db,
 		ConfListPath: n.confList, BaseConfList: l.baseConfList(n), NetNSPath: nsPath(n.netns),
-		Resync: time.Second, Logger: testLogger(t, n.name),
+		Resync: time.Second, Logger: testLogger(t, n.name), Encrypt: enc,
 	})
 	if err != nil {
 		t.Fatal(err)

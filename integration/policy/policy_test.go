@@ -141,9 +141,7 @@ func runScenarios(t *testing.T, c *k8senv.Cluster, datapath string) {
 	t.Run("service", func(t *testing.T) { serviceScenario(t, n, xa, xb, ya) })
 	t.Run("add waits for policy", func(t *testing.T) { addWaits(t, n, ya) })
 	t.Run("counter and audit", func(t *testing.T) { countersAndAudit(t, n, datapath) })
-	if datapath != "nftables" {
-		t.Run("audit all", func(t *testing.T) { auditAll(t, n, za, ya) })
-	}
+	t.Run("audit all", func(t *testing.T) { auditAll(t, n, za, ya) })
 	t.Run("agent restart", func(t *testing.T) { agentRestart(t, n, ya, xb, is) })
 	t.Run("upstream", func(t *testing.T) { upstreamScenarios(t, n) })
 }

@@ -12,13 +12,13 @@
 package netpolcases
 
 import (
+	. "github.com/patronus/patronus/policy/npbuild"
 	"net/netip"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // Cluster is what a scenario step acts on. Pods are named "x/a" and namespaces "x"
@@ -150,7 +150,7 @@ func itoa(v int32) string {
 
 type builder struct{ ns func(string) string }
 
-type polOpt func(*networkingv1.NetworkPolicy)
+type polOpt = Opt
 
 // pol is a policy in namespace x selecting pods with the given labels ({} for all).
 func (b builder) pol(name string, sel map[string]string, opts ...polOpt) networkingv1.NetworkPolicy {
@@ -176,7 +176,7 @@ func (b builder) inNS(ns string) polOpt {
 
 // nsName selects the namespace by its immutable name label.
 func (b builder) nsName(ns string) *metav1.LabelSelector {
-	return labels(corev1.LabelMetadataName, b.ns(ns))
+	return Labels(corev1.LabelMetadataName, b.ns(ns))
 }
 
 // nsExpr is a matchExpressions selector on the namespace name label.
@@ -185,86 +185,7 @@ func (b builder) nsExpr(op metav1.LabelSelectorOperator, nss ...string) *metav1.
 	for _, n := range nss {
 		vals = append(vals, b.ns(n))
 	}
-	return expr(corev1.LabelMetadataName, op, vals...)
-}
-
-// ingress sets the ingress rules and lists Ingress in policyTypes (even with no rules).
-func ingress(rules ...networkingv1.NetworkPolicyIngressRule) polOpt {
-	return func(p *networkingv1.NetworkPolicy) {
-		p.Spec.Ingress = append([]networkingv1.NetworkPolicyIngressRule{}, rules...)
-		p.Spec.PolicyTypes = append(p.Spec.PolicyTypes, networkingv1.PolicyTypeIngress)
-	}
-}
-
-func egress(rules ...networkingv1.NetworkPolicyEgressRule) polOpt {
-	return func(p *networkingv1.NetworkPolicy) {
-		p.Spec.Egress = append([]networkingv1.NetworkPolicyEgressRule{}, rules...)
-		p.Spec.PolicyTypes = append(p.Spec.PolicyTypes, networkingv1.PolicyTypeEgress)
-	}
-}
-
-func from(peers []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) networkingv1.NetworkPolicyIngressRule {
-	return networkingv1.NetworkPolicyIngressRule{From: peers, Ports: ports}
-}
-
-func to(peers []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) networkingv1.NetworkPolicyEgressRule {
-	return networkingv1.NetworkPolicyEgressRule{To: peers, Ports: ports}
-}
-
-func peers(p ...networkingv1.NetworkPolicyPeer) []networkingv1.NetworkPolicyPeer { return p }
-
-func labels(kv ...string) *metav1.LabelSelector {
-	m := map[string]string{}
-	for i := 0; i < len(kv); i += 2 {
-		m[kv[i]] = kv[i+1]
-	}
-	return &metav1.LabelSelector{MatchLabels: m}
-}
-
-func expr(key string, op metav1.LabelSelectorOperator, values ...string) *metav1.LabelSelector {
-	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: op, Values: values}}}
-}
-
-func podPeer(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
-	return networkingv1.NetworkPolicyPeer{PodSelector: s}
-}
-
-func nsPeer(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
-	return networkingv1.NetworkPolicyPeer{NamespaceSelector: s}
-}
-
-func nsPodPeer(ns, pod *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
-	return networkingv1.NetworkPolicyPeer{NamespaceSelector: ns, PodSelector: pod}
-}
-
-func ipPeer(cidr string, except ...string) networkingv1.NetworkPolicyPeer {
-	return networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr, Except: except}}
-}
-
-func port(proto corev1.Protocol, p int32) networkingv1.NetworkPolicyPort {
-	v := intstr.FromInt32(p)
-	return networkingv1.NetworkPolicyPort{Protocol: &proto, Port: &v}
-}
-
-// portNoProto is a numeric port with the protocol left to its default (TCP).
-func portNoProto(p int32) networkingv1.NetworkPolicyPort {
-	v := intstr.FromInt32(p)
-	return networkingv1.NetworkPolicyPort{Port: &v}
-}
-
-func named(name string) networkingv1.NetworkPolicyPort {
-	v := intstr.FromString(name)
-	return networkingv1.NetworkPolicyPort{Port: &v}
-}
-
-func namedPortProto(proto corev1.Protocol, name string) networkingv1.NetworkPolicyPort {
-	p := named(name)
-	p.Protocol = &proto
-	return p
-}
-
-func protoOnly(proto corev1.Protocol) networkingv1.NetworkPolicyPort {
-	return networkingv1.NetworkPolicyPort{Protocol: &proto}
+	return Expr(corev1.LabelMetadataName, op, vals...)
 }
 
 const (

@@ -1,0 +1,29 @@
+package cli
+
+import (
+	"strings"
+
+	"github.com/patronus/patronus/config"
+	"github.com/patronus/patronus/nodenet"
+)
+
+// nodeEncryptionTier is the agent's NODE_ENCRYPTION tier of node-to-node encryption: the
+// --node-encryption flag when given, else $NODE_ENCRYPTION ("" = the ConfigMap decides).
+// A value other than wireguard or none is a usage error naming where it came from.
+func nodeEncryptionTier(flag string, changed bool, getenv func(string) string) (string, error) {
+	v, from := flag, "--node-encryption"
+	if !changed {
+		v, from = getenv(config.EnvNodeEncryption), "$"+config.EnvNodeEncryption
+	}
+	if strings.TrimSpace(v) == "" {
+		if changed {
+			return "", usagef("--node-encryption: accepted values are %s and %s", nodenet.EncryptionWireGuard, nodenet.EncryptionNone)
+		}
+		return "", nil
+	}
+	m, err := nodenet.ParseEncryption(v)
+	if err != nil {
+		return "", usagef("%s %v", from, err)
+	}
+	return m, nil
+}
