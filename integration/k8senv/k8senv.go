@@ -11,6 +11,7 @@
 //
 //	c := k8senv.Start(t, k8senv.WithMCSCRDs())
 //	cs := c.Client()                                 // admin clientset
+//	kc := c.AgentClient()                            // the same, as the agent's packages take it (kube/kclient)
 //	saCfg, kubeconfig, err := c.InstallPatronus(ctx) // manifests/ + the agent's own token
 //	c.StopAPIServer(); err = c.StartAPIServer()      // same port, same data
 //

@@ -16,7 +16,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -77,11 +76,11 @@ type MCS interface {
 	ServerResourcesForGroupVersion(groupVersion string) (*metav1.APIResourceList, error)
 }
 
-// Client implements Kube and MCS against an API server.
+// Client implements Kube and MCS against an API server. The built-in groups are spoken in
+// protobuf, as client-go's typed clients do (smaller and cheaper to decode than JSON); the
+// MCS CRDs in JSON, the only encoding CRDs have.
 type Client struct {
 	core, networking, discovery, coordination, mcs *rest.RESTClient
-	// protobuf: the built-in groups are spoken in protobuf, as client-go's typed clients
-	// do (smaller and cheaper to decode than JSON); the MCS CRDs only in JSON.
 }
 
 var (
@@ -163,9 +162,6 @@ func New(cfg *rest.Config) (*Client, error) {
 	}
 	return out, nil
 }
-
-// HTTPClient is the connection pool the REST clients share (for tests and metrics).
-func (c *Client) HTTPClient() *http.Client { return c.core.Client }
 
 func (c *Client) Pods(ns string) Resource[*corev1.Pod, *corev1.PodList] {
 	return newResource(c.core, ns, "pods", func() *corev1.Pod { return &corev1.Pod{} }, func() *corev1.PodList { return &corev1.PodList{} })
