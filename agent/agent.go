@@ -112,6 +112,9 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("agent: register metrics: %w", err)
 	}
 	defer a.metrics.unregister()
+	if err := a.metrics.add(a.lostPodsGauge()); err != nil {
+		return fmt.Errorf("agent: register metrics: %w", err)
+	}
 
 	apiMux, err := a.apiMux()
 	if err != nil {

@@ -45,6 +45,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
+// add registers one more collector (removed by unregister like the others).
+func (m *metrics) add(c prometheus.Collector) error {
+	if err := m.reg.Register(c); err != nil {
+		return err
+	}
+	m.collectors = append(m.collectors, c)
+	return nil
+}
+
 // unregister removes the agent's collectors, so a registry can outlive one Run (tests,
 // or an embedding program restarting the agent).
 func (m *metrics) unregister() {

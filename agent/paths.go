@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,6 +127,12 @@ func (a *agent) startPaths(ctx context.Context, cfg *config.Config, wg *sync.Wai
 		}
 		pl.steer = steer.New(steer.Options{Kernel: steer.Netlink{}, Devices: devices, Destinations: remoteCIDRs(cfg),
 			QoS: qosKernel{}, DefaultClass: paths.Class(pl.defClass), Logger: log})
+		// Own per-path tunnels are steered onto once they have a session (the remote end
+		// may not run the matching device); with keepalive off an idle tunnel never
+		// handshakes, so then every device is used at once.
+		if len(o.Devices) == 0 && (a.opts.Tunnel == nil || a.opts.Tunnel.Keepalive >= 0) {
+			pl.devices = devices
+		}
 		log.Info("steering pods per QoS class", "devices", devices, "from", source)
 	}
 	if dsts := remoteCIDRs(cfg); len(dsts) > 0 {
@@ -200,6 +207,11 @@ type podPaths struct {
 	announcedAt time.Time
 	announceErr string
 	down        string // remote clusters with every path down (downClusters), last seen
+
+	// devices are the gateway's own per-path tunnels when steering onto them waits for a
+	// session (usableDevices); nil otherwise. excluded are the path ids left out last.
+	devices  map[string]string
+	excluded string
 
 	meter   *steer.Meter          // nil: not installed
 	bw      *prometheus.GaugeVec  // patronus_pod_bandwidth_mbps
@@ -357,6 +369,7 @@ func (p *podPaths) tick(m *paths.Monitor, now time.Time) {
 		if p.steer != nil {
 			p.steer.SetPods(classes)
 		}
+		p.gateDevices(now)
 		p.report(m)
 		p.exchange(m, now)
 		p.measure(now)
@@ -387,6 +400,53 @@ func (p *podPaths) tick(m *paths.Monitor, now time.Time) {
 			p.lastErr = msg
 		}
 	}
+}
+
+// pathSessionMaxAge: a per-path tunnel whose last handshake is older is not steered onto.
+// WireGuard rekeys 2 minutes into a session while packets flow (the persistent keepalive
+// keeps them flowing) and rejects a session 3 minutes old: older means no session.
+const pathSessionMaxAge = 3 * time.Minute
+
+// usableDevices is devs without the per-path tunnels (the ids in handshakes, from
+// tunnel.Reconciler.PathHandshakes) that have no session younger than pathSessionMaxAge.
+// Paths of the main device are not in handshakes and always kept.
+func usableDevices(devs map[string]string, handshakes map[string]time.Time, now time.Time) map[string]string {
+	out := map[string]string{}
+	for id, dev := range devs {
+		at, perPath := handshakes[id]
+		if !perPath || (!at.IsZero() && now.Sub(at) <= pathSessionMaxAge) {
+			out[id] = dev
+		}
+	}
+	return out
+}
+
+// gateDevices hands the steerer the own per-path tunnels that have a session.
+func (p *podPaths) gateDevices(now time.Time) {
+	if p.devices == nil || p.steer == nil {
+		return
+	}
+	rec := p.a.tunnel.rec.Load()
+	if rec == nil {
+		return
+	}
+	use := usableDevices(p.devices, rec.PathHandshakes(), now)
+	var out []string
+	for id := range p.devices {
+		if _, ok := use[id]; !ok {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	if ex := strings.Join(out, ","); ex != p.excluded {
+		p.excluded = ex
+		if ex != "" {
+			p.log.Warn("per-path tunnels without a WireGuard session are not steered onto (does the remote gateway run per-path tunnels?)", "paths", out)
+		} else {
+			p.log.Info("every per-path tunnel has a WireGuard session: all paths are steered onto")
+		}
+	}
+	p.steer.SetDevices(use)
 }
 
 // followTunnel points each remote cluster's WireGuard peer at the path selected for the

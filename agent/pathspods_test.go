@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -10,7 +11,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/dataplane/steer"
+	"github.com/patronus/patronus/dataplane/tunnel"
 	"github.com/patronus/patronus/paths"
 	"github.com/patronus/patronus/qos"
 )
@@ -61,5 +64,45 @@ func TestOtherPods(t *testing.T) {
 		"ns/dual 10.81.2.8 best-effort", "ns/bad-class 10.81.2.9 best-effort"}
 	if !slices.Equal(s, want) {
 		t.Fatalf("otherPods:\n got %q\nwant %q", s, want)
+	}
+}
+
+// Per-path devices are opened only where the agent steers with them.
+func TestPathDeviceCount(t *testing.T) {
+	two := tunnel.PathRefs([]config.RemoteCluster{{ID: "c2", Endpoint: "192.0.2.2:51820", Paths: []string{"198.51.100.2:51820"}}})
+	one := tunnel.PathRefs([]config.RemoteCluster{{ID: "c2", Endpoint: "192.0.2.2:51820"}})
+	for _, tc := range []struct {
+		name string
+		o    Options
+		refs []tunnel.PathRef
+		want int
+	}{
+		{"default install, two paths", Options{Tunnel: &TunnelOptions{}, Paths: &PathsOptions{}}, two, 1},
+		{"one path: today's single tunnel", Options{Tunnel: &TunnelOptions{}, Paths: &PathsOptions{}}, one, 0},
+		{"--path-tunnels=false", Options{Tunnel: &TunnelOptions{NoPathTunnels: true}, Paths: &PathsOptions{}}, two, 0},
+		{"--path-device given", Options{Tunnel: &TunnelOptions{}, Paths: &PathsOptions{Devices: map[string]string{"c2/192.0.2.2": "wg-x"}}}, two, 0},
+		{"--paths=false: nothing would steer", Options{Tunnel: &TunnelOptions{}}, two, 0},
+	} {
+		if got := pathDeviceCount(&tc.o, tc.refs); got != tc.want {
+			t.Errorf("%s: %d per-path devices, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+// A per-path tunnel is steered onto only with a recent WireGuard session.
+func TestUsableDevices(t *testing.T) {
+	now := time.Unix(10000, 0)
+	devs := map[string]string{"c2/a": "wg-x", "c2/b": "wg1-x", "c2/c": "wg2-x", "c2/d": "wg3-x"}
+	hs := map[string]time.Time{
+		"c2/b": now.Add(-time.Minute),      // live
+		"c2/c": {},                         // never: the remote has no such device
+		"c2/d": now.Add(-10 * time.Minute), // stale
+	}
+	got := usableDevices(devs, hs, now)
+	if want := map[string]string{"c2/a": "wg-x", "c2/b": "wg1-x"}; !maps.Equal(got, want) {
+		t.Fatalf("usableDevices = %v, want %v", got, want)
+	}
+	if got := usableDevices(devs, map[string]time.Time{}, now); !maps.Equal(got, devs) {
+		t.Fatalf("no tunnel state yet: %v, want every device", got)
 	}
 }

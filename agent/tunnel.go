@@ -239,10 +239,7 @@ func (a *agent) runTunnel(ctx context.Context, cfg *config.Config, n *mesh.Node,
 // earlier run: kernel links outlive the agent) are deleted first. On error every device
 // opened so far is closed again.
 func (a *agent) openPathDevices(cfg *config.Config, spec wg.Spec, refs []tunnel.PathRef, log *slog.Logger) (map[int]wg.Device, []tunnel.DeviceSpec, error) {
-	n := tunnel.MaxPathIndex(refs)
-	if a.opts.Tunnel.NoPathTunnels || a.opts.Paths == nil || len(a.opts.Paths.Devices) > 0 {
-		n = 0
-	}
+	n := pathDeviceCount(&a.opts, refs)
 	removeStalePathLinks(cfg.ClusterID, n, log)
 	if n == 0 {
 		return nil, nil, nil
@@ -269,6 +266,16 @@ func (a *agent) openPathDevices(cfg *config.Config, spec wg.Spec, refs []tunnel.
 	}
 	log.Info("per-path tunnels", "devices", len(devs), "first", specs[0].Name, "ports", fmt.Sprintf("%d-%d", specs[0].ListenPort, specs[len(specs)-1].ListenPort))
 	return devs, out, nil
+}
+
+// pathDeviceCount is how many per-path devices a gateway opens: the highest path index
+// of the remote clusters when it steers with its own devices (path monitoring on, no
+// --path-device, per-path tunnels not turned off), else 0.
+func pathDeviceCount(o *Options, refs []tunnel.PathRef) int {
+	if o.Tunnel == nil || o.Tunnel.NoPathTunnels || o.Paths == nil || len(o.Paths.Devices) > 0 {
+		return 0
+	}
+	return tunnel.MaxPathIndex(refs)
 }
 
 // removeStalePathLinks deletes the kernel WireGuard links named like per-path devices of

@@ -106,6 +106,7 @@ const (
 	PolicyMapPtStats       = "pt_stats"
 	PolicyProgFromPod      = "from_pod"
 	PolicyProgToNet        = "to_net"
+	PolicyProgToNetL3      = "to_net_l3"
 	PolicyProgToPod        = "to_pod"
 	PolicyVarUnusedEvent   = "unused_event"
 )
@@ -154,6 +155,7 @@ type PolicySpecs struct {
 type PolicyProgramSpecs struct {
 	FromPod *ebpf.ProgramSpec `ebpf:"from_pod"`
 	ToNet   *ebpf.ProgramSpec `ebpf:"to_net"`
+	ToNetL3 *ebpf.ProgramSpec `ebpf:"to_net_l3"`
 	ToPod   *ebpf.ProgramSpec `ebpf:"to_pod"`
 }
 
@@ -240,6 +242,7 @@ type PolicyVariables struct {
 type PolicyPrograms struct {
 	FromPod *ebpf.Program `ebpf:"from_pod"`
 	ToNet   *ebpf.Program `ebpf:"to_net"`
+	ToNetL3 *ebpf.Program `ebpf:"to_net_l3"`
 	ToPod   *ebpf.Program `ebpf:"to_pod"`
 }
 
@@ -247,6 +250,7 @@ func (p *PolicyPrograms) Close() error {
 	return _PolicyClose(
 		p.FromPod,
 		p.ToNet,
+		p.ToNetL3,
 		p.ToPod,
 	)
 }

@@ -96,6 +96,7 @@ type meshRunFlags struct {
 	podNetwork, masquerade bool
 	nodeIP, confList       string
 	blockSize              int
+	nodeEncryption         string
 }
 
 func newMeshRunCmd(e env) *cobra.Command {
@@ -112,7 +113,9 @@ The local API on --socket serves /v1/members, /v1/events, /v1/mesh, /v1/announce
 (see patronus members, patronus event) and /metrics.
 With --pod-network it also runs edge-mode pod networking: the node's pod block is claimed
 out of --cluster-cidr through the mesh (kept in --database), --cni-conflist is written for
-it, the other nodes' blocks are routed, and GET /v1/nodenet shows it (patronus status).`,
+it, the other nodes' blocks are routed, and GET /v1/nodenet shows it. GET /v1/status
+answers too, so patronus status --socket works against this socket (block, routes,
+lost pods, mesh).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runMesh(cmd.Context(), e, f)
@@ -150,6 +153,7 @@ it, the other nodes' blocks are routed, and GET /v1/nodenet shows it (patronus s
 	fl.IntVar(&f.blockSize, "node-block-size", nodenet.DefaultBlockSize, "with --pod-network: prefix length of the node's pod block in --cluster-cidr")
 	fl.StringVar(&f.confList, "cni-conflist", nodenet.DefaultConfListPath, "with --pod-network: the CNI conflist written for the node's block")
 	fl.BoolVar(&f.masquerade, "masquerade", true, "with --pod-network: masquerade pod traffic leaving --cluster-cidr to the node address")
+	fl.StringVar(&f.nodeEncryption, "node-encryption", nodenet.EncryptionNone, "with --pod-network: node-to-node encryption, wireguard or none (WireGuard device ptw0 on UDP 51819, key in --database, public key in the signed block claim)")
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd
@@ -281,9 +285,17 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", node.HTTPHandler())
+	// "GET /v1/status" and "GET /v1/nodenet" are more specific than "/v1/" (method and
+	// path), so they win: `patronus status` works against this socket.
+	mux.Handle("GET "+localapi.PathStatus, &edgeStatus{node: f.node, cluster: f.cluster, database: f.db,
+		started: time.Now(), mesh: node, ctrl: ctrl, db: db})
 	if ctrl != nil {
-		// "GET /v1/nodenet" is more specific than "/v1/" (method and path), so it wins.
 		mux.Handle(nodenet.StatusPath, ctrl.HTTPHandler())
+		if err := reg.Register(nodenet.LostPodsGauge(ctrl.Status)); err != nil {
+			node.Shutdown()
+			ln.Close()
+			return fmt.Errorf("register metrics: %w", err)
+		}
 	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
@@ -299,7 +311,7 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 		return node.Run(ctx)
 	}
 	log.Info("edge pod networking", "node_ip", edge.NodeIP, "cluster_cidr", edge.ClusterCIDR,
-		"block_size", edge.BlockSize, "conflist", edge.ConfListPath, "masquerade", !edge.NoMasquerade)
+		"block_size", edge.BlockSize, "conflist", edge.ConfListPath, "masquerade", !edge.NoMasquerade, "node_encryption", edge.Encrypt.Mode)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return node.Run(gctx) })
 	g.Go(func() error { return ctrl.Run(gctx) })
@@ -342,8 +354,12 @@ func edgeOptions(f meshRunFlags) (*nodenet.EdgeOptions, error) {
 	if err != nil || !ip.Is4() || ip.IsUnspecified() {
 		return nil, usagef("--pod-network needs this node's IPv4 underlay address: --node-ip (or an --advertise address); %s %q is not one", ipFlag, ipStr)
 	}
+	enc, err := nodenet.ParseEncryption(f.nodeEncryption)
+	if err != nil || f.nodeEncryption == "" {
+		return nil, usagef("--node-encryption %q: accepted values are %s and %s", f.nodeEncryption, nodenet.EncryptionWireGuard, nodenet.EncryptionNone)
+	}
 	return &nodenet.EdgeOptions{NodeName: f.node, NodeIP: ip, ClusterCIDR: cidr, BlockSize: f.blockSize,
-		ConfListPath: f.confList, NoMasquerade: !f.masquerade}, nil
+		ConfListPath: f.confList, NoMasquerade: !f.masquerade, Encrypt: nodenet.Encrypt{Mode: enc}}, nil
 }
 
 func joinArgs(ss []string) string {

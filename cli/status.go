@@ -81,10 +81,15 @@ func (s Status) lines() []statusLine {
 	}
 	if c.Database.OK {
 		out = append(out, statusLine{true, "SD-WAN database: " + c.Database.Path})
-		out = append(out, s.Agent.tunnelLines()...)
+		if !s.Agent.isEdge() { // an edge node runs no tunnels
+			out = append(out, s.Agent.tunnelLines()...)
+		}
 		out = append(out, statusLine{true, fmt.Sprintf("Pods managed: %d", c.Database.PodsManaged)})
 	} else {
 		out = append(out, statusLine{false, fmt.Sprintf("SD-WAN database: %s: %s", c.Database.Path, c.Database.Error)})
+	}
+	if s.Agent.isEdge() {
+		return append(out, s.Agent.edgeLines()...)
 	}
 	return append(out, s.Agent.lines()...)
 }

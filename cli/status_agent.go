@@ -184,5 +184,46 @@ func nodeNetLines(n *localapi.NodeNet, errMsg string) []statusLine {
 	for _, l := range n.Lost {
 		out = append(out, statusLine{false, fmt.Sprintf("Pod %s/%s holds %s of lost pod block %s (recreate it)", l.Namespace, l.Name, strings.Join(l.IPs, ", "), l.Block)})
 	}
-	return out
+	return append(out, nodeEncryptionLines(n)...)
+}
+
+// nodeEncryptionLines: with node-to-node encryption on, the device and how many peer
+// nodes are encrypted (✓), its error and every peer routed in the clear (✗).
+func nodeEncryptionLines(n *localapi.NodeNet) []statusLine {
+	if n.Encryption != "wireguard" {
+		return nil
+	}
+	w := n.WireGuard
+	if w == nil {
+		return []statusLine{{false, "Node encryption: wireguard, no device yet"}}
+	}
+	if w.Error != "" {
+		return []statusLine{{false, fmt.Sprintf("Node encryption: WireGuard device %s: %s", w.Device, w.Error)}}
+	}
+	enc, oldest := 0, time.Time{}
+	var out []statusLine
+	for _, p := range n.PeerStates {
+		if !p.Encrypted {
+			out = append(out, statusLine{false, fmt.Sprintf("Peer node %s not encrypted: %s", p.Node, p.Reason)})
+			continue
+		}
+		enc++
+		if oldest.IsZero() || p.LastHandshake.Before(oldest) {
+			oldest = p.LastHandshake
+		}
+	}
+	hs := ""
+	switch {
+	case enc > 0 && oldest.IsZero():
+		hs = "; a peer has had no handshake yet (no traffic)"
+	case enc > 0:
+		hs = "; oldest last handshake " + oldest.UTC().Format(time.RFC3339)
+	}
+	impl := w.Implementation
+	if impl != "" {
+		impl += ", "
+	}
+	head := statusLine{true, fmt.Sprintf("Node encryption: wireguard on %s (%sUDP %d, MTU %d), %d of %d peer nodes encrypted%s",
+		w.Device, impl, w.Port, w.MTU, enc, len(n.PeerStates), hs)}
+	return append([]statusLine{head}, out...)
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/patronus/patronus/localapi"
 )
@@ -24,6 +25,21 @@ func TestNodeNetLines(t *testing.T) {
 		{name: "lost pods and error", n: &localapi.NodeNet{Block: "10.244.4.0/24", Source: "lease", ConfList: "/c", LastError: "boom",
 			Lost: []localapi.NodeNetLost{{Namespace: "default", Name: "web", IPs: []string{"10.244.3.7/24"}, Block: "10.244.3.0/24"}}},
 			want: []string{"Pod block: 10.244.4.0/24", "Pod network: boom", "Pod default/web holds 10.244.3.7/24 of lost pod block 10.244.3.0/24"}, failed: 2},
+		{name: "encryption off: no line", n: &localapi.NodeNet{Block: "10.244.3.0/24", Source: "node", ConfList: "/c", Encryption: "none"},
+			want: []string{"Pod block: 10.244.3.0/24"}},
+		{name: "encrypted, one peer in the clear", n: &localapi.NodeNet{Block: "10.244.3.0/24", Source: "node", ConfList: "/c", Peers: 2, Encryption: "wireguard",
+			WireGuard: &localapi.NodeNetWG{Device: "ptw0", Port: 51819, MTU: 1420, Implementation: "userspace", Peers: 1},
+			PeerStates: []localapi.NodeNetPeerWG{{Node: "n2", Encrypted: true, LastHandshake: time.Date(2026, 11, 27, 14, 0, 0, 0, time.UTC)},
+				{Node: "n3", Reason: "the node published no WireGuard key (yet)"}}},
+			want: []string{"Pod block: 10.244.3.0/24", "Node encryption: wireguard on ptw0 (userspace, UDP 51819, MTU 1420), 1 of 2 peer nodes encrypted; oldest last handshake 2026-11-27T14:00:00Z",
+				"Peer node n3 not encrypted: the node published no WireGuard key (yet)"}, failed: 1},
+		{name: "no handshake yet", n: &localapi.NodeNet{Block: "10.244.3.0/24", Source: "node", ConfList: "/c", Peers: 1, Encryption: "wireguard",
+			WireGuard:  &localapi.NodeNetWG{Device: "ptw0", Port: 51819, MTU: 1420},
+			PeerStates: []localapi.NodeNetPeerWG{{Node: "n2", Encrypted: true}}},
+			want: []string{"Pod block", "1 of 1 peer nodes encrypted; a peer has had no handshake yet"}},
+		{name: "device error", n: &localapi.NodeNet{Block: "10.244.3.0/24", Source: "node", ConfList: "/c", Encryption: "wireguard",
+			WireGuard: &localapi.NodeNetWG{Device: "ptw0", Error: "create TUN: permission denied"}},
+			want: []string{"Pod block", "Node encryption: WireGuard device ptw0: create TUN: permission denied"}, failed: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := nodeNetLines(tc.n, tc.err)

@@ -25,6 +25,35 @@ type NodeNet struct {
 	Conflicts []string       `json:"conflicts,omitempty"`
 	Lost      []NodeNetLost  `json:"lostPods,omitempty"`
 	LastError string         `json:"lastError,omitempty"`
+	// Encryption is node-to-node encryption: "none" | "wireguard" ("" from older agents).
+	Encryption string          `json:"encryption,omitempty"`
+	WireGuard  *NodeNetWG      `json:"wireguard,omitempty"`
+	PeerStates []NodeNetPeerWG `json:"peerStates,omitempty"`
+}
+
+// NodeNetWG is the node-to-node WireGuard device.
+type NodeNetWG struct {
+	Device         string `json:"device"`
+	PublicKey      string `json:"publicKey"`
+	Port           int    `json:"port"`
+	MTU            int    `json:"mtu,omitempty"`
+	Implementation string `json:"implementation,omitempty"`
+	Peers          int    `json:"peers"`
+	Error          string `json:"error,omitempty"`
+}
+
+// NodeNetPeerWG is one peer node under encryption: encrypted (with its last handshake) or
+// why not.
+type NodeNetPeerWG struct {
+	Node          string    `json:"node"`
+	Blocks        []string  `json:"blocks"`
+	Encrypted     bool      `json:"encrypted"`
+	PublicKey     string    `json:"publicKey,omitempty"`
+	Endpoint      string    `json:"endpoint,omitempty"`
+	LastHandshake time.Time `json:"lastHandshake,omitzero"`
+	RxBytes       int64     `json:"rxBytes,omitempty"`
+	TxBytes       int64     `json:"txBytes,omitempty"`
+	Reason        string    `json:"reason,omitempty"`
 }
 
 // NodeNetRoute is a route to another node's pod block.

@@ -16,8 +16,14 @@ const (
 	PathPods    = "/v1/pods"
 )
 
+// ModeEdge is Status.Mode of a mesh-only agent (`patronus mesh run`).
+const ModeEdge = "edge"
+
 // Status is GET /v1/status: what `patronus status` prints.
 type Status struct {
+	// Mode is "" for the agent and ModeEdge for a mesh-only agent (`patronus mesh run`,
+	// edge mode: no API server), whose status has no Kubernetes parts.
+	Mode      string    `json:"mode,omitempty"`
 	Node      string    `json:"node"`
 	ClusterID string    `json:"clusterID"`
 	Version   string    `json:"version,omitempty"`

@@ -400,6 +400,7 @@ type leaseLister interface {
 // reconcile is level-based: it reads the Node and Lease caches and the kernel, and makes
 // the block, the conflist and the datapath what they should be.
 func (c *Controller) reconcile(ctx context.Context, dp Datapath, nl nodeLister, ll leaseLister) error {
+	c.refreshLost(ctx) // pods of a lost block recreated since are no longer reported
 	self, err := nl.Get(c.o.NodeName)
 	if err != nil {
 		return fmt.Errorf("nodenet: own Node %s: %w", c.o.NodeName, err)

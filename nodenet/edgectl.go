@@ -199,6 +199,7 @@ func (e *EdgeController) Run(ctx context.Context) error {
 }
 
 func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *string) error {
+	e.refreshLost(ctx) // pods of a lost block recreated since are no longer reported
 	members := e.eo.Members()
 	var claims []alloc.Claim
 	var unknown []string

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -130,12 +131,15 @@ type WGLink interface {
 }
 
 // netlinkWG is the real WGLink: dataplane/wg (kernel WireGuard where the kernel has it,
-// else wireguard-go in this process) in the namespace at nsPath.
+// else wireguard-go in this process) in the namespace at nsPath. The controller drives
+// it from one goroutine; State is also called by Status readers, hence the lock.
 type netlinkWG struct {
 	nsPath string
 	mode   wg.Mode
 	log    *slog.Logger
-	dev    wg.Device
+
+	mu  sync.Mutex
+	dev wg.Device
 }
 
 // NewWGLink returns the real WGLink for the namespace at nsPath ("" = the caller's).
@@ -159,6 +163,8 @@ func (w *netlinkWG) handle() (*netlink.Handle, error) {
 }
 
 func (w *netlinkWG) Ensure(s WGSpec) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	h, err := w.handle()
 	if err != nil {
 		return 0, err
@@ -176,7 +182,7 @@ func (w *netlinkWG) Ensure(s WGSpec) (int, error) {
 		}
 		w.dev = d
 		w.log.Info("node-to-node WireGuard device up", "device", WGDevice, "port", s.Port, "mtu", mtu,
-			"publicKey", s.PrivateKey.PublicKey().String(), "implementation", w.Implementation())
+			"publicKey", s.PrivateKey.PublicKey().String(), "implementation", implementation(d))
 	} else if err := w.dev.Ensure(spec); err != nil {
 		return 0, err
 	}
@@ -208,6 +214,8 @@ func (w *netlinkWG) Ensure(s WGSpec) (int, error) {
 }
 
 func (w *netlinkWG) Configure(peers []wg.Peer) (wg.Changes, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.dev == nil {
 		return wg.Changes{}, errors.New("nodenet: WireGuard device not open")
 	}
@@ -215,6 +223,8 @@ func (w *netlinkWG) Configure(peers []wg.Peer) (wg.Changes, error) {
 }
 
 func (w *netlinkWG) State() (*wgtypes.Device, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.dev == nil {
 		return nil, nil
 	}
@@ -222,16 +232,24 @@ func (w *netlinkWG) State() (*wgtypes.Device, error) {
 }
 
 func (w *netlinkWG) Implementation() string {
-	if w.dev == nil {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return implementation(w.dev)
+}
+
+func implementation(d wg.Device) string {
+	if d == nil {
 		return ""
 	}
-	if d, err := w.dev.State(); err == nil && d.Type == wgtypes.Userspace {
+	if s, err := d.State(); err == nil && s.Type == wgtypes.Userspace {
 		return "userspace"
 	}
 	return "kernel"
 }
 
 func (w *netlinkWG) Remove() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.dev != nil {
 		w.dev.Close()
 		w.dev = nil
@@ -253,6 +271,8 @@ func (w *netlinkWG) Remove() error {
 }
 
 func (w *netlinkWG) Close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.dev != nil {
 		w.dev.Close()
 		w.dev = nil

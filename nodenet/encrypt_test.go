@@ -279,8 +279,11 @@ func TestControllerEncryption(t *testing.T) {
 		}
 		return nil
 	})
-	if fw.spec.Addr != ip("10.244.1.0") || fw.spec.Port != WGPort || fw.spec.Underlay != "eth0" || fw.spec.PrivateKey != own {
-		t.Fatalf("device spec %+v", fw.spec)
+	fw.mu.Lock()
+	spec := fw.spec
+	fw.mu.Unlock()
+	if spec.Addr != ip("10.244.1.0") || spec.Port != WGPort || spec.Underlay != "eth0" || spec.PrivateKey != own {
+		t.Fatalf("device spec %+v", spec)
 	}
 	waitFor(t, "n2 encrypted, n3 plain", func() error {
 		st := c.Status()

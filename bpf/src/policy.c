@@ -21,6 +21,7 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/in.h>
+#include <linux/tcp.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -217,18 +218,25 @@ struct pkt {
 
 /* l4_ports fills ports (and, for TCP, syn) from the transport header at l4 in the linear
  * data. Returns 0 if those bytes are not there (the caller takes the general path). */
-static __always_inline int l4_ports(struct pkt *p, __u8 *l4, void *data_end)
+static __always_inline int l4_ports(struct pkt *p, void *l4, void *data_end)
 {
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
-		return 1;
-	if ((void *)(l4 + 4) > data_end)
-		return 0;
-	__builtin_memcpy(&p->sport, l4, 2);
-	__builtin_memcpy(&p->dport, l4 + 2, 2);
 	if (p->proto == IPPROTO_TCP) {
-		if ((void *)(l4 + 14) > data_end)
+		struct tcphdr *th = l4;
+
+		if ((void *)(th + 1) > data_end)
 			return 0;
-		p->syn = (l4[13] & 0x12) == 0x02;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->syn = th->syn && !th->ack;
+		return 1;
+	}
+	if (p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP) {
+		__be16 *pp = l4;
+
+		if ((void *)(pp + 2) > data_end)
+			return 0;
+		p->sport = pp[0];
+		p->dport = pp[1];
 	}
 	return 1;
 }
@@ -237,13 +245,13 @@ static __always_inline int l4_ports(struct pkt *p, __u8 *l4, void *data_end)
  * data (where they are for nearly every packet at TC), no helper call per field.
  * Returns 1 with p filled, 0 when the general path must decide (headers not linear,
  * IPv6 ICMP, not IP). */
-static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p)
+static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p, __u32 l2len)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = data + ETH_HLEN;
+		struct iphdr *ip = data + l2len;
 		__u32 ihl;
 
 		if ((void *)(ip + 1) > data_end)
@@ -261,10 +269,10 @@ static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p)
 		p->proto = ip->protocol;
 		if (ip->frag_off & bpf_htons(0x1fff))
 			return 1; /* non-first fragment: no ports (see parse) */
-		return l4_ports(p, (__u8 *)ip + ihl, data_end);
+		return l4_ports(p, (void *)ip + ihl, data_end);
 	}
 	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = data + ETH_HLEN;
+		struct ipv6hdr *ip6 = data + l2len;
 
 		if ((void *)(ip6 + 1) > data_end || ip6->nexthdr == IPPROTO_ICMPV6_)
 			return 0;
@@ -272,24 +280,26 @@ static __always_inline int parse_direct(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
 		p->proto = ip6->nexthdr;
-		return l4_ports(p, (__u8 *)(ip6 + 1), data_end);
+		return l4_ports(p, (void *)(ip6 + 1), data_end);
 	}
 	return 0;
 }
 
-/* parse fills p for IPv4/IPv6 packets. Returns 0 for packets policy ignores (non-IP,
- * ICMPv6 neighbour discovery), 1 for packets to check, -1 for malformed IP packets. */
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+/* parse fills p for IPv4/IPv6 packets whose IP header follows l2len bytes of link-layer
+ * header (ETH_HLEN; 0 on devices without one). Returns 0 for packets policy ignores
+ * (non-IP, ICMPv6 neighbour discovery), 1 for packets to check, -1 for malformed IP
+ * packets. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, __u32 l2len)
 {
 	__u32 l4 = 0;
 	int ports = 0;
 
-	if (parse_direct(skb, p))
+	if (parse_direct(skb, p, l2len))
 		return 1;
 	__builtin_memset(p, 0, sizeof(*p));
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		if (bpf_skb_load_bytes(skb, l2len, &ip, sizeof(ip)) < 0)
 			return -1;
 		p->saddr[10] = 0xff;
 		p->saddr[11] = 0xff;
@@ -298,20 +308,20 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memcpy(&p->saddr[12], &ip.saddr, 4);
 		__builtin_memcpy(&p->daddr[12], &ip.daddr, 4);
 		p->proto = ip.protocol;
-		l4 = ETH_HLEN + ip.ihl * 4;
+		l4 = l2len + ip.ihl * 4;
 		/* Non-first fragments carry no ports: they are checked as port 0, which only
 		 * rules allowing every port of the protocol match. */
 		ports = (ip.frag_off & bpf_htons(0x1fff)) == 0;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
+		if (bpf_skb_load_bytes(skb, l2len, &ip6, sizeof(ip6)) < 0)
 			return -1;
 		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
 		/* Extension headers are not walked: such packets are checked with the
 		 * extension header as protocol and no ports. */
 		p->proto = ip6.nexthdr;
-		l4 = ETH_HLEN + sizeof(ip6);
+		l4 = l2len + sizeof(ip6);
 		ports = 1;
 		if (p->proto == IPPROTO_ICMPV6_) {
 			__u8 type;
@@ -561,7 +571,7 @@ int from_pod(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	if (ep->priority)
 		skb->priority = ep->priority;
-	r = parse(skb, &p);
+	r = parse(skb, &p, ETH_HLEN);
 	if (r <= 0)
 		return r == 0 ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 	now = clock_ns();
@@ -592,7 +602,7 @@ int to_pod(struct __sk_buff *skb)
 
 	if (!ep)
 		return TC_ACT_UNSPEC;
-	r = parse(skb, &p);
+	r = parse(skb, &p, ETH_HLEN);
 	if (r <= 0)
 		return r == 0 ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 	now = clock_ns();
@@ -627,9 +637,10 @@ int to_pod(struct __sk_buff *skb)
 /* to_net runs at TC egress of the node's uplinks and tunnels: packets leaving the node,
  * after DNAT. It completes the egress check of local pods whose destination was a
  * Service IP, and sets the pod's priority again (IP forwarding resets skb->priority
- * from the TOS byte). */
-SEC("tc")
-int to_net(struct __sk_buff *skb)
+ * from the TOS byte). to_net_check serves devices with an Ethernet header (to_net) and
+ * without a link-layer header (to_net_l3: WireGuard, IP tunnels, tun), whose packets
+ * start with the IP header at TC egress. */
+static __always_inline int to_net_check(struct __sk_buff *skb, __u32 l2len)
 {
 	__u32 ifindex = skb->ifindex;
 	struct endpoint *src;
@@ -637,7 +648,7 @@ int to_net(struct __sk_buff *skb)
 	__u64 now;
 	int r;
 
-	r = parse(skb, &p);
+	r = parse(skb, &p, l2len);
 	if (r <= 0)
 		return TC_ACT_UNSPEC;
 	src = bpf_map_lookup_elem(&pt_endpoint_ips, p.saddr);
@@ -659,4 +670,16 @@ int to_net(struct __sk_buff *skb)
 		return deny(&p, src, DIR_EGRESS, now);
 	ct_create(&p, ifindex, DIR_EGRESS, now);
 	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int to_net(struct __sk_buff *skb)
+{
+	return to_net_check(skb, ETH_HLEN);
+}
+
+SEC("tc")
+int to_net_l3(struct __sk_buff *skb)
+{
+	return to_net_check(skb, 0);
 }

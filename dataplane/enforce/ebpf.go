@@ -122,7 +122,8 @@ func NewEBPF(opts Options) (*EBPF, error) {
 			if err != nil {
 				return fmt.Errorf("uplink %s: %w", up, err)
 			}
-			if err := e.ensureLink(l.Attrs().Index, "to_net", ebpf.AttachTCXEgress, e.objs.ToNet); err != nil {
+			name, prog := e.uplinkProgram(l)
+			if err := e.ensureLink(l.Attrs().Index, name, ebpf.AttachTCXEgress, prog); err != nil {
 				return fmt.Errorf("uplink %s: %w", up, err)
 			}
 		}
@@ -135,8 +136,30 @@ func NewEBPF(opts Options) (*EBPF, error) {
 }
 
 func (e *EBPF) progs() map[string]*ebpf.Program {
-	return map[string]*ebpf.Program{"from_pod": e.objs.FromPod, "to_pod": e.objs.ToPod, "to_net": e.objs.ToNet}
+	return map[string]*ebpf.Program{"from_pod": e.objs.FromPod, "to_pod": e.objs.ToPod, "to_net": e.objs.ToNet,
+		"to_net_l3": e.objs.ToNetL3}
 }
+
+// uplinkProgram is the egress program of an uplink: to_net on Ethernet devices, to_net_l3
+// on devices whose packets carry no link-layer header (WireGuard, tun, IP tunnels: the
+// IP header is the first byte TC sees).
+func (e *EBPF) uplinkProgram(l netlink.Link) (string, *ebpf.Program) {
+	if isL3Device(l) {
+		return "to_net_l3", e.objs.ToNetL3
+	}
+	return "to_net", e.objs.ToNet
+}
+
+func isL3Device(l netlink.Link) bool {
+	switch l.Attrs().EncapType {
+	case "ether", "loopback", "":
+		return false
+	}
+	return true
+}
+
+// uplinkLink tells the pinned links of uplinks from those of pod veths.
+func uplinkLink(name string) bool { return name == "to_net" || name == "to_net_l3" }
 
 func (e *EBPF) inNS(f func() error) error {
 	if e.opts.NetNS == "" {
@@ -326,7 +349,8 @@ func (e *EBPF) linkRouteUplinks(endpoints map[uint32]Endpoint) error {
 		if e.linked[key] {
 			continue
 		}
-		if err := e.ensureLink(idx, "to_net", ebpf.AttachTCXEgress, e.objs.ToNet); err != nil {
+		name, prog := e.uplinkProgram(l)
+		if err := e.ensureLink(idx, name, ebpf.AttachTCXEgress, prog); err != nil {
 			errs = append(errs, fmt.Errorf("uplink %s: %w", l.Attrs().Name, err))
 			continue
 		}
@@ -346,7 +370,7 @@ func (e *EBPF) gcLinks(desired map[uint32]Endpoint) error {
 	var errs []error
 	for _, ent := range ents {
 		idx, name, ok := strings.Cut(ent.Name(), "-")
-		if !ok || name == "to_net" {
+		if !ok || uplinkLink(name) {
 			continue
 		}
 		i, err := strconv.Atoi(idx)

@@ -9,6 +9,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -375,4 +376,114 @@ func vethIndex(t *testing.T, tp *enforcetest.Topology, pod int) int {
 		t.Fatal(err)
 	}
 	return idx
+}
+
+// TestEBPFL3Uplink: on an uplink without a link-layer header (a tun device here;
+// WireGuard in the lab), whose packets start with the IP header at TC egress, to_net_l3
+// decides a local pod's egress on the DNATed destination: denied flows never reach the
+// device, allowed ones do. (to_net read such packets 14 bytes too far and let them all
+// through.)
+func TestEBPFL3Uplink(t *testing.T) {
+	tp := enforcetest.NewTopology(t, 3)
+	kubeProxyDNAT(t, tp)
+	const tunName = "pttun0"
+	remote := netip.MustParseAddr("10.99.0.5")
+	var tun *netlink.Tuntap
+	err := tp.Node.Do(func(ns.NetNS) error {
+		tun = &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: tunName}, Mode: netlink.TUNTAP_MODE_TUN,
+			Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_ONE_QUEUE, Queues: 1, NonPersist: true}
+		if err := netlink.LinkAdd(tun); err != nil {
+			return fmt.Errorf("tun: %w", err)
+		}
+		if err := netlink.LinkSetUp(tun); err != nil {
+			return err
+		}
+		_, dst, _ := net.ParseCIDR("10.99.0.0/24")
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: tun.Attrs().Index, Dst: dst})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, f := range tun.Fds {
+			f.Close()
+		}
+	})
+	rules := `table ip kpl3 {
+  chain pre { type nat hook prerouting priority dstnat; policy accept;
+    ip daddr 10.96.0.12 tcp dport 80 dnat to ` + remote.String() + `:8080
+  }
+}`
+	cmd := exec.Command("ip", "netns", "exec", filepath.Base(tp.Node.Path()), "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft DNAT rule: %v: %s", err, out)
+	}
+	pin := filepath.Join(enforcetest.BPFFS(t), "patronus")
+	e, err := NewEBPF(Options{PinDir: pin, NetNS: tp.Node.Path(), ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")},
+		Uplinks: []string{tunName}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	a := tp.Pods[0]
+	svc := netip.MustParseAddrPort("10.96.0.12:80")
+	// synSeen: a's SYN to remote:8080 came out of the tun device.
+	synSeen := func() bool {
+		buf := make([]byte, 2048)
+		deadline := time.Now().Add(time.Second)
+		go func() { _, _ = a.DialTCP(svc, 500*time.Millisecond) }()
+		for time.Now().Before(deadline) {
+			_ = tun.Fds[0].SetReadDeadline(deadline)
+			n, err := tun.Fds[0].Read(buf)
+			if err != nil {
+				return false
+			}
+			p := buf[:n]
+			if n >= 24 && p[0]>>4 == 4 && p[9] == 6 && netip.AddrFrom4([4]byte(p[12:16])) == a.IP &&
+				netip.AddrFrom4([4]byte(p[16:20])) == remote && int(p[0]&0xf)*4+4 <= n {
+				l4 := p[int(p[0]&0xf)*4:]
+				if uint16(l4[2])<<8|uint16(l4[3]) == 8080 {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	if err := e.Set(context.Background(), endpoints(tp)); err != nil {
+		t.Fatal(err)
+	}
+	if !synSeen() {
+		t.Fatal("without policy, a's connection through the Service does not leave by the tun device")
+	}
+	// a may send only to b: the DNATed destination is denied at the tun's TC egress.
+	if err := e.Set(context.Background(), policyAB(tp)); err != nil {
+		t.Fatal(err)
+	}
+	if synSeen() {
+		t.Error("a -> Service -> remote:8080 left by the tun device although a's egress allows only b")
+	}
+	var denied uint64
+	counts, err := e.Denies()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range counts {
+		if c.Endpoint.Pod == "a" && c.Direction == Egress {
+			denied += c.Packets
+		}
+	}
+	if denied == 0 {
+		t.Errorf("no egress denial counted for a: %+v", counts)
+	}
+	// Allowed by a rule for the remote address: it leaves again.
+	eps := policyAB(tp)
+	eps[0].Egress = append(eps[0].Egress, policy.Rule{Policy: "ns/a-out", Index: 1, Peers: []policy.Peer{host32(remote)},
+		Ports: []policy.PortRange{{Protocol: policy.TCP, First: 8080, Last: 8080}}})
+	if err := e.Set(context.Background(), eps); err != nil {
+		t.Fatal(err)
+	}
+	if !synSeen() {
+		t.Error("a -> Service -> remote:8080 allowed by a's egress, yet it did not leave by the tun device")
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -60,6 +61,14 @@ func (s *Steerer) SetPods(pods []PodClass) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pods = slices.Clone(pods)
+}
+
+// SetDevices replaces the path devices (Options.Devices; applied on the next Update): a
+// path left out is not steered onto, e.g. a per-path tunnel that has no session.
+func (s *Steerer) SetDevices(devs map[string]string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.o.Devices = maps.Clone(devs)
 }
 
 // Pods returns the steered pods.

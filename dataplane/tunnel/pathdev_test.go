@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/dataplane/wg"
+	"github.com/patronus/patronus/mesh/announce"
 )
 
 func TestPathRefs(t *testing.T) {
@@ -211,20 +213,82 @@ func TestReconcilePathDevices(t *testing.T) {
 	}
 }
 
-// namedDev records the peers it was configured with.
+// namedDev records the peers it was configured with and the specs it was ensured with;
+// State reports its peers with handshake (zero: none).
 type namedDev struct {
-	name  string
-	peers []wg.Peer
+	name      string
+	peers     []wg.Peer
+	specs     []wg.Spec
+	handshake time.Time
 }
 
 func newFakeDev(name string) *namedDev { return &namedDev{name: name} }
 
-func (d *namedDev) Ensure(wg.Spec) error { return nil }
+func (d *namedDev) Ensure(s wg.Spec) error { d.specs = append(d.specs, s); return nil }
 func (d *namedDev) Configure(peers []wg.Peer) (wg.Changes, error) {
 	d.peers = slices.Clone(peers)
 	return wg.Changes{}, nil
 }
-func (d *namedDev) State() (*wgtypes.Device, error) { return &wgtypes.Device{Name: d.name}, nil }
-func (d *namedDev) Applies() uint64                 { return 0 }
-func (d *namedDev) Name() string                    { return d.name }
-func (d *namedDev) Close() error                    { return nil }
+func (d *namedDev) State() (*wgtypes.Device, error) {
+	st := &wgtypes.Device{Name: d.name}
+	for _, p := range d.peers {
+		st.Peers = append(st.Peers, wgtypes.Peer{PublicKey: p.PublicKey, LastHandshakeTime: d.handshake})
+	}
+	return st, nil
+}
+func (d *namedDev) Applies() uint64 { return 0 }
+func (d *namedDev) Name() string    { return d.name }
+func (d *namedDev) Close() error    { return nil }
+
+func TestPathHandshakes(t *testing.T) {
+	kb := pub(t)
+	gwB := Gateway{Cluster: "b", Node: "b-gw", PublicKey: kb, Endpoints: ep("192.0.2.2:51820"), PodCIDRs: pfx("10.248.0.0/16")}
+	main, d1, d2 := newFakeDev("wg-a"), newFakeDev("wg1-a"), newFakeDev("wg2-a")
+	r := NewReconciler(ReconcilerOptions{Device: main, PathDevices: map[int]wg.Device{1: d1, 2: d2}})
+	if got := r.PathHandshakes(); len(got) != 0 {
+		t.Fatalf("before any reconcile: %v", got)
+	}
+	in := Input{LocalCluster: "a", Gateway: true, Gateways: []Gateway{gwB},
+		Paths: PathRefs([]config.RemoteCluster{{ID: "b", Endpoint: "192.0.2.2:51820", Paths: []string{"198.51.100.2:51820", "203.0.113.2:51820"}}})}
+	if _, err := r.Reconcile(in); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Unix(5000, 0)
+	d1.handshake = at
+	got := r.PathHandshakes()
+	want := map[string]time.Time{"b/198.51.100.2": at, "b/203.0.113.2": {}} // the main device's path is not listed
+	if !maps.Equal(got, want) {
+		t.Fatalf("PathHandshakes = %v, want %v", got, want)
+	}
+}
+
+// A rotation applies the new key to the per-path devices too (they share the key the
+// one announcement carries).
+func TestRotateAppliesToPathDevices(t *testing.T) {
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	main, d1 := newFakeDev("wg-a"), newFakeDev("wg1-a")
+	spec := wg.Spec{Name: "wg-a", ListenPort: 51820, PrivateKey: k}
+	specs, err := PathDeviceSpecs("a", spec, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var announced []string
+	r := NewRotator(RotatorOptions{Device: main, Spec: spec, PathDevices: []DeviceSpec{{Device: d1, Spec: specs[0]}},
+		Announce: func(a announce.Announcement) error { announced = append(announced, a.Tunnel.PublicKey); return nil }})
+	res, err := r.Rotate(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(main.specs) != 1 || len(d1.specs) != 1 || main.specs[0].PrivateKey != d1.specs[0].PrivateKey || d1.specs[0].PrivateKey == k {
+		t.Fatalf("main ensured with %+v, wg1-a with %+v: want the same new key", main.specs, d1.specs)
+	}
+	if d1.specs[0].Name != "wg1-a" || d1.specs[0].ListenPort != 51821 {
+		t.Fatalf("wg1-a ensured as %+v", d1.specs[0])
+	}
+	if len(announced) != 1 || res.PublicKey != d1.specs[0].PrivateKey.PublicKey().String() {
+		t.Fatalf("announced %v, result %+v", announced, res)
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/dataplane/route"
 	"github.com/patronus/patronus/dataplane/wg"
@@ -239,6 +241,45 @@ func (r *Reconciler) Reconcile(in Input) (Plan, error) {
 		}
 	}
 	return p, err
+}
+
+// PathHandshakes is, per path id of the last plan's per-path tunnels (index ≥ 1), when
+// its peer last completed a handshake on the path's device (zero: never). A path whose
+// remote end has no matching device (another version, --path-tunnels=false) never
+// handshakes: its traffic would be lost, so callers steer nothing onto it.
+func (r *Reconciler) PathHandshakes() map[string]time.Time {
+	r.mu.Lock()
+	tunnels := slices.Clone(r.st.Tunnels)
+	devs := map[string]wg.Device{}
+	for _, d := range r.o.PathDevices {
+		devs[d.Name()] = d
+	}
+	r.mu.Unlock()
+	out := map[string]time.Time{}
+	states := map[string]*wgtypes.Device{}
+	for _, t := range tunnels {
+		for _, p := range t.Paths {
+			d := devs[p.Device]
+			if d == nil {
+				continue // index 0: the main device
+			}
+			st, ok := states[p.Device]
+			if !ok {
+				st, _ = d.State()
+				states[p.Device] = st
+			}
+			out[p.PathID] = time.Time{}
+			if st == nil {
+				continue
+			}
+			for _, peer := range st.Peers {
+				if peer.PublicKey.String() == t.PublicKey {
+					out[p.PathID] = peer.LastHandshakeTime
+				}
+			}
+		}
+	}
+	return out
 }
 
 // Status returns the last reconcile's outcome.

@@ -32,13 +32,25 @@ import (
 // pod per node. n1 and n2 share the underlay subnet (direct routes), n3 is on another
 // subnet of the same wire (VXLAN). Policies hold for traffic crossing nodes on both
 // paths, and the destination sees the real source pod address (no SNAT between pods).
-func TestNetworkPolicyAcrossNodes(t *testing.T) {
+func TestNetworkPolicyAcrossNodes(t *testing.T) { policyAcrossNodes(t, false) }
+
+// TestNetworkPolicyAcrossNodesEncrypted: the same with the ConfigMap's node-encryption
+// wireguard, so every cross-node path is the WireGuard device ptw0 (the policies still
+// see the real source pods).
+func TestNetworkPolicyAcrossNodesEncrypted(t *testing.T) { policyAcrossNodes(t, true) }
+
+func policyAcrossNodes(t *testing.T, encrypted bool) {
 	requireRoot(t)
 	c := k8senv.Start(t)
 	k := c.Client()
 	ctx := context.Background()
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "patronus-config"},
 		Data: map[string]string{"cluster-id": "test-cluster", "cluster-cidr": "10.244.0.0/16", "service-cidr": k8senv.DefaultServiceCIDR}}
+	wantB, wantC := "dev eth0", "dev ptx0"
+	if encrypted {
+		cm.Data["node-encryption"] = "wireguard"
+		wantB, wantC = "dev ptw0", "dev ptw0"
+	}
 	if _, err := k.CoreV1().ConfigMaps("kube-system").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -151,8 +163,9 @@ func TestNetworkPolicyAcrossNodes(t *testing.T) {
 	for _, p := range pods {
 		t.Logf("pod %s %s", p.name, p.ip)
 	}
-	// The paths under test: from n1, b's block is routed directly, c's over VXLAN.
-	eventually(t, 10*time.Second, "n1 routes b directly and c over VXLAN", func() error {
+	// The paths under test: from n1, b's block is routed directly, c's over VXLAN (both
+	// over WireGuard when encrypted).
+	eventually(t, 30*time.Second, "n1 routes b ("+wantB+") and c ("+wantC+")", func() error {
 		rs := ownedRoutes(t, n1.node)
 		dev := func(ip netip.Addr) string {
 			for dst, r := range rs {
@@ -162,7 +175,7 @@ func TestNetworkPolicyAcrossNodes(t *testing.T) {
 			}
 			return "no route"
 		}
-		if rb, rc := dev(b.ip), dev(cc.ip); !strings.HasSuffix(rb, "dev eth0") || !strings.HasSuffix(rc, "dev ptx0") {
+		if rb, rc := dev(b.ip), dev(cc.ip); !strings.HasSuffix(rb, wantB) || !strings.HasSuffix(rc, wantC) {
 			return fmt.Errorf("to b: %s, to c: %s", rb, rc)
 		}
 		return nil

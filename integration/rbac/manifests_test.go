@@ -59,6 +59,7 @@ var needed = []access{
 	{verb: "get", resource: "pods"}, {verb: "list", resource: "pods"}, {verb: "watch", resource: "pods"},
 	{verb: "list", resource: "namespaces"}, {verb: "watch", resource: "namespaces"}, {verb: "get", resource: "namespaces", name: "default"},
 	{verb: "list", resource: "nodes"}, {verb: "watch", resource: "nodes"}, {verb: "get", resource: "nodes", name: "node-a"},
+	{verb: "patch", resource: "nodes", name: "node-a"}, // node encryption: the WireGuard key annotation
 	{verb: "list", resource: "services"}, {verb: "watch", resource: "services"},
 	{verb: "list", group: "discovery.k8s.io", resource: "endpointslices"}, {verb: "watch", group: "discovery.k8s.io", resource: "endpointslices"},
 	{verb: "create", group: "discovery.k8s.io", resource: "endpointslices", namespace: "default"},

@@ -31,6 +31,8 @@ NODES=${LAB_NODES:-2}
 PREFIX=${LAB_PREFIX:-plab}
 # Masquerade of pod traffic leaving the cluster CIDR (ConfigMap key masquerade; as shipped).
 LAB_MASQUERADE=${LAB_MASQUERADE:-true}
+# Node-to-node encryption inside each cluster (ConfigMap key node-encryption: none | wireguard).
+LAB_NODE_ENCRYPTION=${LAB_NODE_ENCRYPTION:-none}
 
 log() { echo "lab: $(date +%H:%M:%S) $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -409,6 +411,17 @@ remote_clusters() {
 	printf '%s' "${out:-[]}"
 }
 
+# path_bandwidth C: the ConfigMap's path-bandwidth for cluster C: WAN link 1 100 Mbit/s,
+# link 2 1000 Mbit/s, so the bulk class takes link 2 and latency-sensitive the faster one.
+path_bandwidth() {
+	local c=$1 r out=""
+	for r in $(seq 1 "$CLUSTERS"); do
+		[ "$r" != "$c" ] || continue
+		out+="${out:+, }lab-c$r/$(gw_ip "$r"): 100, lab-c$r/$(wan_addr "$c" "$r" 2 "$r"): 1000"
+	done
+	printf '{%s}' "$out"
+}
+
 install_patronus() {
 	local c=$1 k d
 	k=$(cdir "$c")/kubectl
@@ -424,7 +437,7 @@ install_patronus() {
 	# The lab's own values for this cluster (the ConfigMap ships an example). Masquerade
 	# off: see docs/LAB.md (pod traffic to a remote cluster must keep its pod address).
 	"$k" -n kube-system patch configmap patronus-config --type merge -p \
-		"{\"data\":{\"cluster-id\":\"lab-c$c\",\"cluster-cidr\":\"$(pod_cidr "$c")\",\"service-cidr\":\"$SERVICE_CIDR\",\"remote-clusters\":\"$(remote_clusters "$c")\",\"masquerade\":\"$LAB_MASQUERADE\"}}" >&2
+		"{\"data\":{\"cluster-id\":\"lab-c$c\",\"cluster-cidr\":\"$(pod_cidr "$c")\",\"service-cidr\":\"$SERVICE_CIDR\",\"remote-clusters\":\"$(remote_clusters "$c")\",\"masquerade\":\"$LAB_MASQUERADE\",\"node-encryption\":\"$LAB_NODE_ENCRYPTION\",\"path-bandwidth\":\"$(path_bandwidth "$c")\"}}" >&2
 }
 
 install_coredns() {
@@ -484,7 +497,8 @@ up() {
 #
 # The router DNATs the UDP traffic of the WireGuard port (51820) and of the path probes
 # (7948) arriving from one gateway for the other to a `patronus wanem` relay of its own
-# (one per direction and port: four per link), which forwards it to the other gateway's
+# (one per direction and port: four per link, six on link 2 with its per-path WireGuard
+# port 51821), which forwards it to the other gateway's
 # address on that link; its answers come back through the relay and conntrack restores the
 # address the sender used. Gossip (Serf's TCP and UDP, 7946) is routed, not relayed: the
 # relay is UDP only. `lab.sh wan PAIR LINK FLAGS` impairs all four relays of the link.
@@ -533,10 +547,13 @@ wan_link_up() {
 	done
 	# DNAT into the relays; empty output/postrouting nat chains so the answers of the
 	# relays (local traffic) get their source restored.
-	local rules="" port
+	# Link X also carries the gateways' per-path WireGuard devices of path index X-1
+	# (port 51820+X-1: agent --path-tunnels, docs/CONTRACT.md).
+	local rules="" port ports="51820 7948"
+	[ "$x" -gt 1 ] && ports+=" $((51820 + x - 1))"
 	for c in "$a" "$b"; do
 		r=$(( c == a ? b : a ))
-		for port in 51820 7948; do
+		for port in $ports; do
 			rules+="add rule ip labwan pre iifname \"c$c\" ip daddr { $(gw_ip "$r"), $(wan_addr "$a" "$b" "$x" "$r") } udp dport $port dnat to $(wan_router "$a" "$b" "$x" "$c"):$port
 "
 			start "wanem $w c$c->c$r :$port" "$wd/relay-c$c-$port.log" "$wd/relay-c$c-$port.pid" "$w" \
