@@ -200,6 +200,8 @@ type Controller struct {
 	wgUp      bool   // the device is as wanted: peers may be encrypted
 	wgRemoved bool   // encryption off: the device of an earlier run is gone
 	wgPlain   string // the plain peers last logged
+	// selfGateway: this node's Node is marked a gateway (reconcile goroutine only).
+	selfGateway bool
 }
 
 // New checks o and makes a controller.
@@ -406,6 +408,7 @@ func (c *Controller) reconcile(ctx context.Context, dp Datapath, nl nodeLister, 
 		return fmt.Errorf("nodenet: own Node %s: %w", c.o.NodeName, err)
 	}
 	c.claimer.nodeUID = self.UID
+	c.selfGateway = isGateway(self)
 	all, err := nl.List(labels.Everything())
 	if err != nil {
 		return err
@@ -429,7 +432,7 @@ func (c *Controller) reconcile(ctx context.Context, dp Datapath, nl nodeLister, 
 		if n.Name == c.o.NodeName || n.DeletionTimestamp != nil {
 			continue
 		}
-		p := Peer{Name: n.Name, Key: ParseWGKey(n.Annotations[AnnotationWGKey])}
+		p := Peer{Name: n.Name, Key: ParseWGKey(n.Annotations[AnnotationWGKey]), Gateway: isGateway(n)}
 		p.Addr, _ = nodeIP(n)
 		if b, ok := nodeBlock(n); ok {
 			p.Blocks = []netip.Prefix{b}
@@ -454,7 +457,7 @@ func (c *Controller) reconcile(ctx context.Context, dp Datapath, nl nodeLister, 
 func (c *Controller) program(dp Datapath, addr netip.Addr, peers []Peer) error {
 	var err error
 	st := c.Status()
-	local := Local{Name: c.o.NodeName, Block: st.Block, Addr: addr}
+	local := Local{Name: c.o.NodeName, Block: st.Block, Addr: addr, Remote: c.o.KeepSourceTo, Gateway: c.selfGateway}
 	var errs []error
 	if local.Addr.IsValid() {
 		if local.Dev, local.Net, err = dp.LocalLink(local.Addr); err != nil {

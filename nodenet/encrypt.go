@@ -45,6 +45,13 @@ const (
 	KVWGKey = "nodenet/wireguard-key"
 )
 
+// GatewayLabel marks gateway nodes (label or annotation "true"; docs/CONTRACT.md).
+const GatewayLabel = "patronus.io/gateway"
+
+func isGateway(n *corev1.Node) bool {
+	return n.Labels[GatewayLabel] == "true" || n.Annotations[GatewayLabel] == "true"
+}
+
 // ParseEncryption validates a node-encryption value ("" is none).
 func ParseEncryption(v string) (string, error) {
 	switch s := strings.TrimSpace(v); s {
@@ -352,6 +359,11 @@ func (c *Controller) ensureWG(local Local) (err error) {
 	}
 	if c.wgLink == nil {
 		c.wgLink = c.o.Encrypt.Link
+		if c.wgLink == nil && c.o.Datapath != nil {
+			// A substitute datapath (tests) with a real device would be the caller's
+			// namespace's: never make one there behind its back.
+			return errors.New("nodenet: Options.Datapath is set but Encrypt.Link is not: no WireGuard device")
+		}
 		if c.wgLink == nil {
 			c.wgLink = NewWGLink(c.o.NetNSPath, c.o.Encrypt.WGMode, c.log)
 		}
@@ -394,6 +406,10 @@ func (c *Controller) removeWG() error {
 	l := c.wgLink
 	if l == nil {
 		l = c.o.Encrypt.Link
+	}
+	if l == nil && c.o.Datapath != nil {
+		c.wgRemoved = true // a substitute datapath (tests): no real device to look for
+		return nil
 	}
 	if l == nil {
 		l = NewWGLink(c.o.NetNSPath, c.o.Encrypt.WGMode, c.log)

@@ -47,6 +47,14 @@ func TestComputeEncrypted(t *testing.T) {
 	off.Encrypt = false
 	port := local
 	port.WGPort = 40000
+	remote := local
+	remote.Remote = []netip.Prefix{pfx("10.250.0.0/16"), pfx("10.244.2.0/25")}
+	remoteLast := remote
+	remoteLast.Name = "n9"
+	n3gw := n3
+	n3gw.Gateway = true
+	remoteSelfGW := remote
+	remoteSelfGW.Gateway = true
 	for _, tc := range []struct {
 		name   string
 		local  Local
@@ -82,6 +90,18 @@ func TestComputeEncrypted(t *testing.T) {
 			vxlan:  true},
 		{name: "another port", local: port, peers: []Peer{n2}, routes: []string{"10.244.2.0/24 dev ptw0"},
 			wg: []string{"n2 192.168.77.2:40000 10.244.2.0/24"}},
+		{name: "remote clusters enter at the marked gateway: its peer allows their sources (never a cluster block)", local: remote, peers: []Peer{n2, n3gw},
+			routes: []string{"10.244.2.0/24 dev ptw0", "10.244.3.0/24 dev ptw0", "10.245.3.0/24 dev ptw0"},
+			wg:     []string{"n2 192.168.77.2:51819 10.244.2.0/24", "n3 192.168.78.3:51819 10.244.3.0/24,10.245.3.0/24,10.250.0.0/16"}},
+		{name: "none marked: the smallest name is the entry (this node: no peer gets them)", local: remote, peers: []Peer{n2, n3},
+			routes: []string{"10.244.2.0/24 dev ptw0", "10.244.3.0/24 dev ptw0", "10.245.3.0/24 dev ptw0"},
+			wg:     []string{"n2 192.168.77.2:51819 10.244.2.0/24", "n3 192.168.78.3:51819 10.244.3.0/24,10.245.3.0/24"}},
+		{name: "none marked, another node smallest", local: remoteLast, peers: []Peer{n3, n2},
+			routes: []string{"10.244.2.0/24 dev ptw0", "10.244.3.0/24 dev ptw0", "10.245.3.0/24 dev ptw0"},
+			wg:     []string{"n2 192.168.77.2:51819 10.244.2.0/24,10.250.0.0/16", "n3 192.168.78.3:51819 10.244.3.0/24,10.245.3.0/24"}},
+		{name: "this node the marked gateway", local: remoteSelfGW, peers: []Peer{n2, n3},
+			routes: []string{"10.244.2.0/24 dev ptw0", "10.244.3.0/24 dev ptw0", "10.245.3.0/24 dev ptw0"},
+			wg:     []string{"n2 192.168.77.2:51819 10.244.2.0/24", "n3 192.168.78.3:51819 10.244.3.0/24,10.245.3.0/24"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := Compute(tc.local, tc.peers)
@@ -243,6 +263,25 @@ func (f *fakeWG) snapshot() (bool, int, int, int) {
 	return f.up, len(f.peers), f.changes, f.removed
 }
 
+// drained is a recording datapath whose records are thrown away (its channels must not
+// fill up: a fast resync applies many plans).
+func drained(t *testing.T) *recDatapath {
+	dp := newRec()
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	go func() {
+		for {
+			select {
+			case <-dp.plans:
+			case <-dp.masq:
+			case <-done:
+				return
+			}
+		}
+	}()
+	return dp
+}
+
 func waitFor(t *testing.T, what string, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -266,7 +305,7 @@ func TestControllerEncryption(t *testing.T) {
 	n2 := node("n2", "192.168.1.2", "10.244.2.0/24")
 	n2.Annotations = map[string]string{AnnotationWGKey: k2.String()}
 	client := fake.NewSimpleClientset(node("n1", "192.168.1.1", "10.244.1.0/24"), n2, node("n3", "192.168.1.3", "10.244.3.0/24"))
-	dp, fw := newRec(), &fakeWG{}
+	dp, fw := drained(t), &fakeWG{}
 	own := key(t)
 	o := Options{Client: kfake.Kube(client), NodeName: "n1", ConfListPath: t.TempDir() + "/10-patronus.conflist", Datapath: dp,
 		Resync: 100 * time.Millisecond, Encrypt: Encrypt{Mode: EncryptionWireGuard, Key: own, Link: fw}}
@@ -335,8 +374,7 @@ func TestControllerEncryption(t *testing.T) {
 
 	// Restarted with encryption off: plain routes, device removed, key withdrawn.
 	o.Encrypt = Encrypt{Link: fw}
-	dp2 := newRec()
-	o.Datapath = dp2
+	o.Datapath = drained(t)
 	c, stop = runCtrl(t, o)
 	defer stop()
 	waitFor(t, "off", func() error {
@@ -390,4 +428,23 @@ func TestMeshClaimsKey(t *testing.T) {
 	if len(got) != 2 || got[0].Key != pub || got[1].Key != "" || got[0].Claim != "10.244.2.0/24@1000" {
 		t.Fatalf("members %+v", got)
 	}
+}
+
+// A substitute datapath without a substitute WireGuard link never gets a real device (it
+// would be the caller's namespace's): the error is in the status, peers stay plain.
+func TestEncryptionNeedsLinkWithSubstituteDatapath(t *testing.T) {
+	n2 := node("n2", "192.168.1.2", "10.244.2.0/24")
+	n2.Annotations = map[string]string{AnnotationWGKey: key(t).PublicKey().String()}
+	client := fake.NewSimpleClientset(node("n1", "192.168.1.1", "10.244.1.0/24"), n2)
+	c, stop := runCtrl(t, Options{Client: client, NodeName: "n1", ConfListPath: t.TempDir() + "/10-patronus.conflist", Datapath: drained(t),
+		Resync: 100 * time.Millisecond, Encrypt: Encrypt{Mode: EncryptionWireGuard, Key: key(t)}})
+	defer stop()
+	waitFor(t, "device error, plain peer", func() error {
+		st := c.Status()
+		if st.WireGuard == nil || !strings.Contains(st.WireGuard.Error, "Encrypt.Link") || len(st.PeerStates) != 1 ||
+			st.PeerStates[0].Encrypted || st.PeerStates[0].Reason != PlainNoDevice || fmt.Sprint(st.Routes) != "[10.244.2.0/24 via 192.168.1.2 dev eth0]" {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
 }

@@ -32,6 +32,8 @@ type Peer struct {
 	// Key is the peer's node-to-node WireGuard public key (zero: it published none, so
 	// with encryption on it keeps the plain route: mixed rollout).
 	Key wgtypes.Key
+	// Gateway: the Node is marked patronus.io/gateway=true (see Local.Remote).
+	Gateway bool
 }
 
 // Local is this node's side.
@@ -48,6 +50,14 @@ type Local struct {
 	Encrypt bool
 	Key     wgtypes.Key // this node's public key (a peer showing it is a clone: plain)
 	WGPort  int         // the peers' listen port (0: WGPort)
+	// Remote are the remote clusters' pod CIDRs. Their traffic enters the cluster at the
+	// gateway the remote clusters pick (the marked gateway with the smallest name; with
+	// none marked, the node with the smallest name), which forwards it to the pod's node:
+	// over the WireGuard device when encrypted, so that gateway's peer entry also allows
+	// these sources (WireGuard drops sources outside a peer's allowed IPs).
+	Remote []netip.Prefix
+	// Gateway: this node is marked patronus.io/gateway=true.
+	Gateway bool
 }
 
 // Route is one node-to-node route.
@@ -149,6 +159,7 @@ func Compute(local Local, peers []Peer) Plan {
 		port = WGPort
 	}
 	keys := map[wgtypes.Key]bool{local.Key: true, {}: true}
+	entry := entryGateway(local, ps)
 	for _, peer := range ps {
 		if peer.Name == local.Name || !peer.Addr.IsValid() || !peer.Addr.Is4() {
 			continue
@@ -200,6 +211,13 @@ func Compute(local Local, peers []Peer) Plan {
 			p.Routes = append(p.Routes, Route{Dst: b, Via: vtep, Dev: VXLANDevice, OnLink: true})
 		}
 		if len(allowed) > 0 {
+			if peer.Name == entry {
+				for _, r := range local.Remote {
+					if r = r.Masked(); r.IsValid() && r.Addr().Is4() && !used.overlaps(r) {
+						allowed = append(allowed, r)
+					}
+				}
+			}
 			p.WGPeers = append(p.WGPeers, WGPeer{Node: peer.Name, Peer: wg.Peer{PublicKey: peer.Key,
 				Endpoint: netip.AddrPortFrom(peer.Addr, uint16(port)), AllowedIPs: allowed}})
 		} else if plain != "" && len(peer.Blocks) > 0 {
@@ -216,6 +234,28 @@ func Compute(local Local, peers []Peer) Plan {
 		p.Neighs, p.FDB = nil, nil
 	}
 	return p
+}
+
+// entryGateway is the node remote clusters' traffic enters through (Local.Remote): the
+// marked gateway with the smallest name, or the smallest name when none is marked.
+func entryGateway(local Local, peers []Peer) string {
+	if len(local.Remote) == 0 {
+		return ""
+	}
+	best, marked := "", false
+	consider := func(name string, gw bool) {
+		switch {
+		case gw && !marked:
+			best, marked = name, true
+		case gw == marked && (best == "" || name < best):
+			best = name
+		}
+	}
+	consider(local.Name, local.Gateway)
+	for _, p := range peers {
+		consider(p.Name, p.Gateway)
+	}
+	return best
 }
 
 // overlapSet answers "does b overlap a prefix added before" in O(address bits): two

@@ -359,7 +359,14 @@ func TestSteeringBandwidthGuarantee(t *testing.T) {
 		t.Skip("needs iperf3 (apt-get install iperf3); CI installs it")
 	}
 	const capacity, minimum = 30, 10
-	cfg := paths.Config{Interval: 50 * ms, DownAfter: 3, HoldDown: time.Second}
+	// The probes cross the saturated path too. Their HTB class keeps them out of the
+	// shaper's queue, but on a loaded 2-core machine the userspace tunnels and relays
+	// behind it fall behind the 30 Mbit/s at times and the probes wait there with the
+	// iperf3 packets: with the default minimum timeout (20 ms) three late answers in a row
+	// declared p1 down, every connection moved to p2 and both checks below failed. This
+	// test is about shaping, not failure detection: a probe counts as lost only when its
+	// answer is half a second late.
+	cfg := paths.Config{Interval: 50 * ms, DownAfter: 3, HoldDown: time.Second, MinTimeout: 500 * ms}
 	l := newSteerLab(t, cfg, [2]time.Duration{5 * ms, 30 * ms}, [2]float64{capacity, 20},
 		[2]steer.PodClass{{Name: "a/guaranteed", Class: paths.Bulk, MinBandwidthMbps: minimum}, {Name: "a/bulk", Class: paths.Bulk}}, nil)
 	l.waitFor(t, 15*time.Second, "bulk on p1 and the guarantee on its device", func() bool {
@@ -389,8 +396,14 @@ func TestSteeringBandwidthGuarantee(t *testing.T) {
 	after := l.forwarded()
 	t.Logf("path p1 shaped to %d Mbit/s; guaranteed pod (min %d) %.1f Mbit/s, bulk pod (8 streams) %.1f Mbit/s; relays p1 +%d p2 +%d datagrams",
 		capacity, minimum, pod, b.mbps, after[0]-before[0], after[1]-before[1])
-	if pod < minimum*0.9 {
-		t.Errorf("guaranteed pod got %.1f Mbit/s, less than 90%% of its %d Mbit/s", pod, minimum)
+	// HTB guarantees the class its share of what the path carries: when the loaded
+	// machine's userspace tunnel and relays carry less than the capacity, the minimum
+	// scales down with it (one stream against eight without the guarantee would get about
+	// a ninth, 11%, not the 30% of min/capacity asked here).
+	total := pod + b.mbps
+	want := minimum * 0.9 * min(1, total/capacity)
+	if pod < want {
+		t.Errorf("guaranteed pod got %.1f Mbit/s of %.1f, less than 90%% of its %d Mbit/s (scaled to what the path carried: %.1f)", pod, total, minimum, want)
 	}
 	if after[1]-before[1] > (after[0]-before[0])/10 {
 		t.Errorf("the bulk traffic did not stay on p1: relays p1 +%d p2 +%d", after[0]-before[0], after[1]-before[1])

@@ -86,12 +86,14 @@ func newFollowLab(t *testing.T, interval time.Duration) *followLab {
 	ctx, cancel := context.WithCancel(context.Background())
 	var run sync.WaitGroup
 	t.Cleanup(func() { cancel(); run.Wait() })
-	// Path 2 is the slower one (10 ms more each way), so path 1 is selected first and
-	// taken back after it recovers.
+	// Path 2 is the slower one (10 ms more each way). It starts blackholed (settle lifts
+	// it): best-effort takes the first path that answers and does not fail back while the
+	// scores differ by less than the margin, so on a loaded machine where path 1's first
+	// answers came late a gateway used to start, and stay, on path 2.
 	relay := func(i int, listen, target string) {
 		var r *wanem.Relay
 		must(t, l.w.Do(func(ns.NetNS) (err error) {
-			r, err = wanem.New(wanem.Options{Listen: listen, Target: target, Impairment: wanem.Impairment{Delay: time.Duration(i) * 10 * time.Millisecond}})
+			r, err = wanem.New(wanem.Options{Listen: listen, Target: target, Impairment: wanem.Impairment{Delay: time.Duration(i) * 10 * time.Millisecond, Blackhole: i == 1}})
 			return err
 		}))
 		l.relays[i] = append(l.relays[i], r)
@@ -179,6 +181,24 @@ func (l *followLab) blackhole(t *testing.T, i int, on bool) {
 		imp.Blackhole = on
 		must(t, r.Set(imp))
 	}
+}
+
+// settle waits until both gateways select path 1 (path 2 is blackholed from the start),
+// then lifts path 2's blackhole and waits until both see path 2 up: both paths answer,
+// the flows ride path 1.
+func (l *followLab) settle(t *testing.T) {
+	t.Helper()
+	a, b := l.a, l.b
+	l.waitSelected(t, 30*time.Second, b.cluster+"/10.71.1.2", a.cluster+"/10.72.1.1")
+	l.blackhole(t, 1, false)
+	deadline := time.Now().Add(30 * time.Second)
+	for !pathUp(a, b.cluster+"/10.71.2.2") || !pathUp(b, a.cluster+"/10.72.2.1") {
+		if time.Now().After(deadline) {
+			t.Fatal("path 2 not up on both gateways 30 s after lifting its blackhole")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	l.waitSelected(t, 5*time.Second, b.cluster+"/10.71.1.2", a.cluster+"/10.72.1.1")
 }
 
 func (s *followSide) selected() string {
@@ -278,7 +298,7 @@ func TestTunnelFollowsPathSelection(t *testing.T) {
 	a, b := l.a, l.b
 	p1A, p2A := b.cluster+"/10.71.1.2", b.cluster+"/10.71.2.2"
 	p1B, p2B := a.cluster+"/10.72.1.1", a.cluster+"/10.72.2.1"
-	l.waitSelected(t, 10*time.Second, p1A, p1B)
+	l.settle(t)
 	waitTunnel(t, a.side, b.side)
 	if ea, eb := a.rec.Status().Tunnels, b.rec.Status().Tunnels; len(ea) != 1 || ea[0].Endpoint.String() != a.rc.Endpoint || len(eb) != 1 || eb[0].Endpoint.String() != b.rc.Endpoint {
 		t.Fatalf("on the primary path the announced endpoints are used: A %+v, B %+v", ea, eb)
@@ -373,7 +393,7 @@ func TestTunnelFollowFailoverBench(t *testing.T) {
 	l := newFollowLab(t, interval)
 	a, b := l.a, l.b
 	ids := [2][2]string{{b.cluster + "/10.71.1.2", a.cluster + "/10.72.1.1"}, {b.cluster + "/10.71.2.2", a.cluster + "/10.72.2.1"}}
-	l.waitSelected(t, 10*time.Second, ids[0][0], ids[0][1])
+	l.settle(t)
 	waitTunnel(t, a.side, b.side)
 	f := startPing(t, a.podName, b.podIP, 10*time.Millisecond)
 	time.Sleep(time.Second)

@@ -11,6 +11,8 @@
 # to a shared machine's load than the rate itself.
 #
 # Usage: sudo scripts/bench/policy.sh [seconds per iperf3 run, default 5] [rules, default 1000] [rounds, default 3]
+# BASE_POLICYLOAD=<policyload built from an earlier commit> adds "eBPF, base" rows measured
+# in the same rounds (a change to the BPF programs against the programs before it).
 # Every configuration is measured once per round, rounds interleaved, medians reported:
 # the machine is shared and single runs vary by tens of percent.
 # Needs: root, iperf3, jq, nftables (scripts/deps.sh). Touches only its own namespaces
@@ -87,9 +89,11 @@ run() { # index brnf mode
 	ip netns exec "$N" sysctl -qw net.bridge.bridge-nf-call-iptables="$2"
 	case "$3" in
 	none) ;;
-	ebpf)
+	ebpf | ebpf-base)
 		mount -t bpf bpf "$PIN"
-		"$BIN" -mode ebpf -pin "$PIN/patronus" -netns "/var/run/netns/$N" -rules "$RULES" \
+		local bin=$BIN
+		[ "$3" = ebpf ] || bin=$BASE_POLICYLOAD
+		"$bin" -mode ebpf -pin "$PIN/patronus" -netns "/var/run/netns/$N" -rules "$RULES" \
 			-src "10.251.0.11,ptb${ID}a" -dst "10.251.0.12,ptb${ID}b" 2>/dev/null
 		;;
 	*)
@@ -105,6 +109,11 @@ LABELS=("no policy (bridge-nf off)" "eBPF (bridge-nf off)" "no policy (bridge-nf
 	"nftables linear chain (bridge-nf on)" "nftables linear chain, every packet (bridge-nf on)" "nftables sets (bridge-nf on)")
 BRNF=(0 0 1 1 1 1 1)
 MODES=(none ebpf none ebpf nft-linear nft-linear-every-packet nft-sets)
+if [ -n "${BASE_POLICYLOAD:-}" ]; then
+	LABELS+=("eBPF, base (bridge-nf off)" "eBPF, base (bridge-nf on)")
+	BRNF+=(0 1)
+	MODES+=(ebpf-base ebpf-base)
+fi
 
 echo "policy datapath benchmark: $RULES rules per direction, ${SECS}s per iperf3 run, $ROUNDS interleaved rounds (median), $(nproc) CPUs, kernel $(uname -r)"
 for ROUND in $(seq "$ROUNDS"); do
@@ -140,3 +149,14 @@ ratio "UDP 64 B sent: eBPF / linear chain, every packet" 3 5 4
 ratio "UDP 64 B received: eBPF / linear chain, every packet" 3 5 5
 ratio "UDP 64 B sent: eBPF / linear chain behind ct established" 3 4 4
 ratio "UDP 64 B received: eBPF / linear chain behind ct established" 3 4 5
+# The eBPF datapath alone needs no bridge netfilter; the nftables layer does.
+ratio "UDP 64 B sent: eBPF (bridge-nf off) / linear chain behind ct established (on)" 1 4 4
+ratio "UDP 64 B received: eBPF (bridge-nf off) / linear chain behind ct established (on)" 1 4 5
+if [ -n "${BASE_POLICYLOAD:-}" ]; then
+	ratio "UDP 64 B sent: eBPF / eBPF, base (bridge-nf off)" 1 7 4
+	ratio "UDP 64 B received: eBPF / eBPF, base (bridge-nf off)" 1 7 5
+	ratio "UDP 64 B sent: eBPF / eBPF, base (bridge-nf on)" 3 8 4
+	ratio "UDP 64 B received: eBPF / eBPF, base (bridge-nf on)" 3 8 5
+	ratio "UDP 64 B sent: eBPF, base / linear chain behind ct established" 8 4 4
+	ratio "CPU at TCP 1 Gbit/s: eBPF / eBPF, base (bridge-nf off)" 1 7 6
+fi

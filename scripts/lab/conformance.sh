@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make conformance`: the upstream Kubernetes NetworkPolicy e2e suite (every Netpol spec of
-# e2e.test of the lab's Kubernetes version, unmodified) against lab cluster 1 with Patronus
+# the lab's Kubernetes version, unmodified, in e2e-netpol.test: upstream's e2e suite with only
+# the NetworkPolicy specs linked in, see scripts/lab/e2enetpol/) against lab cluster 1 with Patronus
 # as the CNI, once per datapath, and writes pass/fail and time per case to CONFORMANCE.md.
 # SCTP specs are listed as not runnable (this kernel has no SCTP for pods' traffic).
 #
@@ -9,8 +10,8 @@
 #   CASES_FILE=f scripts/lab/conformance.sh    only the specs matching one "label|focus regex"
 #                                              per line (a third field, a skip regex, is ignored)
 #
-# The specs of a run are listed first (e2e.test --ginkgo.dry-run), then split over E2E_PROCS
-# e2e.test processes side by side (default 3), each with a focus that names its specs (every
+# The specs of a run are listed first (e2e-netpol.test --ginkgo.dry-run), then split over E2E_PROCS
+# e2e-netpol.test processes side by side (default 3), each with a focus that names its specs (every
 # Netpol spec's text is unique, none a prefix of another: checked with one dry run each).
 # Brings a lab up (1 cluster; LAB_NODES nodes, default 2) if none is running in LAB_DIR, and
 # leaves it up afterwards (make lab-down removes it). Environment: LAB_DIR, LAB_PREFIX,
@@ -33,7 +34,7 @@ if [ ! -f "$LAB_DIR/bin.env" ]; then
 fi
 # shellcheck disable=SC1091
 . "$LAB_DIR/bin.env"
-E2E_DIR=$(./scripts/lab/build.sh e2e.test)
+E2E_DIR=$(./scripts/lab/build.sh e2e-netpol.test)
 cp_ns=$LAB_PREFIX-c1-cp
 kc() { "$LAB_DIR/c1/kubectl" "$@"; }
 shape=$(cat "$LAB_DIR/shape")
@@ -41,7 +42,7 @@ logs=$LAB_DIR/conformance
 mkdir -p "$logs"
 
 e2e() { # e2e ARGS...: in the control plane's netns (it reaches the API server; probes are kubectl exec)
-	nsenter --net="/run/netns/$cp_ns" -- "$E2E_DIR/e2e.test" \
+	nsenter --net="/run/netns/$cp_ns" -- "$E2E_DIR/e2e-netpol.test" \
 		--provider=local --kubeconfig="$LAB_DIR/c1/admin.kubeconfig" --kubectl-path="$K8S_BIN/kubectl" \
 		--ginkgo.no-color --dump-logs-on-failure=false "$@"
 }
@@ -92,7 +93,7 @@ for dp in $DATAPATHS; do
 			>"$logs/$dp-e2e-$p.log" 2>&1 &
 		pids+=($!)
 	done
-	log "datapath $dp: ${#runnable[@]} specs in ${#pids[@]} e2e.test processes (logs $logs/$dp-e2e-N.log)"
+	log "datapath $dp: ${#runnable[@]} specs in ${#pids[@]} e2e-netpol.test processes (logs $logs/$dp-e2e-N.log)"
 	for pid in "${pids[@]}"; do wait "$pid" || true; done
 	secs=$(( $(date +%s) - t0 ))
 	unset f
@@ -132,8 +133,8 @@ done
 	echo
 	how='make conformance'
 	[ -z "${DATAPATH:-}${CASES_FILE:-}" ] || how="${DATAPATH:+DATAPATH=$DATAPATH }${CASES_FILE:+CASES_FILE=<cases> }scripts/lab/conformance.sh"
-	echo "- Command: \`$how\` (scripts/lab/conformance.sh), e2e.test $(basename "$E2E_DIR" | sed 's/^bin-//') unmodified,"
-	echo "  specs listed by \`--ginkgo.dry-run --ginkgo.focus='$focus'\`, run in $PROCS e2e.test processes side by side"
+	echo "- Command: \`$how\` (scripts/lab/conformance.sh), NetworkPolicy specs of Kubernetes $(basename "$E2E_DIR" | sed 's/^bin-//') unmodified (e2e-netpol.test),"
+	echo "  specs listed by \`--ginkgo.dry-run --ginkgo.focus='$focus'\`, run in $PROCS e2e-netpol.test processes side by side"
 	echo "- Lab: $shape (run on cluster 1); commit $(git rev-parse --short HEAD). Logs: $logs (removed by make lab-down)"
 	echo
 	cat "$results"

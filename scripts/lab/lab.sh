@@ -526,6 +526,29 @@ wan_link_up() {
 	wd=$(wan_dir "$a" "$b" "$x")
 	mkdir -p "$wd"
 	new_netns "$w"
+	# DNAT into the relays; empty output/postrouting nat chains so the answers of the
+	# relays (local traffic) get their source restored. Loaded before any link exists:
+	# a gateway's prober already running would otherwise have its first probes tracked
+	# un-NATed, and a probe every 50 ms keeps such a conntrack entry alive for good.
+	# Link X also carries the gateways' per-path WireGuard devices of path index X-1
+	# (port 51820+X-1: agent --path-tunnels, docs/CONTRACT.md).
+	local rules="" port ports="51820 7948"
+	[ "$x" -gt 1 ] && ports+=" $((51820 + x - 1))"
+	for c in "$a" "$b"; do
+		r=$(( c == a ? b : a ))
+		for port in $ports; do
+			rules+="add rule ip labwan pre iifname \"c$c\" ip daddr { $(gw_ip "$r"), $(wan_addr "$a" "$b" "$x" "$r") } udp dport $port dnat to $(wan_router "$a" "$b" "$x" "$c"):$port
+"
+		done
+	done
+	ip netns exec "$w" nft -f - <<NFT
+table ip labwan {
+	chain pre { type nat hook prerouting priority -100; }
+	chain out { type nat hook output priority -100; }
+	chain post { type nat hook postrouting priority 100; }
+}
+$rules
+NFT
 	ip netns exec "$w" sysctl -qw net.ipv4.ip_forward=1
 	for c in "$a" "$b"; do
 		r=$(( c == a ? b : a ))
@@ -545,30 +568,14 @@ wan_link_up() {
 			ip -n "$gw" route add "$(gw_ip "$r")/32" via "$(wan_router "$a" "$b" "$x" "$c")" src "$(gw_ip "$c")"
 		fi
 	done
-	# DNAT into the relays; empty output/postrouting nat chains so the answers of the
-	# relays (local traffic) get their source restored.
-	# Link X also carries the gateways' per-path WireGuard devices of path index X-1
-	# (port 51820+X-1: agent --path-tunnels, docs/CONTRACT.md).
-	local rules="" port ports="51820 7948"
-	[ "$x" -gt 1 ] && ports+=" $((51820 + x - 1))"
 	for c in "$a" "$b"; do
 		r=$(( c == a ? b : a ))
 		for port in $ports; do
-			rules+="add rule ip labwan pre iifname \"c$c\" ip daddr { $(gw_ip "$r"), $(wan_addr "$a" "$b" "$x" "$r") } udp dport $port dnat to $(wan_router "$a" "$b" "$x" "$c"):$port
-"
 			start "wanem $w c$c->c$r :$port" "$wd/relay-c$c-$port.log" "$wd/relay-c$c-$port.pid" "$w" \
 				"$PATRONUS_BIN" wanem run --listen "$(wan_router "$a" "$b" "$x" "$c"):$port" \
 				--target "$(wan_addr "$a" "$b" "$x" "$r"):$port" --control "$wd/c$c-$port.sock"
 		done
 	done
-	ip netns exec "$w" nft -f - <<NFT
-table ip labwan {
-	chain pre { type nat hook prerouting priority -100; }
-	chain out { type nat hook output priority -100; }
-	chain post { type nat hook postrouting priority 100; }
-}
-$rules
-NFT
 	echo "$a $b $x $w" >>"$LAB_DIR/wan/links"
 }
 
