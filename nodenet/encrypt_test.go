@@ -436,7 +436,7 @@ func TestEncryptionNeedsLinkWithSubstituteDatapath(t *testing.T) {
 	n2 := node("n2", "192.168.1.2", "10.244.2.0/24")
 	n2.Annotations = map[string]string{AnnotationWGKey: key(t).PublicKey().String()}
 	client := fake.NewSimpleClientset(node("n1", "192.168.1.1", "10.244.1.0/24"), n2)
-	c, stop := runCtrl(t, Options{Client: client, NodeName: "n1", ConfListPath: t.TempDir() + "/10-patronus.conflist", Datapath: drained(t),
+	c, stop := runCtrl(t, Options{Client: kfake.Kube(client), NodeName: "n1", ConfListPath: t.TempDir() + "/10-patronus.conflist", Datapath: drained(t),
 		Resync: 100 * time.Millisecond, Encrypt: Encrypt{Mode: EncryptionWireGuard, Key: key(t)}})
 	defer stop()
 	waitFor(t, "device error, plain peer", func() error {
