@@ -28,12 +28,13 @@ func TestMain(m *testing.M) {
 
 // Budgets of the whole binary's package init, measured on the build of 2026-11-27 after
 // the agent stopped linking client-go's typed clientset, informer factories,
-// leaderelection and tools/record (244 inits, 937,184 bytes allocated; 327 and 2,256,464
-// before, 330 and 2,389,080 before knftables went) with ~6 % headroom. Raising them means
-// every CNI ADD pays for it: say so in BENCHMARKS.md.
+// leaderelection and tools/record: 244 inits, 936-975 KB allocated (k8s.io/client-go/features
+// allocates 9,800 or 46,840 bytes from one run to the next); 327 and 2,256,464 before,
+// 330 and 2,389,080 before knftables went. ~7 % headroom. Raising them means every CNI ADD
+// pays for it: say so in BENCHMARKS.md.
 const (
 	maxInits     = 260
-	maxInitBytes = 1_000_000
+	maxInitBytes = 1_050_000
 	// maxOwnInitBytes bounds what one of this module's packages may allocate at init:
 	// package-level regexps, tables and clients belong in constructors or sync.OnceValue.
 	maxOwnInitBytes = 4 << 10
