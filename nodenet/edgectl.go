@@ -51,9 +51,10 @@ type EdgeOptions struct {
 	// reconciles (default 300ms; negative: none). A join brings the member, its tags and
 	// its claim within a few hundred ms. Reconciling (and re-publishing) at the very
 	// instant of each change made a healed partition converge in 10-23 s in 4 of 10
-	// runs of TestEdgePartition (1-5 s with this delay or with the resync alone); the
-	// likely cause is a claim re-published before serf merged the two sides' clocks,
-	// which the other side then drops as older than its join.
+	// runs of TestEdgePartition, with this delay in 1 of 8 (resync alone: 0 of 6, 1 of 5
+	// in an earlier session): a trend on a loaded box, not a proof. A suspected cause is
+	// a claim re-published before serf merged the two sides' clocks, which the other
+	// side then drops as older than its join; BENCHMARKS.md has the runs.
 	ChangeDelay time.Duration
 
 	DB           *store.DB

@@ -69,7 +69,18 @@ start=$(date +%s)
 	ld=${ld%.*}
 	tmp=$(mktemp -d "$OUT/.build.XXXX")
 	# Progress for a newcomer: the Go compiler is silent for minutes otherwise.
-	( while sleep 30; do log "still building... $(( $(date +%s) - start ))s"; done ) &
+	# The ticker holds neither the lock (fd 9) nor stdout (a caller's $(...) waits for its
+	# EOF), and takes its sleep with it when killed.
+	(
+		exec 9>&- >&2
+		trap 'kill $s 2>/dev/null; exit 0' TERM
+		while :; do
+			sleep 30 &
+			s=$!
+			wait $s
+			log "still building... $(( $(date +%s) - start ))s"
+		done
+	) &
 	ticker=$!
 	trap 'kill $ticker 2>/dev/null' EXIT
 	CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$tmp/" "${TARGETS[@]}" >&2

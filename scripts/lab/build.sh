@@ -127,7 +127,18 @@ build() {
 	shift
 	start=$(date +%s)
 	log "$label: building $* (first time: minutes on 2 cores)"
-	( while sleep 60; do log "$label: still building... $(( $(date +%s) - start ))s"; done ) &
+	# The ticker holds neither the lock (fd 9) nor stdout (a caller's $(...) waits for its
+	# EOF), and takes its sleep with it when killed.
+	(
+		exec 9>&- >&2
+		trap 'kill $s 2>/dev/null; exit 0' TERM
+		while :; do
+			sleep 60 &
+			s=$!
+			wait $s
+			log "$label: still building... $(( $(date +%s) - start ))s"
+		done
+	) &
 	ticker=$!
 	tmp=$(mktemp -d "$OUT/.build.XXXX")
 	[ "$1" != coredns ] || mod=$DNSMOD
