@@ -17,6 +17,7 @@ import (
 
 	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/kube"
+	"github.com/patronus/patronus/kube/kclient"
 	"github.com/patronus/patronus/mesh"
 	"github.com/patronus/patronus/probe"
 	"github.com/patronus/patronus/store"
@@ -24,7 +25,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
@@ -250,30 +250,29 @@ func (a *agent) runKube(ctx context.Context) error {
 	defer a.recorder.Stop()
 
 	resync := a.opts.ResyncPeriod
-	shared := informers.NewSharedInformerFactoryWithOptions(k, resync, informers.WithTransform(kube.StripManagedFields))
+	shared := kclient.NewFactory(k, nil, kclient.FactoryOptions{Resync: resync, Transform: kube.StripManagedFields})
 	// Only this node's pods: the field selector keeps the watch (and memory) per node.
-	nodePods := informers.NewSharedInformerFactoryWithOptions(k, resync,
-		informers.WithTransform(kube.StripManagedFields),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+	nodePods := kclient.NewFactory(k, nil, kclient.FactoryOptions{Resync: resync, Transform: kube.StripManagedFields,
+		Tweak: func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.opts.NodeName).String()
-		}))
+		}})
 
-	podInf := nodePods.Core().V1().Pods()
-	a.podLister = podInf.Lister()
+	podInf := nodePods.Pods()
+	a.podLister = corelisters.NewPodLister(podInf.GetIndexer())
 	a.pods = &kube.Controller{Name: "pods", Reconcile: a.reconcilePod, Workers: a.opts.Workers, Logger: a.log, OnResult: a.metrics.result}
-	if _, err := podInf.Informer().AddEventHandler(a.pods.Handler()); err != nil {
+	if _, err := podInf.AddEventHandler(a.pods.Handler()); err != nil {
 		return fmt.Errorf("agent: pod informer: %w", err)
 	}
 
 	ctrls := []*kube.Controller{a.pods}
-	synced := []cache.InformerSynced{podInf.Informer().HasSynced}
+	synced := []cache.InformerSynced{podInf.HasSynced}
 	// A gateway that steers pods per QoS class steers every pod of the cluster (the other
 	// nodes route remote clusters through it): it reads all pods (agent/paths.go).
 	if a.steering.Load() {
-		inf := shared.Core().V1().Pods()
-		l := inf.Lister()
+		inf := shared.Pods()
+		l := corelisters.NewPodLister(inf.GetIndexer())
 		a.clusterPods.Store(&l)
-		synced = append(synced, inf.Informer().HasSynced)
+		synced = append(synced, inf.HasSynced)
 	}
 	watch := func(kind string, inf cache.SharedIndexInformer) error {
 		c := a.observer(kind, inf.GetIndexer())
@@ -285,10 +284,10 @@ func (a *agent) runKube(ctx context.Context) error {
 		return nil
 	}
 	for kind, inf := range map[string]cache.SharedIndexInformer{
-		kindNamespaces:      shared.Core().V1().Namespaces().Informer(),
-		kindNetworkPolicies: shared.Networking().V1().NetworkPolicies().Informer(),
-		kindServices:        shared.Core().V1().Services().Informer(),
-		kindEndpointSlices:  shared.Discovery().V1().EndpointSlices().Informer(),
+		kindNamespaces:      shared.Namespaces(),
+		kindNetworkPolicies: shared.NetworkPolicies(),
+		kindServices:        shared.Services(),
+		kindEndpointSlices:  shared.EndpointSlices(),
 	} {
 		if err := watch(kind, inf); err != nil {
 			return err
@@ -306,20 +305,20 @@ func (a *agent) runKube(ctx context.Context) error {
 
 	// The ConfigMap itself, by name only (the RBAC rules allow nothing broader): changes
 	// are validated and reported; they apply on the next start.
-	cmFactory := informers.NewSharedInformerFactoryWithOptions(k, resync,
-		informers.WithNamespace(a.opts.ConfigNamespace),
-		informers.WithTransform(kube.StripManagedFields),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+	cmFactory := kclient.NewFactory(k, nil, kclient.FactoryOptions{Namespace: a.opts.ConfigNamespace, Resync: resync,
+		Transform: kube.StripManagedFields,
+		Tweak: func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", config.ConfigMapName).String()
-		}))
-	cmInf := cmFactory.Core().V1().ConfigMaps()
+		}})
+	cmInf := cmFactory.ConfigMaps()
+	cmLister := corelisters.NewConfigMapLister(cmInf.GetIndexer())
 	cmCtrl := &kube.Controller{Name: "config", Workers: 1, Logger: a.log, OnResult: a.metrics.result,
-		Reconcile: func(context.Context, string) error { a.checkConfig(cmInf.Lister()); return nil }}
-	if _, err := cmInf.Informer().AddEventHandler(cmCtrl.Handler()); err != nil {
+		Reconcile: func(context.Context, string) error { a.checkConfig(cmLister); return nil }}
+	if _, err := cmInf.AddEventHandler(cmCtrl.Handler()); err != nil {
 		return fmt.Errorf("agent: ConfigMap informer: %w", err)
 	}
 	ctrls = append(ctrls, cmCtrl)
-	synced = append(synced, cmInf.Informer().HasSynced)
+	synced = append(synced, cmInf.HasSynced)
 	cmFactory.Start(ctx.Done())
 	defer cmFactory.Shutdown()
 
@@ -374,7 +373,7 @@ func (a *agent) loadConfig(ctx context.Context) (config.Config, error) {
 
 	delay := 500 * time.Millisecond
 	for {
-		cm, err := a.clients.Kube.CoreV1().ConfigMaps(a.opts.ConfigNamespace).Get(ctx, config.ConfigMapName, metav1.GetOptions{})
+		cm, err := a.clients.Kube.ConfigMaps(a.opts.ConfigNamespace).Get(ctx, config.ConfigMapName, metav1.GetOptions{})
 		if err == nil {
 			in.ConfigMap = cm.Data
 			if in.ConfigMap == nil {

@@ -67,7 +67,7 @@ func (a *agent) isGateway(ctx context.Context) (bool, string) {
 	}
 	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	nodes, err := a.clients.Kube.CoreV1().Nodes().List(lctx, metav1.ListOptions{ResourceVersion: "0"})
+	nodes, err := a.clients.Kube.Nodes().List(lctx, metav1.ListOptions{ResourceVersion: "0"})
 	if err != nil {
 		a.log.Warn("cannot list Nodes to find the gateways; running the mesh", "err", err)
 		return true, ""
@@ -192,7 +192,7 @@ func (a *agent) newMeshNode(ctx context.Context, cfg *config.Config, o *MeshOpti
 			mo.KeyringFile = o.GossipKeyFile
 		}
 	} else {
-		keys = trust.SecretSource{Secrets: a.clients.Kube.CoreV1().Secrets(a.opts.ConfigNamespace)}
+		keys = trust.SecretSource{Secrets: a.clients.Kube.Secrets(a.opts.ConfigNamespace)}
 	}
 	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

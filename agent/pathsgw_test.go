@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	kfake "github.com/patronus/patronus/kube/kclient/fake"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -34,7 +35,7 @@ func TestPathsOnlyOnGateways(t *testing.T) {
 		t.Run(tc.node, func(t *testing.T) {
 			a := &agent{opts: Options{NodeName: tc.node, Mesh: &MeshOptions{}, Registry: prometheus.NewRegistry(),
 				Paths: &PathsOptions{ResponderAddr: "off", MetricsSocket: "off"}}.withDefaults(),
-				clients: &kube.Clients{Kube: cs}, log: slog.New(slog.NewTextHandler(io.Discard, nil)), seen: newSeenSets()}
+				clients: &kube.Clients{Kube: kfake.Kube(cs)}, log: slog.New(slog.NewTextHandler(io.Discard, nil)), seen: newSeenSets()}
 			ctx, cancel := context.WithCancel(context.Background())
 			var wg sync.WaitGroup
 			a.startPaths(ctx, cfg, &wg)

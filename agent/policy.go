@@ -28,6 +28,7 @@ import (
 	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/dataplane/enforce"
 	"github.com/patronus/patronus/dataplane/nft"
+	"github.com/patronus/patronus/kube/kclient"
 	"github.com/patronus/patronus/localapi"
 	"github.com/patronus/patronus/policy"
 	"github.com/patronus/patronus/qos"
@@ -38,7 +39,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	netlisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
@@ -168,7 +168,7 @@ type pendingPod struct {
 
 // newPolicyController creates the enforcer chosen by the configuration and registers the
 // informers it needs on shared (cluster-wide pods, namespaces, NetworkPolicies).
-func (a *agent) newPolicyController(cfg *config.Config, shared informers.SharedInformerFactory) (*policyController, error) {
+func (a *agent) newPolicyController(cfg *config.Config, shared *kclient.Factory) (*policyController, error) {
 	o := a.opts.Policy.withDefaults()
 	dp := o.Datapath
 	if dp == "" {
@@ -209,16 +209,16 @@ func (a *agent) newPolicyController(cfg *config.Config, shared informers.SharedI
 		}
 	}
 
-	podInf := shared.Core().V1().Pods()
-	nsInf := shared.Core().V1().Namespaces()
-	npInf := shared.Networking().V1().NetworkPolicies()
-	pc.pods, pc.nss, pc.nps = podInf.Lister(), nsInf.Lister(), npInf.Lister()
+	podInf, nsInf, npInf := shared.Pods(), shared.Namespaces(), shared.NetworkPolicies()
+	pc.pods = corelisters.NewPodLister(podInf.GetIndexer())
+	pc.nss = corelisters.NewNamespaceLister(nsInf.GetIndexer())
+	pc.nps = netlisters.NewNetworkPolicyLister(npInf.GetIndexer())
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { pc.changed() },
 		UpdateFunc: func(any, any) { pc.changed() },
 		DeleteFunc: func(any) { pc.changed() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{podInf.Informer(), nsInf.Informer(), npInf.Informer()} {
+	for _, inf := range []cache.SharedIndexInformer{podInf, nsInf, npInf} {
 		if _, err := inf.AddEventHandler(h); err != nil {
 			return nil, fmt.Errorf("agent: policy informer: %w", err)
 		}
@@ -605,7 +605,7 @@ func (pc *policyController) syncEndpoint(ctx context.Context, req localapi.Endpo
 	key := req.Namespace + "/" + req.Name
 	if _, err := pc.pods.Pods(req.Namespace).Get(req.Name); err != nil {
 		gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		p, err := pc.a.clients.Kube.CoreV1().Pods(req.Namespace).Get(gctx, req.Name, metav1.GetOptions{})
+		p, err := pc.a.clients.Kube.Pods(req.Namespace).Get(gctx, req.Name, metav1.GetOptions{})
 		cancel()
 		switch {
 		case err == nil:

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/patronus/patronus/kube"
+	"github.com/patronus/patronus/kube/kclient"
 	"k8s.io/client-go/tools/cache"
-	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 )
 
 // Kinds the agent watches besides its node's pods.
@@ -79,7 +79,7 @@ func (a *agent) observer(kind string, store cache.Store) *kube.Controller {
 func (a *agent) runMCS(ctx context.Context) {
 	lastErr, logged := "", false
 	for {
-		ok, err := kube.MCSAvailable(a.clients.Kube)
+		ok, err := kube.MCSAvailable(a.clients.MCS)
 		switch {
 		case err != nil && err.Error() != lastErr:
 			// Once per distinct error: an API outage must not flood the log.
@@ -103,9 +103,8 @@ func (a *agent) runMCS(ctx context.Context) {
 		}
 	}
 	a.log.Info("MCS API found, watching ServiceExports and ServiceImports", "groupVersion", kube.MCSGroupVersion)
-	f := mcsinformers.NewSharedInformerFactory(a.clients.MCS, a.opts.ResyncPeriod)
-	exp := f.Multicluster().V1beta1().ServiceExports().Informer()
-	imp := f.Multicluster().V1beta1().ServiceImports().Informer()
+	f := kclient.NewFactory(nil, a.clients.MCS, kclient.FactoryOptions{Resync: a.opts.ResyncPeriod})
+	exp, imp := f.ServiceExports(), f.ServiceImports()
 	ce, ci := a.observer(kindServiceExports, exp.GetIndexer()), a.observer(kindServiceImports, imp.GetIndexer())
 	if _, err := exp.AddEventHandler(ce.Handler()); err != nil {
 		a.log.Error("ServiceExport informer", "err", err)

@@ -401,7 +401,7 @@ func (a *agent) startTunnelRoutes(ctx context.Context, cfg *config.Config, wgrp 
 func (a *agent) gatewayNode(ctx context.Context) (string, netip.Addr, error) {
 	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	nodes, err := a.clients.Kube.CoreV1().Nodes().List(lctx, metav1.ListOptions{ResourceVersion: "0"})
+	nodes, err := a.clients.Kube.Nodes().List(lctx, metav1.ListOptions{ResourceVersion: "0"})
 	if err != nil {
 		return "", netip.Addr{}, fmt.Errorf("list Nodes: %w", err)
 	}

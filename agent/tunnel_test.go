@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	kfake "github.com/patronus/patronus/kube/kclient/fake"
 	"net/netip"
 	"testing"
 
@@ -85,7 +86,7 @@ func TestGatewayNode(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			a := &agent{clients: &kube.Clients{Kube: cs}}
+			a := &agent{clients: &kube.Clients{Kube: kfake.Kube(cs)}}
 			name, addr, err := a.gatewayNode(context.Background())
 			if tc.wantName == "" {
 				if err == nil {

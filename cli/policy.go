@@ -11,9 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/patronus/patronus/kube"
+	"github.com/patronus/patronus/kube/kclient"
 	"github.com/patronus/patronus/policy"
 )
 
@@ -289,7 +289,7 @@ func loadPolicySet(ctx context.Context, e env, dir, kubeconfig string) (*policy.
 			return nil, err
 		}
 		cfg.UserAgent = "patronus-policy"
-		client, err := kubernetes.NewForConfig(cfg)
+		client, err := kclient.New(cfg)
 		if err != nil {
 			return nil, fmt.Errorf("kubernetes client: %w", err)
 		}
@@ -308,14 +308,14 @@ func loadPolicySet(ctx context.Context, e env, dir, kubeconfig string) (*policy.
 
 // listCluster reads every Namespace, Pod and NetworkPolicy, in pages so that a large
 // cluster does not need one huge response.
-func listCluster(ctx context.Context, c kubernetes.Interface) (policy.Input, error) {
+func listCluster(ctx context.Context, c kclient.Kube) (policy.Input, error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	var in policy.Input
 	opts := metav1.ListOptions{Limit: 500}
 	for opts.Continue = ""; ; {
-		l, err := c.CoreV1().Namespaces().List(ctx, opts)
+		l, err := c.Namespaces().List(ctx, opts)
 		if err != nil {
 			return in, fmt.Errorf("list namespaces: %w", err)
 		}
@@ -325,7 +325,7 @@ func listCluster(ctx context.Context, c kubernetes.Interface) (policy.Input, err
 		}
 	}
 	for opts.Continue = ""; ; {
-		l, err := c.CoreV1().Pods("").List(ctx, opts)
+		l, err := c.Pods("").List(ctx, opts)
 		if err != nil {
 			return in, fmt.Errorf("list pods: %w", err)
 		}
@@ -335,7 +335,7 @@ func listCluster(ctx context.Context, c kubernetes.Interface) (policy.Input, err
 		}
 	}
 	for opts.Continue = ""; ; {
-		l, err := c.NetworkingV1().NetworkPolicies("").List(ctx, opts)
+		l, err := c.NetworkPolicies("").List(ctx, opts)
 		if err != nil {
 			return in, fmt.Errorf("list networkpolicies: %w", err)
 		}

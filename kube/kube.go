@@ -1,26 +1,21 @@
 // Package kube holds the agent's Kubernetes plumbing: client construction (kubeconfig or
-// in-cluster), MCS API discovery, the Event recorder, and a small level-based controller
-// (shared informer events -> rate-limited workqueue -> reconcile by key).
+// in-cluster; the clients themselves are package kclient), MCS API discovery, the Event
+// recorder, Lease leader election, and a small level-based controller (shared informer
+// events -> rate-limited workqueue -> reconcile by key).
 //
 // It keeps no package-level state: the same binary is the CNI plugin, so nothing here may
 // cost anything at init.
 package kube
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"os"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/record"
-	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+
+	"github.com/patronus/patronus/kube/kclient"
 )
 
 // UserAgent identifies the agent in API server logs and audit.
@@ -56,23 +51,20 @@ func RESTConfig(path string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// Clients are the typed clients the agent uses.
+// Clients are the API clients the agent uses: Kube for the built-in groups, MCS for the
+// Multi-Cluster Services CRDs (both a *kclient.Client in production).
 type Clients struct {
-	Kube kubernetes.Interface
-	MCS  mcsclient.Interface
+	Kube kclient.Kube
+	MCS  kclient.MCS
 }
 
 // NewClients builds the clients from cfg.
 func NewClients(cfg *rest.Config) (*Clients, error) {
-	k, err := kubernetes.NewForConfig(cfg)
+	c, err := kclient.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, err
 	}
-	m, err := mcsclient.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("MCS API client: %w", err)
-	}
-	return &Clients{Kube: k, MCS: m}, nil
+	return &Clients{Kube: c, MCS: c}, nil
 }
 
 // MCSGroupVersion is the MCS API version the agent watches: v1beta1 is the storage version
@@ -81,8 +73,8 @@ const MCSGroupVersion = "multicluster.x-k8s.io/v1beta1"
 
 // MCSAvailable reports whether the API server serves ServiceExport and ServiceImport at
 // MCSGroupVersion. A missing group is (false, nil); other errors are returned.
-func MCSAvailable(k kubernetes.Interface) (bool, error) {
-	rl, err := k.Discovery().ServerResourcesForGroupVersion(MCSGroupVersion)
+func MCSAvailable(m kclient.MCS) (bool, error) {
+	rl, err := m.ServerResourcesForGroupVersion(MCSGroupVersion)
 	if apierrors.IsNotFound(err) {
 		return false, nil
 	}
@@ -100,29 +92,3 @@ func MCSAvailable(k kubernetes.Interface) (bool, error) {
 	}
 	return exports && imports, nil
 }
-
-// Recorder emits Kubernetes Events. Stop flushes nothing: events are best effort.
-type Recorder struct {
-	record.EventRecorder
-	broadcaster record.EventBroadcaster
-}
-
-// NewRecorder starts an Event broadcaster writing through k and returns a recorder whose
-// events name component and host as their source. Call Stop on shutdown.
-func NewRecorder(ctx context.Context, k kubernetes.Interface, component, host string, logger *slog.Logger) *Recorder {
-	b := record.NewBroadcaster(record.WithContext(ctx))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: k.CoreV1().Events("")})
-	if logger != nil {
-		b.StartEventWatcher(func(e *corev1.Event) {
-			logger.Debug("event", "object", e.InvolvedObject.Namespace+"/"+e.InvolvedObject.Name,
-				"type", e.Type, "reason", e.Reason, "message", e.Message)
-		})
-	}
-	// scheme.Scheme is client-go's own scheme (built by client-go itself); the recorder
-	// uses it only to find the kind of typed objects.
-	r := b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: component, Host: host})
-	return &Recorder{EventRecorder: r, broadcaster: b}
-}
-
-// Stop shuts the broadcaster down.
-func (r *Recorder) Stop() { r.broadcaster.Shutdown() }

@@ -33,18 +33,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
-	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
-	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
+	"github.com/patronus/patronus/kube"
+	"github.com/patronus/patronus/kube/kclient"
 	"github.com/patronus/patronus/mcs/resolve"
 	"github.com/patronus/patronus/qos"
 )
@@ -62,8 +58,8 @@ const (
 
 // Options configures a Controller.
 type Options struct {
-	Kube kubernetes.Interface
-	MCS  mcsclient.Interface
+	Kube kclient.Kube
+	MCS  kclient.MCS
 	// ClusterID is this cluster's id in the clusterset (the source-cluster label value).
 	ClusterID string
 	// Identity is this agent's name in the leader Lease (the node name).
@@ -178,69 +174,50 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err := c.waitForAPI(ctx); err != nil {
 		return err
 	}
-	kf := informers.NewSharedInformerFactory(c.o.Kube, 0)
-	mf := mcsinformers.NewSharedInformerFactory(c.o.MCS, 0)
+	kf := kclient.NewFactory(c.o.Kube, c.o.MCS, kclient.FactoryOptions{})
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.trigger() },
 		UpdateFunc: func(any, any) { c.trigger() },
 		DeleteFunc: func(any) { c.trigger() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{
-		kf.Core().V1().Services().Informer(), kf.Core().V1().Namespaces().Informer(),
-		kf.Discovery().V1().EndpointSlices().Informer(),
-		mf.Multicluster().V1beta1().ServiceExports().Informer(), mf.Multicluster().V1beta1().ServiceImports().Informer(),
-	} {
+	svcInf, nsInf, slInf := kf.Services(), kf.Namespaces(), kf.EndpointSlices()
+	expInf, impInf := kf.ServiceExports(), kf.ServiceImports()
+	for _, inf := range []cache.SharedIndexInformer{svcInf, nsInf, slInf, expInf, impInf} {
 		if _, err := inf.AddEventHandler(h); err != nil {
 			return fmt.Errorf("mcs: informer handler: %w", err)
 		}
 	}
-	c.services = kf.Core().V1().Services().Lister()
-	c.namespaces = kf.Core().V1().Namespaces().Lister()
-	c.slices = kf.Discovery().V1().EndpointSlices().Lister()
-	c.exports = mf.Multicluster().V1beta1().ServiceExports().Lister()
-	c.imports = mf.Multicluster().V1beta1().ServiceImports().Lister()
+	c.services = corelisters.NewServiceLister(svcInf.GetIndexer())
+	c.namespaces = corelisters.NewNamespaceLister(nsInf.GetIndexer())
+	c.slices = discoverylisters.NewEndpointSliceLister(slInf.GetIndexer())
+	c.exports = mcslisters.NewServiceExportLister(expInf.GetIndexer())
+	c.imports = mcslisters.NewServiceImportLister(impInf.GetIndexer())
 	kf.Start(ctx.Done())
-	mf.Start(ctx.Done())
 	defer kf.Shutdown()
-	defer mf.Shutdown()
 	for typ, ok := range kf.WaitForCacheSync(ctx.Done()) {
 		if !ok {
 			return fmt.Errorf("mcs: cache of %v did not sync: %w", typ, ctx.Err())
 		}
 	}
-	for typ, ok := range mf.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("mcs: cache of %v did not sync: %w", typ, ctx.Err())
-		}
-	}
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Namespace: c.o.LeaseNamespace, Name: c.o.LeaseName},
-		Client:     c.o.Kube.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: c.o.Identity},
+	le := &kube.LeaderElection{
+		Leases: c.o.Kube.Leases(c.o.LeaseNamespace), Name: c.o.LeaseName, Identity: c.o.Identity,
+		LeaseDuration: c.o.LeaseDuration, RenewDeadline: c.o.RenewDeadline, RetryPeriod: c.o.RetryPeriod,
+		ReleaseOnCancel: true, OnStartedLeading: c.lead, Logger: c.log,
+		OnNewLeader: func(id string) {
+			c.log.Info("MCS leader", "holder", id, "self", id == c.o.Identity)
+		},
 	}
 	for ctx.Err() == nil {
-		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-			Lock: lock, LeaseDuration: c.o.LeaseDuration, RenewDeadline: c.o.RenewDeadline, RetryPeriod: c.o.RetryPeriod,
-			ReleaseOnCancel: true, Name: "patronus-mcs",
-			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: c.lead,
-				OnStoppedLeading: func() {},
-				OnNewLeader: func(id string) {
-					c.log.Info("MCS leader", "holder", id, "self", id == c.o.Identity)
-				},
-			},
-		})
-		if err != nil {
+		if err := le.Run(ctx); err != nil { // returns when leadership is lost or ctx ends
 			return fmt.Errorf("mcs: leader election: %w", err)
 		}
-		le.Run(ctx) // returns when leadership is lost or ctx ends
 	}
 	return nil
 }
 
 func (c *Controller) waitForAPI(ctx context.Context) error {
 	for {
-		_, err := c.o.MCS.Discovery().ServerResourcesForGroupVersion(mcsv1beta1.GroupVersion.String())
+		_, err := c.o.MCS.ServerResourcesForGroupVersion(mcsv1beta1.GroupVersion.String())
 		if err == nil {
 			return nil
 		}
@@ -557,7 +534,7 @@ func (c *Controller) writeExportStatus(ctx context.Context, st *exportState) err
 	}
 	se := st.se.DeepCopy()
 	se.Status.Conditions = st.conds
-	_, err := c.o.MCS.MulticlusterV1beta1().ServiceExports(se.Namespace).UpdateStatus(ctx, se, metav1.UpdateOptions{})
+	_, err := c.o.MCS.ServiceExports(se.Namespace).UpdateStatus(ctx, se, metav1.UpdateOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("update status of ServiceExport %s/%s: %w", se.Namespace, se.Name, err)
 	}
@@ -626,7 +603,7 @@ func (c *Controller) syncImports(ctx context.Context, groups map[string][]resolv
 		if _, ok := groups[si.Namespace+"/"+si.Name]; ok {
 			continue
 		}
-		err := c.o.MCS.MulticlusterV1beta1().ServiceImports(si.Namespace).Delete(ctx, si.Name,
+		err := c.o.MCS.ServiceImports(si.Namespace).Delete(ctx, si.Name,
 			metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &si.UID}})
 		if err != nil && !apierrors.IsNotFound(err) {
 			*errs = append(*errs, fmt.Errorf("delete ServiceImport %s/%s: %w", si.Namespace, si.Name, err))
@@ -643,7 +620,7 @@ func (c *Controller) syncImports(ctx context.Context, groups map[string][]resolv
 		if wantSlices[sl.Namespace+"/"+sl.Name] {
 			continue
 		}
-		err := c.o.Kube.DiscoveryV1().EndpointSlices(sl.Namespace).Delete(ctx, sl.Name,
+		err := c.o.Kube.EndpointSlices(sl.Namespace).Delete(ctx, sl.Name,
 			metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &sl.UID}})
 		if err != nil && !apierrors.IsNotFound(err) {
 			*errs = append(*errs, fmt.Errorf("delete EndpointSlice %s/%s: %w", sl.Namespace, sl.Name, err))
@@ -710,7 +687,7 @@ func (c *Controller) ensureImport(ctx context.Context, im resolve.Import, taken 
 	for _, cl := range im.Clusters {
 		clusters = append(clusters, mcsv1beta1.ClusterStatus{Cluster: cl})
 	}
-	api := c.o.MCS.MulticlusterV1beta1().ServiceImports(im.Namespace)
+	api := c.o.MCS.ServiceImports(im.Namespace)
 	if cur == nil {
 		si := &mcsv1beta1.ServiceImport{ObjectMeta: metav1.ObjectMeta{Namespace: im.Namespace, Name: im.Name,
 			Labels: map[string]string{LabelManagedBy: ManagedByValue}, Annotations: annotations}, Spec: spec}
@@ -832,7 +809,7 @@ func desiredSlices(si *mcsv1beta1.ServiceImport, e resolve.Export, merged []reso
 }
 
 func (c *Controller) ensureSlice(ctx context.Context, want *discoveryv1.EndpointSlice) error {
-	api := c.o.Kube.DiscoveryV1().EndpointSlices(want.Namespace)
+	api := c.o.Kube.EndpointSlices(want.Namespace)
 	cur, err := c.slices.EndpointSlices(want.Namespace).Get(want.Name)
 	if apierrors.IsNotFound(err) {
 		if _, err := api.Create(ctx, want, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {

@@ -1,11 +1,12 @@
 package mcs
 
 import (
-	"k8s.io/client-go/kubernetes"
 	kubefake "k8s.io/client-go/kubernetes/fake"
-	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcsfake "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned/fake"
+
+	"github.com/patronus/patronus/kube/kclient"
+	kfake "github.com/patronus/patronus/kube/kclient/fake"
 )
 
-func fakeKube() kubernetes.Interface { return kubefake.NewClientset() }
-func fakeMCS() mcsclient.Interface   { return mcsfake.NewSimpleClientset() }
+func fakeKube() kclient.Kube { return kfake.Kube(kubefake.NewClientset()) }
+func fakeMCS() kclient.MCS   { return kfake.MCS(mcsfake.NewSimpleClientset()) }

@@ -14,13 +14,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
-	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
-	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
+	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
+	"github.com/patronus/patronus/kube/kclient"
 	"github.com/patronus/patronus/mcs/datapath"
 	"github.com/patronus/patronus/qos"
 )
@@ -32,8 +31,8 @@ type Datapath interface {
 
 // DatapathOptions configures a DatapathSyncer.
 type DatapathOptions struct {
-	Kube      kubernetes.Interface
-	MCS       mcsclient.Interface
+	Kube      kclient.Kube
+	MCS       kclient.MCS
 	ClusterID string
 	Datapath  Datapath
 	// ClusterHealthy, if set, reports whether a remote cluster is reachable (some path up);
@@ -85,23 +84,19 @@ func (d *DatapathSyncer) Run(ctx context.Context) error {
 	if err := c.waitForAPI(ctx); err != nil || ctx.Err() != nil {
 		return err
 	}
-	kf := informers.NewSharedInformerFactory(d.o.Kube, 0)
-	mf := mcsinformers.NewSharedInformerFactory(d.o.MCS, 0)
+	kf := kclient.NewFactory(d.o.Kube, d.o.MCS, kclient.FactoryOptions{})
 	trigger := d.Trigger
 	h := cache.ResourceEventHandlerFuncs{AddFunc: func(any) { trigger() }, UpdateFunc: func(any, any) { trigger() }, DeleteFunc: func(any) { trigger() }}
-	sl := kf.Discovery().V1().EndpointSlices()
-	si := mf.Multicluster().V1beta1().ServiceImports()
-	for _, inf := range []cache.SharedIndexInformer{sl.Informer(), si.Informer()} {
+	sl, si := kf.EndpointSlices(), kf.ServiceImports()
+	slLister, siLister := discoverylisters.NewEndpointSliceLister(sl.GetIndexer()), mcslisters.NewServiceImportLister(si.GetIndexer())
+	for _, inf := range []cache.SharedIndexInformer{sl, si} {
 		if _, err := inf.AddEventHandler(h); err != nil {
 			return fmt.Errorf("mcs datapath: informer handler: %w", err)
 		}
 	}
 	kf.Start(ctx.Done())
-	mf.Start(ctx.Done())
 	defer kf.Shutdown()
-	defer mf.Shutdown()
 	kf.WaitForCacheSync(ctx.Done())
-	mf.WaitForCacheSync(ctx.Done())
 	resync := time.NewTicker(d.o.Resync)
 	defer resync.Stop()
 	var lastErr string
@@ -113,8 +108,8 @@ func (d *DatapathSyncer) Run(ctx context.Context) error {
 		case <-resync.C:
 		case <-d.nudge:
 		}
-		imports, err1 := si.Lister().List(labels.Everything())
-		eps, err2 := sl.Lister().List(labels.Everything())
+		imports, err1 := siLister.List(labels.Everything())
+		eps, err2 := slLister.List(labels.Everything())
 		err := errors.Join(err1, err2)
 		if err == nil {
 			err = d.o.Datapath.Set(WithPriorities(BuildServices(d.o.ClusterID, imports, eps, d.o.ClusterHealthy), imports, d.o.Priority))

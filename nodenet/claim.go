@@ -14,8 +14,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 
+	"github.com/patronus/patronus/kube/kclient"
 	"github.com/patronus/patronus/nodenet/alloc"
 )
 
@@ -57,7 +57,7 @@ const (
 // create is the compare-and-swap (AlreadyExists: someone else holds it), so two nodes
 // never hold one block.
 type claimer struct {
-	client  kubernetes.Interface
+	client  kclient.Kube
 	ns      string
 	node    string
 	nodeUID types.UID
@@ -120,7 +120,7 @@ func (c *claimer) lease(block netip.Prefix) *coordinationv1.Lease {
 
 // create claims block. ok is false when another node holds it.
 func (c *claimer) create(ctx context.Context, block netip.Prefix) (bool, error) {
-	_, err := c.client.CoordinationV1().Leases(c.ns).Create(ctx, c.lease(block), metav1.CreateOptions{})
+	_, err := c.client.Leases(c.ns).Create(ctx, c.lease(block), metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		return false, nil
 	}
@@ -132,7 +132,7 @@ func (c *claimer) create(ctx context.Context, block netip.Prefix) (bool, error) 
 
 // holderOf returns the holder of block's Lease ("" when there is none).
 func (c *claimer) holderOf(ctx context.Context, block netip.Prefix) (string, error) {
-	l, err := c.client.CoordinationV1().Leases(c.ns).Get(ctx, alloc.LeaseName(block), metav1.GetOptions{})
+	l, err := c.client.Leases(c.ns).Get(ctx, alloc.LeaseName(block), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return "", nil
 	}
@@ -183,7 +183,7 @@ func (c *claimer) Acquire(ctx context.Context) (block netip.Prefix, lost netip.P
 			c.log.Warn("saved pod block is no longer ours", "block", lost)
 		}
 	}
-	leases, err := c.client.CoordinationV1().Leases(c.ns).List(ctx, metav1.ListOptions{LabelSelector: LeaseSelector})
+	leases, err := c.client.Leases(c.ns).List(ctx, metav1.ListOptions{LabelSelector: LeaseSelector})
 	if err != nil {
 		return block, lost, fmt.Errorf("nodenet: list block leases: %w", err)
 	}
@@ -233,8 +233,8 @@ func leaseBlock(l *coordinationv1.Lease) (netip.Prefix, bool) {
 
 // ReleaseNode deletes the block Leases held by node (a Node deleted for good). Each Lease
 // is deleted with a precondition on its UID, so a Lease re-created meanwhile stays.
-func ReleaseNode(ctx context.Context, client kubernetes.Interface, namespace, node string) ([]netip.Prefix, error) {
-	leases, err := client.CoordinationV1().Leases(namespace).List(ctx, metav1.ListOptions{LabelSelector: LeaseSelector})
+func ReleaseNode(ctx context.Context, client kclient.Kube, namespace, node string) ([]netip.Prefix, error) {
+	leases, err := client.Leases(namespace).List(ctx, metav1.ListOptions{LabelSelector: LeaseSelector})
 	if err != nil {
 		return nil, fmt.Errorf("nodenet: list block leases: %w", err)
 	}
@@ -245,7 +245,7 @@ func ReleaseNode(ctx context.Context, client kubernetes.Interface, namespace, no
 			continue
 		}
 		uid := l.UID
-		err := client.CoordinationV1().Leases(namespace).Delete(ctx, l.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+		err := client.Leases(namespace).Delete(ctx, l.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
 		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 			errs = append(errs, fmt.Errorf("nodenet: release %s: %w", l.Name, err))
 			continue

@@ -28,12 +28,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	coordinationlisters "k8s.io/client-go/listers/coordination/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/patronus/patronus/kube/kclient"
 	"github.com/patronus/patronus/manifests"
 	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/nodenet/alloc"
@@ -59,7 +60,7 @@ const (
 // Options configure a Controller. Zero values take the defaults noted.
 type Options struct {
 	// Client talks to the API server. Required.
-	Client kubernetes.Interface
+	Client kclient.Kube
 	// NodeName is this node's Node object name. Required.
 	NodeName string
 	// Namespace holds the block Leases (default kube-system: the agent's POD_NAMESPACE).
@@ -313,10 +314,10 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	deleted := make(chan string, 64)
 
-	nodeFactory := informers.NewSharedInformerFactory(c.o.Client, 0)
-	nodes := nodeFactory.Core().V1().Nodes()
+	nodeFactory := kclient.NewFactory(c.o.Client, nil, kclient.FactoryOptions{})
+	nodes := nodeFactory.Nodes()
 	// Only names, addresses and podCIDRs are read: drop the bulky parts of every Node.
-	if err := nodes.Informer().SetTransform(func(obj any) (any, error) {
+	if err := nodes.SetTransform(func(obj any) (any, error) {
 		if n, ok := obj.(*corev1.Node); ok {
 			n.ManagedFields, n.Status.Images, n.Status.Conditions = nil, nil, nil
 		}
@@ -324,7 +325,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("nodenet: node informer: %w", err)
 	}
-	nodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { kick() },
 		UpdateFunc: func(old, cur any) { kick() },
 		DeleteFunc: func(obj any) {
@@ -340,20 +341,20 @@ func (c *Controller) Run(ctx context.Context) error {
 			kick()
 		},
 	})
-	leaseFactory := informers.NewSharedInformerFactoryWithOptions(c.o.Client, 0, informers.WithNamespace(c.o.Namespace),
-		informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = LeaseSelector }))
-	leases := leaseFactory.Coordination().V1().Leases()
-	leases.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	leaseFactory := kclient.NewFactory(c.o.Client, nil, kclient.FactoryOptions{Namespace: c.o.Namespace,
+		Tweak: func(lo *metav1.ListOptions) { lo.LabelSelector = LeaseSelector }})
+	leases := leaseFactory.Leases()
+	leases.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { kick() }, UpdateFunc: func(any, any) { kick() }, DeleteFunc: func(any) { kick() },
 	})
 	nodeFactory.Start(ctx.Done())
 	leaseFactory.Start(ctx.Done())
 	defer nodeFactory.Shutdown()
 	defer leaseFactory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), nodes.Informer().HasSynced, leases.Informer().HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), nodes.HasSynced, leases.HasSynced) {
 		return ctx.Err()
 	}
-	nl, ll := nodes.Lister(), leases.Lister().Leases(c.o.Namespace)
+	nl, ll := corelisters.NewNodeLister(nodes.GetIndexer()), coordinationlisters.NewLeaseLister(leases.GetIndexer()).Leases(c.o.Namespace)
 
 	tick := time.NewTicker(c.o.Resync)
 	defer tick.Stop()
@@ -683,7 +684,7 @@ func (c *Controller) reportLost(ctx context.Context, lost netip.Prefix) {
 		FirstTimestamp: now, LastTimestamp: now, Count: 1,
 		Source: corev1.EventSource{Component: "patronus-agent", Host: c.o.NodeName},
 	}
-	if _, err := c.o.Client.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+	if _, err := c.o.Client.Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
 		c.log.Warn("event for lost block", "err", err)
 	}
 }

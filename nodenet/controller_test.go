@@ -2,6 +2,7 @@ package nodenet
 
 import (
 	"context"
+	kfake "github.com/patronus/patronus/kube/kclient/fake"
 	"net/http/httptest"
 	"net/netip"
 	"os"
@@ -72,7 +73,7 @@ func TestSeedDefaultsKept(t *testing.T) {
 	client := fake.NewSimpleClientset(node("n1", "192.168.1.1", ""))
 	path := filepath.Join(t.TempDir(), "10-patronus.conflist")
 	dp := newRec()
-	c, stop := runCtrl(t, Options{Client: client, NodeName: "n1", ConfListPath: path, Datapath: dp})
+	c, stop := runCtrl(t, Options{Client: kfake.Kube(client), NodeName: "n1", ConfListPath: path, Datapath: dp})
 	defer stop()
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("conflist written without a block: %v", err)
@@ -90,7 +91,7 @@ func TestNodePodCIDRAndPeers(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "10-patronus.conflist")
 	dp := newRec()
 	var announced []announce.Announcement
-	c, stop := runCtrl(t, Options{Client: client, NodeName: "n1", ConfListPath: path, Datapath: dp,
+	c, stop := runCtrl(t, Options{Client: kfake.Kube(client), NodeName: "n1", ConfListPath: path, Datapath: dp,
 		ClusterCIDR: pfx("10.244.0.0/16"), Announce: func(a announce.Announcement) error { announced = append(announced, a); return nil }})
 	defer stop()
 	b, _ := os.ReadFile(path)
@@ -136,7 +137,7 @@ func TestLeaseClaimSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	o := Options{Client: client, NodeName: "n1", ConfListPath: filepath.Join(t.TempDir(), "c.conflist"), Datapath: newRec(),
+	o := Options{Client: kfake.Kube(client), NodeName: "n1", ConfListPath: filepath.Join(t.TempDir(), "c.conflist"), Datapath: newRec(),
 		ClusterCIDR: pfx("10.244.0.0/16"), BlockSize: 26, DB: db}
 	c, stop := runCtrl(t, o)
 	first := c.Status().Block
@@ -166,9 +167,9 @@ func TestNewRejects(t *testing.T) {
 	client := fake.NewSimpleClientset()
 	for _, o := range []Options{
 		{NodeName: "n"},
-		{Client: client},
-		{Client: client, NodeName: "n", ClusterCIDR: pfx("10.244.0.0/16"), BlockSize: 8},
-		{Client: client, NodeName: "n", BaseConfList: []byte(`{"plugins":[]}`)},
+		{Client: kfake.Kube(client)},
+		{Client: kfake.Kube(client), NodeName: "n", ClusterCIDR: pfx("10.244.0.0/16"), BlockSize: 8},
+		{Client: kfake.Kube(client), NodeName: "n", BaseConfList: []byte(`{"plugins":[]}`)},
 	} {
 		if _, err := New(o); err == nil {
 			t.Errorf("accepted %+v", o)
@@ -192,7 +193,7 @@ func TestMasqueradeExemptions(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			client := fake.NewSimpleClientset(node("n1", "192.168.1.1", "10.244.1.0/24"))
 			dp := newRec()
-			_, stop := runCtrl(t, Options{Client: client, NodeName: "n1", ConfListPath: filepath.Join(t.TempDir(), "c.conflist"),
+			_, stop := runCtrl(t, Options{Client: kfake.Kube(client), NodeName: "n1", ConfListPath: filepath.Join(t.TempDir(), "c.conflist"),
 				Datapath: dp, ClusterCIDR: pfx("10.244.0.0/16"), NoMasquerade: tc.noMasq,
 				KeepSourceTo: []netip.Prefix{pfx("10.248.0.0/16"), pfx("10.252.0.0/16")}})
 			defer stop()

@@ -522,7 +522,7 @@ func (c *Controller) publishKey(ctx context.Context, self *corev1.Node) error {
 		val = `"` + want + `"`
 	}
 	patch := []byte(`{"metadata":{"annotations":{"` + AnnotationWGKey + `":` + val + `}}}`)
-	if _, err := c.o.Client.CoreV1().Nodes().Patch(ctx, self.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if _, err := c.o.Client.Nodes().Patch(ctx, self.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		return fmt.Errorf("nodenet: publish the WireGuard key on Node %s: %w", self.Name, err)
 	}
 	if want != "" {

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/patronus/patronus/dataplane/wg"
+	kfake "github.com/patronus/patronus/kube/kclient/fake"
 	"github.com/patronus/patronus/mesh"
 	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/mesh/trust"
@@ -155,7 +156,7 @@ func TestEncryptOptionErrors(t *testing.T) {
 		{name: "bad implementation", e: Encrypt{Mode: "wireguard", WGMode: "ebpf"}, want: "WireGuard mode"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := New(Options{Client: client, NodeName: "n1", Encrypt: tc.e})
+			_, err := New(Options{Client: kfake.Kube(client), NodeName: "n1", Encrypt: tc.e})
 			_, eerr := NewEdge(EdgeOptions{NodeName: "n1", NodeIP: ip("192.0.2.1"), ClusterCIDR: pfx("10.244.0.0/16"),
 				Members: func() []EdgeMember { return nil }, Publish: func(string) error { return nil }, Encrypt: tc.e})
 			for _, e := range []error{err, eerr} {
@@ -306,7 +307,7 @@ func TestControllerEncryption(t *testing.T) {
 	client := fake.NewSimpleClientset(node("n1", "192.168.1.1", "10.244.1.0/24"), n2, node("n3", "192.168.1.3", "10.244.3.0/24"))
 	dp, fw := drained(t), &fakeWG{}
 	own := key(t)
-	o := Options{Client: client, NodeName: "n1", ConfListPath: t.TempDir() + "/10-patronus.conflist", Datapath: dp,
+	o := Options{Client: kfake.Kube(client), NodeName: "n1", ConfListPath: t.TempDir() + "/10-patronus.conflist", Datapath: dp,
 		Resync: 100 * time.Millisecond, Encrypt: Encrypt{Mode: EncryptionWireGuard, Key: own, Link: fw}}
 	c, stop := runCtrl(t, o)
 	ctx := context.Background()
@@ -435,7 +436,7 @@ func TestEncryptionNeedsLinkWithSubstituteDatapath(t *testing.T) {
 	n2 := node("n2", "192.168.1.2", "10.244.2.0/24")
 	n2.Annotations = map[string]string{AnnotationWGKey: key(t).PublicKey().String()}
 	client := fake.NewSimpleClientset(node("n1", "192.168.1.1", "10.244.1.0/24"), n2)
-	c, stop := runCtrl(t, Options{Client: client, NodeName: "n1", ConfListPath: t.TempDir() + "/10-patronus.conflist", Datapath: drained(t),
+	c, stop := runCtrl(t, Options{Client: kfake.Kube(client), NodeName: "n1", ConfListPath: t.TempDir() + "/10-patronus.conflist", Datapath: drained(t),
 		Resync: 100 * time.Millisecond, Encrypt: Encrypt{Mode: EncryptionWireGuard, Key: key(t)}})
 	defer stop()
 	waitFor(t, "device error, plain peer", func() error {

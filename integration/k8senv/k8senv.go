@@ -11,6 +11,7 @@
 //
 //	c := k8senv.Start(t, k8senv.WithMCSCRDs())
 //	cs := c.Client()                                 // admin clientset
+//	kc := c.AgentClient()                            // the same, as the agent's packages take it (kube/kclient)
 //	saCfg, kubeconfig, err := c.InstallPatronus(ctx) // manifests/ + the agent's own token
 //	c.StopAPIServer(); err = c.StartAPIServer()      // same port, same data
 //
@@ -39,6 +40,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/patronus/patronus/kube/kclient"
 )
 
 // EnvBinDir names the environment variable holding the directory with etcd,
@@ -357,6 +360,16 @@ func (c *Cluster) Client() kubernetes.Interface {
 		c.t.Fatalf("k8senv: building client: %v", err)
 	}
 	return cs
+}
+
+// AgentClient returns an admin client of the kind the agent uses (package kclient), for
+// handing to the agent's packages (mcs, nodenet) in tests.
+func (c *Cluster) AgentClient() *kclient.Client {
+	kc, err := kclient.New(c.RESTConfig())
+	if err != nil {
+		c.t.Fatalf("k8senv: building agent client: %v", err)
+	}
+	return kc
 }
 
 // Kubeconfig returns the path of the admin kubeconfig.

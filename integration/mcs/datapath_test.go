@@ -39,7 +39,7 @@ func TestClusterSetIPDatapath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	east := &site{id: "east", k8s: k, kube: k.Client(), mcs: m}
+	east := &site{id: "east", k8s: k, kube: k.Client(), mcs: m, agent: k.AgentClient()}
 	must(east.kube.CoreV1().Namespaces().Create(bg, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))(t)
 
 	node, client := netnsPair(t, "10.245.1.5", "10.245.1.6", "10.244.2.7")
@@ -57,7 +57,7 @@ func TestClusterSetIPDatapath(t *testing.T) {
 	ctx, cancel := context.WithCancel(bg)
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	ctrl, err := mcs.New(mcs.Options{Kube: east.kube, MCS: east.mcs, ClusterID: "east", Identity: "east-n1",
+	ctrl, err := mcs.New(mcs.Options{Kube: east.agent, MCS: east.agent, ClusterID: "east", Identity: "east-n1",
 		LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond,
 		Announcer: bus.For("east"), Logger: logger(t)})
 	if err != nil {
@@ -69,7 +69,7 @@ func TestClusterSetIPDatapath(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { prog.Close() })
-	ds, err := mcs.NewDatapathSyncer(mcs.DatapathOptions{Kube: east.kube, MCS: east.mcs, ClusterID: "east", Datapath: prog, Logger: logger(t)})
+	ds, err := mcs.NewDatapathSyncer(mcs.DatapathOptions{Kube: east.agent, MCS: east.agent, ClusterID: "east", Datapath: prog, Logger: logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

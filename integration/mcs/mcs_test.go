@@ -30,6 +30,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/patronus/patronus/integration/k8senv"
+	"github.com/patronus/patronus/kube/kclient"
 	"github.com/patronus/patronus/mcs"
 	"github.com/patronus/patronus/mesh"
 	"github.com/patronus/patronus/mesh/trust"
@@ -45,6 +46,7 @@ type site struct {
 	k8s   *k8senv.Cluster
 	kube  kubernetes.Interface
 	mcs   mcsclient.Interface
+	agent *kclient.Client // what the agent's packages take (the same cluster)
 	addr  string
 	node  *mesh.Node
 	nodeC context.CancelFunc
@@ -77,7 +79,7 @@ func newEnv(t *testing.T) *env {
 			t.Fatal(err)
 		}
 		s := &site{id: id, cidr: netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 244+i)), key: k, k8s: clusters[i],
-			kube: clusters[i].Client(), addr: fmt.Sprintf("%s%d", base, i+1)}
+			kube: clusters[i].Client(), agent: clusters[i].AgentClient(), addr: fmt.Sprintf("%s%d", base, i+1)}
 		s.mcs, err = mcsclient.NewForConfig(clusters[i].RESTConfig())
 		if err != nil {
 			t.Fatal(err)
@@ -147,7 +149,7 @@ func (e *env) startNode(s *site) {
 
 func (e *env) startController(s *site) {
 	t := e.t
-	c, err := mcs.New(mcs.Options{Kube: s.kube, MCS: s.mcs, ClusterID: s.id, Identity: s.id + "-gw",
+	c, err := mcs.New(mcs.Options{Kube: s.agent, MCS: s.agent, ClusterID: s.id, Identity: s.id + "-gw",
 		LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond,
 		Announcer: mcs.NewMeshAnnouncer(s.node), Reserved: []netip.Prefix{s.cidr, netip.MustParsePrefix("10.96.0.0/12")},
 		Logger: logger(t).With("site", s.id)})
@@ -600,7 +602,7 @@ func TestMultiClusterServices(t *testing.T) {
 	})
 
 	t.Run("a second agent in a cluster does not lead", func(t *testing.T) {
-		c, err := mcs.New(mcs.Options{Kube: east.kube, MCS: east.mcs, ClusterID: "east", Identity: "east-node2",
+		c, err := mcs.New(mcs.Options{Kube: east.agent, MCS: east.agent, ClusterID: "east", Identity: "east-node2",
 			LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond,
 			Announcer: mcs.NewMeshAnnouncer(east.node)})
 		if err != nil {

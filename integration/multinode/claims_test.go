@@ -44,7 +44,7 @@ func createNodes(t *testing.T, cluster *k8senv.Cluster, names ...string) {
 func claimController(t *testing.T, cluster *k8senv.Cluster, ns, name string, cidr netip.Prefix, db *store.DB) *nodenet.Controller {
 	t.Helper()
 	c, err := nodenet.New(nodenet.Options{
-		Client: cluster.Client(), NodeName: name, Namespace: ns, ClusterCIDR: cidr, BlockSize: 24, DB: db,
+		Client: cluster.AgentClient(), NodeName: name, Namespace: ns, ClusterCIDR: cidr, BlockSize: 24, DB: db,
 		ConfListPath: filepath.Join(t.TempDir(), manifests.ConfListName), Datapath: nopDatapath{},
 		Resync: time.Second, Logger: testLogger(t, name),
 	})

@@ -31,6 +31,7 @@ import (
 
 	"github.com/patronus/patronus/cni"
 	"github.com/patronus/patronus/integration/k8senv"
+	"github.com/patronus/patronus/kube/kclient"
 	"github.com/patronus/patronus/manifests"
 	"github.com/patronus/patronus/nodenet"
 	"github.com/patronus/patronus/store"
@@ -165,8 +166,9 @@ type lab struct {
 	t       *testing.T
 	cluster *k8senv.Cluster
 	client  kubernetes.Interface
-	ns      string // namespace of the block Leases
-	under   string // underlay namespace (bridge br0)
+	agentC  *kclient.Client // the same cluster, as the agent's packages take it
+	ns      string          // namespace of the block Leases
+	under   string          // underlay namespace (bridge br0)
 	cidr    netip.Prefix
 	nodes   map[string]*node
 	encrypt nodenet.Encrypt // node-to-node encryption of nodes started from now on
@@ -199,6 +201,7 @@ func newLab(t *testing.T, cluster *k8senv.Cluster, leaseNS string) *lab {
 	l := &lab{t: t, cluster: cluster, ns: leaseNS, cidr: netip.MustParsePrefix("10.244.0.0/16"), nodes: map[string]*node{}}
 	if cluster != nil {
 		l.client = cluster.Client()
+		l.agentC = cluster.AgentClient()
 	}
 	if cluster != nil && leaseNS != "kube-system" {
 		_, err := l.client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: leaseNS}}, metav1.CreateOptions{})
@@ -327,7 +330,7 @@ func (l *lab) start(n *node) {
 		enc = *n.encrypt
 	}
 	ctrl, err := nodenet.New(nodenet.Options{
-		Client: l.client, NodeName: n.name, Namespace: l.ns, ClusterCIDR: l.cidr, DB: n.db,
+		Client: l.agentC, NodeName: n.name, Namespace: l.ns, ClusterCIDR: l.cidr, DB: n.db,
 		ConfListPath: n.confList, BaseConfList: l.baseConfList(n), NetNSPath: nsPath(n.netns),
 		Resync: time.Second, Logger: testLogger(t, n.name), Encrypt: enc,
 	})

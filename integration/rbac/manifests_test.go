@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/patronus/patronus/integration/k8senv"
+	"github.com/patronus/patronus/kube/kclient"
 	"github.com/patronus/patronus/nodenet"
 	"github.com/patronus/patronus/nodenet/alloc"
 )
@@ -364,7 +365,7 @@ func realCalls(t *testing.T, ctx context.Context, c *k8senv.Cluster, admin, sa k
 		Spec: coordinationv1.LeaseSpec{HolderIdentity: &claimer},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Errorf("create block lease: %v", err)
-	} else if rel, err := nodenet.ReleaseNode(ctx, sa, ns, claimer); err != nil || len(rel) != 1 || rel[0] != block {
+	} else if rel, err := nodenet.ReleaseNode(ctx, mustKClient(t, saCfg), ns, claimer); err != nil || len(rel) != 1 || rel[0] != block {
 		t.Errorf("release block lease: %v %v", rel, err)
 	}
 
@@ -428,4 +429,14 @@ func realCalls(t *testing.T, ctx context.Context, c *k8senv.Cluster, admin, sa k
 	} else if err := saDyn.Resource(imports).Namespace("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Errorf("delete serviceimport: %v", err)
 	}
+}
+
+// mustKClient is the agent's kind of client (package kclient) for cfg.
+func mustKClient(t *testing.T, cfg *rest.Config) *kclient.Client {
+	t.Helper()
+	kc, err := kclient.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kc
 }

@@ -9,15 +9,14 @@
 #   C=32 ROUNDS=5 scripts/bench/cni.sh
 #   CNI_ONLY=1 scripts/bench/cni.sh   the plugin linked alone (no agent/CLI package init)
 #   PATRONUS_BIN=bin/patronus scripts/bench/cni.sh   an already built binary
-#   VARIANTS=0 scripts/bench/cni.sh   skip the start-up cost table of three builds (below)
+#   VARIANTS=0 scripts/bench/cni.sh   skip the start-up cost table (below)
+#   BASELINE_BIN=/tmp/main-patronus scripts/bench/cni.sh 0   start-up table with a baseline build
 #   N=0 ... only the start-up table: scripts/bench/cni.sh 0
 #
-# The start-up table builds the same module three ways and runs each as patronus-cni with
-# CNI_COMMAND=VERSION: the shipped binary; "no clientset", a main that links every package
-# of this module that does not import k8s.io/client-go/kubernetes plus the client-go pieces
-# an agent on a plain REST client would keep (rest, tools/cache, clientcmd, workqueue,
-# listers, API types): the estimate of replacing the typed clientset and informer factories;
-# and the plugin alone. Package counts and bytes are exact; CPU is perf stat's task-clock.
+# The start-up table runs builds as patronus-cni with CNI_COMMAND=VERSION: the shipped
+# binary, the plugin alone (a main linking only cni.Main), and, with
+# BASELINE_BIN=<binary>, another build measured in the same run (e.g. the main branch's,
+# when comparing a change). Package counts and bytes are exact; CPU is perf stat's task-clock.
 #
 # Needs root. Everything runs in its own "node" namespace (pt-bench-*) with pods in
 # their own namespaces; nothing touches the root namespace. Prints a Markdown report.
@@ -291,38 +290,40 @@ if command -v perf >/dev/null; then
 fi
 
 [ "${VARIANTS:-1}" = 1 ] || exit 0
-# Start-up cost of three builds of the module (see the header).
+# Start-up cost of the builds (see the header).
 variant() { # name main.go-content
 	printf '%s\n' "$2" >"$TMP/main-$1.go"
 	printf '{"Replace":{"%s/main.go":"%s/main-%s.go"}}' "$PWD" "$TMP" "$1" >"$TMP/overlay-$1.json"
 	mkdir -p "$TMP/v-$1"
 	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -overlay "$TMP/overlay-$1.json" -o "$TMP/v-$1/patronus-cni" .
 }
-keep=$(go list -deps -f '{{.ImportPath}}{{range .Deps}} {{.}}{{end}}' . | awk '$1 ~ /^github.com\/patronus\/patronus\// {
-	keep = 1; for (i = 2; i <= NF; i++) if ($i == "k8s.io/client-go/kubernetes") keep = 0; if (keep) print $1 }')
-rest="k8s.io/client-go/rest k8s.io/client-go/tools/cache k8s.io/client-go/tools/clientcmd k8s.io/client-go/util/workqueue
-k8s.io/client-go/listers/core/v1 k8s.io/client-go/listers/networking/v1 k8s.io/client-go/listers/discovery/v1
-k8s.io/api/coordination/v1 sigs.k8s.io/mcs-api/pkg/apis/v1beta1 github.com/spf13/cobra k8s.io/klog/v2
-github.com/prometheus/client_golang/prometheus/promhttp"
-imports=$(for p in $keep $rest; do printf '\t_ "%s"\n' "$p"; done)
 echo "cni.sh: building the start-up variants" >&2
-variant noclientset "$(printf 'package main\n\nimport (\n\t"os"\n\n\t"github.com/patronus/patronus/cni"\n%s\n)\n\nfunc main() {\n\tif os.Getenv("CNI_COMMAND") != "" {\n\t\tcni.Main()\n\t}\n}' "$(echo "$imports" | grep -v '"github.com/patronus/patronus/cni"')")"
 variant cnionly 'package main
 
 import "github.com/patronus/patronus/cni"
 
 func main() { cni.Main() }'
 mkdir -p "$TMP/v-shipped" && cp "$BIN" "$TMP/v-shipped/patronus-cni"
+builds="shipped cnionly"
+if [ -n "${BASELINE_BIN:-}" ]; then
+	mkdir -p "$TMP/v-baseline" && cp "$BASELINE_BIN" "$TMP/v-baseline/patronus-cni"
+	builds="baseline shipped cnionly"
+fi
 echo
-echo "Start-up of three builds run as patronus-cni, CNI_COMMAND=VERSION (inits and bytes: exact; clock: median"
-echo "of 21 runs of the sum of GODEBUG=inittrace=1 clock; CPU: perf stat task-clock, mean of 30):"
+echo "Start-up of the builds run as patronus-cni, CNI_COMMAND=VERSION (inits and bytes: exact; clock: median"
+echo "of 21 runs of the sum of GODEBUG=inittrace=1 clock, the builds interleaved; CPU: perf stat task-clock, mean of 30):"
 echo
 echo "| build | size | packages with init work | bytes allocated at init | init clock (median) | CPU of the whole VERSION call |"
 echo "|---|---|---|---|---|---|"
-for v in shipped noclientset cnionly; do
+for i in $(seq 21); do
+	for v in $builds; do
+		GODEBUG=inittrace=1 CNI_COMMAND=VERSION "$TMP/v-$v/patronus-cni" 2>&1 >/dev/null | awk -v v="$v" '/^init /{t+=$5} END {print v, t}'
+	done
+done >"$TMP/clocks"
+for v in $builds; do
 	b=$TMP/v-$v/patronus-cni
 	read -r inits bytes < <(GODEBUG=inittrace=1 CNI_COMMAND=VERSION "$b" 2>&1 >/dev/null | awk '/^init /{n++; b+=$8} END {print n, b}')
-	clock=$(for i in $(seq 21); do GODEBUG=inittrace=1 CNI_COMMAND=VERSION "$b" 2>&1 >/dev/null | awk '/^init /{t+=$5} END {print t}'; done | sort -n | sed -n 11p)
+	clock=$(awk -v v="$v" '$1 == v {print $2}' "$TMP/clocks" | sort -n | sed -n 11p)
 	cpu=-
 	if command -v perf >/dev/null; then
 		cpu=$(perf stat -r 30 -x, -e task-clock env CNI_COMMAND=VERSION "$b" </dev/null 2>&1 >/dev/null | awk -F, '/task-clock/ {printf "%.2f ms", $1}')
