@@ -100,10 +100,7 @@ type nilLeases struct {
 // check is what makes the election safe.
 func TestLeaderElection(t *testing.T) {
 	c := k8senv.Start(t)
-	kc, err := kclient.New(c.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	kc := c.AgentClient()
 	ctx := context.Background()
 
 	t.Run("one leader; released on cancel; taken over", func(t *testing.T) {

@@ -44,10 +44,7 @@ func eventually(t *testing.T, what string, f func() error) {
 // bodies, query parameters, protobuf for built-in kinds, JSON for the MCS CRDs).
 func TestAgainstAPIServer(t *testing.T) {
 	c := k8senv.Start(t, k8senv.WithMCSCRDs())
-	kc, err := kclient.New(c.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	kc := c.AgentClient()
 	ctx := context.Background()
 	const ns = "kc-test"
 	if _, err := kc.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
