@@ -207,9 +207,8 @@ func (a *agent) runTunnel(ctx context.Context, cfg *config.Config, n *mesh.Node,
 	a.tunnel.rot.Store(rot)
 	if len(pathDevs) > 0 {
 		var pds []tunnel.PathDevice
-		for _, s := range pathSpecs {
-			k, _ := tunnel.IsPathInterfaceName(cfg.ClusterID, s.Spec.Name)
-			pds = append(pds, tunnel.PathDevice{Index: k, Name: s.Spec.Name})
+		for k, d := range pathDevs {
+			pds = append(pds, tunnel.PathDevice{Index: k, Name: d.Name()})
 		}
 		m := tunnel.PathDeviceMap(refs, spec.Name, pds)
 		a.tunnel.pathDevs.Store(&m)
