@@ -102,12 +102,16 @@ func TestLeaderElection(t *testing.T) {
 	c := k8senv.Start(t)
 	kc := c.AgentClient()
 	ctx := context.Background()
-
-	t.Run("one leader; released on cancel; taken over", func(t *testing.T) {
-		const ns = "le-release"
+	newNamespace := func(t *testing.T, ns string) {
+		t.Helper()
 		if _, err := kc.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
+	}
+
+	t.Run("one leader; released on cancel; taken over", func(t *testing.T) {
+		const ns = "le-release"
+		newNamespace(t, ns)
 		var both atomic.Int32
 		var two atomic.Bool
 		a := startCandidate(t, kc.Leases(ns), "a", true, &both, &two)
@@ -141,9 +145,7 @@ func TestLeaderElection(t *testing.T) {
 
 	t.Run("a crashed leader's lease expires", func(t *testing.T) {
 		const ns = "le-expire"
-		if _, err := kc.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		newNamespace(t, ns)
 		var both atomic.Int32
 		var two atomic.Bool
 		a := startCandidate(t, kc.Leases(ns), "a", false, &both, &two)
@@ -161,9 +163,7 @@ func TestLeaderElection(t *testing.T) {
 
 	t.Run("a leader that cannot renew stops leading", func(t *testing.T) {
 		const ns = "le-lost"
-		if _, err := kc.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		newNamespace(t, ns)
 		var both atomic.Int32
 		var two atomic.Bool
 		a := startCandidate(t, kc.Leases(ns), "a", true, &both, &two)
