@@ -42,7 +42,7 @@ type LeaderElection struct {
 
 	now func() time.Time // tests
 
-	mu           sync.Mutex
+	// Touched only by Run's goroutine.
 	observed     coordinationv1.LeaseSpec
 	observedAt   time.Time
 	reported     string
@@ -172,9 +172,7 @@ func (le *LeaderElection) tryAcquireOrRenew(ctx context.Context) bool {
 	}
 	le.observe(cur)
 	holder := deref(cur.Spec.HolderIdentity)
-	le.mu.Lock()
 	expires := le.observedAt.Add(time.Duration(deref(cur.Spec.LeaseDurationSeconds)) * time.Second)
-	le.mu.Unlock()
 	if holder != "" && holder != le.Identity && expires.After(now.Time) {
 		return false // held by another, not expired
 	}
@@ -200,7 +198,6 @@ func (le *LeaderElection) tryAcquireOrRenew(ctx context.Context) bool {
 // observe records the Lease as seen now when it changed since last seen (the local
 // clock, not the holder's renewTime, decides expiry), and reports a new holder.
 func (le *LeaderElection) observe(l *coordinationv1.Lease) {
-	le.mu.Lock()
 	changed := !le.haveObserved || !sameSpec(le.observed, l.Spec)
 	if changed {
 		le.observed, le.observedAt, le.haveObserved = *l.Spec.DeepCopy(), le.now(), true
@@ -208,7 +205,6 @@ func (le *LeaderElection) observe(l *coordinationv1.Lease) {
 	holder := deref(l.Spec.HolderIdentity)
 	report := holder != le.reported
 	le.reported = holder
-	le.mu.Unlock()
 	if report && holder != "" && le.OnNewLeader != nil {
 		le.OnNewLeader(holder)
 	}
