@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -170,31 +171,22 @@ func Merge(exports []Export) Import {
 		}
 	}
 	slices.Sort(im.Clusters)
-	if len(typeOff) > 0 {
-		im.Conflicts = append(im.Conflicts, Conflict{ReasonTypeConflict, fmt.Sprintf(
-			"service type differs between clusters: using %s from the oldest export (cluster %s); %s. Make the Service types agree (headless or not) in every exporting cluster",
-			im.Type, win.Cluster, strings.Join(typeOff, ", "))})
+	// conflict reports one property the exports disagree on: the oldest export's value
+	// (using) wins, off lists the others, hint (if any) says how to fix it.
+	conflict := func(reason, what, using string, off []string, hint string) {
+		if len(off) > 0 {
+			im.Conflicts = append(im.Conflicts, Conflict{reason, fmt.Sprintf(
+				"%s differs between clusters: using %s from the oldest export (cluster %s); %s%s",
+				what, using, win.Cluster, strings.Join(off, ", "), hint)})
+		}
 	}
-	if len(affOff) > 0 {
-		im.Conflicts = append(im.Conflicts, Conflict{ReasonSessionAffinityConflict, fmt.Sprintf(
-			"session affinity differs between clusters: using %s from the oldest export (cluster %s); %s. Set the same spec.sessionAffinity on the Service in every exporting cluster",
-			im.SessionAffinity, win.Cluster, strings.Join(affOff, ", "))})
-	}
-	if len(affCfgOff) > 0 {
-		im.Conflicts = append(im.Conflicts, Conflict{ReasonSessionAffinityConfigConflict, fmt.Sprintf(
-			"session affinity timeout differs between clusters: using %ds from the oldest export (cluster %s); %s",
-			im.AffinityTimeout, win.Cluster, strings.Join(affCfgOff, ", "))})
-	}
-	if len(itpOff) > 0 {
-		im.Conflicts = append(im.Conflicts, Conflict{ReasonInternalTrafficPolicyConflict, fmt.Sprintf(
-			"internal traffic policy differs between clusters: using %q from the oldest export (cluster %s); %s",
-			im.InternalTrafficPolicy, win.Cluster, strings.Join(itpOff, ", "))})
-	}
-	if len(tdOff) > 0 {
-		im.Conflicts = append(im.Conflicts, Conflict{ReasonTrafficDistributionConflict, fmt.Sprintf(
-			"traffic distribution differs between clusters: using %q from the oldest export (cluster %s); %s",
-			im.TrafficDistribution, win.Cluster, strings.Join(tdOff, ", "))})
-	}
+	conflict(ReasonTypeConflict, "service type", im.Type, typeOff,
+		". Make the Service types agree (headless or not) in every exporting cluster")
+	conflict(ReasonSessionAffinityConflict, "session affinity", im.SessionAffinity, affOff,
+		". Set the same spec.sessionAffinity on the Service in every exporting cluster")
+	conflict(ReasonSessionAffinityConfigConflict, "session affinity timeout", fmt.Sprintf("%ds", im.AffinityTimeout), affCfgOff, "")
+	conflict(ReasonInternalTrafficPolicyConflict, "internal traffic policy", strconv.Quote(im.InternalTrafficPolicy), itpOff, "")
+	conflict(ReasonTrafficDistributionConflict, "traffic distribution", strconv.Quote(im.TrafficDistribution), tdOff, "")
 	for _, e := range ex {
 		if e.QoSClass != "" {
 			im.QoSClass = e.QoSClass
