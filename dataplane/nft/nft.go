@@ -161,13 +161,42 @@ func (e *Enforcer) vmap(name string, key nftables.SetDatatype) *nftables.Set {
 	return &nftables.Set{Table: e.table, Name: name, IsMap: true, KeyType: key, DataType: nftables.TypeVerdict}
 }
 
-var vmaps = []struct {
+// vmapSpec is a verdict map keyed by one address of the packet: the source (egress) or
+// destination (ingress) at off in the network header of family proto.
+type vmapSpec struct {
 	name  string
 	v6    bool
 	dir   enforce.Direction
 	off   uint32
 	proto byte
-}{
+}
+
+// lookup is the base chain rule that jumps through m for packets of its family.
+func (m vmapSpec) lookup(set *nftables.Set) []expr.Any {
+	l := uint32(4)
+	if m.v6 {
+		l = 16
+	}
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{m.proto}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: m.off, Len: l},
+		&expr.Lookup{SourceRegister: 1, SetName: m.name, SetID: set.ID, IsDestRegSet: true, DestRegister: 0},
+	}
+}
+
+// ctStateIn matches packets whose conntrack state is one of bits.
+func ctStateIn(bits uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(bits),
+			Xor:  binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+	}
+}
+
+var vmaps = []vmapSpec{
 	{"eg4", false, enforce.Egress, 12, unix.NFPROTO_IPV4},
 	{"in4", false, enforce.Ingress, 16, unix.NFPROTO_IPV4},
 	{"eg6", true, enforce.Egress, 8, unix.NFPROTO_IPV6},
@@ -177,13 +206,7 @@ var vmaps = []struct {
 // auditVmaps send a new connection that the policy chains let through to the audit chain
 // of its sender (egress) or receiver (ingress), when that endpoint is audited (its
 // namespace has patronus.io/audit: all). Same keys as vmaps.
-var auditVmaps = []struct {
-	name  string
-	v6    bool
-	dir   enforce.Direction
-	off   uint32
-	proto byte
-}{
+var auditVmaps = []vmapSpec{
 	{"aeg4", false, enforce.Egress, 12, unix.NFPROTO_IPV4},
 	{"ain4", false, enforce.Ingress, 16, unix.NFPROTO_IPV4},
 	{"aeg6", true, enforce.Egress, 8, unix.NFPROTO_IPV6},
@@ -234,48 +257,19 @@ func (e *Enforcer) ensureBase() error {
 	}
 	var want [][]expr.Any
 	if !e.opts.EveryPacket {
-		want = append(want, []expr.Any{
-			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
-				Xor:  binaryutil.NativeEndian.PutUint32(0)},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
-			&expr.Verdict{Kind: expr.VerdictAccept},
-		})
+		want = append(want, append(ctStateIn(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+			&expr.Verdict{Kind: expr.VerdictAccept}))
 	}
 	// Egress of the sender first, then ingress of the receiver: both must let a new
 	// flow through (each endpoint chain returns on a match and drops otherwise).
 	for _, m := range vmaps {
-		l := uint32(4)
-		if m.v6 {
-			l = 16
-		}
-		want = append(want, []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{m.proto}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: m.off, Len: l},
-			&expr.Lookup{SourceRegister: 1, SetName: m.name, SetID: sets[m.name].ID, IsDestRegSet: true, DestRegister: 0},
-		})
+		want = append(want, m.lookup(sets[m.name]))
 	}
 	// What reaches this point passed every policy chain. A new connection of an
 	// audited endpoint goes through its audit chain (which returns): reported once.
 	if e.opts.AuditAllowed && e.opts.LogGroup != 0 {
 		for _, m := range auditVmaps {
-			l := uint32(4)
-			if m.v6 {
-				l = 16
-			}
-			want = append(want, []expr.Any{
-				&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-					Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW),
-					Xor:  binaryutil.NativeEndian.PutUint32(0)},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
-				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{m.proto}},
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: m.off, Len: l},
-				&expr.Lookup{SourceRegister: 1, SetName: m.name, SetID: sets[m.name].ID, IsDestRegSet: true, DestRegister: 0},
-			})
+			want = append(want, append(ctStateIn(expr.CtStateBitNEW), m.lookup(sets[m.name])...))
 		}
 	}
 	have, err := e.conn.GetRules(e.table, ch)
@@ -296,13 +290,7 @@ func (e *Enforcer) ensureBase() error {
 }
 
 // allVmaps are the policy and the audit verdict maps.
-func allVmaps() []struct {
-	name  string
-	v6    bool
-	dir   enforce.Direction
-	off   uint32
-	proto byte
-} {
+func allVmaps() []vmapSpec {
 	return append(slices.Clone(vmaps), auditVmaps...)
 }
 
