@@ -53,19 +53,6 @@ func NewFactory(kube Kube, mcs MCS, o FactoryOptions) *Factory {
 		started: map[reflect.Type]bool{}}
 }
 
-// watchListUnsupported is client-go's optional marker (fake clientsets implement it):
-// the reflector must list and watch instead of streaming the initial list.
-type watchListUnsupported interface {
-	IsWatchListSemanticsUnSupported() bool
-}
-
-type lwMarker struct {
-	*cache.ListWatch
-	unsupported bool
-}
-
-func (l lwMarker) IsWatchListSemanticsUnSupported() bool { return l.unsupported }
-
 // informerFor returns the factory's informer for example's type, creating it over
 // list/watch on first use.
 func informerFor[T, L runtime.Object](f *Factory, src any, example T, r Resource[T, L]) cache.SharedIndexInformer {
@@ -90,11 +77,9 @@ func informerFor[T, L runtime.Object](f *Factory, src any, example T, r Resource
 			return r.Watch(ctx, opts)
 		},
 	}
-	m := lwMarker{ListWatch: lw}
-	if w, ok := src.(watchListUnsupported); ok {
-		m.unsupported = w.IsWatchListSemanticsUnSupported()
-	}
-	inf := cache.NewSharedIndexInformer(m, example, f.o.Resync, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	// src's IsWatchListSemanticsUnSupported (fake clientsets answer true) makes the
+	// reflector list and watch instead of streaming the initial list.
+	inf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, src), example, f.o.Resync, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	if f.o.Transform != nil {
 		// Only fails once the informer runs; it has not started.
 		_ = inf.SetTransform(f.o.Transform)
