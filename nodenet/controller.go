@@ -256,12 +256,8 @@ func New(o Options) (*Controller, error) {
 	}
 	c := &Controller{o: o, log: o.Logger.With("controller", "nodenet"), ready: make(chan struct{})}
 	c.status.Encryption = o.Encrypt.Mode
-	var kv KV
-	if o.DB != nil {
-		kv = o.DB
-	}
 	c.claimer = &claimer{client: o.Client, ns: o.Namespace, node: o.NodeName, cluster: o.ClusterCIDR,
-		bits: o.BlockSize, kv: kv, log: c.log, now: o.Now}
+		bits: o.BlockSize, kv: dbKV(o.DB), log: c.log, now: o.Now}
 	return c, nil
 }
 

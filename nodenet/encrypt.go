@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/patronus/patronus/dataplane/wg"
+	"github.com/patronus/patronus/store"
 )
 
 // Node-to-node encryption (docs/CONTRACT.md): one WireGuard device per node, WGDevice,
@@ -98,6 +99,14 @@ func LoadOrCreateWGKey(ctx context.Context, kv KV, now time.Time) (wgtypes.Key, 
 		}
 	}
 	return k, nil
+}
+
+// dbKV is db as a KV: nil (no database) stays a nil interface, not a nil *store.DB.
+func dbKV(db *store.DB) KV {
+	if db == nil {
+		return nil
+	}
+	return db
 }
 
 // ParseWGKey reads a published public key (base64); "" or garbage is the zero key.
@@ -347,11 +356,7 @@ func (c *Controller) ensureWG(local Local) (err error) {
 	if c.wgKey == (wgtypes.Key{}) {
 		k := c.o.Encrypt.Key
 		if k == (wgtypes.Key{}) {
-			var kv KV
-			if c.o.DB != nil {
-				kv = c.o.DB
-			}
-			if k, err = LoadOrCreateWGKey(context.Background(), kv, c.o.Now()); err != nil {
+			if k, err = LoadOrCreateWGKey(context.Background(), dbKV(c.o.DB), c.o.Now()); err != nil {
 				return err
 			}
 		}

@@ -87,11 +87,7 @@ func MeshEdge(o EdgeOptions, n *mesh.Node, cluster string) EdgeOptions {
 	pub := ""
 	if m, _ := ParseEncryption(o.Encrypt.Mode); m == EncryptionWireGuard {
 		if o.Encrypt.Key == (wgtypes.Key{}) {
-			var kv KV
-			if o.DB != nil {
-				kv = o.DB
-			}
-			if k, err := LoadOrCreateWGKey(context.Background(), kv, time.Now()); err == nil {
+			if k, err := LoadOrCreateWGKey(context.Background(), dbKV(o.DB), time.Now()); err == nil {
 				o.Encrypt.Key = k
 			}
 		}
