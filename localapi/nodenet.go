@@ -11,8 +11,10 @@ import (
 // the agent manages the conflist (agent --manage-conflist).
 const PathNodeNet = "/v1/nodenet"
 
-// NodeNet is GET /v1/nodenet: the node's pod block and what nodenet did with it. Only the
-// fields `patronus status` shows are decoded; the agent sends more (routes).
+// NodeNet is GET /v1/nodenet: the node's pod block and what nodenet did with it, the
+// JSON of nodenet.Status mirrored with strings for prefixes and addresses (this package
+// is linked by the CNI plugin, which must not link nodenet's Kubernetes and WireGuard
+// dependencies).
 type NodeNet struct {
 	Block  string `json:"block"`  // "invalid Prefix" / "" until known
 	Source string `json:"source"` // "node" (Node podCIDRs) | "lease" | "gossip" (edge mode) | "" (single-node default)
