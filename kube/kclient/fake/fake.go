@@ -10,6 +10,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/watchlist"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
@@ -26,11 +27,8 @@ type kube struct{ cs kubernetes.Interface }
 
 // IsWatchListSemanticsUnSupported forwards the fake clientset's answer (true): the
 // reflector lists and watches.
-func (k kube) IsWatchListSemanticsUnSupported() bool { return watchListUnsupported(k.cs) }
-
-func watchListUnsupported(cs any) bool {
-	w, ok := cs.(interface{ IsWatchListSemanticsUnSupported() bool })
-	return ok && w.IsWatchListSemanticsUnSupported()
+func (k kube) IsWatchListSemanticsUnSupported() bool {
+	return watchlist.DoesClientNotSupportWatchListSemantics(k.cs)
 }
 
 func (k kube) Pods(ns string) kclient.Resource[*corev1.Pod, *corev1.PodList] {
@@ -64,7 +62,9 @@ func (k kube) Leases(ns string) kclient.Resource[*coordinationv1.Lease, *coordin
 
 type mcs struct{ cs mcsclient.Interface }
 
-func (m mcs) IsWatchListSemanticsUnSupported() bool { return watchListUnsupported(m.cs) }
+func (m mcs) IsWatchListSemanticsUnSupported() bool {
+	return watchlist.DoesClientNotSupportWatchListSemantics(m.cs)
+}
 
 func (m mcs) ServiceExports(ns string) kclient.StatusResource[*mcsv1beta1.ServiceExport, *mcsv1beta1.ServiceExportList] {
 	return m.cs.MulticlusterV1beta1().ServiceExports(ns)
