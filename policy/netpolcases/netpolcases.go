@@ -150,10 +150,8 @@ func itoa(v int32) string {
 
 type builder struct{ ns func(string) string }
 
-type polOpt = Opt
-
 // pol is a policy in namespace x selecting pods with the given labels ({} for all).
-func (b builder) pol(name string, sel map[string]string, opts ...polOpt) networkingv1.NetworkPolicy {
+func (b builder) pol(name string, sel map[string]string, opts ...Opt) networkingv1.NetworkPolicy {
 	p := networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: b.ns("x"), Name: name},
 		Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: sel}},
@@ -164,13 +162,13 @@ func (b builder) pol(name string, sel map[string]string, opts ...polOpt) network
 	return p
 }
 
-func (b builder) polAll(name string, opts ...polOpt) networkingv1.NetworkPolicy {
+func (b builder) polAll(name string, opts ...Opt) networkingv1.NetworkPolicy {
 	p := b.pol(name, nil, opts...)
 	p.Spec.PodSelector = metav1.LabelSelector{}
 	return p
 }
 
-func (b builder) inNS(ns string) polOpt {
+func (b builder) inNS(ns string) Opt {
 	return func(p *networkingv1.NetworkPolicy) { p.Namespace = b.ns(ns) }
 }
 
