@@ -20,18 +20,36 @@ const KeyPathBandwidth = "path-bandwidth"
 // MaxPathBandwidthMbps bounds a path-bandwidth value (1 Tbit/s).
 const MaxPathBandwidthMbps = 1_000_000
 
-// PathIDs lists the path ids of the remote clusters: one per distinct host among each
-// entry's endpoint and paths, in that order (probe.PathsFromConfig names paths the same
-// way).
+// PathEntry is one path of a remote cluster: the first of its endpoint and paths entries
+// (in that order) with a given host.
+type PathEntry struct {
+	// Host is the entry's host; the path id is "<cluster id>/<host>".
+	Host string
+	// Entry is the configured host:port.
+	Entry string
+}
+
+// PathEntries lists r's paths: one per distinct host among its endpoint and paths, in that
+// order, skipping entries that are not host:port (probe.PathsFromConfig names paths the
+// same way).
+func (r RemoteCluster) PathEntries() []PathEntry {
+	var out []PathEntry
+	for _, e := range append([]string{r.Endpoint}, r.Paths...) {
+		h, _, err := net.SplitHostPort(e)
+		if err != nil || slices.ContainsFunc(out, func(p PathEntry) bool { return p.Host == h }) {
+			continue
+		}
+		out = append(out, PathEntry{Host: h, Entry: e})
+	}
+	return out
+}
+
+// PathIDs lists the path ids of the remote clusters (PathEntries).
 func PathIDs(rcs []RemoteCluster) []string {
 	var out []string
 	for _, r := range rcs {
-		for _, e := range append([]string{r.Endpoint}, r.Paths...) {
-			h, _, err := net.SplitHostPort(e)
-			if err != nil {
-				continue
-			}
-			if id := r.ID + "/" + h; !slices.Contains(out, id) {
+		for _, p := range r.PathEntries() {
+			if id := r.ID + "/" + p.Host; !slices.Contains(out, id) {
 				out = append(out, id)
 			}
 		}

@@ -47,16 +47,11 @@ type PathRef struct {
 func PathRefs(rcs []config.RemoteCluster) []PathRef {
 	var out []PathRef
 	for _, rc := range rcs {
-		seen := map[string]bool{}
-		for _, e := range append([]string{rc.Endpoint}, rc.Paths...) {
-			h, p, err := net.SplitHostPort(e)
-			if err != nil || seen[h] {
-				continue
-			}
-			seen[h] = true
-			ref := PathRef{Cluster: rc.ID, ID: rc.ID + "/" + h, Index: len(seen) - 1}
+		for i, pe := range rc.PathEntries() {
+			_, p, _ := net.SplitHostPort(pe.Entry)
+			ref := PathRef{Cluster: rc.ID, ID: rc.ID + "/" + pe.Host, Index: i}
 			port, perr := strconv.Atoi(p)
-			if ad, aerr := netip.ParseAddr(h); aerr == nil && perr == nil && port+ref.Index <= 65535 {
+			if ad, aerr := netip.ParseAddr(pe.Host); aerr == nil && perr == nil && port+ref.Index <= 65535 {
 				ref.Endpoint = netip.AddrPortFrom(ad.Unmap(), uint16(port+ref.Index))
 			}
 			out = append(out, ref)

@@ -44,18 +44,16 @@ func PathEndpoint(rc config.RemoteCluster, pathID string) (netip.AddrPort, bool)
 	if !ok || host == "" {
 		return netip.AddrPort{}, false
 	}
-	for _, e := range append([]string{rc.Endpoint}, rc.Paths...) {
-		h, _, err := net.SplitHostPort(e)
-		if err != nil || h != host {
-			continue
-		}
-		ap, err := netip.ParseAddrPort(e)
-		if err != nil {
-			return netip.AddrPort{}, false
-		}
-		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+	pes := rc.PathEntries()
+	i := slices.IndexFunc(pes, func(p config.PathEntry) bool { return p.Host == host })
+	if i < 0 {
+		return netip.AddrPort{}, false
 	}
-	return netip.AddrPort{}, false
+	ap, err := netip.ParseAddrPort(pes[i].Entry)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
 }
 
 // PathEndpoints maps the selected path of each remote cluster (selected: cluster -> path
