@@ -186,7 +186,7 @@ func (e *Enforcer) build(ep enforce.Endpoint, dir enforce.Direction, rules []pol
 // its packet is logged, prefixed with the chain's name, then the chain returns. The mark
 // is set only when the message is sent (under the rate limit), so a connection whose
 // first packet exceeded the limit is reported by a later one if it has any.
-func (e *Enforcer) auditRules(name string, _ enforce.Endpoint) []ruleSpec {
+func (e *Enforcer) auditRules(name string) []ruleSpec {
 	bit := auditMark(enforce.Ingress)
 	if name[1] == 'e' {
 		bit = auditMark(enforce.Egress)

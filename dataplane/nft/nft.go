@@ -444,13 +444,13 @@ func (e *Enforcer) apply(desired map[string]*chainSpec, audit map[string]enforce
 		}
 		e.conn.AddRule(&nftables.Rule{Table: e.table, Chain: sc, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: name}}})
 	}
-	for name, ep := range audit {
+	for name := range audit {
 		wantChains[name] = true
 		if _, ok := have[name]; ok {
 			continue
 		}
 		ch := e.conn.AddChain(&nftables.Chain{Name: name, Table: e.table})
-		for _, r := range e.auditRules(name, ep) {
+		for _, r := range e.auditRules(name) {
 			e.conn.AddRule(&nftables.Rule{Table: e.table, Chain: ch, Exprs: r.exprs(nil), UserData: r.user})
 		}
 	}
