@@ -268,7 +268,21 @@ func (c *Controller) Ready() <-chan struct{} { return c.ready }
 // Status returns a copy of the current status (with encryption on, the peers' handshakes
 // as the device shows them now).
 func (c *Controller) Status() Status {
+	s, live := c.snapshot()
+	if live != nil && s.WireGuard != nil {
+		if d, err := live.State(); err == nil && d != nil {
+			s.WireGuard.Peers = len(d.Peers)
+			fillHandshakes(s.PeerStates, d)
+		}
+	}
+	return s
+}
+
+// snapshot is a copy of the recorded status and the live WireGuard device, without
+// asking the device (Status does): the reconcile's own reads need no handshakes.
+func (c *Controller) snapshot() (Status, WGLink) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	s := c.status
 	s.Routes = slices.Clone(s.Routes)
 	s.Conflicts = slices.Clone(s.Conflicts)
@@ -278,15 +292,7 @@ func (c *Controller) Status() Status {
 		w := *s.WireGuard
 		s.WireGuard = &w
 	}
-	live := c.wgLive
-	c.mu.Unlock()
-	if live != nil && s.WireGuard != nil {
-		if d, err := live.State(); err == nil && d != nil {
-			s.WireGuard.Peers = len(d.Peers)
-			fillHandshakes(s.PeerStates, d)
-		}
-	}
-	return s
+	return s, c.wgLive
 }
 
 // Run acquires the node's block, writes the conflist, and keeps the node-to-node routes
@@ -452,7 +458,7 @@ func (c *Controller) reconcile(ctx context.Context, dp Datapath, nl nodeLister, 
 // masquerade the node's block, and records the outcome in the status.
 func (c *Controller) program(dp Datapath, addr netip.Addr, peers []Peer) error {
 	var err error
-	st := c.Status()
+	st, _ := c.snapshot()
 	local := Local{Name: c.o.NodeName, Block: st.Block, Addr: addr, Remote: c.o.KeepSourceTo, Gateway: c.selfGateway}
 	var errs []error
 	if local.Addr.IsValid() {
@@ -524,7 +530,7 @@ func (c *Controller) program(dp Datapath, addr netip.Addr, peers []Peer) error {
 
 // ensureBlock decides the node's block and writes the conflist when it changes.
 func (c *Controller) ensureBlock(ctx context.Context, self *corev1.Node, ls []*coordinationv1.Lease) error {
-	st := c.Status()
+	st, _ := c.snapshot()
 	if b, ok := nodeBlock(self); ok {
 		if st.Block != b || st.Source != SourceNode {
 			c.log.Info("pod block from Node spec.podCIDRs", "block", b)

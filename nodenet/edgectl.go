@@ -266,7 +266,7 @@ func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *
 	} else {
 		e.republish(wire, slices.Sorted(maps.Keys(addrs)), unknown)
 	}
-	if st := e.Status(); st.Block != own.Block || st.Source != SourceGossip || !st.ClaimedAt.Equal(own.At) {
+	if st, _ := e.snapshot(); st.Block != own.Block || st.Source != SourceGossip || !st.ClaimedAt.Equal(own.At) {
 		e.mu.Lock()
 		e.status.Block, e.status.Source, e.status.ClaimedAt = own.Block, SourceGossip, own.At
 		e.mu.Unlock()

@@ -25,7 +25,7 @@ func LostPodsGauge(status func() Status) prometheus.Collector {
 // a block the node holds again is no longer lost. Level-based, like the rest of the
 // reconcile, so the status and MetricLostPods follow the pods.
 func (c *Controller) refreshLost(ctx context.Context) {
-	st := c.Status()
+	st, _ := c.snapshot()
 	if len(st.Lost) == 0 || c.o.DB == nil {
 		return
 	}
