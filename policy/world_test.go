@@ -111,10 +111,9 @@ var (
 	anyPod = map[string]string{}
 )
 
-type polOpt = Opt
 
 // pol is a policy in namespace x selecting pods with the given labels ({} for all).
-func pol(name string, sel map[string]string, opts ...polOpt) networkingv1.NetworkPolicy {
+func pol(name string, sel map[string]string, opts ...Opt) networkingv1.NetworkPolicy {
 	p := networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name},
 		Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: sel}},
@@ -125,13 +124,13 @@ func pol(name string, sel map[string]string, opts ...polOpt) networkingv1.Networ
 	return p
 }
 
-func polSel(name string, sel metav1.LabelSelector, opts ...polOpt) networkingv1.NetworkPolicy {
+func polSel(name string, sel metav1.LabelSelector, opts ...Opt) networkingv1.NetworkPolicy {
 	p := pol(name, nil, opts...)
 	p.Spec.PodSelector = sel
 	return p
 }
 
-func inNS(ns string) polOpt { return func(p *networkingv1.NetworkPolicy) { p.Namespace = ns } }
+func inNS(ns string) Opt { return func(p *networkingv1.NetworkPolicy) { p.Namespace = ns } }
 
 func nsName(ns string) *metav1.LabelSelector { return Labels(NamespaceNameLabel, ns) }
 
