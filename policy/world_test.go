@@ -111,7 +111,6 @@ var (
 	anyPod = map[string]string{}
 )
 
-
 // pol is a policy in namespace x selecting pods with the given labels ({} for all).
 func pol(name string, sel map[string]string, opts ...Opt) networkingv1.NetworkPolicy {
 	p := networkingv1.NetworkPolicy{

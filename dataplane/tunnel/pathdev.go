@@ -130,11 +130,21 @@ func PathDeviceMap(refs []PathRef, main string, devs []PathDevice) map[string]st
 			out[r.ID] = main
 			continue
 		}
-		if i := slices.IndexFunc(devs, func(d PathDevice) bool { return d.Index == r.Index }); i >= 0 && r.Endpoint.IsValid() {
-			out[r.ID] = devs[i].Name
+		if dev, ok := r.device(devs); ok {
+			out[r.ID] = dev
 		}
 	}
 	return out
+}
+
+// device is the per-path device of r (index ≥ 1) among devs; false when devs has none of
+// its index or r has no endpoint to send to.
+func (r PathRef) device(devs []PathDevice) (string, bool) {
+	i := slices.IndexFunc(devs, func(d PathDevice) bool { return d.Index == r.Index })
+	if i < 0 || !r.Endpoint.IsValid() {
+		return "", false
+	}
+	return devs[i].Name, true
 }
 
 // IsPathInterfaceName reports whether name is some per-path device of cluster clusterID

@@ -256,11 +256,10 @@ func (p *Plan) addPathPeers(in Input, c string, key wgtypes.Key, mainEP netip.Ad
 			out = append(out, TunnelPath{PathID: r.ID, Device: in.Device, Endpoint: mainEP})
 			continue
 		}
-		i := slices.IndexFunc(in.PathDevices, func(d PathDevice) bool { return d.Index == r.Index })
-		if i < 0 || !r.Endpoint.IsValid() {
+		dev, ok := r.device(in.PathDevices)
+		if !ok {
 			continue
 		}
-		dev := in.PathDevices[i].Name
 		if slices.ContainsFunc(p.PathPeers[dev], func(x wg.Peer) bool { return x.PublicKey == key }) {
 			continue // one peer per key on a device (two clusters cannot share a gateway key)
 		}
