@@ -174,20 +174,18 @@ func chainRules(p Plan) []rule {
 		e = append(append(e, setMark(false, pa.Mark)...), ret)
 		out = append(out, rule{"keep " + pa.ID, e})
 	}
-	for _, s := range p.Steers {
+	// Rules 3 and 4: the same steer, rule 4's (Defaults) for any sender.
+	for _, s := range slices.Concat(p.Steers, p.Defaults) {
 		e := slices.Clone(ipv4)
-		e = append(e, ipMatch(12, netip.PrefixFrom(s.Pod, 32))...)
+		name := "default " + s.Prefix.String() + " " + s.PathID
+		if s.Pod.IsValid() {
+			e = append(e, ipMatch(12, netip.PrefixFrom(s.Pod, 32))...)
+			name = "pod " + s.Name + " " + s.Prefix.String() + " " + s.PathID
+		}
 		e = append(e, ipMatch(16, s.Prefix)...)
 		e = append(e, setMark(false, s.Mark)...)
 		e = append(append(e, setMark(true, s.Mark)...), ret)
-		out = append(out, rule{"pod " + s.Name + " " + s.Prefix.String() + " " + s.PathID, e})
-	}
-	for _, s := range p.Defaults {
-		e := slices.Clone(ipv4)
-		e = append(e, ipMatch(16, s.Prefix)...)
-		e = append(e, setMark(false, s.Mark)...)
-		e = append(append(e, setMark(true, s.Mark)...), ret)
-		out = append(out, rule{"default " + s.Prefix.String() + " " + s.PathID, e})
+		out = append(out, rule{name, e})
 	}
 	return out
 }
