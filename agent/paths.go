@@ -379,14 +379,15 @@ func (p *podPaths) tick(m *paths.Monitor, now time.Time) {
 	}
 	// A remote cluster whose paths all went down (or came back) changes the ClusterSetIP
 	// endpoints (clusterReachable): re-sync the MCS datapath now, not at its next resync.
-	if down := downClusters(m.Snapshot(now)); down != p.down {
+	snap := m.Snapshot(now)
+	if down := downClusters(snap); down != p.down {
 		p.down = down
 		if ds := p.a.mcs.ds.Load(); ds != nil {
 			ds.Trigger()
 		}
 	}
 	if p.steer != nil {
-		_, err := p.steer.Update(m.Snapshot(now))
+		_, err := p.steer.Update(snap)
 		msg := ""
 		if err != nil {
 			msg = err.Error()
