@@ -164,61 +164,51 @@ func New(cfg *rest.Config) (*Client, error) {
 }
 
 func (c *Client) Pods(ns string) Resource[*corev1.Pod, *corev1.PodList] {
-	return newResource(c.core, ns, "pods", func() *corev1.Pod { return &corev1.Pod{} }, func() *corev1.PodList { return &corev1.PodList{} })
+	return newResource[corev1.Pod, corev1.PodList](c.core, ns, "pods")
 }
 
 func (c *Client) Nodes() Resource[*corev1.Node, *corev1.NodeList] {
-	return newResource(c.core, "", "nodes", func() *corev1.Node { return &corev1.Node{} }, func() *corev1.NodeList { return &corev1.NodeList{} })
+	return newResource[corev1.Node, corev1.NodeList](c.core, "", "nodes")
 }
 
 func (c *Client) Namespaces() Resource[*corev1.Namespace, *corev1.NamespaceList] {
-	return newResource(c.core, "", "namespaces", func() *corev1.Namespace { return &corev1.Namespace{} },
-		func() *corev1.NamespaceList { return &corev1.NamespaceList{} })
+	return newResource[corev1.Namespace, corev1.NamespaceList](c.core, "", "namespaces")
 }
 
 func (c *Client) Services(ns string) Resource[*corev1.Service, *corev1.ServiceList] {
-	return newResource(c.core, ns, "services", func() *corev1.Service { return &corev1.Service{} },
-		func() *corev1.ServiceList { return &corev1.ServiceList{} })
+	return newResource[corev1.Service, corev1.ServiceList](c.core, ns, "services")
 }
 
 func (c *Client) ConfigMaps(ns string) Resource[*corev1.ConfigMap, *corev1.ConfigMapList] {
-	return newResource(c.core, ns, "configmaps", func() *corev1.ConfigMap { return &corev1.ConfigMap{} },
-		func() *corev1.ConfigMapList { return &corev1.ConfigMapList{} })
+	return newResource[corev1.ConfigMap, corev1.ConfigMapList](c.core, ns, "configmaps")
 }
 
 func (c *Client) Secrets(ns string) Resource[*corev1.Secret, *corev1.SecretList] {
-	return newResource(c.core, ns, "secrets", func() *corev1.Secret { return &corev1.Secret{} },
-		func() *corev1.SecretList { return &corev1.SecretList{} })
+	return newResource[corev1.Secret, corev1.SecretList](c.core, ns, "secrets")
 }
 
 func (c *Client) Events(ns string) Resource[*corev1.Event, *corev1.EventList] {
-	return newResource(c.core, ns, "events", func() *corev1.Event { return &corev1.Event{} },
-		func() *corev1.EventList { return &corev1.EventList{} })
+	return newResource[corev1.Event, corev1.EventList](c.core, ns, "events")
 }
 
 func (c *Client) NetworkPolicies(ns string) Resource[*networkingv1.NetworkPolicy, *networkingv1.NetworkPolicyList] {
-	return newResource(c.networking, ns, "networkpolicies", func() *networkingv1.NetworkPolicy { return &networkingv1.NetworkPolicy{} },
-		func() *networkingv1.NetworkPolicyList { return &networkingv1.NetworkPolicyList{} })
+	return newResource[networkingv1.NetworkPolicy, networkingv1.NetworkPolicyList](c.networking, ns, "networkpolicies")
 }
 
 func (c *Client) EndpointSlices(ns string) Resource[*discoveryv1.EndpointSlice, *discoveryv1.EndpointSliceList] {
-	return newResource(c.discovery, ns, "endpointslices", func() *discoveryv1.EndpointSlice { return &discoveryv1.EndpointSlice{} },
-		func() *discoveryv1.EndpointSliceList { return &discoveryv1.EndpointSliceList{} })
+	return newResource[discoveryv1.EndpointSlice, discoveryv1.EndpointSliceList](c.discovery, ns, "endpointslices")
 }
 
 func (c *Client) Leases(ns string) Resource[*coordinationv1.Lease, *coordinationv1.LeaseList] {
-	return newResource(c.coordination, ns, "leases", func() *coordinationv1.Lease { return &coordinationv1.Lease{} },
-		func() *coordinationv1.LeaseList { return &coordinationv1.LeaseList{} })
+	return newResource[coordinationv1.Lease, coordinationv1.LeaseList](c.coordination, ns, "leases")
 }
 
 func (c *Client) ServiceExports(ns string) StatusResource[*mcsv1beta1.ServiceExport, *mcsv1beta1.ServiceExportList] {
-	return newResource(c.mcs, ns, "serviceexports", func() *mcsv1beta1.ServiceExport { return &mcsv1beta1.ServiceExport{} },
-		func() *mcsv1beta1.ServiceExportList { return &mcsv1beta1.ServiceExportList{} })
+	return newResource[mcsv1beta1.ServiceExport, mcsv1beta1.ServiceExportList](c.mcs, ns, "serviceexports")
 }
 
 func (c *Client) ServiceImports(ns string) StatusResource[*mcsv1beta1.ServiceImport, *mcsv1beta1.ServiceImportList] {
-	return newResource(c.mcs, ns, "serviceimports", func() *mcsv1beta1.ServiceImport { return &mcsv1beta1.ServiceImport{} },
-		func() *mcsv1beta1.ServiceImportList { return &mcsv1beta1.ServiceImportList{} })
+	return newResource[mcsv1beta1.ServiceImport, mcsv1beta1.ServiceImportList](c.mcs, ns, "serviceimports")
 }
 
 // ServerResourcesForGroupVersion implements MCS: GET /apis/<group>/<version> (or

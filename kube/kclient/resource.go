@@ -30,8 +30,15 @@ type resource[T object, L runtime.Object] struct {
 	newList  func() L
 }
 
-func newResource[T object, L runtime.Object](c rest.Interface, ns, res string, newObj func() T, newList func() L) *resource[T, L] {
-	return &resource[T, L]{c: c, ns: ns, resource: res, newObj: newObj, newList: newList}
+// newResource is the resource of kind T (list kind L), e.g. newResource[corev1.Pod, corev1.PodList].
+func newResource[T, L any, PT interface {
+	*T
+	object
+}, PL interface {
+	*L
+	runtime.Object
+}](c rest.Interface, ns, res string) *resource[PT, PL] {
+	return &resource[PT, PL]{c: c, ns: ns, resource: res, newObj: func() PT { return new(T) }, newList: func() PL { return new(L) }}
 }
 
 func (r *resource[T, L]) req(verb string) *rest.Request {
