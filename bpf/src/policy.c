@@ -659,12 +659,14 @@ static __always_inline int to_net_check(struct __sk_buff *skb, __u32 l2len)
 	if (src->priority)
 		skb->priority = src->priority;
 	now = clock_ns();
-	if (ct_known(&p, ifindex, DIR_EGRESS, now))
-		return TC_ACT_UNSPEC;
 	/* A flow the pod's veth already knows with these addresses (not translated on the
 	 * way): a reply of a connection its ingress allowed, or a connection its egress
-	 * allowed in from_pod. Only Service traffic, DNATed since, is checked again here. */
+	 * allowed in from_pod. Only Service traffic, DNATed since, is checked again here.
+	 * Looked up first: it is most of the traffic, and it never gets an entry of this
+	 * device, so checking this device's entries first would miss on each of its packets. */
 	if (ct_known(&p, src->ifindex, DIR_EGRESS, now))
+		return TC_ACT_UNSPEC;
+	if (ct_known(&p, ifindex, DIR_EGRESS, now))
 		return TC_ACT_UNSPEC;
 	if ((src->flags & EP_F_EGRESS_ISOLATED) && !rules_allow(src->set_id, DIR_EGRESS, p.daddr, &p))
 		return deny(&p, src, DIR_EGRESS, now);
