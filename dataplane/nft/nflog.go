@@ -145,7 +145,7 @@ func (r *LogReader) decode(b []byte) (enforce.Event, bool) {
 	if !parseHeaders(payload, &ev) {
 		return enforce.Event{}, false
 	}
-	if len(prefix) == 10 && prefix[0] == 'a' { // an audit chain: an allowed new connection
+	if isAuditChain(prefix) { // an allowed new connection
 		ev.Verdict = enforce.Allowed
 		if prefix[1] == 'e' {
 			ev.Direction = enforce.Egress

@@ -303,6 +303,11 @@ func auditChain(ep enforce.Endpoint, dir enforce.Direction) string {
 	return "a" + letter + epTag(ep.Key())
 }
 
+// isAuditChain tells an audit chain's name (see auditChain).
+func isAuditChain(name string) bool {
+	return len(name) == 10 && name[0] == 'a' && (name[1] == 'i' || name[1] == 'e') && isHex(name[2:])
+}
+
 // epTag is a short stable tag of an endpoint for chain names.
 func epTag(key string) string {
 	h := fnv.New32a()
@@ -561,7 +566,7 @@ func stableName(content string) string {
 // content chains "i<tag>-<hash>" and the audit chains "ai<tag>", "ae<tag>") from every
 // other chain in the table.
 func ownedChain(name string) bool {
-	if len(name) == 10 && name[0] == 'a' && (name[1] == 'i' || name[1] == 'e') && isHex(name[2:]) {
+	if isAuditChain(name) {
 		return true
 	}
 	stable, hash, hasHash := strings.Cut(name, "-")
@@ -588,8 +593,8 @@ func (e *Enforcer) Remove(ctx context.Context, ep enforce.Endpoint) error {
 	defer e.mu.Unlock()
 	tag := epTag(ep.Key())
 	mine := func(chain string) bool {
-		if len(chain) == 10 && chain[0] == 'a' {
-			return chain[2:] == tag // audit chain
+		if isAuditChain(chain) {
+			return chain[2:] == tag
 		}
 		return len(chain) > 1 && strings.HasPrefix(chain[1:], tag)
 	}
