@@ -2,7 +2,6 @@ package nodenet
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -65,38 +64,13 @@ func ParseEncryption(v string) (string, error) {
 	}
 }
 
-type savedKey struct {
-	PrivateKey string    `json:"privateKey"`
-	CreatedAt  time.Time `json:"createdAt"`
-}
-
 // LoadOrCreateWGKey returns the node's WireGuard private key from kv (KVWGKey), making and
 // saving one when there is none: a restart keeps the key, so peers keep their sessions.
 // kv nil: a new key each call.
 func LoadOrCreateWGKey(ctx context.Context, kv KV, now time.Time) (wgtypes.Key, error) {
-	if kv != nil {
-		v, ok, err := kv.Get(ctx, KVWGKey)
-		if err != nil {
-			return wgtypes.Key{}, fmt.Errorf("nodenet: read %s: %w", KVWGKey, err)
-		}
-		if ok {
-			var s savedKey
-			if err := json.Unmarshal([]byte(v), &s); err == nil {
-				if k, err := wgtypes.ParseKey(s.PrivateKey); err == nil {
-					return k, nil
-				}
-			}
-		}
-	}
-	k, err := wgtypes.GeneratePrivateKey()
+	k, _, err := wg.LoadOrCreateKey(ctx, kv, KVWGKey, now)
 	if err != nil {
-		return k, fmt.Errorf("nodenet: generate WireGuard key: %w", err)
-	}
-	if kv != nil {
-		b, _ := json.Marshal(savedKey{PrivateKey: k.String(), CreatedAt: now.UTC()})
-		if err := kv.Set(ctx, KVWGKey, string(b)); err != nil {
-			return wgtypes.Key{}, fmt.Errorf("nodenet: save %s: %w", KVWGKey, err)
-		}
+		return wgtypes.Key{}, fmt.Errorf("nodenet: %w", err)
 	}
 	return k, nil
 }
