@@ -354,9 +354,9 @@ func edgeOptions(f meshRunFlags) (*nodenet.EdgeOptions, error) {
 	if err != nil || !ip.Is4() || ip.IsUnspecified() {
 		return nil, usagef("--pod-network needs this node's IPv4 underlay address: --node-ip (or an --advertise address); %s %q is not one", ipFlag, ipStr)
 	}
-	enc, err := nodenet.ParseEncryption(f.nodeEncryption)
-	if err != nil || f.nodeEncryption == "" {
-		return nil, usagef("--node-encryption %q: accepted values are %s and %s", f.nodeEncryption, nodenet.EncryptionWireGuard, nodenet.EncryptionNone)
+	enc, err := config.ParseNodeEncryption(f.nodeEncryption)
+	if err != nil {
+		return nil, usagef("--node-encryption %v", err)
 	}
 	return &nodenet.EdgeOptions{NodeName: f.node, NodeIP: ip, ClusterCIDR: cidr, BlockSize: f.blockSize,
 		ConfListPath: f.confList, NoMasquerade: !f.masquerade, Encrypt: nodenet.Encrypt{Mode: enc}}, nil

@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/patronus/patronus/config"
 	"github.com/patronus/patronus/dataplane/wg"
 	"github.com/patronus/patronus/store"
 )
@@ -30,8 +31,9 @@ import (
 // announcement. Peers are the other nodes that published a key; their blocks are routed
 // over the device, the others keep the plain route.
 const (
-	EncryptionNone      = "none"
-	EncryptionWireGuard = "wireguard"
+	// EncryptionNone and EncryptionWireGuard are the modes (config.ParseNodeEncryption).
+	EncryptionNone      = config.NodeEncryptionNone
+	EncryptionWireGuard = config.NodeEncryptionWireGuard
 
 	// WGDevice is the node-to-node WireGuard interface (not "wg-…": that prefix is the
 	// inter-cluster tunnel's).
@@ -52,16 +54,13 @@ func isGateway(n *corev1.Node) bool {
 	return n.Labels[GatewayLabel] == "true" || n.Annotations[GatewayLabel] == "true"
 }
 
-// ParseEncryption validates a node-encryption value ("" is none).
-func ParseEncryption(v string) (string, error) {
-	switch s := strings.TrimSpace(v); s {
-	case "", EncryptionNone:
+// encryptionMode is an Encrypt.Mode parsed: "" is EncryptionNone (the zero Encrypt),
+// anything else as config.ParseNodeEncryption says.
+func encryptionMode(v string) (string, error) {
+	if strings.TrimSpace(v) == "" {
 		return EncryptionNone, nil
-	case EncryptionWireGuard:
-		return s, nil
-	default:
-		return "", fmt.Errorf("%q: accepted values are %s and %s", v, EncryptionWireGuard, EncryptionNone)
 	}
+	return config.ParseNodeEncryption(v)
 }
 
 // LoadOrCreateWGKey returns the node's WireGuard private key from kv (KVWGKey), making and
@@ -289,7 +288,7 @@ type Encrypt struct {
 
 // check validates e and fills its defaults.
 func (e *Encrypt) check() error {
-	m, err := ParseEncryption(e.Mode)
+	m, err := encryptionMode(e.Mode)
 	if err != nil {
 		return fmt.Errorf("nodenet: node-encryption %w", err)
 	}
