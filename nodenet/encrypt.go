@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	corev1 "k8s.io/api/core/v1"
@@ -21,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/patronus/patronus/config"
+	"github.com/patronus/patronus/dataplane/nlhandle"
 	"github.com/patronus/patronus/dataplane/wg"
 	"github.com/patronus/patronus/store"
 )
@@ -139,24 +139,12 @@ func NewWGLink(nsPath string, mode wg.Mode, log *slog.Logger) WGLink {
 	return &netlinkWG{nsPath: nsPath, mode: mode, log: log}
 }
 
-func (w *netlinkWG) handle() (*netlink.Handle, error) {
-	if w.nsPath == "" {
-		return netlink.NewHandle()
-	}
-	nsh, err := netns.GetFromPath(w.nsPath)
-	if err != nil {
-		return nil, fmt.Errorf("nodenet: netns %s: %w", w.nsPath, err)
-	}
-	defer nsh.Close()
-	return netlink.NewHandleAt(nsh)
-}
-
 func (w *netlinkWG) Ensure(s WGSpec) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	h, err := w.handle()
+	h, err := nlhandle.Open(w.nsPath)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("nodenet: %w", err)
 	}
 	defer h.Close()
 	mtu := wg.DefaultMTU
@@ -243,9 +231,9 @@ func (w *netlinkWG) Remove() error {
 		w.dev.Close()
 		w.dev = nil
 	}
-	h, err := w.handle()
+	h, err := nlhandle.Open(w.nsPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("nodenet: %w", err)
 	}
 	defer h.Close()
 	l, err := h.LinkByName(WGDevice)
