@@ -228,25 +228,16 @@ func (a *agent) meshStatus(ctx context.Context) *localapi.Mesh {
 	}
 	if n := a.meshNode.Load(); n != nil {
 		v.Running = true
-		countMembers(v, n.Members())
+		v.Members, v.Alive = mesh.CountMembers(n.Members())
 		v.Announcements = len(n.State().List())
 		return v
 	}
 	if s, ok, err := mesh.LoadState(ctx, a.db); err == nil && ok {
-		countMembers(v, s.Members)
+		v.Members, v.Alive = mesh.CountMembers(s.Members)
 		v.Announcements = len(s.Announcements)
 		v.SavedAt = s.SavedAt
 	}
 	return v
-}
-
-func countMembers(v *localapi.Mesh, ms []mesh.Member) {
-	for _, m := range ms {
-		v.Members++
-		if m.Status == "alive" {
-			v.Alive++
-		}
-	}
 }
 
 // trackingRegisterer registers on the agent's registry and remembers what it registered,

@@ -374,12 +374,12 @@ func (p *podPaths) tick(m *paths.Monitor, now time.Time) {
 		p.exchange(m, now)
 		p.measure(now)
 	}
+	snap := m.Snapshot(now)
 	if p.steer == nil {
-		p.followTunnel(m)
+		p.followTunnel(snap)
 	}
 	// A remote cluster whose paths all went down (or came back) changes the ClusterSetIP
 	// endpoints (clusterReachable): re-sync the MCS datapath now, not at its next resync.
-	snap := m.Snapshot(now)
 	if down := downClusters(snap); down != p.down {
 		p.down = down
 		if ds := p.a.mcs.ds.Load(); ds != nil {
@@ -457,28 +457,16 @@ func (p *podPaths) gateDevices(now time.Time) {
 // probe tick; the reconciler writes only an endpoint that changed. Each gateway follows
 // its own selection, so the return direction moves too (WireGuard's roaming alone would
 // be undone by the next reconcile writing the announced endpoint back).
-func (p *podPaths) followTunnel(m *paths.Monitor) {
+func (p *podPaths) followTunnel(snap paths.Snapshot) {
 	rec := p.a.tunnel.rec.Load()
 	if rec == nil {
 		return
 	}
-	rec.SetPathEndpoints(tunnel.PathEndpoints(p.remotes, defaultSelections(m, p.dsts, p.defClass)))
-}
-
-// defaultSelections is the path selected for the default class (no max-latency) to each
-// destination; destinations without a selection or with no path up are left out.
-func defaultSelections(m *paths.Monitor, dsts []string, def qos.Class) map[string]string {
-	if def == "" {
-		def = qos.BestEffort
-	}
-	out := map[string]string{}
-	for _, d := range dsts {
-		s, ok := m.Selection(paths.Requirement{Dst: d, Class: paths.Class(def)})
-		if ok && s.PathID != "" && s.Condition != paths.CondNoPathUp {
-			out[d] = s.PathID
-		}
-	}
-	return out
+	// The steerer's default class (steer.Defaults) with one difference: no class
+	// configured is best-effort here, not "no default", because the single tunnel per
+	// remote cluster has to point at some path.
+	def := cmp.Or(p.defClass, qos.DefaultClass)
+	rec.SetPathEndpoints(tunnel.PathEndpoints(p.remotes, snap.Selected(paths.Class(def))))
 }
 
 // exchange announces this gateway's probe summary through the mesh every summaryEvery

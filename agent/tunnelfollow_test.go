@@ -35,10 +35,10 @@ func TestPodPathsTunnelFollowsDefaultSelection(t *testing.T) {
 			}
 			a := &agent{}
 			pp := &podPaths{a: a, log: slog.New(slog.DiscardHandler), defClass: tc.def, dsts: []string{"lab-c2"}, remotes: []config.RemoteCluster{rc}}
-			pp.followTunnel(m) // no tunnel dataplane: nothing to do
+			pp.followTunnel(m.Snapshot(t0)) // no tunnel dataplane: nothing to do
 			rec := tunnel.NewReconciler(tunnel.ReconcilerOptions{})
 			a.tunnel.rec.Store(rec)
-			pp.followTunnel(m) // no selection yet: no path endpoints
+			pp.followTunnel(m.Snapshot(t0)) // no selection yet: no path endpoints
 			if rec.SetPathEndpoints(nil) {
 				t.Fatal("path endpoints set before any selection")
 			}
@@ -54,7 +54,7 @@ func TestPodPathsTunnelFollowsDefaultSelection(t *testing.T) {
 				}
 			}
 			m.Tick(t0.Add(time.Second))
-			pp.followTunnel(m)
+			pp.followTunnel(m.Snapshot(t0.Add(time.Second)))
 			if rec.SetPathEndpoints(tc.want) {
 				s, _ := m.Selection(paths.Requirement{Dst: "lab-c2", Class: paths.BestEffort})
 				t.Fatalf("the reconciler did not have path endpoints %v (selection %+v)", tc.want, s)

@@ -4,7 +4,6 @@ import (
 	"strings"
 
 	"github.com/patronus/patronus/config"
-	"github.com/patronus/patronus/nodenet"
 )
 
 // nodeEncryptionTier is the agent's NODE_ENCRYPTION tier of node-to-node encryption: the
@@ -17,11 +16,11 @@ func nodeEncryptionTier(flag string, changed bool, getenv func(string) string) (
 	}
 	if strings.TrimSpace(v) == "" {
 		if changed {
-			return "", usagef("--node-encryption: accepted values are %s and %s", nodenet.EncryptionWireGuard, nodenet.EncryptionNone)
+			return "", usagef("--node-encryption: accepted values are %s and %s", config.NodeEncryptionWireGuard, config.NodeEncryptionNone)
 		}
 		return "", nil
 	}
-	m, err := nodenet.ParseEncryption(v)
+	m, err := config.ParseNodeEncryption(v)
 	if err != nil {
 		return "", usagef("%s %v", from, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -179,18 +180,19 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 	if f.cluster == "" || f.clusterKey == "" {
 		return usagef("--cluster-id (or $CLUSTER_ID) and --cluster-key are required")
 	}
-	var localCIDRs []netip.Prefix
-	for i, s := range []string{f.clusterCIDR, f.serviceCIDR} {
-		ps, err := mesh.ParsePrefixes(s)
-		if err != nil {
-			return usagef("%s: %v", [...]string{"--cluster-cidr", "--service-cidr"}[i], err)
-		}
-		localCIDRs = append(localCIDRs, ps...)
+	clusterCIDRs, err := mesh.ParsePrefixes(f.clusterCIDR)
+	if err != nil {
+		return usagef("--cluster-cidr: %v", err)
 	}
+	serviceCIDRs, err := mesh.ParsePrefixes(f.serviceCIDR)
+	if err != nil {
+		return usagef("--service-cidr: %v", err)
+	}
+	localCIDRs := slices.Concat(clusterCIDRs, serviceCIDRs)
 	// Before any key file is read: a usage error names its flag at once.
 	var edge *nodenet.EdgeOptions
 	if f.podNetwork {
-		if edge, err = edgeOptions(f); err != nil {
+		if edge, err = edgeOptions(f, clusterCIDRs); err != nil {
 			return err
 		}
 	}
@@ -318,13 +320,10 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 	return g.Wait()
 }
 
-// edgeOptions checks the --pod-network flags (usage errors name the flag) and returns
-// the controller's options without DB, Members and Publish (set once they exist).
-func edgeOptions(f meshRunFlags) (*nodenet.EdgeOptions, error) {
-	cidrs, err := mesh.ParsePrefixes(f.clusterCIDR)
-	if err != nil {
-		return nil, usagef("--cluster-cidr: %v", err)
-	}
+// edgeOptions checks the --pod-network flags (usage errors name the flag; cidrs is
+// --cluster-cidr parsed) and returns the controller's options without DB, Members and
+// Publish (set once they exist).
+func edgeOptions(f meshRunFlags, cidrs []netip.Prefix) (*nodenet.EdgeOptions, error) {
 	if len(cidrs) == 0 {
 		return nil, usagef("--pod-network needs --cluster-cidr (the pod blocks are claimed out of it)")
 	}
@@ -354,9 +353,9 @@ func edgeOptions(f meshRunFlags) (*nodenet.EdgeOptions, error) {
 	if err != nil || !ip.Is4() || ip.IsUnspecified() {
 		return nil, usagef("--pod-network needs this node's IPv4 underlay address: --node-ip (or an --advertise address); %s %q is not one", ipFlag, ipStr)
 	}
-	enc, err := nodenet.ParseEncryption(f.nodeEncryption)
-	if err != nil || f.nodeEncryption == "" {
-		return nil, usagef("--node-encryption %q: accepted values are %s and %s", f.nodeEncryption, nodenet.EncryptionWireGuard, nodenet.EncryptionNone)
+	enc, err := config.ParseNodeEncryption(f.nodeEncryption)
+	if err != nil {
+		return nil, usagef("--node-encryption %v", err)
 	}
 	return &nodenet.EdgeOptions{NodeName: f.node, NodeIP: ip, ClusterCIDR: cidr, BlockSize: f.blockSize,
 		ConfListPath: f.confList, NoMasquerade: !f.masquerade, Encrypt: nodenet.Encrypt{Mode: enc}}, nil

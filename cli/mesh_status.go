@@ -29,12 +29,7 @@ func (e *edgeStatus) status(ctx context.Context) localapi.Status {
 	s := localapi.Status{Mode: localapi.ModeEdge, Node: e.node, ClusterID: e.cluster, Version: Version,
 		StartedAt: e.started, Ready: true, Database: e.database, Tunnels: []localapi.Tunnel{}}
 	m := &localapi.Mesh{Running: true, Announcements: len(e.mesh.State().List())}
-	for _, mb := range e.mesh.Members() {
-		m.Members++
-		if mb.Status == "alive" {
-			m.Alive++
-		}
-	}
+	m.Members, m.Alive = mesh.CountMembers(e.mesh.Members())
 	s.Mesh = m
 	if e.ctrl != nil {
 		if st := e.ctrl.Status(); st.ConfList == "" {

@@ -26,12 +26,8 @@ func readMeshState(ctx context.Context, path string) *localapi.Mesh {
 	if err != nil || !ok {
 		return nil
 	}
-	m := &localapi.Mesh{Members: len(s.Members), Announcements: len(s.Announcements), SavedAt: s.SavedAt}
-	for _, mb := range s.Members {
-		if mb.Status == "alive" {
-			m.Alive++
-		}
-	}
+	m := &localapi.Mesh{Announcements: len(s.Announcements), SavedAt: s.SavedAt}
+	m.Members, m.Alive = mesh.CountMembers(s.Members)
 	return m
 }
 

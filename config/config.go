@@ -261,7 +261,7 @@ func Load(in Input) (Config, error) {
 		return Config{}, err
 	}
 	if v := strings.TrimSpace(in.NodeEncryptionEnv); v != "" {
-		e, err := parseNodeEncryption(v)
+		e, err := ParseNodeEncryption(v)
 		if err != nil {
 			return Config{}, &Error{Source: "environment", Key: EnvNodeEncryption, Err: err}
 		}
@@ -276,7 +276,12 @@ const (
 	NodeEncryptionWireGuard = "wireguard"
 )
 
-func parseNodeEncryption(v string) (string, error) {
+// ParseNodeEncryption validates a node-encryption value (surrounding space ignored):
+// NodeEncryptionNone or NodeEncryptionWireGuard; anything else, "" too, is an error
+// "<value quoted>: accepted values are wireguard and none" for the caller to prefix with
+// where the value came from. Every source of the setting (ConfigMap, NODE_ENCRYPTION,
+// the agent's and `patronus mesh run`'s --node-encryption) is checked with it.
+func ParseNodeEncryption(v string) (string, error) {
 	switch s := strings.TrimSpace(v); s {
 	case NodeEncryptionNone, NodeEncryptionWireGuard:
 		return s, nil
@@ -367,7 +372,7 @@ func applyConfigMap(cfg *Config, data map[string]string, source string) error {
 		cfg.ProbeInterval = d
 	}
 	if v, ok := data[KeyNodeEncryption]; ok {
-		e, err := parseNodeEncryption(v)
+		e, err := ParseNodeEncryption(v)
 		if err != nil {
 			return cmErr(KeyNodeEncryption, err)
 		}

@@ -646,6 +646,17 @@ func (n *Node) Members() []Member {
 	return out
 }
 
+// CountMembers is how many members ms lists and how many of them are alive: the counts
+// the local API's status shows, from a live node's Members or a saved State's.
+func CountMembers(ms []Member) (members, alive int) {
+	for _, m := range ms {
+		if m.Status == serf.StatusAlive.String() {
+			alive++
+		}
+	}
+	return len(ms), alive
+}
+
 // RotateGossipKey installs key on every member, makes it the primary key, then removes
 // every other key, so the mesh keeps talking throughout (serf's keyring install/use/remove).
 func (n *Node) RotateGossipKey(key []byte) error {

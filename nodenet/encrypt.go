@@ -2,7 +2,6 @@ package nodenet
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,13 +13,14 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/patronus/patronus/config"
+	"github.com/patronus/patronus/dataplane/nlhandle"
 	"github.com/patronus/patronus/dataplane/wg"
 	"github.com/patronus/patronus/store"
 )
@@ -31,8 +31,9 @@ import (
 // announcement. Peers are the other nodes that published a key; their blocks are routed
 // over the device, the others keep the plain route.
 const (
-	EncryptionNone      = "none"
-	EncryptionWireGuard = "wireguard"
+	// EncryptionNone and EncryptionWireGuard are the modes (config.ParseNodeEncryption).
+	EncryptionNone      = config.NodeEncryptionNone
+	EncryptionWireGuard = config.NodeEncryptionWireGuard
 
 	// WGDevice is the node-to-node WireGuard interface (not "wg-…": that prefix is the
 	// inter-cluster tunnel's).
@@ -53,50 +54,22 @@ func isGateway(n *corev1.Node) bool {
 	return n.Labels[GatewayLabel] == "true" || n.Annotations[GatewayLabel] == "true"
 }
 
-// ParseEncryption validates a node-encryption value ("" is none).
-func ParseEncryption(v string) (string, error) {
-	switch s := strings.TrimSpace(v); s {
-	case "", EncryptionNone:
+// encryptionMode is an Encrypt.Mode parsed: "" is EncryptionNone (the zero Encrypt),
+// anything else as config.ParseNodeEncryption says.
+func encryptionMode(v string) (string, error) {
+	if strings.TrimSpace(v) == "" {
 		return EncryptionNone, nil
-	case EncryptionWireGuard:
-		return s, nil
-	default:
-		return "", fmt.Errorf("%q: accepted values are %s and %s", v, EncryptionWireGuard, EncryptionNone)
 	}
-}
-
-type savedKey struct {
-	PrivateKey string    `json:"privateKey"`
-	CreatedAt  time.Time `json:"createdAt"`
+	return config.ParseNodeEncryption(v)
 }
 
 // LoadOrCreateWGKey returns the node's WireGuard private key from kv (KVWGKey), making and
 // saving one when there is none: a restart keeps the key, so peers keep their sessions.
 // kv nil: a new key each call.
 func LoadOrCreateWGKey(ctx context.Context, kv KV, now time.Time) (wgtypes.Key, error) {
-	if kv != nil {
-		v, ok, err := kv.Get(ctx, KVWGKey)
-		if err != nil {
-			return wgtypes.Key{}, fmt.Errorf("nodenet: read %s: %w", KVWGKey, err)
-		}
-		if ok {
-			var s savedKey
-			if err := json.Unmarshal([]byte(v), &s); err == nil {
-				if k, err := wgtypes.ParseKey(s.PrivateKey); err == nil {
-					return k, nil
-				}
-			}
-		}
-	}
-	k, err := wgtypes.GeneratePrivateKey()
+	k, _, err := wg.LoadOrCreateKey(ctx, kv, KVWGKey, now)
 	if err != nil {
-		return k, fmt.Errorf("nodenet: generate WireGuard key: %w", err)
-	}
-	if kv != nil {
-		b, _ := json.Marshal(savedKey{PrivateKey: k.String(), CreatedAt: now.UTC()})
-		if err := kv.Set(ctx, KVWGKey, string(b)); err != nil {
-			return wgtypes.Key{}, fmt.Errorf("nodenet: save %s: %w", KVWGKey, err)
-		}
+		return wgtypes.Key{}, fmt.Errorf("nodenet: %w", err)
 	}
 	return k, nil
 }
@@ -166,24 +139,12 @@ func NewWGLink(nsPath string, mode wg.Mode, log *slog.Logger) WGLink {
 	return &netlinkWG{nsPath: nsPath, mode: mode, log: log}
 }
 
-func (w *netlinkWG) handle() (*netlink.Handle, error) {
-	if w.nsPath == "" {
-		return netlink.NewHandle()
-	}
-	nsh, err := netns.GetFromPath(w.nsPath)
-	if err != nil {
-		return nil, fmt.Errorf("nodenet: netns %s: %w", w.nsPath, err)
-	}
-	defer nsh.Close()
-	return netlink.NewHandleAt(nsh)
-}
-
 func (w *netlinkWG) Ensure(s WGSpec) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	h, err := w.handle()
+	h, err := nlhandle.Open(w.nsPath)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("nodenet: %w", err)
 	}
 	defer h.Close()
 	mtu := wg.DefaultMTU
@@ -270,9 +231,9 @@ func (w *netlinkWG) Remove() error {
 		w.dev.Close()
 		w.dev = nil
 	}
-	h, err := w.handle()
+	h, err := nlhandle.Open(w.nsPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("nodenet: %w", err)
 	}
 	defer h.Close()
 	l, err := h.LinkByName(WGDevice)
@@ -315,7 +276,7 @@ type Encrypt struct {
 
 // check validates e and fills its defaults.
 func (e *Encrypt) check() error {
-	m, err := ParseEncryption(e.Mode)
+	m, err := encryptionMode(e.Mode)
 	if err != nil {
 		return fmt.Errorf("nodenet: node-encryption %w", err)
 	}

@@ -448,3 +448,28 @@ func TestEncryptionNeedsLinkWithSubstituteDatapath(t *testing.T) {
 		return nil
 	})
 }
+
+// A key stored by nodenet's own LoadOrCreateWGKey before it moved to dataplane/wg (same
+// kv key, same JSON) is read back unchanged: existing nodes keep their key.
+func TestWGKeyReadsStoredFormat(t *testing.T) {
+	ctx := context.Background()
+	db, err := store.Open(ctx, t.TempDir()+"/k8s-sdwan.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	const old = `{"privateKey":"BeV3814JvpR9Kxjc0xSEgKQgbTyNG6EwF2G2Q+2XuAI=","createdAt":"2026-11-20T08:15:00Z"}`
+	if err := db.Set(ctx, "nodenet/wireguard-key", old); err != nil {
+		t.Fatal(err)
+	}
+	k, err := LoadOrCreateWGKey(ctx, db, time.Now())
+	if err != nil || k.String() != "BeV3814JvpR9Kxjc0xSEgKQgbTyNG6EwF2G2Q+2XuAI=" {
+		t.Fatalf("key %s (%v), want the stored one", k, err)
+	}
+	if v, _, _ := db.Get(ctx, "nodenet/wireguard-key"); v != old {
+		t.Fatalf("kv rewritten: %q", v)
+	}
+	if _, ok, _ := db.Get(ctx, "wireguard/key"); ok {
+		t.Fatal("the node key must not land in the inter-cluster tunnel's kv key")
+	}
+}

@@ -85,7 +85,7 @@ func meshPublisher(n *mesh.Node, pub string) func(claim string) error {
 func MeshEdge(o EdgeOptions, n *mesh.Node, cluster string) EdgeOptions {
 	o.Members = func() []EdgeMember { return MeshClaims(n.Members(), n.State().List(), cluster) }
 	pub := ""
-	if m, _ := ParseEncryption(o.Encrypt.Mode); m == EncryptionWireGuard {
+	if m, _ := encryptionMode(o.Encrypt.Mode); m == EncryptionWireGuard {
 		if o.Encrypt.Key == (wgtypes.Key{}) {
 			if k, err := LoadOrCreateWGKey(context.Background(), dbKV(o.DB), time.Now()); err == nil {
 				o.Encrypt.Key = k

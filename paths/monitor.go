@@ -79,6 +79,20 @@ type Snapshot struct {
 	Remote []RemoteLink `json:"remote,omitempty"`
 }
 
+// Selected is, per destination, the path selected for class without a max-latency: the
+// path of the class's traffic that asks for no latency bound (a pod without one, or a
+// sender that is no pod, in the default class). Destinations with no path selected (no
+// path up) are left out.
+func (s Snapshot) Selected(class Class) map[string]string {
+	out := map[string]string{}
+	for _, sel := range s.Selections {
+		if sel.Class == class && sel.MaxLatencyMs == 0 && sel.PathID != "" {
+			out[sel.Dst] = sel.PathID
+		}
+	}
+	return out
+}
+
 type entry struct {
 	spec PathSpec
 	tr   *Tracker

@@ -12,8 +12,9 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/patronus/patronus/dataplane/nlhandle"
 )
 
 // Kernel writes plans; Netlink is the real one.
@@ -54,18 +55,6 @@ func (k Netlink) nft() (*nftables.Conn, func(), error) {
 			f.Close()
 		}
 	}, nil
-}
-
-func (k Netlink) handle() (*netlink.Handle, error) {
-	if k.NetNS == "" {
-		return netlink.NewHandle()
-	}
-	h, err := netns.GetFromPath(k.NetNS)
-	if err != nil {
-		return nil, fmt.Errorf("steer: netns %s: %w", k.NetNS, err)
-	}
-	defer h.Close()
-	return netlink.NewHandleAt(h)
 }
 
 // Program writes the chain in one nftables transaction (the old rules are replaced
@@ -194,9 +183,9 @@ func ownedTable(t int) bool { return t > TableBase && t <= TableBase+int(PathMas
 
 // programRoutes makes the fwmark rules and the per-path tables equal to p.
 func (k Netlink) programRoutes(p Plan) error {
-	h, err := k.handle()
+	h, err := nlhandle.Open(k.NetNS)
 	if err != nil {
-		return err
+		return fmt.Errorf("steer: %w", err)
 	}
 	defer h.Close()
 	type rkey struct {

@@ -312,16 +312,13 @@ func Assign(snap paths.Snapshot, devs map[string]string, pods []PodClass) ([]Pat
 }
 
 // Defaults is, per destination of snap's selections, the path selected for class without
-// a max-latency when a device carries it (Spec.Defaults). Empty class: none.
+// a max-latency (paths.Snapshot.Selected) when a device carries it (Spec.Defaults).
+// Empty class: none (Options.DefaultClass unset: senders that are no pod are not steered).
 func Defaults(snap paths.Snapshot, devs map[string]string, class paths.Class) map[string]string {
 	if class == "" {
 		return nil
 	}
-	out := map[string]string{}
-	for _, s := range snap.Selections {
-		if s.Class == class && s.MaxLatencyMs == 0 && s.PathID != "" && devs[s.PathID] != "" {
-			out[s.Dst] = s.PathID
-		}
-	}
+	out := snap.Selected(class)
+	maps.DeleteFunc(out, func(_, id string) bool { return devs[id] == "" })
 	return out
 }

@@ -31,49 +31,17 @@ const (
 )
 
 // KV is the small store the key is persisted in (store.DB and mesh.KV satisfy it).
-type KV interface {
-	Get(ctx context.Context, key string) (string, bool, error)
-	Set(ctx context.Context, key, value string) error
-}
+type KV = wg.KV
 
-type storedKey struct {
-	PrivateKey string    `json:"privateKey"`
-	CreatedAt  time.Time `json:"createdAt"`
-}
-
-// LoadOrCreateKey returns the persisted private key and its creation time, generating
-// and persisting one when there is none. kv may be nil (a fresh key every start).
+// LoadOrCreateKey returns the persisted private key (KeyStoreKey) and its creation time,
+// generating and persisting one when there is none. kv may be nil (a fresh key every
+// start).
 func LoadOrCreateKey(ctx context.Context, kv KV, now time.Time) (wgtypes.Key, time.Time, error) {
-	if kv != nil {
-		v, ok, err := kv.Get(ctx, KeyStoreKey)
-		if err != nil {
-			return wgtypes.Key{}, time.Time{}, fmt.Errorf("tunnel: read %s: %w", KeyStoreKey, err)
-		}
-		if ok {
-			var s storedKey
-			if err := json.Unmarshal([]byte(v), &s); err == nil {
-				if k, err := wgtypes.ParseKey(s.PrivateKey); err == nil {
-					return k, s.CreatedAt, nil
-				}
-			}
-		}
-	}
-	k, err := wgtypes.GeneratePrivateKey()
+	k, created, err := wg.LoadOrCreateKey(ctx, kv, KeyStoreKey, now)
 	if err != nil {
-		return k, now, fmt.Errorf("tunnel: generate key: %w", err)
+		return wgtypes.Key{}, time.Time{}, fmt.Errorf("tunnel: %w", err)
 	}
-	return k, now, saveKey(ctx, kv, k, now)
-}
-
-func saveKey(ctx context.Context, kv KV, k wgtypes.Key, at time.Time) error {
-	if kv == nil {
-		return nil
-	}
-	b, _ := json.Marshal(storedKey{PrivateKey: k.String(), CreatedAt: at.UTC()})
-	if err := kv.Set(ctx, KeyStoreKey, string(b)); err != nil {
-		return fmt.Errorf("tunnel: persist %s: %w", KeyStoreKey, err)
-	}
-	return nil
+	return k, created, nil
 }
 
 // RotatorOptions configures a Rotator.
@@ -163,14 +131,14 @@ func (r *Rotator) Rotate(ctx context.Context) (RotateResult, error) {
 		return RotateResult{}, fmt.Errorf("tunnel: generate key: %w", err)
 	}
 	now := r.o.Now()
-	if err := saveKey(ctx, r.o.Store, k, now); err != nil {
+	if err := wg.SaveKey(ctx, r.o.Store, KeyStoreKey, k, now); err != nil {
 		return RotateResult{}, err
 	}
 	spec := r.spec
 	spec.PrivateKey = k
 	if err := r.o.Device.Ensure(spec); err != nil {
 		// Keep the stored key equal to the device's.
-		if serr := saveKey(ctx, r.o.Store, r.spec.PrivateKey, r.created); serr != nil {
+		if serr := wg.SaveKey(ctx, r.o.Store, KeyStoreKey, r.spec.PrivateKey, r.created); serr != nil {
 			err = errors.Join(err, serr)
 		}
 		return RotateResult{}, fmt.Errorf("tunnel: apply new key: %w", err)

@@ -321,3 +321,20 @@ func TestRoutesViaGateway(t *testing.T) {
 		})
 	}
 }
+
+// A key stored by the tunnel's own LoadOrCreateKey before it moved to dataplane/wg
+// (same kv key, same JSON) is read back unchanged: existing gateways keep their key.
+func TestLoadOrCreateKeyReadsStoredFormat(t *testing.T) {
+	const old = `{"privateKey":"2s3f5yK92p/b8hi9llTKUbak+P9WYR3JJgcAfZNzH5I=","createdAt":"2026-11-20T08:15:00.5Z"}`
+	kv := memKV{"wireguard/key": old}
+	k, created, err := LoadOrCreateKey(context.Background(), kv, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.String() != "2s3f5yK92p/b8hi9llTKUbak+P9WYR3JJgcAfZNzH5I=" || !created.Equal(time.Date(2026, 11, 20, 8, 15, 0, 5e8, time.UTC)) {
+		t.Fatalf("key %s created %v, want the stored ones", k, created)
+	}
+	if kv["wireguard/key"] != old || len(kv) != 1 {
+		t.Fatalf("kv rewritten: %q", kv)
+	}
+}

@@ -10,13 +10,14 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/patronus/patronus/dataplane/nlhandle"
 )
 
 // Mode selects the implementation.
@@ -93,14 +94,9 @@ func inNS(n ns.NetNS, f func() error) error {
 // handle opens a netlink handle in the namespace (no thread switches namespace).
 func handle(n ns.NetNS) (*netlink.Handle, error) {
 	if n == nil {
-		return netlink.NewHandle()
+		return nlhandle.Open("")
 	}
-	h, err := netns.GetFromPath(n.Path())
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	return netlink.NewHandleAt(h)
+	return nlhandle.Open(n.Path())
 }
 
 func mtuOf(s Spec) int {
