@@ -230,6 +230,7 @@ func (a *agent) meshStatus(ctx context.Context) *localapi.Mesh {
 		v.Running = true
 		v.Members, v.Alive = mesh.CountMembers(n.Members())
 		v.Announcements = len(n.State().List())
+		v.ClaimsOnBehalf = int(a.nodeNet.onBehalf.Load())
 		return v
 	}
 	if s, ok, err := mesh.LoadState(ctx, a.db); err == nil && ok {

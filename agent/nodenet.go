@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/patronus/patronus/manifests"
 	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/nodenet"
+	"github.com/patronus/patronus/nodenet/alloc"
 )
 
 // NodeNetOptions turn per-node pod networking on (Options.NodeNet; nil: off, and then
@@ -52,6 +54,9 @@ type nodeNetState struct {
 	ctrl  atomic.Pointer[nodenet.Controller]
 	ready atomic.Bool  // the conflist exists (written by the agent)
 	err   atomic.Value // string: why the controller is not running
+	// onBehalf is how many nodes' claims this gateway announces on their behalf now
+	// (relayClaims; /v1/status mesh.claimsOnBehalf).
+	onBehalf atomic.Int64
 }
 
 // nodeNetNotReady says why the node is not ready for pods ("" when it is, or when the
@@ -158,6 +163,16 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 			return nil
 		}, a.log)
 	})
+	// A marked gateway also announces the claims of the nodes that run no mesh (not
+	// marked), on their behalf, from the controller's Node and Lease caches.
+	wg.Go(func() {
+		relayClaims(ctx, blockAnnounceInterval, c.RelayClaims, func() blockAnnouncer {
+			if n := a.meshNode.Load(); n != nil {
+				return n
+			}
+			return nil
+		}, a.log, func(n int) { a.nodeNet.onBehalf.Store(int64(n)) })
+	})
 	wg.Go(func() {
 		select {
 		case <-ctx.Done():
@@ -208,6 +223,69 @@ func announceBlock(ctx context.Context, every time.Duration, status func() noden
 				log.Info("announced the node's pod block through the mesh (signed)", "block", st.Block, "source", st.Source)
 			}
 		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// relayClaims announces, through the mesh node mesh() returns (nil while none runs), the
+// claims claims() returns (nodenet.Controller.RelayClaims: other nodes' claims in the
+// API), each signed by this node on its node's behalf (nodenet.RelayAnnouncement), and
+// withdraws those that disappear (a Lease released, a Node deleted or marked a gateway),
+// checking every tick until ctx ends. The mesh node re-signs what it was given every
+// refresh; a new mesh node gets everything again. Failures are retried at the next tick.
+// report gets how many nodes' claims are announced.
+func relayClaims(ctx context.Context, every time.Duration, claims func() []alloc.Claim, mesh func() blockAnnouncer,
+	log *slog.Logger, report func(int)) {
+	type sentClaim struct {
+		block netip.Prefix
+		at    int64
+	}
+	var to blockAnnouncer
+	sent := map[string]sentClaim{} // node -> what to holds for it
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		if m := mesh(); m != to {
+			to, sent = m, map[string]sentClaim{}
+		}
+		if to != nil {
+			var announced, withdrawn []string
+			want := map[string]bool{}
+			for _, c := range claims() {
+				want[c.Node] = true
+				cur := sentClaim{c.Block, c.At.UnixMilli()}
+				if old, ok := sent[c.Node]; ok && old == cur {
+					continue
+				}
+				if err := to.Announce(nodenet.RelayAnnouncement(c)); err != nil {
+					log.Warn("announce a node's pod block on its behalf", "node", c.Node, "block", c.Block, "err", err)
+					continue
+				}
+				sent[c.Node] = cur
+				announced = append(announced, c.Node+"="+c.Block.String())
+			}
+			for n := range sent {
+				if want[n] {
+					continue
+				}
+				if err := to.Announce(nodenet.RelayWithdrawal(n)); err != nil {
+					log.Warn("withdraw a node's pod block claim announced on its behalf", "node", n, "err", err)
+					continue
+				}
+				delete(sent, n)
+				withdrawn = append(withdrawn, n)
+			}
+			if len(announced)+len(withdrawn) > 0 {
+				slices.Sort(withdrawn)
+				log.Info("pod block claims of nodes that run no mesh, announced on their behalf (signed)",
+					"announced", announced, "withdrawn", withdrawn, "nodes", len(sent))
+			}
+		}
+		report(len(sent))
 		select {
 		case <-ctx.Done():
 			return

@@ -16,6 +16,7 @@ import (
 	"github.com/patronus/patronus/manifests"
 	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/nodenet"
+	"github.com/patronus/patronus/nodenet/alloc"
 )
 
 func TestBaseConfList(t *testing.T) {
@@ -144,5 +145,87 @@ func TestAnnounceBlock(t *testing.T) {
 	wait(r2, 2)
 	if len(r1.list()) != 1 {
 		t.Fatalf("old mesh node got %d announcements", len(r1.list()))
+	}
+}
+
+// Other nodes' claims are announced on their behalf once per claim and mesh node, a
+// changed claim again, a vanished one withdrawn; a failure is retried; a new mesh node
+// gets them all; the count reported follows.
+func TestRelayClaims(t *testing.T) {
+	var mu sync.Mutex
+	var claims []alloc.Claim
+	var m blockAnnouncer
+	reported := -1
+	set := func(cs []alloc.Claim, to blockAnnouncer) { mu.Lock(); claims, m = cs, to; mu.Unlock() }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		relayClaims(ctx, 5*time.Millisecond, func() []alloc.Claim { mu.Lock(); defer mu.Unlock(); return slices.Clone(claims) },
+			func() blockAnnouncer { mu.Lock(); defer mu.Unlock(); return m }, slog.New(slog.DiscardHandler),
+			func(n int) { mu.Lock(); reported = n; mu.Unlock() })
+	}()
+	defer func() { cancel(); <-done }()
+	// wait returns r's announcements once there are n (and no more come), as
+	// "node=block" or "-node" for a withdrawal, with the count reported then.
+	wait := func(r *recAnnouncer, n int) ([]string, int) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if len(r.list()) >= n {
+				time.Sleep(40 * time.Millisecond)
+				var out []string
+				for _, a := range r.list() {
+					if a.Kind != announce.KindPodBlock || a.Node == "" {
+						t.Fatalf("not a claim on another node's behalf: %+v", a)
+					}
+					if a.Withdraw {
+						out = append(out, "-"+a.Node)
+					} else {
+						out = append(out, a.Node+"="+a.Prefixes[0].String())
+					}
+				}
+				if len(out) != n {
+					t.Fatalf("announcements %v, want %d", out, n)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				return out, reported
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d announcements, want %d", len(r.list()), n)
+			}
+		}
+	}
+	at := time.UnixMilli(1_700_000_000_000)
+	c := func(node, block string, d time.Duration) alloc.Claim {
+		return alloc.Claim{Node: node, Block: netip.MustParsePrefix(block), At: at.Add(d)}
+	}
+	r1 := &recAnnouncer{}
+	set([]alloc.Claim{c("n1", "10.244.1.0/24", 0), c("n2", "10.244.2.0/24", 0)}, nil) // no mesh yet
+	time.Sleep(30 * time.Millisecond)
+	set([]alloc.Claim{c("n1", "10.244.1.0/24", 0), c("n2", "10.244.2.0/24", 0)}, r1)
+	if got, n := wait(r1, 2); !slices.Equal(got, []string{"n1=10.244.1.0/24", "n2=10.244.2.0/24"}) || n != 2 {
+		t.Fatalf("first announcements %v (reported %d)", got, n)
+	}
+	set([]alloc.Claim{c("n2", "10.244.3.0/24", time.Second)}, r1) // n1 released, n2 re-claimed
+	if got, n := wait(r1, 4); !slices.Equal(got[2:], []string{"n2=10.244.3.0/24", "-n1"}) || n != 1 {
+		t.Fatalf("after the change %v (reported %d)", got, n)
+	}
+	r2 := &recAnnouncer{fail: true} // the mesh restarted, failing at first
+	set([]alloc.Claim{c("n2", "10.244.3.0/24", time.Second)}, r2)
+	time.Sleep(30 * time.Millisecond)
+	r2.mu.Lock()
+	r2.fail = false
+	r2.mu.Unlock()
+	if got, n := wait(r2, 1); got[0] != "n2=10.244.3.0/24" || n != 1 {
+		t.Fatalf("new mesh node got %v (reported %d)", got, n)
+	}
+	set(nil, nil) // mesh gone
+	time.Sleep(30 * time.Millisecond)
+	mu.Lock()
+	n := reported
+	mu.Unlock()
+	if n != 0 || len(r1.list()) != 4 || len(r2.list()) != 1 {
+		t.Fatalf("mesh gone: reported %d, %d and %d announcements", n, len(r1.list()), len(r2.list()))
 	}
 }

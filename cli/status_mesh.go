@@ -40,6 +40,8 @@ func meshLine(m *localapi.Mesh) []statusLine {
 	switch {
 	case m.NotGateway != "":
 		return []statusLine{{true, "Mesh: not a gateway node (" + m.NotGateway + ")"}}
+	case m.Running && m.ClaimsOnBehalf > 0:
+		return []statusLine{{true, fmt.Sprintf("Mesh: %s, pod block claims of %d non-gateway nodes announced on their behalf", counts, m.ClaimsOnBehalf)}}
 	case m.Running:
 		return []statusLine{{true, "Mesh: " + counts}}
 	case m.Error != "":

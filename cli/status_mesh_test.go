@@ -22,6 +22,8 @@ func TestMeshLine(t *testing.T) {
 		want string
 	}{
 		{"live", &localapi.Mesh{Running: true, Members: 3, Alive: 2, Announcements: 6}, true, "Mesh: 3 members (2 alive), 6 announcements accepted"},
+		{"gateway announcing for others", &localapi.Mesh{Running: true, Members: 1, Alive: 1, Announcements: 3, ClaimsOnBehalf: 2}, true,
+			"Mesh: 1 members (1 alive), 3 announcements accepted, pod block claims of 2 non-gateway nodes announced on their behalf"},
 		{"error", &localapi.Mesh{Error: "bind: address in use"}, false, "Mesh: not running: bind: address in use"},
 		{"saved", &localapi.Mesh{Members: 2, Alive: 2, Announcements: 4, SavedAt: saved}, true, "(saved by the agent at "},
 		{"starting", &localapi.Mesh{}, false, "not running yet"},

@@ -64,6 +64,9 @@ type Mesh struct {
 	Error         string    `json:"error,omitempty"`
 	// NotGateway says why this node runs no mesh node (other Nodes are marked gateways).
 	NotGateway string `json:"notGateway,omitempty"`
+	// ClaimsOnBehalf is how many nodes that run no mesh (not marked gateways) have their
+	// pod block claim announced by this gateway on their behalf.
+	ClaimsOnBehalf int `json:"claimsOnBehalf,omitempty"`
 }
 
 // Bridge is the node's pod bridge.

@@ -202,6 +202,9 @@ type Controller struct {
 	wgPlain   string // the plain peers last logged
 	// selfGateway: this node's Node is marked a gateway (reconcile goroutine only).
 	selfGateway bool
+	// relay are the claims this node announces on behalf of nodes that run no mesh
+	// (relay.go; under mu).
+	relay []alloc.Claim
 }
 
 // New checks o and makes a controller.
@@ -276,6 +279,15 @@ func (c *Controller) Status() Status {
 		}
 	}
 	return s
+}
+
+// RelayClaims are the claims of the cluster's nodes that run no mesh (not marked
+// gateways while this node is), as of the last reconcile, for this node to announce on
+// their behalf (RelayAnnouncement); none when this node is not a marked gateway.
+func (c *Controller) RelayClaims() []alloc.Claim {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.relay)
 }
 
 // snapshot is a copy of the recorded status and the live WireGuard device, without
@@ -419,6 +431,10 @@ func (c *Controller) reconcile(ctx context.Context, dp Datapath, nl nodeLister, 
 	if err != nil {
 		return err
 	}
+	relay := relayClaims(c.o.NodeName, all, ls, c.o.ClusterCIDR)
+	c.mu.Lock()
+	c.relay = relay
+	c.mu.Unlock()
 	// Without a block of its own (none free, API server away) the node still routes to
 	// its peers: their pods must stay reachable from the host and from pods already here.
 	blockErr := c.ensureBlock(ctx, self, ls)

@@ -26,10 +26,12 @@ const TagPodBlock = "podblock"
 // announcement (announce.KindPodBlock) that member signed ("" while there is none). A
 // claim is certified for its origin's name by the cluster key, so no node can claim in
 // another's name, and a member that failed or left (a partition) holds nothing here.
+// Claims a gateway announced on another node's behalf (Announcement.Node, relay.go) are
+// not claims here: conflicts are resolved between the claimants' own signed claims only.
 func MeshClaims(ms []mesh.Member, anns []announce.Announcement, cluster string) []EdgeMember {
 	claims, keys := map[string]string{}, map[string]string{}
 	for _, a := range anns {
-		if a.Kind != announce.KindPodBlock || a.Withdraw || len(a.Prefixes) != 1 || (cluster != "" && a.Cluster != cluster) {
+		if a.Kind != announce.KindPodBlock || a.Withdraw || a.OnBehalf() || len(a.Prefixes) != 1 || (cluster != "" && a.Cluster != cluster) {
 			continue
 		}
 		claims[a.Origin] = FormatClaim(alloc.Claim{Block: a.Prefixes[0], Node: a.Origin, At: time.UnixMilli(a.Claimed)})

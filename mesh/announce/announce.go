@@ -36,7 +36,9 @@ const (
 	KindTunnel Kind = "tunnel"
 	// KindPodBlock is a node's claim on its pod block inside its cluster's CIDR (Prefixes:
 	// exactly the block; Claimed: when it was claimed, the seniority that decides between
-	// two claims of one block: oldest, then lowest node name).
+	// two claims of one block: oldest, then lowest node name). Node, when set, is the node
+	// the claim is about, announced on its behalf by the origin (a gateway relaying the
+	// API server's claims of nodes of its cluster that run no mesh).
 	KindPodBlock Kind = "podblock"
 )
 
@@ -58,6 +60,12 @@ type Announcement struct {
 	Tunnel   *Tunnel        `json:"tunnel,omitempty"`
 	// Claimed is when a KindPodBlock claim was made, in Unix milliseconds.
 	Claimed int64 `json:"claimed,omitempty"`
+	// Node is the subject of a KindPodBlock claim announced on its behalf by Origin, a
+	// node of the same cluster ("" = Origin's own claim). It is part of the slot, so each
+	// node's claim has its own; the signature is Origin's, and the receiver's checks (the
+	// certificate chains to the cluster key, the block lies in that cluster's CIDRs) bound
+	// it: a node can speak only for blocks of its own cluster.
+	Node string `json:"node,omitempty"`
 }
 
 // Tunnel is a gateway's WireGuard identity. A key rotation is a new announcement in the
@@ -101,17 +109,43 @@ type Link struct {
 // ExpiresAt is Expires as a time.
 func (a Announcement) ExpiresAt() time.Time { return time.UnixMilli(a.Expires) }
 
+// Subject is the node an announcement is about: Node for a claim made on another node's
+// behalf, else Origin. Readers of claims key them by (Cluster, Subject()).
+func (a Announcement) Subject() string {
+	if a.Node != "" {
+		return a.Node
+	}
+	return a.Origin
+}
+
+// OnBehalf says a was signed by Origin about another node (Node).
+func (a Announcement) OnBehalf() bool { return a.Node != "" }
+
 // Slot identifies what an announcement replaces: a newer announcement for the same slot
 // supersedes the older one.
 func (a Announcement) Slot() string {
 	subject := ""
-	if a.Kind == KindService && a.Service != nil {
+	switch {
+	case a.Kind == KindService && a.Service != nil:
 		subject = a.Service.Namespace + "/" + a.Service.Name
+	case a.Kind == KindPodBlock && a.Node != "":
+		subject = a.Node
 	}
 	return a.Cluster + "/" + a.Origin + "/" + string(a.Kind) + "/" + subject
 }
 
 func (a Announcement) validate() error {
+	if a.Node != "" {
+		switch {
+		case a.Kind != KindPodBlock:
+			return fmt.Errorf("%s announcement with a subject node (only pod block claims have one)", a.Kind)
+		case a.Node == a.Origin:
+			// One slot per claim: a node's own claim leaves Node empty.
+			return errors.New("pod block claim on behalf of its own origin")
+		case len(a.Node) > maxNodeName:
+			return errors.New("pod block claim subject node name too long")
+		}
+	}
 	switch a.Kind {
 	case KindPrefix:
 		if !a.Withdraw && len(a.Prefixes) == 0 {
@@ -165,6 +199,9 @@ func (a Announcement) validate() error {
 	}
 	return nil
 }
+
+// maxNodeName is the longest Node name (a Kubernetes object name, a DNS subdomain).
+const maxNodeName = 253
 
 // MaxWireSize bounds an encoded announcement: it travels as a serf user event inside one
 // gossip packet (memberlist packs broadcasts into ~1400-byte UDP packets).
