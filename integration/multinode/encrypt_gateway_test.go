@@ -86,7 +86,9 @@ func TestNodeEncryptionGatewayLeg(t *testing.T) {
 			t.Fatalf("routes proto 77 on %s: %v %q, want %q", n2.name, err, out, want)
 		}
 	}
-	leg := func() nodenet.RemoteLeg { return n2.ctrl.RemoteLeg(gw.name, gatewayKey(t, l, gw), []netip.Prefix{remote}) }
+	leg := func() nodenet.RemoteLeg {
+		return n2.ctrl.RemoteLeg(gw.name, gatewayKey(t, l, gw), []netip.Prefix{remote})
+	}
 	reach := func(what string) {
 		t.Helper()
 		eventually(t, 30*time.Second, what+": pod pings the remote address", func() error { return ping(p.netns, remoteAddr) })
