@@ -55,6 +55,9 @@ type tunnelState struct {
 	rec atomic.Pointer[tunnel.Reconciler]
 	rot atomic.Pointer[tunnel.Rotator]
 	err atomic.Value // string: why the tunnel dataplane is not running
+	// inClear (string), on a node that is not a gateway with node encryption on: the remote
+	// clusters' CIDRs routed to the gateway outside WireGuard and why ("" when none).
+	inClear atomic.Value
 	// pathDevs is the interface of each path (path id → device) when this gateway runs
 	// per-path devices; nil otherwise.
 	pathDevs atomic.Pointer[map[string]string]
@@ -384,6 +387,7 @@ func (a *agent) startTunnelRoutes(ctx context.Context, cfg *config.Config, wgrp 
 			}
 			msg := nonGatewayMessage(g, dev, leg, err)
 			a.tunnel.err.Store(msg)
+			a.tunnel.inClear.Store(leg.String())
 			if msg != last {
 				switch {
 				case err != nil:

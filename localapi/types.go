@@ -64,6 +64,9 @@ type Mesh struct {
 	Error         string    `json:"error,omitempty"`
 	// NotGateway says why this node runs no mesh node (other Nodes are marked gateways).
 	NotGateway string `json:"notGateway,omitempty"`
+	// RemoteInClear, on a node that is not a gateway with node encryption on, names the
+	// remote clusters' pod CIDRs still routed to the gateway outside WireGuard, and why.
+	RemoteInClear string `json:"remoteInClear,omitempty"`
 }
 
 // Bridge is the node's pod bridge.
