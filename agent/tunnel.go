@@ -448,10 +448,11 @@ func (a *agent) gatewayNode(ctx context.Context) (gatewayRef, error) {
 // key a peer of this node's device, its allowed IPs covering the CIDR), so that traffic
 // leaves this node only inside WireGuard; the others keep their plain route via the
 // gateway and the leg says why. Without the nodenet controller (no --manage-conflist)
-// there is no node encryption: the routes stay as they are.
+// there is no node encryption: the routes stay as they are; the same when nodenet manages
+// another namespace (tests): its device is not in this one, where these routes go.
 func (a *agent) encryptedLeg(g gatewayRef, routes []route.Route) ([]route.Route, nodenet.RemoteLeg) {
 	c := a.nodeNet.ctrl.Load()
-	if c == nil || len(routes) == 0 {
+	if c == nil || len(routes) == 0 || a.opts.NodeNet == nil || a.opts.NodeNet.NetNSPath != "" {
 		return routes, nodenet.RemoteLeg{}
 	}
 	dsts := make([]netip.Prefix, len(routes))
