@@ -224,6 +224,7 @@ func (a *agent) meshStatus(ctx context.Context) *localapi.Mesh {
 	v.Error, _ = a.meshErr.Load().(string)
 	if why, _ := a.meshSkipped.Load().(string); why != "" {
 		v.NotGateway = why
+		v.RemoteInClear, _ = a.tunnel.inClear.Load().(string)
 		return v
 	}
 	if n := a.meshNode.Load(); n != nil {

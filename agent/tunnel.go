@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/patronus/patronus/dataplane/wg"
 	"github.com/patronus/patronus/localapi"
 	"github.com/patronus/patronus/mesh"
+	"github.com/patronus/patronus/nodenet"
 )
 
 // TunnelOptions turn the WireGuard tunnel dataplane on for gateway nodes that run the
@@ -53,6 +55,9 @@ type tunnelState struct {
 	rec atomic.Pointer[tunnel.Reconciler]
 	rot atomic.Pointer[tunnel.Rotator]
 	err atomic.Value // string: why the tunnel dataplane is not running
+	// inClear (string), on a node that is not a gateway with node encryption on: the remote
+	// clusters' CIDRs routed to the gateway outside WireGuard and why ("" when none).
+	inClear atomic.Value
 	// pathDevs is the interface of each path (path id → device) when this gateway runs
 	// per-path devices; nil otherwise.
 	pathDevs atomic.Pointer[map[string]string]
@@ -331,7 +336,11 @@ const nonGatewayResync = 10 * time.Second
 // node, whose tunnel carries them (tunnel.RoutesViaGateway). The gateway is the Node
 // marked patronus.io/gateway=true with the smallest name that has an IPv4 InternalIP
 // (the one remote gateways' plans pick too); it and the interface it is reached on are
-// re-read every nonGatewayResync, so a re-marked gateway is followed.
+// re-read every nonGatewayResync, so a re-marked gateway is followed. With node
+// encryption on, the CIDRs the gateway's peer on this node's WireGuard device carries are
+// routed over that device instead (encryptedLeg), so they cross the underlay only inside
+// WireGuard, as the gateway's answers already do; the decision is re-made on the same
+// resync, so a key that appears or goes, or encryption toggled, is followed too.
 func (a *agent) startTunnelRoutes(ctx context.Context, cfg *config.Config, wgrp *sync.WaitGroup) {
 	if a.opts.Tunnel == nil || a.clients == nil {
 		return
@@ -362,28 +371,33 @@ func (a *agent) startTunnelRoutes(ctx context.Context, cfg *config.Config, wgrp 
 		t := time.NewTicker(nonGatewayResync)
 		defer t.Stop()
 		for {
-			name, gw, err := a.gatewayNode(ctx)
+			g, err := a.gatewayNode(ctx)
 			var dev string
 			if err == nil {
-				dev, err = linkTowards(gw)
+				dev, err = linkTowards(g.addr)
 			}
 			var routes []route.Route
+			var leg nodenet.RemoteLeg
 			if err == nil {
-				routes = tunnel.RoutesViaGateway(cfg.ClusterID, hints, gw, dev, 0)
+				routes = tunnel.RoutesViaGateway(cfg.ClusterID, hints, g.addr, dev, 0)
+				routes, leg = a.encryptedLeg(g, routes)
 			}
 			if _, serr := router.Set(route.Desired{Routes: routes}); serr != nil && err == nil {
 				err = serr
 			}
-			msg := "not a gateway node: remote clusters' pod CIDRs are routed via gateway " + name + " (" + gw.String() + " dev " + dev + ")"
-			if err != nil {
-				msg = "not a gateway node, and the routes to remote clusters via the gateway failed: " + err.Error()
-			}
+			msg := nonGatewayMessage(g, dev, leg, err)
 			a.tunnel.err.Store(msg)
+			a.tunnel.inClear.Store(leg.String())
 			if msg != last {
-				if err != nil {
+				switch {
+				case err != nil:
 					log.Warn("routes to remote clusters via the gateway", "err", err)
-				} else {
-					log.Info("routing remote clusters via the gateway", "gateway", name, "via", gw, "dev", dev, "routes", len(routes))
+				case len(leg.Plain) > 0:
+					log.Warn("routing remote clusters via the gateway NOT encrypted although node encryption is on", "gateway", g.name,
+						"via", g.addr, "dev", dev, "routes", len(routes), "plain", leg.Plain, "reason", leg.Reason)
+				default:
+					log.Info("routing remote clusters via the gateway", "gateway", g.name, "via", g.addr, "dev", dev, "routes", len(routes),
+						"encryptedOver", encryptedDev(leg))
 				}
 				last = msg
 			}
@@ -396,13 +410,20 @@ func (a *agent) startTunnelRoutes(ctx context.Context, cfg *config.Config, wgrp 
 	})
 }
 
+// gatewayRef is the cluster's gateway node as a node that is not one sees it.
+type gatewayRef struct {
+	name string
+	addr netip.Addr  // its IPv4 InternalIP
+	key  wgtypes.Key // its published node-to-node WireGuard key (zero: none)
+}
+
 // gatewayNode is the cluster's gateway as a node that is not one routes to it.
-func (a *agent) gatewayNode(ctx context.Context) (string, netip.Addr, error) {
+func (a *agent) gatewayNode(ctx context.Context) (gatewayRef, error) {
 	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	nodes, err := a.clients.Kube.Nodes().List(lctx, metav1.ListOptions{ResourceVersion: "0"})
 	if err != nil {
-		return "", netip.Addr{}, fmt.Errorf("list Nodes: %w", err)
+		return gatewayRef{}, fmt.Errorf("list Nodes: %w", err)
 	}
 	items := slices.Clone(nodes.Items)
 	slices.SortFunc(items, func(x, y corev1.Node) int { return strings.Compare(x.Name, y.Name) })
@@ -415,11 +436,70 @@ func (a *agent) gatewayNode(ctx context.Context) (string, netip.Addr, error) {
 				continue
 			}
 			if ip, err := netip.ParseAddr(ad.Address); err == nil && ip.Is4() {
-				return n.Name, ip, nil
+				return gatewayRef{name: n.Name, addr: ip, key: nodenet.ParseWGKey(n.Annotations[nodenet.AnnotationWGKey])}, nil
 			}
 		}
 	}
-	return "", netip.Addr{}, fmt.Errorf("no Node marked %s=true has an IPv4 InternalIP", GatewayLabel)
+	return gatewayRef{}, fmt.Errorf("no Node marked %s=true has an IPv4 InternalIP", GatewayLabel)
+}
+
+// encryptedLeg moves the routes whose CIDR the gateway's peer on the node WireGuard
+// device carries onto that device (nodenet.RemoteLeg: node encryption on, the gateway's
+// key a peer of this node's device, its allowed IPs covering the CIDR), so that traffic
+// leaves this node only inside WireGuard; the others keep their plain route via the
+// gateway and the leg says why. Without the nodenet controller (no --manage-conflist)
+// there is no node encryption: the routes stay as they are; the same when nodenet manages
+// another namespace (tests): its device is not in this one, where these routes go.
+func (a *agent) encryptedLeg(g gatewayRef, routes []route.Route) ([]route.Route, nodenet.RemoteLeg) {
+	c := a.nodeNet.ctrl.Load()
+	if c == nil || len(routes) == 0 || a.opts.NodeNet == nil || a.opts.NodeNet.NetNSPath != "" {
+		return routes, nodenet.RemoteLeg{}
+	}
+	dsts := make([]netip.Prefix, len(routes))
+	for i, r := range routes {
+		dsts[i] = r.Dst
+	}
+	leg := c.RemoteLeg(g.name, g.key, dsts)
+	return overWireGuard(routes, leg.Encrypted), leg
+}
+
+// overWireGuard turns the routes to the enc CIDRs into on-link routes over the node
+// WireGuard device: no next hop, because WireGuard picks the gateway's peer by its
+// allowed IPs (so the route stays the same when the gateway changes between two
+// encrypted nodes).
+func overWireGuard(routes []route.Route, enc []netip.Prefix) []route.Route {
+	out := slices.Clone(routes)
+	for i, r := range out {
+		if slices.Contains(enc, r.Dst) {
+			out[i] = route.Route{Dst: r.Dst, Dev: nodenet.WGDevice, Table: r.Table}
+		}
+	}
+	return out
+}
+
+// encryptedDev is the device the encrypted routes use ("" when none is).
+func encryptedDev(leg nodenet.RemoteLeg) string {
+	if len(leg.Encrypted) == 0 {
+		return ""
+	}
+	return nodenet.WGDevice
+}
+
+// nonGatewayMessage is what a node that is not a gateway says about its routes to the
+// remote clusters (GET /v1/tunnels' 503 text, logged once per change).
+func nonGatewayMessage(g gatewayRef, dev string, leg nodenet.RemoteLeg, err error) string {
+	if err != nil {
+		return "not a gateway node, and the routes to remote clusters via the gateway failed: " + err.Error()
+	}
+	via := "via gateway " + g.name + " (" + g.addr.String() + " dev " + dev + ")"
+	switch {
+	case len(leg.Plain) > 0:
+		return "not a gateway node: remote clusters' pod CIDRs are routed " + via + "; node encryption is on but " + leg.String()
+	case len(leg.Encrypted) > 0:
+		return "not a gateway node: remote clusters' pod CIDRs are routed to gateway " + g.name + " (" + g.addr.String() +
+			") over the node WireGuard device " + nodenet.WGDevice + " (encrypted)"
+	}
+	return "not a gateway node: remote clusters' pod CIDRs are routed " + via
 }
 
 // linkTowards is the interface the kernel reaches addr on.

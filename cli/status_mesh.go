@@ -38,6 +38,10 @@ func meshLine(m *localapi.Mesh) []statusLine {
 	}
 	counts := fmt.Sprintf("%d members (%d alive), %d announcements accepted", m.Members, m.Alive, m.Announcements)
 	switch {
+	case m.NotGateway != "" && m.RemoteInClear != "":
+		// Node encryption is on but the leg to the gateway is not (all of it) inside WireGuard.
+		return []statusLine{{true, "Mesh: not a gateway node (" + m.NotGateway + ")"},
+			{false, "Remote clusters via the gateway: node encryption is on but " + m.RemoteInClear}}
 	case m.NotGateway != "":
 		return []statusLine{{true, "Mesh: not a gateway node (" + m.NotGateway + ")"}}
 	case m.Running && m.ClaimsOnBehalf > 0:

@@ -38,6 +38,14 @@ func TestMeshLine(t *testing.T) {
 	if meshLine(nil) != nil {
 		t.Error("no mesh: a line")
 	}
+	// A non-gateway node with node encryption on whose leg to the gateway is plain.
+	ls := meshLine(&localapi.Mesh{NotGateway: "gw-1 is marked a gateway", RemoteInClear: "10.248.0.0/16 in the clear: the gateway node published no WireGuard key (yet)"})
+	if len(ls) != 2 || !ls[0].ok || ls[1].ok || ls[1].text != "Remote clusters via the gateway: node encryption is on but 10.248.0.0/16 in the clear: the gateway node published no WireGuard key (yet)" {
+		t.Errorf("non-gateway node, leg in the clear: %+v", ls)
+	}
+	if ls := meshLine(&localapi.Mesh{NotGateway: "gw-1 is marked a gateway"}); len(ls) != 1 || !ls[0].ok {
+		t.Errorf("non-gateway node: %+v", ls)
+	}
 }
 
 func TestReadMeshState(t *testing.T) {

@@ -67,6 +67,9 @@ type Mesh struct {
 	// ClaimsOnBehalf is how many nodes that run no mesh (not marked gateways) have their
 	// pod block claim announced by this gateway on their behalf.
 	ClaimsOnBehalf int `json:"claimsOnBehalf,omitempty"`
+	// RemoteInClear, on a node that is not a gateway with node encryption on, names the
+	// remote clusters' pod CIDRs still routed to the gateway outside WireGuard, and why.
+	RemoteInClear string `json:"remoteInClear,omitempty"`
 }
 
 // Bridge is the node's pod bridge.

@@ -216,17 +216,22 @@ func checkWGDevice(t *testing.T, n *node) {
 }
 
 // underlayCounters counts, on the underlay bridge (bridge family, forward hook: every
-// frame between two nodes), IPv4 frames whose source is in pods and UDP frames to port.
-func underlayCounters(t *testing.T, l *lab, pods netip.Prefix, port int) func() (plain, wg uint64) {
+// frame between two nodes), IPv4 frames whose source is in pods (or in one of more) and
+// UDP frames to port.
+func underlayCounters(t *testing.T, l *lab, pods netip.Prefix, port int, more ...netip.Prefix) func() (plain, wg uint64) {
 	t.Helper()
+	srcs := []string{pods.String()}
+	for _, p := range more {
+		srcs = append(srcs, p.String())
+	}
 	rules := fmt.Sprintf(`table bridge ptwgtest {
 	chain counts {
 		type filter hook forward priority 0; policy accept;
-		ip saddr %s counter comment "plain"
+		ip saddr { %s } counter comment "plain"
 		udp dport %d counter comment "wg"
 	}
 }
-`, pods, port)
+`, strings.Join(srcs, ", "), port)
 	cmd := exec.Command("ip", "netns", "exec", l.under, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(rules)
 	if out, err := cmd.CombinedOutput(); err != nil {

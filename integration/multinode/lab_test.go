@@ -172,6 +172,7 @@ type lab struct {
 	cidr    netip.Prefix
 	nodes   map[string]*node
 	encrypt nodenet.Encrypt // node-to-node encryption of nodes started from now on
+	remote  []netip.Prefix  // remote clusters' pod CIDRs (nodenet Options.KeepSourceTo) of nodes started from now on
 }
 
 type node struct {
@@ -332,7 +333,7 @@ func (l *lab) start(n *node) {
 	ctrl, err := nodenet.New(nodenet.Options{
 		Client: l.agentC, NodeName: n.name, Namespace: l.ns, ClusterCIDR: l.cidr, DB: n.db,
 		ConfListPath: n.confList, BaseConfList: l.baseConfList(n), NetNSPath: nsPath(n.netns),
-		Resync: time.Second, Logger: testLogger(t, n.name), Encrypt: enc,
+		Resync: time.Second, Logger: testLogger(t, n.name), Encrypt: enc, KeepSourceTo: l.remote,
 	})
 	if err != nil {
 		t.Fatal(err)

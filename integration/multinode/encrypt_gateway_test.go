@@ -1,0 +1,171 @@
+package multinode
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/patronus/patronus/dataplane/route"
+	"github.com/patronus/patronus/integration/k8senv"
+	"github.com/patronus/patronus/nodenet"
+)
+
+// The node→gateway leg of traffic to a remote cluster under node encryption (issue 8):
+// a pod on a node that is not the gateway sends to an address of a remote cluster's pod
+// CIDR. The gateway node's namespace stands in for the remote side (the address is on a
+// loopback there, with a TCP echo of the client's address). nodenet.RemoteLeg on the
+// non-gateway node decides, from its live WireGuard device, that the gateway's peer
+// carries the remote CIDR; the route the agent then installs (`<cidr> dev ptw0`, proto
+// 77, as agent.overWireGuard makes it) carries the packets to the gateway with no frame
+// of the pod's (or the remote side's) address on the underlay, only WireGuard. The old
+// route (`via <gateway> dev eth0`) puts them on the underlay in the clear, so the counter
+// can fail. The gateway turning encryption off makes the decision fall back to plain with
+// a reason; turning it on again makes it encrypted again.
+func TestNodeEncryptionGatewayLeg(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("ping"); err != nil {
+		t.Skip("needs ping (apt-get install iputils-ping)")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft (apt-get install nftables) for the underlay counters")
+	}
+	cluster := k8senv.Start(t)
+	pluginDir(t)
+	l := newLab(t, cluster, "kube-system")
+	l.encrypt = nodenet.Encrypt{Mode: nodenet.EncryptionWireGuard}
+	remote := netip.MustParsePrefix("10.248.0.0/16")
+	remoteAddr := netip.MustParseAddr("10.248.0.1")
+	l.remote = []netip.Prefix{remote}
+	count := underlayCounters(t, l, l.cidr, nodenet.WGPort, remote)
+
+	gw := l.addNode("eg-node-1", netip.MustParseAddr("192.168.77.31"), "10.244.141.0/24")
+	markGateway(t, l, gw)
+	n2 := l.addNode("eg-node-2", netip.MustParseAddr("192.168.77.32"), "10.244.142.0/24")
+	nodes := []*node{gw, n2}
+	for _, n := range nodes {
+		encryptedTo(t, n, nodes)
+	}
+
+	// The remote side, behind the gateway: 10.248.0.1 (on the gateway's loopback: this
+	// kernel has no dummy links) answers ICMP and echoes TCP clients' addresses.
+	h := handleIn(t, gw.netns)
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: remoteAddr.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	serveTCP(t, gw.netns, remoteAddr, 8080)
+	p := l.addPod(n2, "eg-node-2-p0")
+
+	// The agent's router on the non-gateway node (proto 77, as startTunnelRoutes has it).
+	k, err := route.NewNetlinkKernel(nsPath(n2.netns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	router := route.NewRouter(route.Options{Kernel: k})
+	setRoute := func(r route.Route, want string) {
+		t.Helper()
+		if _, err := router.Set(route.Desired{Routes: []route.Route{r}}); err != nil {
+			t.Fatalf("route %s: %v", r, err)
+		}
+		out, err := exec.Command("ip", "-n", n2.netns, "route", "show", "proto", "77").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), want) {
+			t.Fatalf("routes proto 77 on %s: %v %q, want %q", n2.name, err, out, want)
+		}
+	}
+	leg := func() nodenet.RemoteLeg {
+		return n2.ctrl.RemoteLeg(gw.name, gatewayKey(t, l, gw), []netip.Prefix{remote})
+	}
+	reach := func(what string) {
+		t.Helper()
+		eventually(t, 30*time.Second, what+": pod pings the remote address", func() error { return ping(p.netns, remoteAddr) })
+		got, err := dialTCP(p.netns, remoteAddr, 8080)
+		if err != nil || got != p.ip.String() {
+			t.Fatalf("%s: TCP to %s: saw %q %v, want the pod's own address %s", what, remoteAddr, got, err, p.ip)
+		}
+	}
+	encryptedLeg := func(what string) {
+		t.Helper()
+		eventually(t, 30*time.Second, what+": the gateway's peer carries "+remote.String(), func() error {
+			if l := leg(); len(l.Encrypted) != 1 || len(l.Plain) != 0 {
+				return fmt.Errorf("leg %+v", l)
+			}
+			return nil
+		})
+		setRoute(route.Route{Dst: remote, Dev: nodenet.WGDevice}, remote.String()+" dev "+nodenet.WGDevice)
+		plain0, wg0 := count()
+		reach(what)
+		plain1, wg1 := count()
+		t.Logf("%s: underlay saw %d plaintext frames from pod or remote addresses, %d WireGuard frames", what, plain1-plain0, wg1-wg0)
+		if plain1 != plain0 {
+			t.Fatalf("%s: %d frames with the pod's or the remote side's address crossed the underlay in the clear", what, plain1-plain0)
+		}
+		if wg1 == wg0 {
+			t.Fatalf("%s: no WireGuard frame on the underlay: the traffic did not go through WireGuard", what)
+		}
+	}
+	encryptedLeg("encrypted leg")
+
+	// The route a non-gateway node had before (and keeps when the leg is plain): the same
+	// traffic now shows on the underlay in the clear, so the counter can see it.
+	setRoute(route.Route{Dst: remote, Via: gw.addr, Dev: "eth0"}, remote.String()+" via "+gw.addr.String()+" dev eth0")
+	before, _ := count()
+	reach("plain route")
+	if after, _ := count(); after == before {
+		t.Fatal("plain route: the underlay counter saw no plaintext frame: it could not see any")
+	}
+
+	// The gateway turns encryption off: its key is withdrawn, the decision falls back to
+	// plain and says why, and the plain route works (the gateway answers in the clear).
+	l.stop(gw)
+	gw.encrypt = &nodenet.Encrypt{Mode: nodenet.EncryptionNone}
+	l.start(gw)
+	eventually(t, 30*time.Second, "leg plain once the gateway withdrew its key", func() error {
+		lg := leg()
+		if len(lg.Encrypted) != 0 || len(lg.Plain) != 1 || lg.Reason != nodenet.LegNoGatewayKey {
+			return fmt.Errorf("leg %+v", lg)
+		}
+		return nil
+	})
+	t.Logf("gateway without encryption: %s", leg())
+	reach("gateway unencrypted, plain route")
+
+	// And on again: the same key comes back (node database), the leg is encrypted again.
+	l.stop(gw)
+	gw.encrypt = nil
+	l.start(gw)
+	encryptedLeg("gateway encrypted again")
+}
+
+// markGateway labels n's Node patronus.io/gateway=true.
+func markGateway(t *testing.T, l *lab, n *node) {
+	t.Helper()
+	patch := []byte(`{"metadata":{"labels":{"` + nodenet.GatewayLabel + `":"true"}}}`)
+	if _, err := l.client.CoreV1().Nodes().Patch(context.Background(), n.name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// gatewayKey is the node-to-node WireGuard key n published on its Node (zero: none), as
+// the agent of a non-gateway node reads it.
+func gatewayKey(t *testing.T, l *lab, n *node) wgtypes.Key {
+	t.Helper()
+	obj, err := l.client.CoreV1().Nodes().Get(context.Background(), n.name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nodenet.ParseWGKey(obj.Annotations[nodenet.AnnotationWGKey])
+}
