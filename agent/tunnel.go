@@ -331,6 +331,10 @@ func (a *agent) tunnelsStatus() []localapi.Tunnel {
 // and re-applies its routes to remote clusters.
 const nonGatewayResync = 10 * time.Second
 
+// nonGatewayLegCheck is how often such a node re-decides, from its own WireGuard device,
+// which remote CIDRs go to the gateway over it (node encryption; see startTunnelRoutes).
+const nonGatewayLegCheck = time.Second
+
 // startTunnelRoutes runs on a node that is not a gateway (the mesh skipped it): the
 // remote clusters' pod CIDRs (remote-clusters cidr) are routed to this cluster's gateway
 // node, whose tunnel carries them (tunnel.RoutesViaGateway). The gateway is the Node
@@ -339,8 +343,8 @@ const nonGatewayResync = 10 * time.Second
 // re-read every nonGatewayResync, so a re-marked gateway is followed. With node
 // encryption on, the CIDRs the gateway's peer on this node's WireGuard device carries are
 // routed over that device instead (encryptedLeg), so they cross the underlay only inside
-// WireGuard, as the gateway's answers already do; the decision is re-made on the same
-// resync, so a key that appears or goes, or encryption toggled, is followed too.
+// WireGuard, as the gateway's answers already do; the decision is re-made every
+// nonGatewayLegCheck, so a key that appears or goes, or encryption toggled, is followed too.
 func (a *agent) startTunnelRoutes(ctx context.Context, cfg *config.Config, wgrp *sync.WaitGroup) {
 	if a.opts.Tunnel == nil || a.clients == nil {
 		return
@@ -367,11 +371,27 @@ func (a *agent) startTunnelRoutes(ctx context.Context, cfg *config.Config, wgrp 
 	wgrp.Go(func() { router.Run(ctx) })
 	wgrp.Go(func() {
 		defer k.Close()
-		var last string
-		t := time.NewTicker(nonGatewayResync)
+		var (
+			last    string
+			g       gatewayRef
+			gErr    error
+			applied []route.Route
+			listed  time.Time
+		)
+		// The gateway Node is re-read every nonGatewayResync; this node's own WireGuard
+		// device is looked at every nonGatewayLegCheck, so a leg goes over ptw0 within about
+		// a second of the device and the gateway's peer being there (not a resync later), and
+		// a route over ptw0 whose peer went away falls back to plain as fast, instead of
+		// dropping the traffic until the next resync.
+		t := time.NewTicker(nonGatewayLegCheck)
 		defer t.Stop()
 		for {
-			g, err := a.gatewayNode(ctx)
+			resync := gErr != nil || time.Since(listed) >= nonGatewayResync
+			if resync {
+				g, gErr = a.gatewayNode(ctx)
+				listed = time.Now()
+			}
+			err := gErr
 			var dev string
 			if err == nil {
 				dev, err = linkTowards(g.addr)
@@ -382,8 +402,15 @@ func (a *agent) startTunnelRoutes(ctx context.Context, cfg *config.Config, wgrp 
 				routes = tunnel.RoutesViaGateway(cfg.ClusterID, hints, g.addr, dev, 0)
 				routes, leg = a.encryptedLeg(g, routes)
 			}
-			if _, serr := router.Set(route.Desired{Routes: routes}); serr != nil && err == nil {
-				err = serr
+			if resync || !slices.Equal(routes, applied) {
+				if _, serr := router.Set(route.Desired{Routes: routes}); serr != nil {
+					if err == nil {
+						err = serr
+					}
+					applied = nil // try again at the next check
+				} else {
+					applied = routes
+				}
 			}
 			msg := nonGatewayMessage(g, dev, leg, err)
 			a.tunnel.err.Store(msg)
