@@ -1,14 +1,18 @@
 package multinode
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/patronus/patronus/integration/k8senv"
 	"github.com/patronus/patronus/nodenet"
@@ -192,4 +196,99 @@ func nftRuleset(t *testing.T, ns string) string {
 		t.Fatalf("nft list ruleset in %s: %v: %s", ns, err, out)
 	}
 	return string(out)
+}
+
+// TestEdgeNodeEncryptionStrict: the same in edge mode (no API server; the gossip view in
+// memory, as in TestEdgeNodeEncryption): node 1 strict, node 2 without a key (its claim
+// carries none). Node 1's pods get no answer from node 2's and send nothing in the clear;
+// a non-pod address (node 2's underlay address) stays reachable.
+func TestEdgeNodeEncryptionStrict(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("ping"); err != nil {
+		t.Skip("needs ping (apt-get install iputils-ping)")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft (apt-get install nftables) for the underlay counters")
+	}
+	pluginDir(t)
+	l := newLab(t, nil, "")
+	var mu sync.Mutex
+	view := map[string]nodenet.EdgeMember{}
+	members := func() []nodenet.EdgeMember {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []nodenet.EdgeMember
+		for _, m := range view {
+			out = append(out, m)
+		}
+		return out
+	}
+	start := func(name string, addr netip.Addr, enc nodenet.Encrypt) *node {
+		n := l.makeNode(name, addr)
+		m := nodenet.EdgeMember{Name: name, Addr: addr}
+		if enc.Mode == nodenet.EncryptionWireGuard {
+			k, err := wgtypes.GeneratePrivateKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			enc.Key, m.Key = k, k.PublicKey().String()
+		}
+		mu.Lock()
+		view[name] = m
+		mu.Unlock()
+		e, err := nodenet.NewEdge(nodenet.EdgeOptions{NodeName: name, NodeIP: addr, ClusterCIDR: l.cidr, DB: n.db,
+			ConfListPath: n.confList, BaseConfList: l.baseConfList(n), NetNSPath: nsPath(n.netns),
+			Members: members, Publish: func(claim string) error {
+				mu.Lock()
+				defer mu.Unlock()
+				m := view[name]
+				m.Claim = claim
+				view[name] = m
+				return nil
+			},
+			Resync: 500 * time.Millisecond, Settle: -1, Logger: testLogger(t, name), Encrypt: enc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		n.ctrl, n.cancel, n.done = e.Controller, cancel, make(chan error, 1)
+		go func() { n.done <- e.Run(ctx) }()
+		t.Cleanup(func() { l.stop(n) })
+		select {
+		case <-e.Ready():
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: no conflist after 30s: %+v", name, e.Status())
+		}
+		return n
+	}
+	n1 := start("se-node-1", netip.MustParseAddr("192.168.77.51"), nodenet.Encrypt{Mode: nodenet.EncryptionWireGuard, Strict: true})
+	n2 := start("se-node-2", netip.MustParseAddr("192.168.77.52"), nodenet.Encrypt{})
+	eventually(t, 30*time.Second, "node 1 reports node 2 dropped", func() error {
+		st := n1.ctrl.Status()
+		if !st.Strict || len(st.PeerStates) != 1 || st.PeerStates[0].Node != n2.name || st.PeerStates[0].Dropped != nodenet.StrictDropped {
+			return fmt.Errorf("strict %v peer states %+v (last error %q)", st.Strict, st.PeerStates, st.LastError)
+		}
+		return nil
+	})
+	fromNode1 := sourceCounter(t, l, n1.ctrl.Status().Block)
+	p1, p2 := l.addPod(n1, "se-node-1-p0"), l.addPod(n2, "se-node-2-p0")
+	serveTCP(t, p2.netns, p2.ip, 8080)
+	if err := ping(p1.netns, p2.ip); err == nil {
+		t.Error("strict: ping answered")
+	}
+	if src, err := dialTCP(p1.netns, p2.ip, 8080); err == nil {
+		t.Errorf("strict: TCP answered (seen from %s)", src)
+	}
+	if got := fromNode1(); got != 0 {
+		t.Errorf("strict: %d frames with a node-1 pod source on the underlay", got)
+	}
+	if err := ping(p1.netns, n2.addr); err != nil {
+		t.Errorf("strict: node 2's underlay address (not a pod) must stay reachable: %v", err)
+	}
+	eventually(t, 30*time.Second, "node 1 counts the drops", func() error {
+		if st := n1.ctrl.Status(); st.StrictDropped == 0 {
+			return fmt.Errorf("strict dropped %d", st.StrictDropped)
+		}
+		return nil
+	})
 }
