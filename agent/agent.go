@@ -115,6 +115,9 @@ func Run(ctx context.Context, opts Options) error {
 	if err := a.metrics.add(a.lostPodsGauge()); err != nil {
 		return fmt.Errorf("agent: register metrics: %w", err)
 	}
+	if err := a.metrics.add(a.strictDroppedCounter()); err != nil {
+		return fmt.Errorf("agent: register metrics: %w", err)
+	}
 
 	apiMux, err := a.apiMux()
 	if err != nil {
@@ -360,6 +363,7 @@ func (a *agent) loadConfig(ctx context.Context) (config.Config, error) {
 		ConfigMapNamespace: a.opts.ConfigNamespace}
 	if a.opts.NodeNet != nil {
 		in.NodeEncryptionEnv = a.opts.NodeNet.Encryption
+		in.NodeEncryptionStrictEnv = a.opts.NodeNet.EncryptionStrict
 	}
 	b, err := os.ReadFile(a.opts.ConflistPath)
 	switch {

@@ -44,6 +44,10 @@ type NodeNetOptions struct {
 	// Encryption is the NODE_ENCRYPTION tier of node-to-node encryption (--node-encryption
 	// or $NODE_ENCRYPTION: wireguard | none; "" = the ConfigMap's node-encryption).
 	Encryption string
+	// EncryptionStrict is the NODE_ENCRYPTION_STRICT tier of strict node encryption
+	// (--node-encryption-strict or $NODE_ENCRYPTION_STRICT: true | false; "" = the
+	// ConfigMap's node-encryption-strict; config validates it).
+	EncryptionStrict string
 	// WGMode picks the WireGuard implementation of node encryption (default: kernel if
 	// present, else userspace in the agent).
 	WGMode wg.Mode
@@ -117,7 +121,7 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 		ClusterCIDR: cfg.ClusterCIDR, BlockSize: cfg.NodeBlockSize, DB: a.db,
 		ConfListPath: a.opts.ConflistPath, BaseConfList: base, NetNSPath: o.NetNSPath,
 		NoMasquerade: !masq, Resync: o.Resync, Logger: a.log,
-		Encrypt: nodenet.Encrypt{Mode: cfg.NodeEncryption, WGMode: o.WGMode},
+		Encrypt: nodenet.Encrypt{Mode: cfg.NodeEncryption, WGMode: o.WGMode, Strict: cfg.NodeEncryptionStrict},
 	}
 	for _, r := range cfg.RemoteClusters {
 		if r.CIDR.IsValid() {
@@ -143,7 +147,8 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 	a.nodeNet.ctrl.Store(c)
 	a.log.Info("node pod network starting", "clusterCIDR", cfg.ClusterCIDR, "blockSize", cfg.NodeBlockSize,
 		"conflist", a.opts.ConflistPath, "routes", !o.NoRoutes, "masquerade", masq,
-		"nodeEncryption", cfg.NodeEncryption, "nodeEncryptionFrom", cfg.NodeEncryptionSource)
+		"nodeEncryption", cfg.NodeEncryption, "nodeEncryptionFrom", cfg.NodeEncryptionSource,
+		"nodeEncryptionStrict", cfg.NodeEncryptionStrict, "nodeEncryptionStrictFrom", cfg.NodeEncryptionStrictSource)
 	wg.Go(func() {
 		if dp != nil {
 			defer dp.Close()

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"strconv"
 	"strings"
 
 	"github.com/patronus/patronus/config"
@@ -25,4 +26,14 @@ func nodeEncryptionTier(flag string, changed bool, getenv func(string) string) (
 		return "", usagef("%s %v", from, err)
 	}
 	return m, nil
+}
+
+// nodeEncryptionStrictTier is the agent's NODE_ENCRYPTION_STRICT tier of strict node
+// encryption: the --node-encryption-strict flag when given, else $NODE_ENCRYPTION_STRICT
+// ("" = the ConfigMap decides; config.Load validates the value and names its source).
+func nodeEncryptionStrictTier(flag, changed bool, getenv func(string) string) string {
+	if changed {
+		return strconv.FormatBool(flag)
+	}
+	return getenv(config.EnvNodeEncryptionStrict)
 }

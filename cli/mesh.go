@@ -98,6 +98,7 @@ type meshRunFlags struct {
 	nodeIP, confList       string
 	blockSize              int
 	nodeEncryption         string
+	nodeEncryptionStrict   bool
 }
 
 func newMeshRunCmd(e env) *cobra.Command {
@@ -155,6 +156,7 @@ lost pods, mesh).`,
 	fl.StringVar(&f.confList, "cni-conflist", nodenet.DefaultConfListPath, "with --pod-network: the CNI conflist written for the node's block")
 	fl.BoolVar(&f.masquerade, "masquerade", true, "with --pod-network: masquerade pod traffic leaving --cluster-cidr to the node address")
 	fl.StringVar(&f.nodeEncryption, "node-encryption", nodenet.EncryptionNone, "with --pod-network: node-to-node encryption, wireguard or none (WireGuard device ptw0 on UDP 51819, key in --database, public key in the signed block claim)")
+	fl.BoolVar(&f.nodeEncryptionStrict, "node-encryption-strict", false, "with --node-encryption wireguard: drop this node's pod traffic to other nodes' pods that would leave unencrypted instead of sending it in the clear")
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd
@@ -293,7 +295,7 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 		started: time.Now(), mesh: node, ctrl: ctrl, db: db})
 	if ctrl != nil {
 		mux.Handle(nodenet.StatusPath, ctrl.HTTPHandler())
-		if err := reg.Register(nodenet.LostPodsGauge(ctrl.Status)); err != nil {
+		if err := errors.Join(reg.Register(nodenet.LostPodsGauge(ctrl.Status)), reg.Register(nodenet.StrictDroppedCounter(ctrl.Status))); err != nil {
 			node.Shutdown()
 			ln.Close()
 			return fmt.Errorf("register metrics: %w", err)
@@ -313,7 +315,7 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 		return node.Run(ctx)
 	}
 	log.Info("edge pod networking", "node_ip", edge.NodeIP, "cluster_cidr", edge.ClusterCIDR,
-		"block_size", edge.BlockSize, "conflist", edge.ConfListPath, "masquerade", !edge.NoMasquerade, "node_encryption", edge.Encrypt.Mode)
+		"block_size", edge.BlockSize, "conflist", edge.ConfListPath, "masquerade", !edge.NoMasquerade, "node_encryption", edge.Encrypt.Mode, "node_encryption_strict", edge.Encrypt.Strict)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return node.Run(gctx) })
 	g.Go(func() error { return ctrl.Run(gctx) })
@@ -357,8 +359,11 @@ func edgeOptions(f meshRunFlags, cidrs []netip.Prefix) (*nodenet.EdgeOptions, er
 	if err != nil {
 		return nil, usagef("--node-encryption %v", err)
 	}
+	if f.nodeEncryptionStrict && enc != nodenet.EncryptionWireGuard {
+		return nil, usagef("--node-encryption-strict needs --node-encryption %s", nodenet.EncryptionWireGuard)
+	}
 	return &nodenet.EdgeOptions{NodeName: f.node, NodeIP: ip, ClusterCIDR: cidr, BlockSize: f.blockSize,
-		ConfListPath: f.confList, NoMasquerade: !f.masquerade, Encrypt: nodenet.Encrypt{Mode: enc}}, nil
+		ConfListPath: f.confList, NoMasquerade: !f.masquerade, Encrypt: nodenet.Encrypt{Mode: enc, Strict: f.nodeEncryptionStrict}}, nil
 }
 
 func joinArgs(ss []string) string {

@@ -194,16 +194,24 @@ func nodeEncryptionLines(n *localapi.NodeNet) []statusLine {
 		return nil
 	}
 	w := n.WireGuard
+	strict := ""
+	if n.Strict {
+		strict = fmt.Sprintf("strict (%d packets dropped), ", n.StrictDropped)
+	}
 	if w == nil {
-		return []statusLine{{false, "Node encryption: wireguard, no device yet"}}
+		return []statusLine{{false, "Node encryption: wireguard, " + strict + "no device yet"}}
 	}
 	if w.Error != "" {
-		return []statusLine{{false, fmt.Sprintf("Node encryption: WireGuard device %s: %s", w.Device, w.Error)}}
+		return []statusLine{{false, fmt.Sprintf("Node encryption: %sWireGuard device %s: %s", strict, w.Device, w.Error)}}
 	}
 	enc, oldest := 0, time.Time{}
 	var out []statusLine
 	for _, p := range n.PeerStates {
-		if !p.Encrypted {
+		switch {
+		case !p.Encrypted && p.Dropped != "":
+			out = append(out, statusLine{false, fmt.Sprintf("Peer node %s: %s", p.Node, p.Dropped)})
+			continue
+		case !p.Encrypted:
 			out = append(out, statusLine{false, fmt.Sprintf("Peer node %s not encrypted: %s", p.Node, p.Reason)})
 			continue
 		}
@@ -223,7 +231,7 @@ func nodeEncryptionLines(n *localapi.NodeNet) []statusLine {
 	if impl != "" {
 		impl += ", "
 	}
-	head := statusLine{true, fmt.Sprintf("Node encryption: wireguard on %s (%sUDP %d, MTU %d), %d of %d peer nodes encrypted%s",
-		w.Device, impl, w.Port, w.MTU, enc, len(n.PeerStates), hs)}
+	head := statusLine{true, fmt.Sprintf("Node encryption: wireguard on %s (%sUDP %d, MTU %d), %s%d of %d peer nodes encrypted%s",
+		w.Device, impl, w.Port, w.MTU, strict, enc, len(n.PeerStates), hs)}
 	return append([]statusLine{head}, out...)
 }

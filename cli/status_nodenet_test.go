@@ -40,6 +40,17 @@ func TestNodeNetLines(t *testing.T) {
 		{name: "device error", n: &localapi.NodeNet{Block: "10.244.3.0/24", Source: "node", ConfList: "/c", Encryption: "wireguard",
 			WireGuard: &localapi.NodeNetWG{Device: "ptw0", Error: "create TUN: permission denied"}},
 			want: []string{"Pod block", "Node encryption: WireGuard device ptw0: create TUN: permission denied"}, failed: 1},
+		{name: "strict, one peer dropped", n: &localapi.NodeNet{Block: "10.244.3.0/24", Source: "node", ConfList: "/c", Peers: 2, Encryption: "wireguard",
+			Strict: true, StrictDropped: 12, WireGuard: &localapi.NodeNetWG{Device: "ptw0", Port: 51819, MTU: 1420, Implementation: "kernel", Peers: 1},
+			PeerStates: []localapi.NodeNetPeerWG{{Node: "n2", Encrypted: true, LastHandshake: time.Date(2026, 11, 27, 14, 0, 0, 0, time.UTC)},
+				{Node: "n3", Reason: "the node published no WireGuard key (yet)", Dropped: "dropped: peer has no key (strict)"}}},
+			want: []string{"Pod block", "Node encryption: wireguard on ptw0 (kernel, UDP 51819, MTU 1420), strict (12 packets dropped), 1 of 2 peer nodes encrypted",
+				"Peer node n3: dropped: peer has no key (strict)"}, failed: 1},
+		{name: "strict, device error", n: &localapi.NodeNet{Block: "10.244.3.0/24", Source: "node", ConfList: "/c", Encryption: "wireguard", Strict: true,
+			WireGuard: &localapi.NodeNetWG{Device: "ptw0", Error: "boom"}},
+			want: []string{"Pod block", "Node encryption: strict (0 packets dropped), WireGuard device ptw0: boom"}, failed: 1},
+		{name: "strict, no device yet", n: &localapi.NodeNet{Block: "10.244.3.0/24", Source: "node", ConfList: "/c", Encryption: "wireguard", Strict: true},
+			want: []string{"Pod block", "Node encryption: wireguard, strict (0 packets dropped), no device yet"}, failed: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := nodeNetLines(tc.n, tc.err)

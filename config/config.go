@@ -121,6 +121,11 @@ type Config struct {
 	// node-encryption); NodeEncryptionSource names where it came from ("" default).
 	NodeEncryption       string
 	NodeEncryptionSource string
+	// NodeEncryptionStrict: pod traffic between nodes is dropped rather than sent in the
+	// clear (NODE_ENCRYPTION_STRICT / --node-encryption-strict, else the ConfigMap's
+	// node-encryption-strict; default false; needs NodeEncryptionWireGuard).
+	NodeEncryptionStrict       bool
+	NodeEncryptionStrictSource string
 
 	// From the conflist.
 	Bridge          string
@@ -140,6 +145,9 @@ type Input struct {
 	// NodeEncryptionEnv is NODE_ENCRYPTION (or --node-encryption, same precedence): over
 	// the ConfigMap's node-encryption.
 	NodeEncryptionEnv string
+	// NodeEncryptionStrictEnv is NODE_ENCRYPTION_STRICT (or --node-encryption-strict):
+	// over the ConfigMap's node-encryption-strict.
+	NodeEncryptionStrictEnv string
 	// ConfigMap is the data of kube-system/patronus-config; nil if it does not exist.
 	ConfigMap map[string]string
 	// Conflist is the content of the CNI conflist file, nil if absent; ConflistPath names
@@ -177,7 +185,7 @@ func knownKeys() map[string]bool {
 	return map[string]bool{KeyClusterID: true, KeyClusterCIDR: true, KeyServiceCIDR: true, KeyRemoteClusters: true,
 		KeyNodeBlockSize: true, KeyDatapath: true, KeyMulticastGroup: true, KeyKeyRotation: true, KeyProbeInterval: true,
 		KeyMasquerade: true, KeyClusterSetIPRange: true, KeyPathBandwidth: true,
-		KeyNodeEncryption: true}
+		KeyNodeEncryption: true, KeyNodeEncryptionStrict: true}
 }
 
 // dns1123Label is the shape of cluster ids and node-independent names: they end up in
@@ -266,6 +274,9 @@ func Load(in Input) (Config, error) {
 			return Config{}, &Error{Source: "environment", Key: EnvNodeEncryption, Err: err}
 		}
 		cfg.NodeEncryption, cfg.NodeEncryptionSource = e, "environment "+EnvNodeEncryption
+	}
+	if err := loadNodeEncryptionStrict(&cfg, in, cmSource); err != nil {
+		return Config{}, err
 	}
 	return cfg, nil
 }

@@ -31,6 +31,9 @@ type NodeNet struct {
 	Encryption string          `json:"encryption,omitempty"`
 	WireGuard  *NodeNetWG      `json:"wireguard,omitempty"`
 	PeerStates []NodeNetPeerWG `json:"peerStates,omitempty"`
+	// Strict is strict node encryption in force; StrictDropped the packets it dropped.
+	Strict        bool   `json:"strict,omitempty"`
+	StrictDropped uint64 `json:"strictDropped,omitempty"`
 }
 
 // NodeNetWG is the node-to-node WireGuard device.
@@ -56,6 +59,8 @@ type NodeNetPeerWG struct {
 	RxBytes       int64     `json:"rxBytes,omitempty"`
 	TxBytes       int64     `json:"txBytes,omitempty"`
 	Reason        string    `json:"reason,omitempty"`
+	// Dropped: strict mode drops the pod traffic to this peer (why).
+	Dropped string `json:"dropped,omitempty"`
 }
 
 // NodeNetRoute is a route to another node's pod block.

@@ -154,6 +154,10 @@ type Status struct {
 	// PeerStates say, with encryption on, for every routed peer whether its traffic is
 	// encrypted (and its last handshake) or why not.
 	PeerStates []PeerState `json:"peerStates,omitempty"`
+	// Strict is strict node encryption (Encrypt.Strict) in force; StrictDropped the
+	// packets it has dropped (as of the last reconcile; MetricStrictDropped).
+	Strict        bool   `json:"strict,omitempty"`
+	StrictDropped uint64 `json:"strictDropped,omitempty"`
 }
 
 // WGStatus is the node-to-node WireGuard device.
@@ -180,6 +184,9 @@ type PeerState struct {
 	RxBytes       int64     `json:"rxBytes,omitempty"`
 	TxBytes       int64     `json:"txBytes,omitempty"`
 	Reason        string    `json:"reason,omitempty"` // why not encrypted
+	// Dropped is set when strict mode drops the pod traffic to this peer instead
+	// (StrictDropped, or "dropped: <reason> (strict)").
+	Dropped string `json:"dropped,omitempty"`
 }
 
 // Controller runs per-node pod networking for one node.
@@ -205,6 +212,8 @@ type Controller struct {
 	// relay are the claims this node announces on behalf of nodes that run no mesh
 	// (relay.go; under mu).
 	relay []alloc.Claim
+	// strictBase + strictLast is the strict chain's drop total across rewrites (under mu).
+	strictBase, strictLast uint64
 }
 
 // New checks o and makes a controller.
@@ -483,6 +492,10 @@ func (c *Controller) program(dp Datapath, addr netip.Addr, peers []Peer) error {
 		}
 	} else if len(peers) > 0 {
 		errs = append(errs, fmt.Errorf("nodenet: node %s has no IPv4 underlay address: cannot route to peers", c.o.NodeName))
+	}
+	// Strict drops first: the routes and the device below may change (or fail) next.
+	if err := c.setStrict(dp, st.Block, strictCluster(c.o.ClusterCIDR, peers)); err != nil {
+		errs = append(errs, err)
 	}
 	enc := c.o.Encrypt.Mode == EncryptionWireGuard
 	if enc && local.Dev != "" {

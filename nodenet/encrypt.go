@@ -272,6 +272,10 @@ type Encrypt struct {
 	Key wgtypes.Key
 	// Link overrides the real device (tests).
 	Link WGLink
+	// Strict (ConfigMap node-encryption-strict; needs Mode wireguard): pod traffic to
+	// another node's pod block that would leave by any interface but WGDevice is dropped
+	// and counted, never sent in the clear (strict.go).
+	Strict bool
 }
 
 // check validates e and fills its defaults.
@@ -281,6 +285,9 @@ func (e *Encrypt) check() error {
 		return fmt.Errorf("nodenet: node-encryption %w", err)
 	}
 	e.Mode = m
+	if e.Strict && e.Mode != EncryptionWireGuard {
+		return fmt.Errorf("nodenet: strict node encryption needs node-encryption %s (it is %s)", EncryptionWireGuard, e.Mode)
+	}
 	if e.Port == 0 {
 		e.Port = WGPort
 	}
@@ -405,6 +412,7 @@ func (c *Controller) closeWG() {
 // recordPeers puts the per-peer encryption state in the status and logs the peers
 // routed in the clear whenever that set changes (mixed rollout must be visible).
 func (c *Controller) recordPeers(enc bool, peers []Peer, p Plan) {
+	strict := c.strictOn()
 	if !enc {
 		return
 	}
@@ -437,6 +445,9 @@ func (c *Controller) recordPeers(enc bool, peers []Peer, p Plan) {
 			if st.Reason == "" {
 				st.Reason = PlainNoDevice
 			}
+			if strict {
+				st.Dropped = strictReason(st.Reason)
+			}
 			plain = append(plain, peer.Name+": "+st.Reason)
 		}
 		states = append(states, st)
@@ -448,9 +459,12 @@ func (c *Controller) recordPeers(enc bool, peers []Peer, p Plan) {
 	c.mu.Unlock()
 	if key := strings.Join(plain, "; "); key != c.wgPlain {
 		c.wgPlain = key
-		if key != "" {
+		switch {
+		case key != "" && strict:
+			c.log.Warn("pod traffic to some peers DROPPED: not encrypted and node encryption is strict", "peers", plain)
+		case key != "":
 			c.log.Warn("node-to-node traffic NOT encrypted to some peers", "peers", plain)
-		} else {
+		default:
 			c.log.Info("node-to-node traffic encrypted to every peer", "peers", len(states))
 		}
 	}

@@ -24,12 +24,12 @@ func TestStatusMirroredByLocalAPINodeNet(t *testing.T) {
 		Lost: []LostPod{{Namespace: "default", Name: "web-1", ContainerID: "abc123",
 			IPs: []netip.Prefix{netip.MustParsePrefix("10.244.9.7/24")}, Block: netip.MustParsePrefix("10.244.9.0/24")}},
 		LastError:  "route 10.244.6.0/24: file exists",
-		Encryption: EncryptionWireGuard,
+		Encryption: EncryptionWireGuard, Strict: true, StrictDropped: 7,
 		WireGuard: &WGStatus{Device: WGDevice, PublicKey: "BeV3814JvpR9Kxjc0xSEgKQgbTyNG6EwF2G2Q+2XuAI=", Port: WGPort, MTU: 1420,
 			Implementation: "kernel", Peers: 1, Error: "peer b: no endpoint"},
 		PeerStates: []PeerState{{Node: "b", Blocks: []netip.Prefix{netip.MustParsePrefix("10.244.4.0/24")}, Encrypted: true,
 			PublicKey: "2s3f5yK92p/b8hi9llTKUbak+P9WYR3JJgcAfZNzH5I=", Endpoint: "192.0.2.4:51819", LastHandshake: at.Add(time.Minute),
-			RxBytes: 1500, TxBytes: 3000, Reason: PlainNoDevice}}, // every field set, even ones that exclude each other
+			RxBytes: 1500, TxBytes: 3000, Reason: PlainNoDevice, Dropped: "dropped: peer has no key (strict)"}}, // every field set, even ones that exclude each other
 	}
 	// A field added to Status must be added here too (and so to NodeNet).
 	populated(t, reflect.ValueOf(st), "Status")

@@ -1,0 +1,111 @@
+package nodenet
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// SetStrict implements StrictDatapath on the real datapath (StrictDatapath says what it
+// makes). Like SetMasquerade it touches only its own chain of the shared table.
+func (d *netlinkDatapath) SetStrict(s Strict) (uint64, error) {
+	if s.Table == "" {
+		s.Table = DefaultMasqTable
+	}
+	if s.Chain == "" {
+		s.Chain = DefaultStrictChain
+	}
+	if s.Device == "" {
+		s.Device = WGDevice
+	}
+	table := &nftables.Table{Name: s.Table, Family: nftables.TableFamilyINet}
+	chains, err := d.nft.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return 0, fmt.Errorf("nodenet: list chains: %w", err)
+	}
+	var chain *nftables.Chain
+	for _, c := range chains {
+		if c.Table.Name == s.Table && c.Name == s.Chain {
+			chain = c
+		}
+	}
+	var want [][]byte
+	var rules [][]expr.Any
+	for _, src := range s.Sources {
+		if !src.Addr().Is4() {
+			continue
+		}
+		for _, dst := range s.Guarded {
+			if !dst.Addr().Is4() {
+				continue
+			}
+			exprs := []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+			}
+			exprs = append(exprs, matchIP(12, src, expr.CmpOpEq)...)
+			exprs = append(exprs, matchIP(16, dst, expr.CmpOpEq)...)
+			exprs = append(exprs,
+				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(s.Device)},
+				&expr.Counter{},
+				&expr.Verdict{Kind: expr.VerdictDrop})
+			want = append(want, []byte("strict saddr "+src.Masked().String()+" daddr "+dst.Masked().String()+" oifname!="+s.Device))
+			rules = append(rules, exprs)
+		}
+	}
+	if len(want) == 0 {
+		if chain != nil {
+			d.nft.FlushChain(chain)
+			d.nft.DelChain(chain)
+			if err := d.nft.Flush(); err != nil {
+				return 0, fmt.Errorf("nodenet: remove chain %s: %w", s.Chain, err)
+			}
+		}
+		return 0, nil
+	}
+	if chain != nil {
+		have, err := d.nft.GetRules(table, chain)
+		if err == nil && len(have) == len(want) && slices.IndexFunc(have, func(r *nftables.Rule) bool {
+			return !slices.ContainsFunc(want, func(w []byte) bool { return bytes.Equal(w, r.UserData) })
+		}) < 0 {
+			return dropped(have), nil // already as wanted
+		}
+		d.nft.FlushChain(chain)
+	} else {
+		d.nft.AddTable(table)
+		chain = d.nft.AddChain(&nftables.Chain{Name: s.Chain, Table: table, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
+	}
+	for i, exprs := range rules {
+		d.nft.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: exprs, UserData: want[i]})
+	}
+	if err := d.nft.Flush(); err != nil {
+		return 0, fmt.Errorf("nodenet: strict chain %s: %w", s.Chain, err)
+	}
+	return 0, nil
+}
+
+// dropped sums the packets of the rules' counters.
+func dropped(rules []*nftables.Rule) uint64 {
+	var n uint64
+	for _, r := range rules {
+		for _, e := range r.Exprs {
+			if c, ok := e.(*expr.Counter); ok {
+				n += c.Packets
+			}
+		}
+	}
+	return n
+}
+
+// ifname is an interface name as the kernel compares it (NUL-padded to IFNAMSIZ).
+func ifname(n string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, n)
+	return b
+}
