@@ -11,6 +11,15 @@
 # Builds:
 #   progress_ticker SECS START CMD...   in the background, every SECS seconds:
 #                                       CMD... "<seconds since START>s"; $! is its pid
+#
+# Ginkgo junit reports (the conformance scripts' result tables):
+#   junit_testcases FILE...             the <testcase ...> start tags, one a line
+#   junit_attr NAME                     attribute NAME of the tag on stdin, as written
+#   junit_secs                          its time attribute in whole seconds
+#   xml_unescape                        decodes &#39; &apos; &#34; &quot; &amp; (stdin)
+#   junit_result STATUS                 "pass", or "FAIL (STATUS)" ("did not run" if empty)
+#   junit_table_head COLUMN             the header of a | COLUMN | Result | Time | table
+#   junit_row NAME RESULT SECS          one row of it (SECS empty: "?")
 
 # alive PID: the process exists and is not a zombie (kill -0 succeeds on zombies, which may
 # wait a while for their new parent to reap them).
@@ -53,3 +62,36 @@ progress_ticker() {
 		done
 	) &
 }
+
+# junit_testcases FILE...: the <testcase ...> start tags of Ginkgo junit reports, one a line
+# (a report's attributes are all in its start tag: name, classname, status, time).
+junit_testcases() { grep -ho '<testcase [^>]*>' "$@"; }
+
+# junit_attr NAME: the value of attribute NAME of the testcase tag on stdin, entities as
+# written (xml_unescape decodes them).
+junit_attr() { sed -n "s/.* $1=\"\([^\"]*\)\".*/\1/p"; }
+
+# junit_secs: the time attribute of the testcase tag on stdin in whole seconds, truncated;
+# nothing when there is none. Ginkgo writes seconds as a float, with an exponent when tiny
+# ("4.3e-05": 0).
+junit_secs() { junit_attr time | awk 'NF { printf "%d\n", $1 }'; }
+
+# xml_unescape: stdin with the entities Ginkgo's (Go's) XML writer puts into spec names for
+# quotes and ampersands decoded, &amp; last. &lt; and &gt; stay: in a Markdown table a raw
+# <word> reads as an HTML tag.
+xml_unescape() { sed "s/&#39;/'/g; s/&apos;/'/g; s/&#34;/\"/g; s/&quot;/\"/g; s/&amp;/\\&/g"; }
+
+# junit_result STATUS: a table's result for a testcase status: "pass" for passed, else
+# "FAIL (STATUS)", "FAIL (did not run)" when there is no status (no testcase ran the spec).
+junit_result() {
+	if [ "$1" = passed ]; then echo pass; else echo "FAIL (${1:-did not run})"; fi
+}
+
+# junit_table_head COLUMN: the first two lines of a result table: | COLUMN | Result | Time |.
+junit_table_head() {
+	echo "| $1 | Result | Time |"
+	echo "|---|---|---|"
+}
+
+# junit_row NAME RESULT SECS: one row of that table (no SECS: "?").
+junit_row() { printf '| %s | %s | %ss |\n' "$1" "$2" "${3:-?}"; }
