@@ -41,7 +41,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-# junit_testcases, junit_attr, junit_secs, xml_unescape, junit_result, junit_table_head, junit_row.
+# wait_until; junit_testcases, junit_attr, junit_secs, xml_unescape, junit_result,
+# junit_table_head, junit_row.
 # shellcheck source=lib/common.sh
 . "$ROOT/scripts/lib/common.sh"
 export LAB_PREFIX=${LAB_PREFIX:-pmcs}
@@ -273,12 +274,8 @@ mcs_ready() {
 	return 1
 }
 for c in 1 2; do
-	ok=0
-	for _ in $(seq 1 60); do
-		if mcs_ready "$c"; then ok=1; break; fi
-		sleep 2
-	done
-	[ $ok = 1 ] || die "cluster $c: no agent reports 'MCS: controller running' in patronus status after 120 s"
+	wait_until 120 2 mcs_ready "$c" ||
+		die "cluster $c: no agent reports 'MCS: controller running' in patronus status after 120 s"
 done
 log "both clusters' MCS controllers are running"
 

@@ -72,15 +72,10 @@ start() {
 	log "started $name (pid $!, log $logf)"
 }
 
-wait_for() { # DESCRIPTION SECONDS CMD...
-	local what=$1 secs=$2 deadline
+wait_for() { # DESCRIPTION SECONDS CMD...: CMD succeeds within SECONDS, else the lab fails
+	local what=$1 secs=$2
 	shift 2
-	deadline=$(( $(date +%s) + secs ))
-	while [ "$(date +%s)" -lt "$deadline" ]; do
-		if "$@" >/dev/null 2>&1; then return 0; fi
-		sleep 0.2
-	done
-	die "$what: not ready after ${secs}s"
+	wait_until "$secs" 0.2 "$@" || die "$what: not ready after ${secs}s"
 }
 
 # ---------------------------------------------------------------------------------------

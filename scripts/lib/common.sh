@@ -8,6 +8,10 @@
 #   alive PID          the process exists and is not a zombie
 #   starttime PID      its start time, field 22 of /proc/PID/stat (clock ticks after boot)
 #
+# Waiting:
+#   wait_until SECS INTERVAL CMD...     retry CMD (quietly) every INTERVAL s until it
+#                                       succeeds (0) or SECS s have passed (1)
+#
 # Builds:
 #   progress_ticker SECS START CMD...   in the background, every SECS seconds:
 #                                       CMD... "<seconds since START>s"; $! is its pid
@@ -39,6 +43,20 @@ starttime() {
 	# shellcheck disable=SC2086
 	set -- $stat
 	echo "${20}"
+}
+
+# wait_until SECS INTERVAL CMD...: runs CMD, its output discarded, until it succeeds (returns
+# 0) or SECS seconds have passed since the first try (returns 1), sleeping INTERVAL seconds
+# (a fraction is fine) between tries. The caller says what timed out.
+wait_until() {
+	local secs=$1 interval=$2 deadline
+	shift 2
+	deadline=$(( $(date +%s) + secs ))
+	while [ "$(date +%s)" -lt "$deadline" ]; do
+		if "$@" >/dev/null 2>&1; then return 0; fi
+		sleep "$interval"
+	done
+	return 1
 }
 
 # progress_ticker SECS START CMD...: a background job that runs CMD with one more argument,
