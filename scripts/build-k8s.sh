@@ -7,6 +7,9 @@
 # so `go install k8s.io/kubernetes/cmd/...@v` fails; a module that pins every staging module
 # to its published version builds fine (see docs/CONTRACT.md and ../shared/K8S.md).
 set -euo pipefail
+# progress_ticker.
+# shellcheck source=lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.7.0}
@@ -69,18 +72,7 @@ start=$(date +%s)
 	ld=${ld%.*}
 	tmp=$(mktemp -d "$OUT/.build.XXXX")
 	# Progress for a newcomer: the Go compiler is silent for minutes otherwise.
-	# The ticker holds neither the lock (fd 9) nor stdout (a caller's $(...) waits for its
-	# EOF), and takes its sleep with it when killed.
-	(
-		exec 9>&- >&2
-		trap 'kill $s 2>/dev/null; exit 0' TERM
-		while :; do
-			sleep 30 &
-			s=$!
-			wait $s
-			log "still building... $(( $(date +%s) - start ))s"
-		done
-	) &
+	progress_ticker 30 "$start" log "still building..."
 	ticker=$!
 	trap 'kill $ticker 2>/dev/null' EXIT
 	CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$tmp/" "${TARGETS[@]}" >&2

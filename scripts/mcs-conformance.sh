@@ -41,6 +41,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# wait_until; junit_testcases, junit_attr, junit_secs, xml_unescape, junit_result,
+# junit_table_head, junit_row.
+# shellcheck source=lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 export LAB_PREFIX=${LAB_PREFIX:-pmcs}
 export LAB_DIR=${LAB_DIR:-/var/tmp/patronus-lab-mcs}
 MIRROR=${MCS_API_MIRROR:-/work/.mirror/kubernetes-sigs+mcs-api/repo}
@@ -270,12 +274,8 @@ mcs_ready() {
 	return 1
 }
 for c in 1 2; do
-	ok=0
-	for _ in $(seq 1 60); do
-		if mcs_ready "$c"; then ok=1; break; fi
-		sleep 2
-	done
-	[ $ok = 1 ] || die "cluster $c: no agent reports 'MCS: controller running' in patronus status after 120 s"
+	wait_until 120 2 mcs_ready "$c" ||
+		die "cluster $c: no agent reports 'MCS: controller running' in patronus status after 120 s"
 done
 log "both clusters' MCS controllers are running"
 
@@ -362,27 +362,19 @@ t_suite=$(( $(date +%s) - t0 ))
 # --- results: one row per spec that ran (junit); failures are summarised from suite.log below
 pass=0
 fail=0
-{
-	echo "| Spec | Result | Time |"
-	echo "|---|---|---|"
-} >"$OUT/table.md"
+junit_table_head Spec >"$OUT/table.md"
 while IFS= read -r tc; do
-	status=$(sed -n 's/.* status="\([^"]*\)".*/\1/p' <<<"$tc")
+	status=$(junit_attr status <<<"$tc")
 	[ "$status" != skipped ] || continue
-	name=$(sed -n 's/.* name="\([^"]*\)".*/\1/p' <<<"$tc" | sed 's/&#39;/'"'"'/g; s/&apos;/'"'"'/g; s/&#34;/"/g; s/&quot;/"/g; s/&amp;/\&/g; s/^\[It\] *//')
-	secs=$(sed -n 's/.* time="\([0-9]*\)[.0-9]*".*/\1/p' <<<"$tc")
+	name=$(junit_attr name <<<"$tc" | xml_unescape | sed 's/^\[It\] *//')
+	secs=$(junit_secs <<<"$tc")
 	case $name in \[BeforeSuite\]* | \[AfterSuite\]* | \[ReportAfterSuite\]*)
 		[ "$status" = passed ] && continue ;;
 	esac
-	if [ "$status" = passed ]; then
-		res=pass
-		pass=$((pass + 1))
-	else
-		res="FAIL ($status)"
-		fail=$((fail + 1))
-	fi
-	printf '| %s | %s | %ss |\n' "${name//|/\\|}" "$res" "${secs:-?}" >>"$OUT/table.md"
-done < <(grep -o '<testcase [^>]*>' "$OUT/junit.xml" 2>/dev/null || true)
+	res=$(junit_result "$status")
+	if [ "$res" = pass ]; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+	junit_row "${name//|/\\|}" "$res" "$secs" >>"$OUT/table.md"
+done < <(junit_testcases "$OUT/junit.xml" 2>/dev/null || true)
 ran=$(grep -o 'Ran [0-9]* of [0-9]* Specs' "$OUT/suite.log" | tail -1 || true)
 total=$(( $(date +%s) - t_all ))
 datapath=$(kcs 1 -n kube-system get configmap patronus-config -o jsonpath='{.data.datapath}' 2>/dev/null || echo '?')

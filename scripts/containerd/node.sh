@@ -15,6 +15,9 @@
 # DIR must not be under /run or /var/lib (they are replaced inside the mount namespace).
 # Environment: CRICTL (path of crictl, for `down`), SANDBOX_IMAGE.
 set -euo pipefail
+# alive, starttime.
+# shellcheck source=../lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 
 log() { echo "containerd-node: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -107,16 +110,6 @@ YAML
 	die "containerd did not answer on $dir/containerd.sock within 20s (log: $dir/containerd.log)"
 }
 
-# starttime PID: field 22 of /proc/PID/stat (after the command name, which may hold spaces).
-starttime() {
-	local stat
-	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-	stat=${stat##*) }
-	# shellcheck disable=SC2086
-	set -- $stat
-	echo "${20}"
-}
-
 # descendants PID...: prints the given pids and all their descendants.
 descendants() {
 	local todo=("$@") seen=" " p c
@@ -128,15 +121,6 @@ descendants() {
 		echo "$p"
 		for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do todo+=("$c"); done
 	done
-}
-
-# alive PID: the process exists and is not a zombie (kill -0 succeeds on zombies, which
-# may wait a while for their new parent to reap them).
-alive() {
-	local stat
-	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-	stat=${stat##*) }
-	[ "${stat:0:1}" != Z ]
 }
 
 # ours PID: PID is still this node's containerd or one of its processes: it is alive, in the

@@ -26,6 +26,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
+# progress_ticker.
+# shellcheck source=../lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
@@ -127,18 +130,8 @@ build() {
 	shift
 	start=$(date +%s)
 	log "$label: building $* (first time: minutes on 2 cores)"
-	# The ticker holds neither the lock (fd 9) nor stdout (a caller's $(...) waits for its
-	# EOF), and takes its sleep with it when killed.
-	(
-		exec 9>&- >&2
-		trap 'kill $s 2>/dev/null; exit 0' TERM
-		while :; do
-			sleep 60 &
-			s=$!
-			wait $s
-			log "$label: still building... $(( $(date +%s) - start ))s"
-		done
-	) &
+	# A line a minute (scripts/lib/common.sh: it holds neither the lock on fd 9 nor stdout).
+	progress_ticker 60 "$start" log "$label: still building..."
 	ticker=$!
 	tmp=$(mktemp -d "$OUT/.build.XXXX")
 	[ "$1" != coredns ] || mod=$DNSMOD

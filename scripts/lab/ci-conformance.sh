@@ -17,6 +17,9 @@
 # The full suite and per-datapath runs are `make conformance` (scripts/lab/conformance.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# junit_testcases, junit_attr, junit_secs, xml_unescape, junit_result, junit_table_head, junit_row.
+# shellcheck source=../lib/common.sh
+. scripts/lib/common.sh
 export LAB_PREFIX=${LAB_PREFIX:-pci}
 export LAB_DIR=${LAB_DIR:-/var/tmp/patronus-lab-ci}
 export LAB_CLUSTERS=1 LAB_NODES=2
@@ -121,26 +124,18 @@ t_e2e=$(( $(date +%s) - t0 ))
 # failure too.
 pass=0
 fail=0
-{
-	echo "| Case | Result | Time |"
-	echo "|---|---|---|"
-} >"$OUT/table.md"
+junit_table_head Case >"$OUT/table.md"
 for c in "${CASES[@]}"; do
 	label=${c%%|*}
 	re=${c#*|}
 	# Every process's report lists every spec: the one that ran it has it not skipped.
-	lines=$(cat "$OUT"/junit-*.xml 2>/dev/null | grep -o '<testcase [^>]*>' | sed "s/&#39;/'/g; s/&apos;/'/g" | grep -E "name=\"[^\"]*$re" || true)
+	lines=$(junit_testcases "$OUT"/junit-*.xml 2>/dev/null | xml_unescape | grep -E "name=\"[^\"]*$re" || true)
 	line=$(grep -v 'status="skipped"' <<<"$lines" | head -1 || true)
-	status=$(sed -n 's/.* status="\([^"]*\)".*/\1/p' <<<"$line")
-	secs=$(sed -n 's/.* time="\([0-9]*\)[.0-9]*".*/\1/p' <<<"$line")
-	if [ "$status" = passed ]; then
-		res=pass
-		pass=$((pass + 1))
-	else
-		res="FAIL (${status:-did not run})"
-		fail=$((fail + 1))
-	fi
-	printf '| %s | %s | %ss |\n' "$label" "$res" "${secs:-?}" >>"$OUT/table.md"
+	status=$(junit_attr status <<<"$line")
+	secs=$(junit_secs <<<"$line")
+	res=$(junit_result "$status")
+	if [ "$res" = pass ]; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+	junit_row "$label" "$res" "$secs" >>"$OUT/table.md"
 done
 ran=$(grep -ho 'Ran [0-9]* of [0-9]* Specs' "$OUT"/e2e-*.log | paste -sd, - || true)
 datapath=$("$LAB_DIR/c1/kubectl" -n kube-system get configmap patronus-config -o jsonpath='{.data.datapath}' 2>/dev/null || echo '?')

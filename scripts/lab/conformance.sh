@@ -19,6 +19,9 @@
 # CI runs a 12-case subset on a lab of its own instead: scripts/lab/ci-conformance.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# junit_testcases, junit_attr, junit_secs, xml_unescape, junit_result, junit_row.
+# shellcheck source=../lib/common.sh
+. scripts/lib/common.sh
 LAB_DIR=${LAB_DIR:-/var/tmp/patronus-lab}
 LAB_PREFIX=${LAB_PREFIX:-plab}
 OUT=${CONFORMANCE_OUT:-CONFORMANCE.md}
@@ -54,9 +57,11 @@ else
 	focus='Netpol'
 fi
 e2e --ginkgo.dry-run --ginkgo.focus="$focus" --ginkgo.junit-report="$logs/dry.xml" >"$logs/dry.log" 2>&1
+# A spec name's text becomes part of a ginkgo focus regex: &lt; and &gt; are decoded too
+# (xml_unescape leaves them, for Markdown).
+unescape() { xml_unescape | sed 's/&lt;/</g; s/&gt;/>/g'; }
 specs() { # the names of the specs a dry run would run (status passed), one a line
-	grep -o '<testcase [^>]*>' "$logs/dry.xml" | grep 'status="passed"' | sed -n 's/.*name="\[It\] \([^"]*\)".*/\1/p' |
-		sed "s/&#39;/'/g; s/&apos;/'/g; s/&quot;/\"/g; s/&amp;/\\&/g; s/&lt;/</g; s/&gt;/>/g"
+	junit_testcases "$logs/dry.xml" | grep 'status="passed"' | sed -n 's/.*name="\[It\] \([^"]*\)".*/\1/p' | unescape
 }
 mapfile -t all < <(specs)
 [ ${#all[@]} -gt 0 ] || { log "no spec matches $focus (see $logs/dry.log)"; exit 1; }
@@ -101,15 +106,15 @@ for dp in $DATAPATHS; do
 	fail=0
 	: >"$results.$dp"
 	for s in "${runnable[@]}"; do
-		line=$(cat "$logs/$dp"-junit-*.xml 2>/dev/null | grep -o '<testcase [^>]*>' |
-			sed "s/&#39;/'/g; s/&apos;/'/g; s/&quot;/\"/g; s/&amp;/\\&/g; s/&lt;/</g; s/&gt;/>/g" |
+		line=$(junit_testcases "$logs/$dp"-junit-*.xml 2>/dev/null | unescape |
 			grep -F "name=\"[It] $s\"" | grep -v 'status="skipped"' | head -1 || true)
-		st=$(sed -n 's/.* status="\([^"]*\)".*/\1/p' <<<"$line")
-		t=$(sed -n 's/.* time="\([0-9]*\)[.0-9e+-]*".*/\1/p' <<<"$line")
-		if [ "$st" = passed ]; then res=pass; pass=$((pass + 1)); else res="FAIL (${st:-did not run})"; fail=$((fail + 1)); fi
+		st=$(junit_attr status <<<"$line")
+		t=$(junit_secs <<<"$line")
+		res=$(junit_result "$st")
+		if [ "$res" = pass ]; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
 		name=${s#\[sig-network\] }
 		name=${name% \[Feature:NetworkPolicy\]*}
-		printf '| %s | %s | %ss |\n' "$name" "$res" "${t:-?}" | sed 's/ *\[sig-network[^]]*\]//g' >>"$results.$dp"
+		junit_row "$name" "$res" "$t" | sed 's/ *\[sig-network[^]]*\]//g' >>"$results.$dp"
 	done
 	for s in "${sctp[@]}"; do
 		name=${s#\[sig-network\] }
@@ -120,8 +125,7 @@ for dp in $DATAPATHS; do
 	{
 		echo "### Datapath $dp: $pass passed, $fail failed of ${#runnable[@]} (${#sctp[@]} SCTP not runnable), ${secs}s"
 		echo
-		echo "| Case | Result | Time |"
-		echo "|---|---|---|"
+		junit_table_head Case
 		cat "$results.$dp"
 		echo
 	} >>"$results"

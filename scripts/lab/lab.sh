@@ -24,6 +24,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
+# shellcheck source=../lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 
 LAB_DIR=${LAB_DIR:-/var/tmp/patronus-lab}
 CLUSTERS=${LAB_CLUSTERS:-2}
@@ -70,15 +72,10 @@ start() {
 	log "started $name (pid $!, log $logf)"
 }
 
-wait_for() { # DESCRIPTION SECONDS CMD...
-	local what=$1 secs=$2 deadline
+wait_for() { # DESCRIPTION SECONDS CMD...: CMD succeeds within SECONDS, else the lab fails
+	local what=$1 secs=$2
 	shift 2
-	deadline=$(( $(date +%s) + secs ))
-	while [ "$(date +%s)" -lt "$deadline" ]; do
-		if "$@" >/dev/null 2>&1; then return 0; fi
-		sleep 0.2
-	done
-	die "$what: not ready after ${secs}s"
+	wait_until "$secs" 0.2 "$@" || die "$what: not ready after ${secs}s"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -622,23 +619,7 @@ wan() {
 # ---------------------------------------------------------------------------------------
 # teardown
 
-alive() {
-	local stat
-	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-	stat=${stat##*) }
-	[ "${stat:0:1}" != Z ]
-}
-
-# starttime PID: field 22 of /proc/PID/stat (clock ticks after boot); with the pid it names
-# one process, even after the pid space wraps.
-starttime() {
-	local stat
-	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-	stat=${stat##*) }
-	# shellcheck disable=SC2086
-	set -- $stat
-	echo "${20}"
-}
+# alive and starttime (a process named by pid and start time): scripts/lib/common.sh.
 
 # Names `up` gives its namespaces (a prefix match alone could take another lab's whose
 # prefix starts with ours, or a test's).
