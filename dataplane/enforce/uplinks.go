@@ -175,9 +175,12 @@ func (v *uplinkView) apply(m *syscall.NetlinkMessage) error {
 			return nil
 		}
 		for _, i := range oifs {
-			// A bridge port's routes (a pod veth's IPv6 link-local one) do not count
-			// while it is one; if it leaves the bridge, RTM_NEWLINK asks for a dump.
-			if l, ok := v.links[i]; ok && staticSkip(l) {
+			// Only a counted device can lose its last route. A bridge port's routes (a
+			// pod veth's IPv6 link-local one) do not count while it is one (if it
+			// leaves the bridge, RTM_NEWLINK asks for a dump); a deleted device's
+			// routes went with it.
+			l, ok := v.links[i]
+			if !v.routeDevs[i] || !ok || staticSkip(l) {
 				continue
 			}
 			v.routesDirty = true
