@@ -256,16 +256,20 @@ func (e *EBPF) Set(ctx context.Context, endpoints []Endpoint) error {
 	desired := map[uint32]Endpoint{}
 	var errs []error
 	err := e.inNS(func() error {
+		// With route uplinks, the followed view names the veths too. If it cannot be
+		// brought up to date (a failed dump, retried next Set), this Set does what it
+		// can without it, as when a route listing failed before.
 		var byName map[string]int
+		var upErr error
 		if e.uplinks != nil {
-			if err := e.uplinks.refresh(); err != nil {
-				return err
+			if upErr = e.uplinks.refresh(); upErr == nil {
+				byName = e.uplinks.byName
 			}
-			byName = e.uplinks.byName
-		} else {
+		}
+		if byName == nil {
 			var err error
 			if byName, err = linkIndexes(); err != nil {
-				return err
+				return errors.Join(upErr, err)
 			}
 		}
 		for _, ep := range endpoints {
@@ -278,7 +282,10 @@ func (e *EBPF) Set(ctx context.Context, endpoints []Endpoint) error {
 		}
 		// Maps first, then links: a newly attached program finds its endpoint's rules.
 		errs = append(errs, e.sync.sync(desired))
-		if e.uplinks != nil {
+		switch {
+		case upErr != nil:
+			errs = append(errs, upErr)
+		case e.uplinks != nil:
 			errs = append(errs, e.linkRouteUplinks(desired))
 		}
 		for ifindex := range desired {
