@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -41,8 +40,9 @@ type Options struct {
 	Uplinks []string
 	// RouteUplinks, when Uplinks is empty, attaches to_net to the devices of the node's
 	// routes instead (underlay, VXLAN, WireGuard: wherever pod traffic leaves for other
-	// nodes), found again on every Set so that tunnels created later are covered. Pod
-	// veths, their bridge and lo are left out.
+	// nodes), found again on every Set so that tunnels created later are covered (from
+	// link and route notifications: a Set where no link or route changed dumps
+	// nothing). Pod veths, their bridge and lo are left out.
 	RouteUplinks bool
 	Logger       *slog.Logger
 }
@@ -54,11 +54,12 @@ type EBPF struct {
 	objs    bpf.PolicyObjects
 	linkDir string
 
-	mu     sync.Mutex
-	sync   *syncer
-	byIf   map[uint32]Endpoint // last applied, to name events and counters
-	linked map[string]bool     // "ifindex/veth" whose links this process has ensured
-	closed bool
+	mu      sync.Mutex
+	sync    *syncer
+	uplinks *uplinkView         // the node's links and route devices, with RouteUplinks
+	byIf    map[uint32]Endpoint // last applied, to name events and counters
+	linked  map[string]bool     // "ifindex/veth" whose links this process has ensured
+	closed  bool
 }
 
 const bpffsMagic = 0xcafe4a11
@@ -130,6 +131,15 @@ func NewEBPF(opts Options) (*EBPF, error) {
 		return nil
 	}); err != nil {
 		return nil, err
+	}
+	if len(opts.Uplinks) == 0 && opts.RouteUplinks {
+		_ = e.inNS(func() error {
+			var err error
+			if e.uplinks, err = openUplinkView(); err != nil {
+				e.log.Warn("not following link and route changes: every policy sync dumps them", "err", err)
+			}
+			return nil
+		})
 	}
 	ok = true
 	return e, nil
@@ -246,9 +256,21 @@ func (e *EBPF) Set(ctx context.Context, endpoints []Endpoint) error {
 	desired := map[uint32]Endpoint{}
 	var errs []error
 	err := e.inNS(func() error {
-		byName, err := linkIndexes()
-		if err != nil {
-			return err
+		// With route uplinks, the followed view names the veths too. If it cannot be
+		// brought up to date (a failed dump, retried next Set), this Set does what it
+		// can without it, as when a route listing failed before.
+		var byName map[string]int
+		var upErr error
+		if e.uplinks != nil {
+			if upErr = e.uplinks.refresh(); upErr == nil {
+				byName = e.uplinks.byName
+			}
+		}
+		if byName == nil {
+			var err error
+			if byName, err = linkIndexes(); err != nil {
+				return errors.Join(upErr, err)
+			}
 		}
 		for _, ep := range endpoints {
 			idx, ok := byName[ep.HostVeth]
@@ -260,7 +282,10 @@ func (e *EBPF) Set(ctx context.Context, endpoints []Endpoint) error {
 		}
 		// Maps first, then links: a newly attached program finds its endpoint's rules.
 		errs = append(errs, e.sync.sync(desired))
-		if len(e.opts.Uplinks) == 0 && e.opts.RouteUplinks {
+		switch {
+		case upErr != nil:
+			errs = append(errs, upErr)
+		case e.uplinks != nil:
 			errs = append(errs, e.linkRouteUplinks(desired))
 		}
 		for ifindex := range desired {
@@ -293,58 +318,25 @@ func (e *EBPF) Set(ctx context.Context, endpoints []Endpoint) error {
 
 // linkRouteUplinks attaches to_net at TC egress of every device a route of the node
 // namespace points at, except pod veths (to_pod's) and other bridge ports, the bridges
-// of pod veths (traffic to local pods, checked by to_pod) and lo. Must run in the node namespace.
+// of pod veths (traffic to local pods, checked by to_pod) and lo. Must run in the node
+// namespace, after e.uplinks.refresh.
 func (e *EBPF) linkRouteUplinks(endpoints map[uint32]Endpoint) error {
-	links, err := netlink.LinkList()
-	if err != nil {
-		return fmt.Errorf("listing links: %w", err)
-	}
-	skip := map[int]bool{}
-	byIndex := map[int]netlink.Link{}
-	for _, l := range links {
-		a := l.Attrs()
-		byIndex[a.Index] = l
-		if _, ok := endpoints[uint32(a.Index)]; ok {
-			skip[a.Index] = true
-			if a.MasterIndex != 0 {
-				skip[a.MasterIndex] = true
-			}
-		}
-		// Bridge ports are pods' veths (a route never points at one anyway).
-		if a.Flags&net.FlagLoopback != 0 || a.MasterIndex != 0 {
-			skip[a.Index] = true
-		}
-	}
-	devs := map[int]bool{}
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		if err != nil {
-			return fmt.Errorf("listing routes: %w", err)
-		}
-		for _, r := range routes {
-			if r.Type != unix.RTN_UNICAST {
-				continue
-			}
-			idx := r.LinkIndex
-			if idx == 0 && len(r.MultiPath) > 0 {
-				for _, nh := range r.MultiPath {
-					if !skip[nh.LinkIndex] {
-						devs[nh.LinkIndex] = true
-					}
-				}
-				continue
-			}
-			if idx != 0 && !skip[idx] {
-				devs[idx] = true
-			}
-		}
-	}
-	var errs []error
-	for idx := range devs {
-		l, ok := byIndex[idx]
+	// Forget devices that are gone or renamed: a device that comes back under the same
+	// index is checked again.
+	for k := range e.linked {
+		rest, ok := strings.CutPrefix(k, "net:")
 		if !ok {
 			continue
 		}
+		idx, name, _ := strings.Cut(rest, "/")
+		i, _ := strconv.Atoi(idx)
+		if l, ok := e.uplinks.links[i]; !ok || l.Attrs().Name != name {
+			delete(e.linked, k)
+		}
+	}
+	var errs []error
+	for _, l := range e.uplinks.uplinkDevices(endpoints) {
+		idx := l.Attrs().Index
 		key := fmt.Sprintf("net:%d/%s", idx, l.Attrs().Name)
 		if e.linked[key] {
 			continue
@@ -457,6 +449,9 @@ func (e *EBPF) Close() error {
 		return nil
 	}
 	e.closed = true
+	if e.uplinks != nil {
+		e.uplinks.close()
+	}
 	return e.objs.Close()
 }
 
