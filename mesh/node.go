@@ -300,8 +300,8 @@ func (n *Node) startSerf() error {
 // side's state broadcasts its members as alive, the nodes that knew them already do not
 // relay it, so a node it missed learned them at its next push-pull (up to 15 s later):
 // TestEdgePartition converged in 12-22 s in 6 of 16 runs, each time a newcomer not
-// seeing the other side's newcomer. With 4 every other node of a mesh of up to 5 gets it
-// in the first gossip round, and in larger ones each node it is new to relays it.
+// seeing the other side's newcomer. With 4 every other node of a 4-node mesh gets it in
+// the first gossip round (3 targets), and in larger ones each node it is new to relays it.
 func memberlistConfig(profile string) *memberlist.Config {
 	if profile != "local" {
 		return memberlist.DefaultLANConfig()
