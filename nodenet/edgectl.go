@@ -49,12 +49,12 @@ type EdgeOptions struct {
 	Changes <-chan struct{}
 	// ChangeDelay is how long the controller lets a burst of Changes settle before it
 	// reconciles (default 300ms; negative: none). A join brings the member, its tags and
-	// its claim within a few hundred ms. Reconciling (and re-publishing) at the very
-	// instant of each change made a healed partition converge in 10-23 s in 4 of 10
-	// runs of TestEdgePartition, with this delay in 1 of 8 (resync alone: 0 of 6, 1 of 5
-	// in an earlier session): a trend on a loaded box, not a proof. A suspected cause is
-	// a claim re-published before serf merged the two sides' clocks, which the other
-	// side then drops as older than its join; BENCHMARKS.md has the runs.
+	// its claim within a few hundred ms. It was added when reconciling at each change's
+	// instant gave TestEdgePartition 10-23 s heals in 4 of 10 runs; traced later, those
+	// slow heals were the mesh's local profile not telling one newcomer about the other
+	// side's newcomer until a push-pull (fixed in package mesh), whatever this delay.
+	// Since that fix, at the same load, 12 runs each: 1.2-5.7 s with the delay,
+	// 0.6-2.8 s without (BENCHMARKS.md); the default is unchanged pending more runs.
 	ChangeDelay time.Duration
 
 	DB           *store.DB
