@@ -410,14 +410,22 @@ func (n *Node) Run(ctx context.Context) error {
 func (n *Node) Shutdown() error { return n.serf.Shutdown() }
 
 // joinSeeds joins the seeds at start, retrying every 5 s until one answers, then every
-// 30 s (a remote cluster that was unreachable, or a partition that serf gave up on).
+// 30 s those seeds no alive member is reached at (a remote cluster that was unreachable,
+// or a partition that serf gave up on).
 func (n *Node) joinSeeds(ctx context.Context) {
 	wait := 5 * time.Second
+	joined := false
 	for {
-		if cnt, err := n.serf.Join(n.o.Seeds, true); cnt > 0 {
-			wait = 30 * time.Second
-		} else if err != nil {
-			n.log.Debug("join seeds", "err", err)
+		seeds := n.o.Seeds
+		if joined {
+			seeds = seedsToJoin(n.o.Seeds, n.Members())
+		}
+		if len(seeds) > 0 {
+			if cnt, err := n.serf.Join(seeds, true); cnt > 0 {
+				joined, wait = true, 30*time.Second
+			} else if err != nil {
+				n.log.Debug("join seeds", "seeds", seeds, "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -425,6 +433,32 @@ func (n *Node) joinSeeds(ctx context.Context) {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// seedsToJoin are the seeds that no alive member is reached at. Re-joining a seed that
+// already is one is a full state exchange for nothing and, because joins ignore old
+// events, raises serf's minimum event time to the seed's clock, which drops
+// announcements still on their way to this node. A seed that is not an address (a host
+// name) cannot be matched and is always joined.
+func seedsToJoin(seeds []string, members []Member) []string {
+	alive := map[netip.AddrPort]bool{}
+	for _, m := range members {
+		if m.Status != serf.StatusAlive.String() {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(m.Addr); err == nil {
+			alive[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())] = true
+		}
+	}
+	var out []string
+	for _, s := range seeds {
+		ap, err := netip.ParseAddrPort(s)
+		if err == nil && alive[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())] {
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
 }
 
 func (n *Node) eventLoop(ctx context.Context) {
