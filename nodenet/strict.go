@@ -21,7 +21,7 @@ import (
 // gateway) nor an inter-cluster tunnel device (StrictTunnelDevices: the gateway's
 // `wg-<cluster>` and per-path `wg<k>-<cluster>`), so the plain route a non-gateway node
 // keeps while the gateway's peer does not carry them drops instead of sending in the
-// clear. Addresses outside the cluster's pod space and the remote CIDRs are not touched,
+// clear. Other addresses (outside the pod space and the remote CIDRs) are not touched,
 // nor is the host's own traffic (it is not forwarded).
 const (
 	// DefaultStrictChain is the chain of its own in the masquerade's table (type filter,
