@@ -419,6 +419,9 @@ func (a *agent) startTunnelRoutes(ctx context.Context, cfg *config.Config, wgrp 
 				switch {
 				case err != nil:
 					log.Warn("routes to remote clusters via the gateway", "err", err)
+				case len(leg.Plain) > 0 && leg.Strict:
+					log.Warn("remote clusters' traffic via the gateway DROPPED: not encrypted and node encryption is strict", "gateway", g.name,
+						"via", g.addr, "dev", dev, "routes", len(routes), "dropped", leg.Plain, "reason", leg.Reason)
 				case len(leg.Plain) > 0:
 					log.Warn("routing remote clusters via the gateway NOT encrypted although node encryption is on", "gateway", g.name,
 						"via", g.addr, "dev", dev, "routes", len(routes), "plain", leg.Plain, "reason", leg.Reason)

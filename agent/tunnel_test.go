@@ -149,6 +149,9 @@ func TestNonGatewayEncryptedLeg(t *testing.T) {
 			msgHas: []string{"via gateway gw-1", "node encryption is on but 10.250.0.0/16 in the clear: " + nodenet.LegNotAllowed}},
 		{name: "gateway without key", leg: nodenet.RemoteLeg{Plain: []netip.Prefix{b, c}, Reason: nodenet.LegNoGatewayKey},
 			want: plain, msgHas: []string{"10.248.0.0/16, 10.250.0.0/16 in the clear: " + nodenet.LegNoGatewayKey}},
+		{name: "strict, gateway without key", leg: nodenet.RemoteLeg{Plain: []netip.Prefix{b, c}, Reason: nodenet.LegNoGatewayKey, Strict: true},
+			want: plain, msgHas: []string{"10.248.0.0/16, 10.250.0.0/16 DROPPED by strict node encryption (not sent in the clear): " + nodenet.LegNoGatewayKey},
+			msgHasNot: []string{" in the clear:"}},
 		{name: "routing failed", err: errors.New("no route to the gateway"), want: plain, msgHas: []string{"failed: no route to the gateway"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -43,6 +43,11 @@ func TestMeshLine(t *testing.T) {
 	if len(ls) != 2 || !ls[0].ok || ls[1].ok || ls[1].text != "Remote clusters via the gateway: node encryption is on but 10.248.0.0/16 in the clear: the gateway node published no WireGuard key (yet)" {
 		t.Errorf("non-gateway node, leg in the clear: %+v", ls)
 	}
+	// The same under strict node encryption: the traffic is dropped, and the line says so.
+	ls = meshLine(&localapi.Mesh{NotGateway: "gw-1 is marked a gateway", RemoteInClear: "10.248.0.0/16 DROPPED by strict node encryption (not sent in the clear): the gateway node published no WireGuard key (yet)"})
+	if len(ls) != 2 || ls[1].ok || ls[1].text != "Remote clusters via the gateway: node encryption is on but 10.248.0.0/16 DROPPED by strict node encryption (not sent in the clear): the gateway node published no WireGuard key (yet)" {
+		t.Errorf("non-gateway node, leg dropped under strict: %+v", ls)
+	}
 	if ls := meshLine(&localapi.Mesh{NotGateway: "gw-1 is marked a gateway"}); len(ls) != 1 || !ls[0].ok {
 		t.Errorf("non-gateway node: %+v", ls)
 	}

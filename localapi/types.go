@@ -68,7 +68,9 @@ type Mesh struct {
 	// pod block claim announced by this gateway on their behalf.
 	ClaimsOnBehalf int `json:"claimsOnBehalf,omitempty"`
 	// RemoteInClear, on a node that is not a gateway with node encryption on, names the
-	// remote clusters' pod CIDRs still routed to the gateway outside WireGuard, and why.
+	// remote clusters' pod CIDRs still routed to the gateway outside WireGuard, and why
+	// (nodenet.RemoteLeg.String: "in the clear", or under strict node encryption
+	// "DROPPED by strict node encryption (not sent in the clear)").
 	RemoteInClear string `json:"remoteInClear,omitempty"`
 }
 

@@ -26,6 +26,9 @@ type RemoteLeg struct {
 	// (both empty with encryption off: plain is then what was asked for).
 	Plain  []netip.Prefix
 	Reason string
+	// Strict: strict node encryption is in force, so the Plain CIDRs' traffic is dropped
+	// (chain nodenet-strict) instead of sent in the clear.
+	Strict bool
 }
 
 // Reasons the remote clusters' traffic leaves in the clear with encryption on.
@@ -34,6 +37,8 @@ const (
 	LegNoGatewayKey = "the gateway node published no WireGuard key (yet)"
 	LegNotPeer      = "the gateway node's WireGuard key is not a peer of this node's device (yet)"
 	LegNotAllowed   = "the gateway node's WireGuard peer does not carry this CIDR (another node is the remote clusters' entry gateway here, or the CIDR overlaps a node block)"
+	// LegStrictDropped replaces "in the clear" in RemoteLeg.String under strict mode.
+	LegStrictDropped = "DROPPED by strict node encryption (not sent in the clear)"
 )
 
 // DecideRemoteLeg is the pure decision: st is the controller's status, dev the live
@@ -49,8 +54,9 @@ func DecideRemoteLeg(st Status, dev *wgtypes.Device, gateway string, gwKey wgtyp
 	if st.Encryption != EncryptionWireGuard || len(remote) == 0 {
 		return leg
 	}
+	leg.Strict = st.Strict
 	plain := func(reason string) RemoteLeg {
-		return RemoteLeg{Plain: slices.Clone(remote), Reason: reason}
+		return RemoteLeg{Plain: slices.Clone(remote), Reason: reason, Strict: st.Strict}
 	}
 	switch {
 	case st.WireGuard == nil || st.WireGuard.PublicKey == "" || dev == nil:
@@ -85,7 +91,8 @@ func DecideRemoteLeg(st Status, dev *wgtypes.Device, gateway string, gwKey wgtyp
 	return leg
 }
 
-// String is the leg for logs and status texts ("" with nothing in the clear).
+// String is the leg for logs and status texts ("" with nothing in the clear): the plain
+// CIDRs "in the clear", or under strict mode "DROPPED by strict node encryption".
 func (l RemoteLeg) String() string {
 	if len(l.Plain) == 0 {
 		return ""
@@ -94,7 +101,11 @@ func (l RemoteLeg) String() string {
 	for i, p := range l.Plain {
 		ps[i] = p.String()
 	}
-	return fmt.Sprintf("%s in the clear: %s", strings.Join(ps, ", "), l.Reason)
+	what := "in the clear"
+	if l.Strict {
+		what = LegStrictDropped
+	}
+	return fmt.Sprintf("%s %s: %s", strings.Join(ps, ", "), what, l.Reason)
 }
 
 // RemoteLeg is DecideRemoteLeg on the controller's current status and live device.

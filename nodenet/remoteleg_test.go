@@ -96,3 +96,37 @@ func TestDecideRemoteLeg(t *testing.T) {
 		})
 	}
 }
+
+// Under strict mode the plain CIDRs' traffic is dropped, and the leg says so instead of
+// "in the clear" (the status line and the agent's log use String).
+func TestRemoteLegStrict(t *testing.T) {
+	gwKey := key(t).PublicKey()
+	remote := []netip.Prefix{pfx("10.248.0.0/16")}
+	up := Status{Encryption: EncryptionWireGuard, WireGuard: &WGStatus{Device: WGDevice, PublicKey: key(t).PublicKey().String()}}
+	strict := up
+	strict.Strict = true
+	noDev := strict
+	noDev.WireGuard = nil
+	carries := &wgtypes.Device{Name: WGDevice, Peers: []wgtypes.Peer{{PublicKey: gwKey, AllowedIPs: ipnets("10.244.1.0/24", "10.248.0.0/16")}}}
+	for _, tc := range []struct {
+		name  string
+		st    Status
+		gwKey wgtypes.Key
+		want  string
+	}{
+		{name: "strict, gateway without a key", st: strict, want: "10.248.0.0/16 DROPPED by strict node encryption (not sent in the clear): " + LegNoGatewayKey},
+		{name: "strict, no device", st: noDev, gwKey: gwKey, want: "10.248.0.0/16 DROPPED by strict node encryption (not sent in the clear): " + LegNoDevice},
+		{name: "strict, the gateway's peer carries it", st: strict, gwKey: gwKey, want: ""},
+		{name: "not strict, gateway without a key", st: up, want: "10.248.0.0/16 in the clear: " + LegNoGatewayKey},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leg := DecideRemoteLeg(tc.st, carries, "gw", tc.gwKey, remote)
+			if got := leg.String(); got != tc.want {
+				t.Errorf("leg %q, want %q", got, tc.want)
+			}
+			if leg.Strict != tc.st.Strict {
+				t.Errorf("leg strict %v, want %v", leg.Strict, tc.st.Strict)
+			}
+		})
+	}
+}

@@ -15,8 +15,13 @@ import (
 // A peer without a key keeps its plain route (so it switches to WireGuard the moment it
 // publishes one), but a filter chain drops what the node's own pods send to another
 // node's pod block out of any interface but WGDevice: while the peer has no key, while
-// this node's device is not up (or gone), whatever the routes say. Traffic to the remote
-// clusters' pod CIDRs and to addresses outside the cluster's pod space is not touched,
+// this node's device is not up (or gone), whatever the routes say. The node's pods'
+// traffic to the remote clusters' pod CIDRs (Options.KeepSourceTo) is dropped too when it
+// would leave by an interface that is neither WGDevice (a non-gateway node's leg to the
+// gateway) nor an inter-cluster tunnel device (StrictTunnelDevices: the gateway's
+// `wg-<cluster>` and per-path `wg<k>-<cluster>`), so the plain route a non-gateway node
+// keeps while the gateway's peer does not carry them drops instead of sending in the
+// clear. Other addresses (outside the pod space and the remote CIDRs) are not touched,
 // nor is the host's own traffic (it is not forwarded).
 const (
 	// DefaultStrictChain is the chain of its own in the masquerade's table (type filter,
@@ -27,6 +32,11 @@ const (
 	// StrictDropped is the per-peer status of a peer whose pod traffic strict mode drops
 	// because it published no key (other reasons: "dropped: <reason> (strict)").
 	StrictDropped = "dropped: peer has no key (strict)"
+	// StrictTunnelDevices is the interface-name wildcard (nft's trailing `*`: a prefix
+	// match) of the inter-cluster tunnel devices, `wg-<cluster>` and `wg<k>-<cluster>`
+	// (docs/CONTRACT.md), by which traffic to the remote clusters may leave besides
+	// WGDevice. Any interface whose name begins with "wg" matches.
+	StrictTunnelDevices = "wg*"
 )
 
 // Strict is the strict-mode drop chain as StrictDatapath.SetStrict makes it.
@@ -35,10 +45,16 @@ type Strict struct {
 	Sources []netip.Prefix
 	// Guarded are the other nodes' pod space (StrictDestinations).
 	Guarded []netip.Prefix
+	// Remote are the remote clusters' pod CIDRs (StrictRemote): traffic to them may leave
+	// by Device or by an interface matching TunnelDevices, by no other.
+	Remote []netip.Prefix
 	// Device is the one interface guarded traffic may leave by (WGDevice).
 	Device string
-	Table  string // nftables inet table (default DefaultMasqTable, shared with the masquerade)
-	Chain  string // its own chain (default DefaultStrictChain)
+	// TunnelDevices is the interface-name wildcard Remote traffic may also leave by
+	// (default StrictTunnelDevices; a trailing * matches any rest).
+	TunnelDevices string
+	Table         string // nftables inet table (default DefaultMasqTable, shared with the masquerade)
+	Chain         string // its own chain (default DefaultStrictChain)
 }
 
 // StrictDatapath is a Datapath that can enforce strict mode. It is a separate interface
@@ -47,9 +63,11 @@ type Strict struct {
 // without it reports an error every reconcile (it cannot keep its promise) but routes on.
 type StrictDatapath interface {
 	// SetStrict makes chain s.Chain (type filter, hook forward, priority filter) in table
-	// inet s.Table hold one rule per source and guarded prefix:
+	// inet s.Table hold one rule per source and guarded prefix, and one per source and
+	// remote prefix:
 	//
 	//	ip saddr <source> ip daddr <guarded> oifname != <device> counter drop
+	//	ip saddr <source> ip daddr <remote> oifname != <device> oifname != <tunnel devices> counter drop
 	//
 	// and returns the packets the chain has dropped since it was (re)made. It may be
 	// called any number of times with the same s: only a different s rewrites the chain
@@ -80,6 +98,27 @@ func StrictDestinations(cluster []netip.Prefix, own netip.Prefix, remote []netip
 		var next []netip.Prefix
 		for _, p := range out {
 			next = append(next, subtract(p, x)...)
+		}
+		out = next
+	}
+	return dedupe(out)
+}
+
+// StrictRemote is the remote clusters' pod CIDRs strict mode keeps out of the clear: the
+// IPv4 ones (as StrictDestinations, IPv6 is not guarded) minus the node's own block
+// (its pods' traffic to it is local), sorted, no prefix inside another.
+func StrictRemote(remote []netip.Prefix, own netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range remote {
+		if r = r.Masked(); r.IsValid() && r.Addr().Is4() {
+			out = append(out, r)
+		}
+	}
+	out = dedupe(out)
+	if own = own.Masked(); own.IsValid() && own.Addr().Is4() {
+		var next []netip.Prefix
+		for _, p := range out {
+			next = append(next, subtract(p, own)...)
 		}
 		out = next
 	}
@@ -140,10 +179,11 @@ func (c *Controller) setStrict(dp Datapath, block netip.Prefix, cluster []netip.
 		}
 		return nil
 	}
-	s := Strict{Device: WGDevice, Table: c.o.MasqTable, Chain: DefaultStrictChain}
+	s := Strict{Device: WGDevice, TunnelDevices: StrictTunnelDevices, Table: c.o.MasqTable, Chain: DefaultStrictChain}
 	if c.strictOn() && block.IsValid() {
 		s.Sources = []netip.Prefix{block}
 		s.Guarded = StrictDestinations(cluster, block, c.o.KeepSourceTo)
+		s.Remote = StrictRemote(c.o.KeepSourceTo, block)
 	}
 	n, err := sd.SetStrict(s)
 	if err != nil {
@@ -185,7 +225,7 @@ func strictReason(plain string) string {
 // at each scrape: the drops as of the last reconcile (every Resync).
 func StrictDroppedCounter(status func() Status) prometheus.Collector {
 	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: MetricStrictDropped,
-		Help: "Packets from this node's pods to another node's pod block dropped by strict node encryption because they would have left unencrypted."},
+		Help: "Packets from this node's pods to another node's pod block or a remote cluster's pod CIDR dropped by strict node encryption because they would have left unencrypted."},
 		func() float64 { return float64(status().StrictDropped) })
 }
 
@@ -194,5 +234,17 @@ func (s Strict) String() string {
 	if len(s.Sources) == 0 {
 		return "off"
 	}
-	return fmt.Sprintf("saddr %v daddr %v oifname != %s drop", s.Sources, s.Guarded, s.Device)
+	out := fmt.Sprintf("saddr %v daddr %v oifname != %s drop", s.Sources, s.Guarded, s.Device)
+	if len(s.Remote) > 0 {
+		out += fmt.Sprintf("; saddr %v daddr %v oifname != %s oifname != %s drop", s.Sources, s.Remote, s.Device, s.tunnelDevices())
+	}
+	return out
+}
+
+// tunnelDevices is s.TunnelDevices or its default.
+func (s Strict) tunnelDevices() string {
+	if s.TunnelDevices == "" {
+		return StrictTunnelDevices
+	}
+	return s.TunnelDevices
 }

@@ -3,7 +3,9 @@ package nodenet
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -22,6 +24,7 @@ func (d *netlinkDatapath) SetStrict(s Strict) (uint64, error) {
 	if s.Device == "" {
 		s.Device = WGDevice
 	}
+	tunnels := s.tunnelDevices()
 	table := &nftables.Table{Name: s.Table, Family: nftables.TableFamilyINet}
 	chains, err := d.nft.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -35,27 +38,32 @@ func (d *netlinkDatapath) SetStrict(s Strict) (uint64, error) {
 	}
 	var want [][]byte
 	var rules [][]expr.Any
-	for _, src := range s.Sources {
-		if !src.Addr().Is4() {
-			continue
+	// add appends the rule dropping src→dst leaving by an interface matching none of oifs
+	// (each an exact name or a wildcard ending in *).
+	add := func(src, dst netip.Prefix, oifs ...string) {
+		if !src.Addr().Is4() || !dst.Addr().Is4() {
+			return
 		}
+		exprs := []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		}
+		exprs = append(exprs, matchIP(12, src, expr.CmpOpEq)...)
+		exprs = append(exprs, matchIP(16, dst, expr.CmpOpEq)...)
+		exprs = append(exprs, &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1})
+		for _, o := range oifs {
+			exprs = append(exprs, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifnameMatch(o)})
+		}
+		exprs = append(exprs, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})
+		want = append(want, []byte("strict saddr "+src.Masked().String()+" daddr "+dst.Masked().String()+" oifname!="+strings.Join(oifs, ",")))
+		rules = append(rules, exprs)
+	}
+	for _, src := range s.Sources {
 		for _, dst := range s.Guarded {
-			if !dst.Addr().Is4() {
-				continue
-			}
-			exprs := []expr.Any{
-				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-			}
-			exprs = append(exprs, matchIP(12, src, expr.CmpOpEq)...)
-			exprs = append(exprs, matchIP(16, dst, expr.CmpOpEq)...)
-			exprs = append(exprs,
-				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(s.Device)},
-				&expr.Counter{},
-				&expr.Verdict{Kind: expr.VerdictDrop})
-			want = append(want, []byte("strict saddr "+src.Masked().String()+" daddr "+dst.Masked().String()+" oifname!="+s.Device))
-			rules = append(rules, exprs)
+			add(src, dst, s.Device)
+		}
+		for _, dst := range s.Remote {
+			add(src, dst, s.Device, tunnels)
 		}
 	}
 	if len(want) == 0 {
@@ -108,4 +116,14 @@ func ifname(n string) []byte {
 	b := make([]byte, unix.IFNAMSIZ)
 	copy(b, n)
 	return b
+}
+
+// ifnameMatch is what a cmp compares the oifname register with: a name ending in * is
+// a wildcard, its prefix without padding (the kernel compares only that many bytes; nft
+// shows it as "prefix*"), any other name is matched whole (ifname).
+func ifnameMatch(n string) []byte {
+	if p, ok := strings.CutSuffix(n, "*"); ok {
+		return []byte(p)
+	}
+	return ifname(n)
 }

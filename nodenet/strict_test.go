@@ -68,6 +68,45 @@ func TestStrictDestinations(t *testing.T) {
 	}
 }
 
+// The remote clusters' CIDRs strict mode keeps out of the clear (besides ptw0 their
+// traffic may leave by a tunnel device): IPv4, deduplicated, without the own block.
+func TestStrictRemote(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		remote []string
+		own    string
+		want   string
+	}{
+		{name: "none", own: "10.244.1.0/24", want: ""},
+		{name: "one remote cidr", remote: []string{"10.248.0.0/16"}, own: "10.244.1.0/24", want: "10.248.0.0/16"},
+		{name: "sorted, duplicates and nested ones merged", remote: []string{"10.250.0.0/16", "10.248.0.0/16", "10.248.3.0/24", "10.250.0.0/16"},
+			own: "10.244.1.0/24", want: "10.248.0.0/16 10.250.0.0/16"},
+		{name: "no own block yet: all of them", remote: []string{"10.248.0.0/16"}, want: "10.248.0.0/16"},
+		{name: "own block inside a remote cidr is cut out", remote: []string{"10.0.0.0/22"}, own: "10.0.1.0/24", want: "10.0.0.0/24 10.0.2.0/23"},
+		{name: "remote cidr inside the own block: nothing", remote: []string{"10.0.1.128/25"}, own: "10.0.1.0/24", want: ""},
+		{name: "IPv6 ignored", remote: []string{"fd00:248::/48", "10.248.0.0/16"}, own: "10.244.1.0/24", want: "10.248.0.0/16"},
+		{name: "unmasked input", remote: []string{"10.248.7.9/16"}, own: "10.244.1.7/24", want: "10.248.0.0/16"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var remote []netip.Prefix
+			for _, s := range tc.remote {
+				remote = append(remote, netip.MustParsePrefix(s))
+			}
+			var own netip.Prefix
+			if tc.own != "" {
+				own = netip.MustParsePrefix(tc.own)
+			}
+			var got []string
+			for _, p := range StrictRemote(remote, own) {
+				got = append(got, p.String())
+			}
+			if g := strings.Join(got, " "); g != tc.want {
+				t.Fatalf("remote %q, want %q", g, tc.want)
+			}
+		})
+	}
+}
+
 // The guarded space and the own block partition the cluster: no address is in two, none
 // is missing (every /24 of a /16, own block anywhere).
 func TestStrictDestinationsPartition(t *testing.T) {
@@ -122,8 +161,8 @@ func (s *strictRec) get() (Strict, int) {
 	return s.last, s.calls
 }
 
-// With strict on the controller guards the cluster minus its block (and the remote
-// CIDRs), reports the keyless peer as dropped and keeps the drop count monotonic across
+// With strict on the controller guards the cluster minus its block (ptw0 only) and the
+// remote CIDRs (ptw0 or a tunnel device), reports the keyless peer as dropped and keeps the drop count monotonic across
 // chain rewrites; the peer with a key is encrypted and not dropped.
 func TestControllerStrict(t *testing.T) {
 	k2 := key(t).PublicKey()
@@ -139,7 +178,7 @@ func TestControllerStrict(t *testing.T) {
 	waitFor(t, "strict chain and peer states", func() error {
 		st := c.Status()
 		s, _ := dp.get()
-		if got := fmt.Sprintf("%v %v %s %s", s.Sources, s.Guarded, s.Device, s.Chain); got != "[10.244.1.0/24] [10.244.0.0/24 10.244.2.0/24 10.244.3.128/25] ptw0 nodenet-strict" {
+		if got := fmt.Sprintf("%v %v %v %s %s %s", s.Sources, s.Guarded, s.Remote, s.Device, s.TunnelDevices, s.Chain); got != "[10.244.1.0/24] [10.244.0.0/24 10.244.2.0/24 10.244.3.128/25] [10.244.3.0/25 10.250.0.0/16] ptw0 wg* nodenet-strict" {
 			return fmt.Errorf("strict %s", got)
 		}
 		if !st.Strict || st.StrictDropped != 12 {
@@ -156,7 +195,7 @@ func TestControllerStrict(t *testing.T) {
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(StrictDroppedCounter(c.Status))
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(`# HELP `+MetricStrictDropped+` Packets from this node's pods to another node's pod block dropped by strict node encryption because they would have left unencrypted.
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`# HELP `+MetricStrictDropped+` Packets from this node's pods to another node's pod block or a remote cluster's pod CIDR dropped by strict node encryption because they would have left unencrypted.
 # TYPE `+MetricStrictDropped+` counter
 `+MetricStrictDropped+` 12
 `), MetricStrictDropped); err != nil {
@@ -170,14 +209,14 @@ func TestControllerStrictOff(t *testing.T) {
 	client := fake.NewSimpleClientset(node("n1", "192.168.1.1", "10.244.1.0/24"), node("n3", "192.168.1.3", "10.244.3.0/24"))
 	dp := &strictRec{recDatapath: drained(t)}
 	o := Options{Client: kfake.Kube(client), NodeName: "n1", ConfListPath: t.TempDir() + "/10-patronus.conflist", Datapath: dp,
-		ClusterCIDR: pfx("10.244.0.0/16"), Resync: 50 * time.Millisecond,
+		ClusterCIDR: pfx("10.244.0.0/16"), KeepSourceTo: []netip.Prefix{pfx("10.250.0.0/16")}, Resync: 50 * time.Millisecond,
 		Encrypt: Encrypt{Mode: EncryptionWireGuard, Key: key(t), Link: &fakeWG{}}}
 	c, stop := runCtrl(t, o)
 	defer stop()
 	waitFor(t, "empty strict chain", func() error {
 		s, n := dp.get()
 		st := c.Status()
-		if n == 0 || len(s.Sources) != 0 || len(s.Guarded) != 0 || st.Strict {
+		if n == 0 || len(s.Sources) != 0 || len(s.Guarded) != 0 || len(s.Remote) != 0 || st.Strict {
 			return fmt.Errorf("strict %+v after %d calls, status strict %v", s, n, st.Strict)
 		}
 		if len(st.PeerStates) != 1 || st.PeerStates[0].Dropped != "" || st.PeerStates[0].Reason != PlainNoKey {
