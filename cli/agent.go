@@ -113,7 +113,7 @@ SIGTERM or SIGINT stops it cleanly.`,
 	f.BoolVar(&nodeRoute, "node-routes", true, "route other nodes' pod blocks (direct or VXLAN ptx0); false: the conflist only")
 	f.BoolVar(&masq, "masquerade", true, "masquerade pod traffic leaving cluster-cidr to the node address (default: the ConfigMap's masquerade, true)")
 	f.StringVar(&nodeEnc, "node-encryption", "", "with --manage-conflist: node-to-node encryption, wireguard or none (default $NODE_ENCRYPTION, else the ConfigMap's node-encryption, else none): WireGuard device ptw0 on UDP 51819, key published on the Node")
-	f.BoolVar(&nodeStrict, "node-encryption-strict", false, "with --node-encryption wireguard: drop this node's pod traffic to other nodes' pods that would leave unencrypted (a peer without a key, ptw0 not up) instead of sending it in the clear (default $NODE_ENCRYPTION_STRICT, else the ConfigMap's node-encryption-strict, else false)")
+	f.BoolVar(&nodeStrict, "node-encryption-strict", false, "with --node-encryption wireguard: drop this node's pod traffic to other nodes' pods, and to remote clusters' cidrs, that would leave unencrypted (a peer without a key, ptw0 not up) instead of sending it in the clear (default $NODE_ENCRYPTION_STRICT, else the ConfigMap's node-encryption-strict, else false)")
 	gw.register(f)
 	mcsFlags.register(f)
 	tun.register(f)
