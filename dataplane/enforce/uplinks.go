@@ -50,7 +50,10 @@ type uplinkView struct {
 // openUplinkView subscribes to link and route changes of the current namespace (call it
 // in the node namespace). If that fails the view still works, dumping on every refresh.
 func openUplinkView() (*uplinkView, error) {
-	v := &uplinkView{fd: -1, full: true, resync: defaultUplinkResync, now: time.Now}
+	// The maps exist before the first dump: notifications queued between the subscription
+	// and the first refresh are applied (drain) before that dump replaces them.
+	v := &uplinkView{fd: -1, full: true, resync: defaultUplinkResync, now: time.Now,
+		links: map[int]netlink.Link{}, byName: map[string]int{}, routeDevs: map[int]bool{}}
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
 	if err != nil {
 		return v, fmt.Errorf("rtnetlink socket: %w", err)

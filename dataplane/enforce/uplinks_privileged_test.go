@@ -235,6 +235,27 @@ func TestRouteUplinksFollowChanges(t *testing.T) {
 	}
 }
 
+// A link and a route made between the subscription and the first refresh are queued
+// notifications that refresh applies before its first dump (the agent's first Set came
+// after nodenet added its routes, and applying them into the empty view panicked).
+func TestUplinkViewChangesBeforeFirstRefresh(t *testing.T) {
+	tp := enforcetest.NewTopology(t, 1)
+	var v *uplinkView
+	inNode(t, tp, func() error {
+		var err error
+		if v, err = openUplinkView(); err != nil {
+			return err
+		}
+		return addUplink("ptq"+tp.ID, "10.91.0.0/24")
+	})
+	t.Cleanup(func() { v.close() })
+	inNode(t, tp, v.refresh)
+	idx, ok := v.byName["ptq"+tp.ID]
+	if !ok || !v.routeDevs[idx] {
+		t.Fatalf("after the first refresh the view lacks ptq%s or its route: byName %v, routeDevs %v", tp.ID, v.byName, v.routeDevs)
+	}
+}
+
 // TestUplinkViewMatchesDump: after each kind of change, the view kept from notifications
 // picks the same devices (and names) as a fresh dump.
 func TestUplinkViewMatchesDump(t *testing.T) {
