@@ -46,11 +46,15 @@ new_agent_ready() {
 		kc 1 -n kube-system wait --for=condition=Ready "pod/$p" --timeout=2s
 }
 restart_agents() {
-	local i old=()
+	local i p old=()
 	for i in $(seq 1 "$DEMO_NODES"); do old[i]=$(agent_pod 1 "$i"); done
 	kc 1 -n kube-system delete pod -l app.kubernetes.io/name=patronus --wait=true --timeout=90s >/dev/null || return 1
 	for i in $(seq 1 "$DEMO_NODES"); do
-		wait_for "a new Ready agent pod on $(node_name 1 "$i")" 120 new_agent_ready "$i" "${old[i]}" || return 1
+		wait_for "a new Ready agent pod on $(node_name 1 "$i")" 120 new_agent_ready "$i" "${old[i]}" && continue
+		show kc 1 -n kube-system get pods -l app.kubernetes.io/name=patronus -o wide || true
+		p=$(agent_pod 1 "$i") && [ -n "$p" ] &&
+			{ show kc 1 -n kube-system logs "$p" -c daemon --previous --tail=12 || show kc 1 -n kube-system logs "$p" -c daemon --tail=12 || true; }
+		return 1
 	done
 }
 
@@ -148,6 +152,7 @@ wg_lines "$CAP/enc" | head -3 | indent
 ok "tcpdump on c1-n1 $DEV during the ping: $nwg WireGuard packets UDP $WG_PORT between $(node_ip 1 1) and $(node_ip 1 2), 0 with a pod address"
 [ "$nicmp" = 0 ] || { grep ICMP "$CAP/enc" | head -3 | indent; fail "tcpdump on $DEV saw $nicmp ICMP packets between the nodes"; }
 ok "no ICMP on the underlay: the pods' pings travel only inside WireGuard"
+note "after the ping, c1-n1: $(enc_line 1)"
 
 if [ $changed = 1 ]; then
 	restore || fail "could not restore cluster 1's patronus-config and restart its agents"
