@@ -45,6 +45,12 @@ new_agent_ready() {
 	p=$(agent_pod 1 "$1") && [ -n "$p" ] && [ "$p" != "$2" ] &&
 		kc 1 -n kube-system wait --for=condition=Ready "pod/$p" --timeout=2s
 }
+# crash_of POD: how the daemon container's previous run ended (a panic's first lines).
+crash_of() {
+	local l
+	l=$(kc 1 -n kube-system logs "$1" -c daemon --previous) || return 1
+	grep -v '^{' <<<"$l" | grep -v '^$' | head -8 | grep . || tail -3 <<<"$l"
+}
 restart_agents() {
 	local i p old=()
 	for i in $(seq 1 "$DEMO_NODES"); do old[i]=$(agent_pod 1 "$i"); done
@@ -53,7 +59,7 @@ restart_agents() {
 		wait_for "a new Ready agent pod on $(node_name 1 "$i")" 120 new_agent_ready "$i" "${old[i]}" && continue
 		show kc 1 -n kube-system get pods -l app.kubernetes.io/name=patronus -o wide || true
 		p=$(agent_pod 1 "$i") && [ -n "$p" ] &&
-			{ show kc 1 -n kube-system logs "$p" -c daemon --previous --tail=12 || show kc 1 -n kube-system logs "$p" -c daemon --tail=12 || true; }
+			{ show crash_of "$p" || show kc 1 -n kube-system logs "$p" -c daemon --tail=12 || true; }
 		return 1
 	done
 }
