@@ -468,13 +468,10 @@ func (e *EBPF) Uninstall() error {
 // kernel reports the dump was interrupted by a concurrent change.
 func linkIndexes() (map[string]int, error) {
 	var links []netlink.Link
-	var err error
-	for try := 0; try < 5; try++ {
+	err := retryInterrupted(func() (err error) {
 		links, err = netlink.LinkList()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("listing links: %w", err)
 	}
