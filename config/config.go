@@ -301,6 +301,16 @@ func ParseNodeEncryption(v string) (string, error) {
 	}
 }
 
+// parseBool reads a true | false setting (strconv.ParseBool's spellings, surrounding space
+// ignored); the error quotes v for the caller to prefix with where it came from.
+func parseBool(v string) (bool, error) {
+	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	if err != nil {
+		return false, fmt.Errorf("%q: accepted values are true and false", v)
+	}
+	return b, nil
+}
+
 func applyConfigMap(cfg *Config, data map[string]string, source string) error {
 	cmErr := func(key string, err error) error { return &Error{Source: source, Key: key, Err: err} }
 	known := knownKeys()
@@ -390,9 +400,9 @@ func applyConfigMap(cfg *Config, data map[string]string, source string) error {
 		cfg.NodeEncryption, cfg.NodeEncryptionSource = e, source+" key "+KeyNodeEncryption
 	}
 	if v, ok := data[KeyMasquerade]; ok {
-		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		b, err := parseBool(v)
 		if err != nil {
-			return cmErr(KeyMasquerade, fmt.Errorf("%q: accepted values are true and false", v))
+			return cmErr(KeyMasquerade, err)
 		}
 		cfg.Masquerade = b
 	}

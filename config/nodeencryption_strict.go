@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 )
 
@@ -21,23 +20,16 @@ const (
 // environment tier, once cfg.NodeEncryption is final: strict without wireguard is an
 // error (a node asked never to send pod traffic in the clear must not run unencrypted).
 func loadNodeEncryptionStrict(cfg *Config, in Input, cmSource string) error {
-	parse := func(v string) (bool, error) {
-		b, err := strconv.ParseBool(strings.TrimSpace(v))
-		if err != nil {
-			return false, fmt.Errorf("%q: accepted values are true and false", v)
-		}
-		return b, nil
-	}
 	source, key := "", KeyNodeEncryptionStrict
 	if v, ok := in.ConfigMap[KeyNodeEncryptionStrict]; ok {
-		b, err := parse(v)
+		b, err := parseBool(v)
 		if err != nil {
 			return &Error{Source: cmSource, Key: KeyNodeEncryptionStrict, Err: err}
 		}
 		cfg.NodeEncryptionStrict, source = b, cmSource
 	}
 	if v := strings.TrimSpace(in.NodeEncryptionStrictEnv); v != "" {
-		b, err := parse(v)
+		b, err := parseBool(v)
 		if err != nil {
 			return &Error{Source: "environment", Key: EnvNodeEncryptionStrict, Err: err}
 		}

@@ -128,18 +128,15 @@ func NewEBPF(opts Options) (*EBPF, error) {
 				return fmt.Errorf("uplink %s: %w", up, err)
 			}
 		}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	if len(opts.Uplinks) == 0 && opts.RouteUplinks {
-		_ = e.inNS(func() error {
+		if len(opts.Uplinks) == 0 && opts.RouteUplinks {
 			var err error
 			if e.uplinks, err = openUplinkView(); err != nil {
 				e.log.Warn("not following link and route changes: every policy sync dumps them", "err", err)
 			}
-			return nil
-		})
+		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	ok = true
 	return e, nil
@@ -468,13 +465,10 @@ func (e *EBPF) Uninstall() error {
 // kernel reports the dump was interrupted by a concurrent change.
 func linkIndexes() (map[string]int, error) {
 	var links []netlink.Link
-	var err error
-	for try := 0; try < 5; try++ {
+	err := retryInterrupted(func() (err error) {
 		links, err = netlink.LinkList()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("listing links: %w", err)
 	}
