@@ -1,10 +1,7 @@
 package nodenet
 
 import (
-	"bytes"
-	"fmt"
 	"net/netip"
-	"slices"
 	"strings"
 
 	"github.com/google/nftables"
@@ -25,17 +22,6 @@ func (d *netlinkDatapath) SetStrict(s Strict) (uint64, error) {
 		s.Device = WGDevice
 	}
 	tunnels := s.tunnelDevices()
-	table := &nftables.Table{Name: s.Table, Family: nftables.TableFamilyINet}
-	chains, err := d.nft.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return 0, fmt.Errorf("nodenet: list chains: %w", err)
-	}
-	var chain *nftables.Chain
-	for _, c := range chains {
-		if c.Table.Name == s.Table && c.Name == s.Chain {
-			chain = c
-		}
-	}
 	var want [][]byte
 	var rules [][]expr.Any
 	// add appends the rule dropping src→dst leaving by an interface matching none of oifs
@@ -66,36 +52,9 @@ func (d *netlinkDatapath) SetStrict(s Strict) (uint64, error) {
 			add(src, dst, s.Device, tunnels)
 		}
 	}
-	if len(want) == 0 {
-		if chain != nil {
-			d.nft.FlushChain(chain)
-			d.nft.DelChain(chain)
-			if err := d.nft.Flush(); err != nil {
-				return 0, fmt.Errorf("nodenet: remove chain %s: %w", s.Chain, err)
-			}
-		}
-		return 0, nil
-	}
-	if chain != nil {
-		have, err := d.nft.GetRules(table, chain)
-		if err == nil && len(have) == len(want) && slices.IndexFunc(have, func(r *nftables.Rule) bool {
-			return !slices.ContainsFunc(want, func(w []byte) bool { return bytes.Equal(w, r.UserData) })
-		}) < 0 {
-			return dropped(have), nil // already as wanted
-		}
-		d.nft.FlushChain(chain)
-	} else {
-		d.nft.AddTable(table)
-		chain = d.nft.AddChain(&nftables.Chain{Name: s.Chain, Table: table, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
-	}
-	for i, exprs := range rules {
-		d.nft.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: exprs, UserData: want[i]})
-	}
-	if err := d.nft.Flush(); err != nil {
-		return 0, fmt.Errorf("nodenet: strict chain %s: %w", s.Chain, err)
-	}
-	return 0, nil
+	have, err := d.syncChain("strict", s.Table, nftables.Chain{Name: s.Chain, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter}, want, rules)
+	return dropped(have), err
 }
 
 // dropped sums the packets of the rules' counters.
