@@ -2,7 +2,6 @@ package nodenet
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -215,24 +214,4 @@ func StrictDroppedCounter(status func() Status) prometheus.Collector {
 	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: MetricStrictDropped,
 		Help: "Packets from this node's pods to another node's pod block or a remote cluster's pod CIDR dropped by strict node encryption because they would have left unencrypted."},
 		func() float64 { return float64(status().StrictDropped) })
-}
-
-// String shows s as its rules, for logs.
-func (s Strict) String() string {
-	if len(s.Sources) == 0 {
-		return "off"
-	}
-	out := fmt.Sprintf("saddr %v daddr %v oifname != %s drop", s.Sources, s.Guarded, s.Device)
-	if len(s.Remote) > 0 {
-		out += fmt.Sprintf("; saddr %v daddr %v oifname != %s oifname != %s drop", s.Sources, s.Remote, s.Device, s.tunnelDevices())
-	}
-	return out
-}
-
-// tunnelDevices is s.TunnelDevices or its default.
-func (s Strict) tunnelDevices() string {
-	if s.TunnelDevices == "" {
-		return StrictTunnelDevices
-	}
-	return s.TunnelDevices
 }

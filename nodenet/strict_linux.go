@@ -21,7 +21,9 @@ func (d *netlinkDatapath) SetStrict(s Strict) (uint64, error) {
 	if s.Device == "" {
 		s.Device = WGDevice
 	}
-	tunnels := s.tunnelDevices()
+	if s.TunnelDevices == "" {
+		s.TunnelDevices = StrictTunnelDevices
+	}
 	var want [][]byte
 	var rules [][]expr.Any
 	// add appends the rule dropping src→dst leaving by an interface matching none of oifs
@@ -49,7 +51,7 @@ func (d *netlinkDatapath) SetStrict(s Strict) (uint64, error) {
 			add(src, dst, s.Device)
 		}
 		for _, dst := range s.Remote {
-			add(src, dst, s.Device, tunnels)
+			add(src, dst, s.Device, s.TunnelDevices)
 		}
 	}
 	have, err := d.syncChain("strict", s.Table, nftables.Chain{Name: s.Chain, Type: nftables.ChainTypeFilter,
