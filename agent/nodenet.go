@@ -160,23 +160,17 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 	// The claim is also spread as a signed announcement (kind podblock) whenever this node
 	// runs the mesh: the Lease or the Node decides, the announcement tells the mesh which
 	// node holds which block. The mesh may start after nodenet, or restart.
-	wg.Go(func() {
-		announceBlock(ctx, blockAnnounceInterval, c.Status, func() blockAnnouncer {
-			if n := a.meshNode.Load(); n != nil {
-				return n
-			}
-			return nil
-		}, a.log)
-	})
+	meshNode := func() blockAnnouncer {
+		if n := a.meshNode.Load(); n != nil {
+			return n
+		}
+		return nil // not a typed nil: the loops compare it with nil
+	}
+	wg.Go(func() { announceBlock(ctx, blockAnnounceInterval, c.Status, meshNode, a.log) })
 	// A marked gateway also announces the claims of the nodes that run no mesh (not
 	// marked), on their behalf, from the controller's Node and Lease caches.
 	wg.Go(func() {
-		relayClaims(ctx, blockAnnounceInterval, c.RelayClaims, func() blockAnnouncer {
-			if n := a.meshNode.Load(); n != nil {
-				return n
-			}
-			return nil
-		}, a.log, func(n int) { a.nodeNet.onBehalf.Store(int64(n)) })
+		relayClaims(ctx, blockAnnounceInterval, c.RelayClaims, meshNode, a.log, func(n int) { a.nodeNet.onBehalf.Store(int64(n)) })
 	})
 	wg.Go(func() {
 		select {

@@ -7,11 +7,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/patronus/patronus/dataplane/enforce/enforcetest"
 )
 
 func peers(n int) []Peer {
@@ -42,20 +43,8 @@ func benchNS(b *testing.B) string {
 	buf := make([]byte, 4)
 	rand.Read(buf)
 	name := "pt-nnb-" + hex.EncodeToString(buf)
-	runtime.LockOSThread()
-	orig, _ := netns.Get()
-	h, err := netns.NewNamed(name)
-	if serr := netns.Set(orig); serr != nil {
-		b.Fatalf("restore namespace: %v", serr)
-	}
-	orig.Close()
-	runtime.UnlockOSThread()
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { netns.DeleteNamed(name) })
-	nh, err := netlink.NewHandleAt(h)
-	h.Close()
+	n := enforcetest.NewNS(b, name)
+	nh, err := netlink.NewHandleAt(netns.NsHandle(n.Fd()))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -355,17 +355,6 @@ func (d *netlinkDatapath) SetMasquerade(m Masquerade) error {
 	if m.Chain == "" {
 		m.Chain = DefaultMasqChain
 	}
-	table := &nftables.Table{Name: m.Table, Family: nftables.TableFamilyINet}
-	var chain *nftables.Chain
-	chains, err := d.nft.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return fmt.Errorf("nodenet: list chains: %w", err)
-	}
-	for _, c := range chains {
-		if c.Table.Name == m.Table && c.Name == m.Chain {
-			chain = c
-		}
-	}
 	var want [][]byte
 	var rules [][]expr.Any
 	for _, src := range m.Sources {
@@ -388,36 +377,58 @@ func (d *netlinkDatapath) SetMasquerade(m Masquerade) error {
 		want = append(want, []byte(desc))
 		rules = append(rules, exprs)
 	}
-	if len(want) == 0 {
+	_, err := d.syncChain("masquerade", m.Table, nftables.Chain{Name: m.Chain, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource}, want, rules)
+	return err
+}
+
+// syncChain makes chain spec.Name (of spec's type, hook and priority) in table inet
+// table hold exactly rules, rule i tagged descs[i] (its UserData: equal tags mean the
+// chain is already as wanted and is left alone, counters included); no rules removes the
+// chain. The rest of the table (other writers' chains) is never touched. It returns the
+// chain's rules when they were already as wanted, else nil (made anew or removed).
+func (d *netlinkDatapath) syncChain(what, table string, spec nftables.Chain, descs [][]byte, rules [][]expr.Any) ([]*nftables.Rule, error) {
+	t := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
+	chains, err := d.nft.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("nodenet: list chains: %w", err)
+	}
+	var chain *nftables.Chain
+	for _, c := range chains {
+		if c.Table.Name == table && c.Name == spec.Name {
+			chain = c
+		}
+	}
+	if len(descs) == 0 {
 		if chain != nil {
 			d.nft.FlushChain(chain)
 			d.nft.DelChain(chain)
 			if err := d.nft.Flush(); err != nil {
-				return fmt.Errorf("nodenet: remove chain %s: %w", m.Chain, err)
+				return nil, fmt.Errorf("nodenet: remove chain %s: %w", spec.Name, err)
 			}
 		}
-		return nil
+		return nil, nil
 	}
 	if chain != nil {
-		have, err := d.nft.GetRules(table, chain)
-		if err == nil && len(have) == len(want) && slices.IndexFunc(have, func(r *nftables.Rule) bool {
-			return !slices.ContainsFunc(want, func(w []byte) bool { return bytes.Equal(w, r.UserData) })
+		have, err := d.nft.GetRules(t, chain)
+		if err == nil && len(have) == len(descs) && slices.IndexFunc(have, func(r *nftables.Rule) bool {
+			return !slices.ContainsFunc(descs, func(w []byte) bool { return bytes.Equal(w, r.UserData) })
 		}) < 0 {
-			return nil // already as wanted
+			return have, nil // already as wanted
 		}
 		d.nft.FlushChain(chain)
 	} else {
-		d.nft.AddTable(table)
-		chain = d.nft.AddChain(&nftables.Chain{Name: m.Chain, Table: table, Type: nftables.ChainTypeNAT,
-			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+		d.nft.AddTable(t)
+		spec.Table = t
+		chain = d.nft.AddChain(&spec)
 	}
 	for i, exprs := range rules {
-		d.nft.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: exprs, UserData: want[i]})
+		d.nft.AddRule(&nftables.Rule{Table: t, Chain: chain, Exprs: exprs, UserData: descs[i]})
 	}
 	if err := d.nft.Flush(); err != nil {
-		return fmt.Errorf("nodenet: masquerade chain %s: %w", m.Chain, err)
+		return nil, fmt.Errorf("nodenet: %s chain %s: %w", what, spec.Name, err)
 	}
-	return nil
+	return nil, nil
 }
 
 // matchIP loads the IPv4 address at offset (12 source, 16 destination) and compares its

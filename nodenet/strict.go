@@ -2,7 +2,6 @@ package nodenet
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -80,17 +79,26 @@ type StrictDatapath interface {
 // remote clusters' CIDRs (their traffic goes through the tunnel dataplane, not ptw0).
 // IPv4 only; the result is sorted and holds no prefix inside another.
 func StrictDestinations(cluster []netip.Prefix, own netip.Prefix, remote []netip.Prefix) []netip.Prefix {
+	return ipv4Minus(cluster, append(slices.Clone(remote), own))
+}
+
+// StrictRemote is the remote clusters' pod CIDRs strict mode keeps out of the clear: the
+// IPv4 ones (as StrictDestinations, IPv6 is not guarded) minus the node's own block
+// (its pods' traffic to it is local), sorted, no prefix inside another.
+func StrictRemote(remote []netip.Prefix, own netip.Prefix) []netip.Prefix {
+	return ipv4Minus(remote, []netip.Prefix{own})
+}
+
+// ipv4Minus is the IPv4 prefixes of ps (masked) without the addresses of cut's IPv4
+// prefixes (invalid ones are skipped), sorted, no prefix inside another.
+func ipv4Minus(ps, cut []netip.Prefix) []netip.Prefix {
 	var out []netip.Prefix
-	for _, c := range cluster {
-		if c = c.Masked(); c.IsValid() && c.Addr().Is4() {
-			out = append(out, c)
+	for _, p := range ps {
+		if p = p.Masked(); p.IsValid() && p.Addr().Is4() {
+			out = append(out, p)
 		}
 	}
 	out = dedupe(out)
-	cut := slices.Clone(remote)
-	if own.IsValid() {
-		cut = append(cut, own)
-	}
 	for _, x := range cut {
 		if x = x.Masked(); !x.IsValid() || !x.Addr().Is4() {
 			continue
@@ -98,27 +106,6 @@ func StrictDestinations(cluster []netip.Prefix, own netip.Prefix, remote []netip
 		var next []netip.Prefix
 		for _, p := range out {
 			next = append(next, subtract(p, x)...)
-		}
-		out = next
-	}
-	return dedupe(out)
-}
-
-// StrictRemote is the remote clusters' pod CIDRs strict mode keeps out of the clear: the
-// IPv4 ones (as StrictDestinations, IPv6 is not guarded) minus the node's own block
-// (its pods' traffic to it is local), sorted, no prefix inside another.
-func StrictRemote(remote []netip.Prefix, own netip.Prefix) []netip.Prefix {
-	var out []netip.Prefix
-	for _, r := range remote {
-		if r = r.Masked(); r.IsValid() && r.Addr().Is4() {
-			out = append(out, r)
-		}
-	}
-	out = dedupe(out)
-	if own = own.Masked(); own.IsValid() && own.Addr().Is4() {
-		var next []netip.Prefix
-		for _, p := range out {
-			next = append(next, subtract(p, own)...)
 		}
 		out = next
 	}
@@ -227,24 +214,4 @@ func StrictDroppedCounter(status func() Status) prometheus.Collector {
 	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: MetricStrictDropped,
 		Help: "Packets from this node's pods to another node's pod block or a remote cluster's pod CIDR dropped by strict node encryption because they would have left unencrypted."},
 		func() float64 { return float64(status().StrictDropped) })
-}
-
-// String shows s as its rules, for logs.
-func (s Strict) String() string {
-	if len(s.Sources) == 0 {
-		return "off"
-	}
-	out := fmt.Sprintf("saddr %v daddr %v oifname != %s drop", s.Sources, s.Guarded, s.Device)
-	if len(s.Remote) > 0 {
-		out += fmt.Sprintf("; saddr %v daddr %v oifname != %s oifname != %s drop", s.Sources, s.Remote, s.Device, s.tunnelDevices())
-	}
-	return out
-}
-
-// tunnelDevices is s.TunnelDevices or its default.
-func (s Strict) tunnelDevices() string {
-	if s.TunnelDevices == "" {
-		return StrictTunnelDevices
-	}
-	return s.TunnelDevices
 }

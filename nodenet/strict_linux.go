@@ -1,10 +1,7 @@
 package nodenet
 
 import (
-	"bytes"
-	"fmt"
 	"net/netip"
-	"slices"
 	"strings"
 
 	"github.com/google/nftables"
@@ -24,17 +21,8 @@ func (d *netlinkDatapath) SetStrict(s Strict) (uint64, error) {
 	if s.Device == "" {
 		s.Device = WGDevice
 	}
-	tunnels := s.tunnelDevices()
-	table := &nftables.Table{Name: s.Table, Family: nftables.TableFamilyINet}
-	chains, err := d.nft.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return 0, fmt.Errorf("nodenet: list chains: %w", err)
-	}
-	var chain *nftables.Chain
-	for _, c := range chains {
-		if c.Table.Name == s.Table && c.Name == s.Chain {
-			chain = c
-		}
+	if s.TunnelDevices == "" {
+		s.TunnelDevices = StrictTunnelDevices
 	}
 	var want [][]byte
 	var rules [][]expr.Any
@@ -63,39 +51,12 @@ func (d *netlinkDatapath) SetStrict(s Strict) (uint64, error) {
 			add(src, dst, s.Device)
 		}
 		for _, dst := range s.Remote {
-			add(src, dst, s.Device, tunnels)
+			add(src, dst, s.Device, s.TunnelDevices)
 		}
 	}
-	if len(want) == 0 {
-		if chain != nil {
-			d.nft.FlushChain(chain)
-			d.nft.DelChain(chain)
-			if err := d.nft.Flush(); err != nil {
-				return 0, fmt.Errorf("nodenet: remove chain %s: %w", s.Chain, err)
-			}
-		}
-		return 0, nil
-	}
-	if chain != nil {
-		have, err := d.nft.GetRules(table, chain)
-		if err == nil && len(have) == len(want) && slices.IndexFunc(have, func(r *nftables.Rule) bool {
-			return !slices.ContainsFunc(want, func(w []byte) bool { return bytes.Equal(w, r.UserData) })
-		}) < 0 {
-			return dropped(have), nil // already as wanted
-		}
-		d.nft.FlushChain(chain)
-	} else {
-		d.nft.AddTable(table)
-		chain = d.nft.AddChain(&nftables.Chain{Name: s.Chain, Table: table, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
-	}
-	for i, exprs := range rules {
-		d.nft.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: exprs, UserData: want[i]})
-	}
-	if err := d.nft.Flush(); err != nil {
-		return 0, fmt.Errorf("nodenet: strict chain %s: %w", s.Chain, err)
-	}
-	return 0, nil
+	have, err := d.syncChain("strict", s.Table, nftables.Chain{Name: s.Chain, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter}, want, rules)
+	return dropped(have), err
 }
 
 // dropped sums the packets of the rules' counters.

@@ -7,11 +7,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netns"
+	"github.com/patronus/patronus/dataplane/enforce/enforcetest"
 )
 
 // strictNS makes an empty named namespace, removed at cleanup.
@@ -26,23 +25,7 @@ func strictNS(t *testing.T) string {
 	buf := make([]byte, 4)
 	rand.Read(buf)
 	name := "pt-nns-" + hex.EncodeToString(buf)
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	h, err := netns.NewNamed(name)
-	if serr := netns.Set(orig); serr != nil {
-		t.Fatalf("restore namespace: %v", serr) // thread stays locked: never reused
-	}
-	orig.Close()
-	runtime.UnlockOSThread()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.Close()
-	t.Cleanup(func() { netns.DeleteNamed(name) })
+	enforcetest.NewNS(t, name)
 	return name
 }
 
