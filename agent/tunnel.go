@@ -374,28 +374,29 @@ func (a *agent) startTunnelRoutes(ctx context.Context, cfg *config.Config, wgrp 
 		var (
 			last    string
 			g       gatewayRef
+			dev     string
 			gErr    error
 			applied []route.Route
 			listed  time.Time
 		)
-		// The gateway Node is re-read every nonGatewayResync; this node's own WireGuard
-		// device is looked at every nonGatewayLegCheck, so a leg goes over ptw0 within about
-		// a second of the device and the gateway's peer being there (not a resync later), and
-		// a route over ptw0 whose peer went away falls back to plain as fast, instead of
-		// dropping the traffic until the next resync.
+		// The gateway Node (and the interface towards it) is re-read every
+		// nonGatewayResync, also after a failure; this node's own WireGuard device is looked
+		// at every nonGatewayLegCheck, so a leg goes over ptw0 within about a second of the
+		// device and the gateway's peer being there (not a resync later), and a route over
+		// ptw0 whose peer went away falls back to plain as fast, instead of dropping the
+		// traffic until the next resync.
 		t := time.NewTicker(nonGatewayLegCheck)
 		defer t.Stop()
 		for {
-			resync := gErr != nil || time.Since(listed) >= nonGatewayResync
+			resync := listed.IsZero() || time.Since(listed) >= nonGatewayResync
 			if resync {
 				g, gErr = a.gatewayNode(ctx)
+				if gErr == nil {
+					dev, gErr = linkTowards(g.addr)
+				}
 				listed = time.Now()
 			}
 			err := gErr
-			var dev string
-			if err == nil {
-				dev, err = linkTowards(g.addr)
-			}
 			var routes []route.Route
 			var leg nodenet.RemoteLeg
 			if err == nil {
