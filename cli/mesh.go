@@ -295,6 +295,7 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 		started: time.Now(), mesh: node, ctrl: ctrl, db: db})
 	if ctrl != nil {
 		mux.Handle(nodenet.StatusPath, ctrl.HTTPHandler())
+		mux.Handle("POST "+nodenet.RotatePath, ctrl.RotateHandler())
 		if err := errors.Join(reg.Register(nodenet.LostPodsGauge(ctrl.Status)), reg.Register(nodenet.StrictDroppedCounter(ctrl.Status))); err != nil {
 			node.Shutdown()
 			ln.Close()

@@ -1,0 +1,173 @@
+package nodenet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/patronus/patronus/dataplane/wg"
+)
+
+// Node key rotation (docs/CONTRACT.md, `patronus keys rotate --node`): the node device's
+// private key is replaced on demand, in the order that keeps the traffic gap short (see
+// rotateWG); the reconcile goroutine does it, so the key, the device and the published
+// key never race a reconcile.
+
+// RotatePath is where RotateHandler is meant to be mounted on the local API (the agent's
+// socket, and `patronus mesh run --pod-network`'s).
+const RotatePath = "/v1/nodenet/keys/rotate"
+
+// ErrNotEncrypting is returned (wrapped) by RotateKey when node encryption is off or its
+// device is not up: there is no key to rotate.
+var ErrNotEncrypting = errors.New("node-to-node encryption is not running")
+
+// RotateResult is the answer of RotateKey and POST RotatePath: the same fields as the
+// inter-cluster tunnel's rotation answer (POST /v1/keys/rotate).
+type RotateResult struct {
+	PublicKey         string    `json:"publicKey"`
+	PreviousPublicKey string    `json:"previousPublicKey"`
+	RotatedAt         time.Time `json:"rotatedAt"`
+	// Warning is set when the new key is in use but publishing it (or the reconcile
+	// right after) failed: the periodic resync retries, peers meanwhile cannot reach
+	// this node over WireGuard.
+	Warning string `json:"warning,omitempty"`
+}
+
+type rotateReq struct {
+	ctx   context.Context
+	reply chan rotateReply
+}
+
+type rotateReply struct {
+	res RotateResult
+	err error
+}
+
+// RotateKey asks the running controller (Run) to rotate the node's WireGuard key now and
+// waits for the outcome. An error with a non-empty PublicKey means the key was rotated
+// but not (yet) published everywhere.
+func (c *Controller) RotateKey(ctx context.Context) (RotateResult, error) {
+	req := rotateReq{ctx: ctx, reply: make(chan rotateReply, 1)}
+	select {
+	case c.rotate <- req:
+	case <-ctx.Done():
+		return RotateResult{}, fmt.Errorf("nodenet: rotate key: %w", ctx.Err())
+	}
+	select {
+	case r := <-req.reply:
+		return r.res, r.err
+	case <-ctx.Done():
+		// The controller may still finish it: the result is then only in its log.
+		return RotateResult{}, fmt.Errorf("nodenet: rotate key: %w", ctx.Err())
+	}
+}
+
+// rotateWG switches the node device to a new private key (reconcile goroutine only). The
+// caller then reconciles, which publishes the new public key (Node annotation; edge mode:
+// the podblock announcement) and reprograms the peers.
+//
+// Order, and why. A WireGuard peer is identified by its public key, so every peer must
+// swap its peer entry for this node (wg.Diff adds the new key, taking over the allowed
+// IPs, and removes the old one in the same device update). Changing the private key
+// expires this device's sessions (kernel and wireguard-go alike: the current keypairs can
+// no longer send; received packets on them still decrypt until they age out). So:
+//
+//  1. save the new key in the node database first: a crash after step 2 restarts with
+//     the key the device had, never with one no peer will learn;
+//  2. apply it to the device: from here this node's packets wait for a handshake that the
+//     peers can answer only once they know the new key; their packets to this node still
+//     arrive on the old sessions until they swap;
+//  3. publish it (the caller's reconcile): each peer swaps on receipt and, seeing a
+//     replaced key (configureWG), starts the handshake at once instead of waiting for
+//     this node's retry, which WireGuard sends only 5 s after the unanswered one.
+//
+// Publishing first would be worse: peers would swap to a key this device does not have
+// yet, their handshakes would be dropped (and retried only after 5 s) and their old
+// sessions, removed with the old peer, would be gone too.
+func (c *Controller) rotateWG(ctx context.Context) (RotateResult, error) {
+	if c.o.Encrypt.Mode != EncryptionWireGuard {
+		return RotateResult{}, fmt.Errorf("nodenet: %w (node-encryption is %s)", ErrNotEncrypting, c.o.Encrypt.Mode)
+	}
+	if !c.wgUp || c.wgLink == nil || !c.wgSpecSet {
+		return RotateResult{}, fmt.Errorf("nodenet: %w (device %s not up yet)", ErrNotEncrypting, WGDevice)
+	}
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return RotateResult{}, fmt.Errorf("nodenet: generate key: %w", err)
+	}
+	now := c.o.Now()
+	kv := dbKV(c.o.DB)
+	var prev string
+	var hadPrev bool
+	if kv != nil {
+		if prev, hadPrev, err = kv.Get(ctx, KVWGKey); err != nil {
+			return RotateResult{}, fmt.Errorf("nodenet: read %s: %w", KVWGKey, err)
+		}
+	}
+	if err := wg.SaveKey(ctx, kv, KVWGKey, k, now); err != nil {
+		return RotateResult{}, fmt.Errorf("nodenet: %w", err)
+	}
+	spec := c.wgSpec
+	spec.PrivateKey = k
+	mtu, err := c.wgLink.Ensure(spec)
+	if err != nil {
+		// The device keeps the old key (or is broken: the next reconcile says so); the
+		// database must keep the key the device had.
+		if hadPrev {
+			if serr := kv.Set(ctx, KVWGKey, prev); serr != nil {
+				err = errors.Join(err, fmt.Errorf("restore %s: %w", KVWGKey, serr))
+			}
+		}
+		return RotateResult{}, fmt.Errorf("nodenet: apply the new key to %s: %w", WGDevice, err)
+	}
+	old := c.wgKey.PublicKey()
+	c.wgKey, c.wgSpec = k, spec
+	c.mu.Lock()
+	if c.status.WireGuard != nil {
+		c.status.WireGuard.PublicKey, c.status.WireGuard.MTU = k.PublicKey().String(), mtu
+	}
+	c.mu.Unlock()
+	res := RotateResult{PublicKey: k.PublicKey().String(), PreviousPublicKey: old.String(), RotatedAt: now.UTC()}
+	c.log.Info("node-to-node WireGuard key rotated: applied, publishing", "publicKey", res.PublicKey, "previous", res.PreviousPublicKey)
+	return res, nil
+}
+
+// serveRotate answers one rotation request: rotate, then reconcile (publish and
+// reprogram) with reconcile; a reconcile error after a successful rotation is a warning.
+func (c *Controller) serveRotate(req rotateReq, reconcile func() error) {
+	res, err := c.rotateWG(req.ctx)
+	if err == nil {
+		if rerr := reconcile(); rerr != nil {
+			err = fmt.Errorf("nodenet: key rotated, but publishing or reprogramming failed (the resync retries): %w", rerr)
+		}
+	}
+	req.reply <- rotateReply{res: res, err: err}
+}
+
+// RotateHandler serves POST RotatePath (`patronus keys rotate --node`): 200 with
+// RotateResult (Warning set when the key is in use but not published yet), 409 when node
+// encryption is not running, 500 when the rotation failed (the old key stays).
+func (c *Controller) RotateHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+		defer cancel()
+		res, err := c.RotateKey(ctx)
+		switch {
+		case err != nil && res.PublicKey != "":
+			res.Warning = err.Error()
+		case errors.Is(err, ErrNotEncrypting):
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(res)
+	})
+}
