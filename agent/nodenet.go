@@ -128,7 +128,8 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 		ClusterCIDR: cfg.ClusterCIDR, BlockSize: cfg.NodeBlockSize, DB: a.db,
 		ConfListPath: a.opts.ConflistPath, BaseConfList: base, NetNSPath: o.NetNSPath,
 		NoMasquerade: !masq, Resync: o.Resync, Logger: a.log,
-		Encrypt: nodenet.Encrypt{Mode: cfg.NodeEncryption, WGMode: o.WGMode, Strict: cfg.NodeEncryptionStrict},
+		Encrypt: nodenet.Encrypt{Mode: cfg.NodeEncryption, WGMode: o.WGMode, Strict: cfg.NodeEncryptionStrict,
+			KeyRotation: cfg.NodeEncryptionKeyRotation},
 	}
 	for _, r := range cfg.RemoteClusters {
 		if r.CIDR.IsValid() {
@@ -155,7 +156,8 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 	a.log.Info("node pod network starting", "clusterCIDR", cfg.ClusterCIDR, "blockSize", cfg.NodeBlockSize,
 		"conflist", a.opts.ConflistPath, "routes", !o.NoRoutes, "masquerade", masq,
 		"nodeEncryption", cfg.NodeEncryption, "nodeEncryptionFrom", cfg.NodeEncryptionSource,
-		"nodeEncryptionStrict", cfg.NodeEncryptionStrict, "nodeEncryptionStrictFrom", cfg.NodeEncryptionStrictSource)
+		"nodeEncryptionStrict", cfg.NodeEncryptionStrict, "nodeEncryptionStrictFrom", cfg.NodeEncryptionStrictSource,
+		"nodeEncryptionKeyRotation", cfg.NodeEncryptionKeyRotation)
 	wg.Go(func() {
 		if dp != nil {
 			defer dp.Close()

@@ -214,6 +214,9 @@ type Controller struct {
 	wgPeerKeys map[string]wgtypes.Key
 	// rotate takes RotateKey's requests to the reconcile goroutine (rotate.go).
 	rotate chan rotateReq
+	// wgCreated is when wgKey was made (Encrypt.KeyRotation counts from it);
+	// rotateRetry is the earliest next try after a failed periodic rotation.
+	wgCreated, rotateRetry time.Time
 	// selfGateway: this node's Node is marked a gateway (reconcile goroutine only).
 	selfGateway bool
 	// relay are the claims this node announces on behalf of nodes that run no mesh
@@ -411,6 +414,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.sweepOrphans(ctx, nl, ll)
 		}
 		c.runReconcile(ctx, dp, nl, ll)
+		c.rotateIfDue(ctx, func() error { return c.runReconcile(ctx, dp, nl, ll) })
 	}
 }
 

@@ -210,6 +210,7 @@ func (e *EdgeController) Run(ctx context.Context) error {
 	}
 	for {
 		run()
+		e.rotateIfDue(ctx, run)
 		select {
 		case <-ctx.Done():
 			return nil

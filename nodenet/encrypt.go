@@ -272,6 +272,10 @@ type Encrypt struct {
 	Key wgtypes.Key
 	// Link overrides the real device (tests).
 	Link WGLink
+	// KeyRotation (ConfigMap node-encryption-key-rotation; 0: off, the default) rotates
+	// the key (as RotateKey does) once it is that old: its age counts from its creation
+	// time in the node database, so restarts do not reset the clock.
+	KeyRotation time.Duration
 	// Strict (ConfigMap node-encryption-strict; needs Mode wireguard): pod traffic to
 	// another node's pod block that would leave by any interface but WGDevice is dropped
 	// and counted, never sent in the clear (strict.go).
@@ -290,6 +294,9 @@ func (e *Encrypt) check() error {
 	}
 	if e.Port == 0 {
 		e.Port = WGPort
+	}
+	if e.KeyRotation < 0 || e.KeyRotation > 0 && e.KeyRotation < MinKeyRotation {
+		return fmt.Errorf("nodenet: node key rotation every %s: want 0 (off) or at least %s", e.KeyRotation, MinKeyRotation)
 	}
 	if e.Port < 1 || e.Port > 65535 {
 		return fmt.Errorf("nodenet: node WireGuard port %d: want 1..65535", e.Port)
@@ -328,7 +335,7 @@ func (c *Controller) ensureWG(local Local) (err error) {
 				return err
 			}
 		}
-		c.wgKey = k
+		c.wgKey, c.wgCreated = k, c.keyCreated(k)
 	}
 	if c.wgLink == nil {
 		c.wgLink = c.o.Encrypt.Link

@@ -126,7 +126,7 @@ func (c *Controller) rotateWG(ctx context.Context) (RotateResult, error) {
 		return RotateResult{}, fmt.Errorf("nodenet: apply the new key to %s: %w", WGDevice, err)
 	}
 	old := c.wgKey.PublicKey()
-	c.wgKey, c.wgSpec = k, spec
+	c.wgKey, c.wgSpec, c.wgCreated = k, spec, now
 	c.mu.Lock()
 	if c.status.WireGuard != nil {
 		c.status.WireGuard.PublicKey, c.status.WireGuard.MTU = k.PublicKey().String(), mtu
@@ -135,6 +135,44 @@ func (c *Controller) rotateWG(ctx context.Context) (RotateResult, error) {
 	res := RotateResult{PublicKey: k.PublicKey().String(), PreviousPublicKey: old.String(), RotatedAt: now.UTC()}
 	c.log.Info("node-to-node WireGuard key rotated: applied, publishing", "publicKey", res.PublicKey, "previous", res.PreviousPublicKey)
 	return res, nil
+}
+
+// MinKeyRotation is the shortest Encrypt.KeyRotation: every rotation costs each peer a
+// handshake and the traffic a short stall.
+const MinKeyRotation = time.Minute
+
+// keyCreated is when k was made, as the node database says (now when it does not hold k:
+// a key given in Encrypt.Key, or no database).
+func (c *Controller) keyCreated(k wgtypes.Key) time.Time {
+	stored, created, ok, err := wg.LoadKey(context.Background(), dbKV(c.o.DB), KVWGKey)
+	if err == nil && ok && stored == k && !created.IsZero() {
+		return created
+	}
+	return c.o.Now()
+}
+
+// rotateIfDue rotates the key when Encrypt.KeyRotation is on and the key is that old
+// (reconcile goroutine, after a reconcile; reconcile publishes the new key). A failure is
+// logged and retried a minute later.
+func (c *Controller) rotateIfDue(ctx context.Context, reconcile func() error) {
+	every := c.o.Encrypt.KeyRotation
+	if every <= 0 || !c.wgUp || c.wgCreated.IsZero() {
+		return
+	}
+	now := c.o.Now()
+	if now.Before(c.wgCreated.Add(every)) || now.Before(c.rotateRetry) {
+		return
+	}
+	res, err := c.rotateWG(ctx)
+	if err == nil {
+		if rerr := reconcile(); rerr != nil {
+			c.log.Warn("scheduled node key rotation: key in use, reconcile after it failed (the resync retries)", "publicKey", res.PublicKey, "err", rerr)
+		}
+		c.log.Info("scheduled node key rotation done", "every", every, "publicKey", res.PublicKey, "previous", res.PreviousPublicKey)
+		return
+	}
+	c.rotateRetry = now.Add(time.Minute)
+	c.log.Warn("scheduled node key rotation failed: retrying in a minute", "err", err)
 }
 
 // serveRotate answers one rotation request: rotate, then reconcile (publish and

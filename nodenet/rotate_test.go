@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/patronus/patronus/dataplane/wg"
 	kfake "github.com/patronus/patronus/kube/kclient/fake"
 	"github.com/patronus/patronus/nodenet/alloc"
 	"github.com/patronus/patronus/store"
@@ -237,5 +238,74 @@ func TestRotateKeyEdgeMode(t *testing.T) {
 	}
 	if k, _ := LoadOrCreateWGKey(context.Background(), db, time.Now()); k.PublicKey().String() != res.PublicKey {
 		t.Fatalf("database key %s, want %s", k.PublicKey(), res.PublicKey)
+	}
+}
+
+// Periodic rotation (Encrypt.KeyRotation): due from the key's creation time in the
+// database, so a key older than the interval is rotated at the first reconcile, and the
+// next one an interval after that; off (0) never rotates.
+func TestPeriodicKeyRotation(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t)
+	var mu sync.Mutex
+	now := time.Unix(1_800_000_000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	old, _, err := wg.LoadOrCreateKey(ctx, db, KVWGKey, now.Add(-2*time.Hour)) // made 2h ago
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := fake.NewSimpleClientset(node("n1", "192.168.1.1", "10.244.1.0/24"))
+	fw := &fakeWG{}
+	o := Options{Client: kfake.Kube(client), NodeName: "n1", ConfListPath: filepath.Join(t.TempDir(), "10-patronus.conflist"),
+		Datapath: drained(t), DB: db, Resync: 50 * time.Millisecond, Now: clock,
+		Encrypt: Encrypt{Mode: EncryptionWireGuard, Link: fw, KeyRotation: time.Hour}}
+	if _, err := New(Options{Client: o.Client, NodeName: "n1", Encrypt: Encrypt{Mode: EncryptionWireGuard, KeyRotation: time.Second}}); err == nil {
+		t.Fatal("a rotation every second was accepted")
+	}
+	_, stop := runCtrl(t, o)
+	defer stop()
+	stored := func() (wgtypes.Key, time.Time) {
+		k, created, _, err := wg.LoadKey(ctx, db, KVWGKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k, created
+	}
+	var second wgtypes.Key
+	waitFor(t, "the 2h old key rotated and published", func() error {
+		k, created := stored()
+		if k == old || !created.Equal(now) {
+			return fmt.Errorf("stored key made %s (old key still: %v)", created, k == old)
+		}
+		if got := annotation(t, client, "n1"); got != k.PublicKey().String() {
+			return fmt.Errorf("annotation %q", got)
+		}
+		second = k
+		return nil
+	})
+	advance(59 * time.Minute)
+	time.Sleep(300 * time.Millisecond) // several resyncs
+	if k, _ := stored(); k != second {
+		t.Fatal("rotated again before the interval")
+	}
+	advance(2 * time.Minute)
+	waitFor(t, "rotated again an interval later", func() error {
+		if k, _ := stored(); k == second {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	stop()
+
+	// Off: a key of any age stays.
+	k3, _ := stored()
+	advance(1000 * time.Hour)
+	o.Encrypt.KeyRotation, o.Datapath = 0, drained(t)
+	_, stop2 := runCtrl(t, o)
+	defer stop2()
+	time.Sleep(300 * time.Millisecond)
+	if k, _ := stored(); k != k3 {
+		t.Fatal("rotated with periodic rotation off")
 	}
 }
