@@ -82,9 +82,19 @@ func (c *Controller) RotateKey(ctx context.Context) (RotateResult, error) {
 //  2. apply it to the device: from here this node's packets wait for a handshake that the
 //     peers can answer only once they know the new key; their packets to this node still
 //     arrive on the old sessions until they swap;
-//  3. publish it (the caller's reconcile): each peer swaps on receipt and, seeing a
-//     replaced key (configureWG), starts the handshake at once instead of waiting for
-//     this node's retry, which WireGuard sends only 5 s after the unanswered one.
+//  3. wait publishSettle, then publish it (the caller's reconcile): each peer swaps on
+//     receipt and, seeing a replaced key (configureWG), starts the handshake at once
+//     instead of waiting for this node's retry, which WireGuard sends only 5 s after the
+//     unanswered one.
+//
+// The wait is there for that first, unanswered handshake: this node sends it with its
+// next packet to a peer, within milliseconds of step 2. Published at once, the peer
+// sometimes swapped before it had processed that handshake, accepted it and answered,
+// while its own handshake (the kick, or its traffic) crossed it: WireGuard keeps one
+// handshake per peer, so each side answered the other's, dropped the answer to its own,
+// and neither could send until the 5 s retry (measured: 2 of 16 rotations stalled
+// 5.03 s). Published publishSettle later, the first handshake has long been dropped as
+// coming from an unknown key, and only the peer's handshake is under way.
 //
 // Publishing first would be worse: peers would swap to a key this device does not have
 // yet, their handshakes would be dropped (and retried only after 5 s) and their old
@@ -137,6 +147,21 @@ func (c *Controller) rotateWG(ctx context.Context) (RotateResult, error) {
 	return res, nil
 }
 
+// publishSettle is how long a rotation waits between applying the new key and
+// publishing it (see rotateWG): it adds to the stall of every rotation, and keeps a
+// crossed handshake (a 5 s stall) away unless a node is this late processing a packet.
+const publishSettle = 200 * time.Millisecond
+
+// settle waits publishSettle (less if ctx ends).
+func settle(ctx context.Context) {
+	t := time.NewTimer(publishSettle)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
 // MinKeyRotation is the shortest Encrypt.KeyRotation: every rotation costs each peer a
 // handshake and the traffic a short stall.
 const MinKeyRotation = time.Minute
@@ -165,6 +190,7 @@ func (c *Controller) rotateIfDue(ctx context.Context, reconcile func() error) {
 	}
 	res, err := c.rotateWG(ctx)
 	if err == nil {
+		settle(ctx)
 		if rerr := reconcile(); rerr != nil {
 			c.log.Warn("scheduled node key rotation: key in use, reconcile after it failed (the resync retries)", "publicKey", res.PublicKey, "err", rerr)
 		}
@@ -180,6 +206,7 @@ func (c *Controller) rotateIfDue(ctx context.Context, reconcile func() error) {
 func (c *Controller) serveRotate(req rotateReq, reconcile func() error) {
 	res, err := c.rotateWG(req.ctx)
 	if err == nil {
+		settle(context.Background()) // the key is in use: publish it even if the caller left
 		if rerr := reconcile(); rerr != nil {
 			err = fmt.Errorf("nodenet: key rotated, but publishing or reprogramming failed (the resync retries): %w", rerr)
 		}
