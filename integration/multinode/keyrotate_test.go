@@ -266,3 +266,105 @@ func (s *pingStream) longest(from, to time.Time) time.Duration {
 	}
 	return d
 }
+
+// TestEdgeNodeKeyRotation: edge mode (no API server). The rotating node re-publishes its
+// claim with the new key (EdgeOptions.PublishKey, as MeshEdge wires it into the signed
+// podblock announcement; here an in-memory gossip view); the peer swaps it, handshakes,
+// and a continuous ping between their pods recovers with no plaintext on the underlay.
+func TestEdgeNodeKeyRotation(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("ping"); err != nil {
+		t.Skip("needs ping (apt-get install iputils-ping)")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft (apt-get install nftables) for the underlay counters")
+	}
+	pluginDir(t)
+	l := newLab(t, nil, "")
+	count := underlayCounters(t, l, l.cidr, nodenet.WGPort)
+
+	var mu sync.Mutex
+	view := map[string]nodenet.EdgeMember{}
+	members := func() []nodenet.EdgeMember {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []nodenet.EdgeMember
+		for _, m := range view {
+			out = append(out, m)
+		}
+		return out
+	}
+	var edges []*nodenet.EdgeController
+	var nodes []*node
+	for i := 1; i <= 2; i++ {
+		name, addr := fmt.Sprintf("kre-node-%d", i), netip.MustParseAddr(fmt.Sprintf("192.168.77.%d", 50+i))
+		n := l.makeNode(name, addr)
+		mu.Lock()
+		view[name] = nodenet.EdgeMember{Name: name, Addr: addr}
+		mu.Unlock()
+		e, err := nodenet.NewEdge(nodenet.EdgeOptions{NodeName: name, NodeIP: addr, ClusterCIDR: l.cidr, DB: n.db,
+			ConfListPath: n.confList, BaseConfList: l.baseConfList(n), NetNSPath: nsPath(n.netns),
+			Members: members, PublishKey: func(claim, pub string) error {
+				mu.Lock()
+				defer mu.Unlock()
+				m := view[name]
+				m.Claim, m.Key = claim, pub
+				view[name] = m
+				return nil
+			},
+			Resync: 500 * time.Millisecond, Settle: -1, Logger: testLogger(t, name),
+			Encrypt: nodenet.Encrypt{Mode: nodenet.EncryptionWireGuard}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		n.ctrl, n.cancel, n.done = e.Controller, cancel, make(chan error, 1)
+		go func() { n.done <- e.Run(ctx) }()
+		t.Cleanup(func() { l.stop(n) })
+		select {
+		case <-e.Ready():
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: no conflist after 30s: %+v", name, e.Status())
+		}
+		edges, nodes = append(edges, e), append(nodes, n)
+	}
+	for _, n := range nodes {
+		encryptedTo(t, n, nodes)
+	}
+	p1, p2 := l.addPod(nodes[0], "kre-p1"), l.addPod(nodes[1], "kre-p2")
+	eventually(t, 30*time.Second, "first ping", func() error { return ping(p1.netns, p2.ip) })
+	s := startPing(t, "edge node1->node2", p1.netns, p2.ip)
+	eventually(t, 30*time.Second, "steady", func() error { return s.answeredSince(time.Now().Add(-time.Second), 50) })
+
+	t0 := time.Now()
+	res, err := edges[0].RotateKey(context.Background())
+	t1 := time.Now()
+	if err != nil || res.PublicKey == res.PreviousPublicKey {
+		t.Fatalf("rotate: %+v, %v", res, err)
+	}
+	mu.Lock()
+	published := view[nodes[0].name].Key
+	mu.Unlock()
+	if published != res.PublicKey {
+		t.Fatalf("claim published with key %q, want the new %q", published, res.PublicKey)
+	}
+	eventually(t, 30*time.Second, "node 2 swapped and handshook", func() error {
+		st := nodes[1].ctrl.Status()
+		if st.WireGuard == nil || st.WireGuard.Peers != 1 || len(st.PeerStates) != 1 {
+			return fmt.Errorf("status %+v %+v", st.WireGuard, st.PeerStates)
+		}
+		if p := st.PeerStates[0]; p.PublicKey != res.PublicKey || !p.LastHandshake.After(t0) {
+			return fmt.Errorf("peer %+v", p)
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, "ping recovered", func() error { return s.answeredSince(t1, 20) })
+	gap, lost := s.gap(t0)
+	t.Logf("edge rotation (call %v): gap %v, lost %d, max rtt %v (second before: gap %v, max rtt %v)", t1.Sub(t0).Round(time.Millisecond),
+		gap.Round(time.Millisecond), lost, s.maxRTT(t0, time.Now()).Round(100*time.Microsecond),
+		s.longest(t0.Add(-time.Second), t0).Round(time.Millisecond), s.maxRTT(t0.Add(-time.Second), t0).Round(100*time.Microsecond))
+	s.stop()
+	if plain, wg := count(); plain != 0 || wg == 0 {
+		t.Fatalf("underlay: %d plaintext pod frames, %d WireGuard frames; want 0 and some", plain, wg)
+	}
+}
