@@ -15,7 +15,7 @@ import (
 func newKeysCmd(e env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "keys",
-		Short: "The node's WireGuard key (rotated automatically every key-rotation, 24h by default)",
+		Short: "The node's WireGuard keys: the tunnel's (rotated every key-rotation, 24h by default) and, with --node, the node-to-node encryption key",
 		Args:  cobra.NoArgs,
 	}
 	cmd.AddCommand(newKeysRotateCmd(e), newKeysShowCmd(e))
