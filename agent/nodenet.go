@@ -75,24 +75,31 @@ func (a *agent) nodeNetNotReady() string {
 	return "waiting for the node's pod block and CNI conflist"
 }
 
-// nodeNetHandlers mount GET /v1/nodenet; it answers 503 until the controller exists (the
-// mux is built before the configuration is known).
+// nodeNetHandlers mount GET /v1/nodenet and POST /v1/nodenet/keys/rotate (`patronus
+// keys rotate --node`); they answer 503 until the controller exists (the mux is built
+// before the configuration is known).
 func (a *agent) nodeNetHandlers() []Handler {
 	if a.opts.NodeNet == nil {
 		return nil
 	}
-	return []Handler{{Pattern: nodenet.StatusPath, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c := a.nodeNet.ctrl.Load()
-		if c == nil {
-			msg := "the node pod network controller is not running"
-			if e, _ := a.nodeNet.err.Load().(string); e != "" {
-				msg += ": " + e
+	with := func(h func(*nodenet.Controller) http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c := a.nodeNet.ctrl.Load()
+			if c == nil {
+				msg := "the node pod network controller is not running"
+				if e, _ := a.nodeNet.err.Load().(string); e != "" {
+					msg += ": " + e
+				}
+				http.Error(w, msg, http.StatusServiceUnavailable)
+				return
 			}
-			http.Error(w, msg, http.StatusServiceUnavailable)
-			return
-		}
-		c.HTTPHandler().ServeHTTP(w, r)
-	})}}
+			h(c).ServeHTTP(w, r)
+		})
+	}
+	return []Handler{
+		{Pattern: nodenet.StatusPath, Handler: with((*nodenet.Controller).HTTPHandler)},
+		{Pattern: "POST " + nodenet.RotatePath, Handler: with((*nodenet.Controller).RotateHandler)},
+	}
 }
 
 // startNodeNet runs the nodenet controller in wg until ctx ends. A controller that cannot
@@ -121,7 +128,8 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 		ClusterCIDR: cfg.ClusterCIDR, BlockSize: cfg.NodeBlockSize, DB: a.db,
 		ConfListPath: a.opts.ConflistPath, BaseConfList: base, NetNSPath: o.NetNSPath,
 		NoMasquerade: !masq, Resync: o.Resync, Logger: a.log,
-		Encrypt: nodenet.Encrypt{Mode: cfg.NodeEncryption, WGMode: o.WGMode, Strict: cfg.NodeEncryptionStrict},
+		Encrypt: nodenet.Encrypt{Mode: cfg.NodeEncryption, WGMode: o.WGMode, Strict: cfg.NodeEncryptionStrict,
+			KeyRotation: cfg.NodeEncryptionKeyRotation},
 	}
 	for _, r := range cfg.RemoteClusters {
 		if r.CIDR.IsValid() {
@@ -148,7 +156,8 @@ func (a *agent) startNodeNet(ctx context.Context, cfg *config.Config, wg *sync.W
 	a.log.Info("node pod network starting", "clusterCIDR", cfg.ClusterCIDR, "blockSize", cfg.NodeBlockSize,
 		"conflist", a.opts.ConflistPath, "routes", !o.NoRoutes, "masquerade", masq,
 		"nodeEncryption", cfg.NodeEncryption, "nodeEncryptionFrom", cfg.NodeEncryptionSource,
-		"nodeEncryptionStrict", cfg.NodeEncryptionStrict, "nodeEncryptionStrictFrom", cfg.NodeEncryptionStrictSource)
+		"nodeEncryptionStrict", cfg.NodeEncryptionStrict, "nodeEncryptionStrictFrom", cfg.NodeEncryptionStrictSource,
+		"nodeEncryptionKeyRotation", cfg.NodeEncryptionKeyRotation)
 	wg.Go(func() {
 		if dp != nil {
 			defer dp.Close()

@@ -9,12 +9,13 @@ import (
 
 	"github.com/patronus/patronus/dataplane/tunnel"
 	"github.com/patronus/patronus/localapi"
+	"github.com/patronus/patronus/nodenet"
 )
 
 func newKeysCmd(e env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "keys",
-		Short: "The node's WireGuard key (rotated automatically every key-rotation, 24h by default)",
+		Short: "The node's WireGuard keys: the tunnel's (rotated every key-rotation, 24h by default) and, with --node, the node-to-node encryption key",
 		Args:  cobra.NoArgs,
 	}
 	cmd.AddCommand(newKeysRotateCmd(e), newKeysShowCmd(e))
@@ -23,21 +24,36 @@ func newKeysCmd(e env) *cobra.Command {
 
 func newKeysRotateCmd(e env) *cobra.Command {
 	var socket, output string
+	var node bool
 	cmd := &cobra.Command{
 		Use:   "rotate",
-		Short: "Rotate this gateway's WireGuard key now",
+		Short: "Rotate this gateway's WireGuard key now (--node: the node-to-node encryption key)",
 		Long: `Ask the running agent to rotate its WireGuard key: it applies the new key to its own
 device first, then announces the new public key signed through the mesh; the remote
 gateways update their peer on receipt. Connections crossing the tunnel survive (a stall of
-a few hundred milliseconds).`,
+a few hundred milliseconds).
+
+With --node, rotate instead the node-to-node encryption key (node-encryption: wireguard,
+device ` + nodenet.WGDevice + `): the agent saves the new key, applies it to its device, then
+publishes the public key (Node annotation ` + nodenet.AnnotationWGKey + `; edge mode:
+its signed podblock claim); every other node swaps its peer and handshakes at once. Any
+node can do this, gateway or not; the agent answers 409 when node encryption is off.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutputFormat(output); err != nil {
 				return err // before rotating: a usage error must not have side effects
 			}
+			path := tunnel.PathKeysRotate
+			if node {
+				path = nodenet.RotatePath
+			}
+			// Both answers have the same fields (nodenet.RotateResult mirrors this one).
 			var res tunnel.RotateResult
-			if err := meshCall(cmd.Context(), socket, http.MethodPost, tunnel.PathKeysRotate, nil, &res); err != nil {
+			if err := meshCall(cmd.Context(), socket, http.MethodPost, path, nil, &res); err != nil {
 				return err
+			}
+			if res.Warning != "" {
+				fmt.Fprintln(e.stderr, "warning:", res.Warning)
 			}
 			return printList(e.stdout, output, res, func(tw *tabwriter.Writer) {
 				fmt.Fprintln(tw, "PUBLIC KEY\tPREVIOUS\tROTATED AT")
@@ -46,6 +62,7 @@ a few hundred milliseconds).`,
 		},
 	}
 	cmd.Flags().StringVar(&socket, "socket", localapi.DefaultSocket, "agent API unix socket")
+	cmd.Flags().BoolVar(&node, "node", false, "rotate the node-to-node encryption key ("+nodenet.WGDevice+") instead of the inter-cluster tunnel's")
 	outputFlag(cmd, &output)
 	return cmd
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/patronus/patronus/dataplane/tunnel"
+	"github.com/patronus/patronus/nodenet"
 )
 
 func TestKeysRotateAndShow(t *testing.T) {
@@ -28,6 +29,12 @@ func TestKeysRotateAndShow(t *testing.T) {
 	mux.HandleFunc("GET "+tunnel.PathTunnels, func(w http.ResponseWriter, _ *http.Request) {
 		_ = json.NewEncoder(w).Encode(tunnel.Status{Device: "wg-a", PublicKey: "NEW=", Tunnels: []tunnel.Tunnel{{Cluster: "b", Gateway: "b-gw", PublicKey: "PEER="}}})
 	})
+	nodeRotated := 0
+	mux.HandleFunc("POST "+nodenet.RotatePath, func(w http.ResponseWriter, _ *http.Request) {
+		nodeRotated++
+		_ = json.NewEncoder(w).Encode(nodenet.RotateResult{PublicKey: "NODENEW=", PreviousPublicKey: "NODEOLD=",
+			RotatedAt: time.Unix(1_800_000_000, 0).UTC(), Warning: "not published yet"})
+	})
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
@@ -43,6 +50,9 @@ func TestKeysRotateAndShow(t *testing.T) {
 		{[]string{"keys", "rotate", "--socket", filepath.Join(t.TempDir(), "none.sock")}, ExitError, []string{"no agent answers"}},
 		{[]string{"keys", "rotate", "extra"}, ExitUsage, nil},
 		{[]string{"keys", "rotate", "--socket", sock, "-o", "xml"}, ExitUsage, nil},
+		{[]string{"keys", "rotate", "--node", "--socket", sock}, ExitOK, []string{"NODENEW=", "NODEOLD=", "warning: not published yet"}},
+		{[]string{"keys", "rotate", "--node", "--socket", sock, "-o", "json"}, ExitOK, []string{`"publicKey": "NODENEW="`}},
+		{[]string{"keys", "rotate", "--node", "--socket", sock, "-o", "xml"}, ExitUsage, nil},
 	} {
 		var out, errb bytes.Buffer
 		code := run(tc.args, env{stdout: &out, stderr: &errb, getenv: func(string) string { return "" }})
@@ -55,7 +65,7 @@ func TestKeysRotateAndShow(t *testing.T) {
 			}
 		}
 	}
-	if rotated != 2 {
-		t.Errorf("%d rotations, want 2 (a usage error must not rotate)", rotated)
+	if rotated != 2 || nodeRotated != 2 {
+		t.Errorf("%d tunnel and %d node rotations, want 2 each (a usage error must not rotate)", rotated, nodeRotated)
 	}
 }

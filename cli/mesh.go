@@ -99,6 +99,7 @@ type meshRunFlags struct {
 	blockSize              int
 	nodeEncryption         string
 	nodeEncryptionStrict   bool
+	nodeKeyRotation        time.Duration
 }
 
 func newMeshRunCmd(e env) *cobra.Command {
@@ -156,6 +157,7 @@ lost pods, mesh).`,
 	fl.StringVar(&f.confList, "cni-conflist", nodenet.DefaultConfListPath, "with --pod-network: the CNI conflist written for the node's block")
 	fl.BoolVar(&f.masquerade, "masquerade", true, "with --pod-network: masquerade pod traffic leaving --cluster-cidr to the node address")
 	fl.StringVar(&f.nodeEncryption, "node-encryption", nodenet.EncryptionNone, "with --pod-network: node-to-node encryption, wireguard or none (WireGuard device ptw0 on UDP 51819, key in --database, public key in the signed block claim)")
+	fl.DurationVar(&f.nodeKeyRotation, "node-encryption-key-rotation", 0, "with --node-encryption wireguard: rotate the node key this often (at least 1m; 0: only on demand, patronus keys rotate --node)")
 	fl.BoolVar(&f.nodeEncryptionStrict, "node-encryption-strict", false, "with --node-encryption wireguard: drop this node's pod traffic to other nodes' pods that would leave unencrypted instead of sending it in the clear")
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format: json or text")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -295,6 +297,7 @@ func runMesh(ctx context.Context, e env, f meshRunFlags) error {
 		started: time.Now(), mesh: node, ctrl: ctrl, db: db})
 	if ctrl != nil {
 		mux.Handle(nodenet.StatusPath, ctrl.HTTPHandler())
+		mux.Handle("POST "+nodenet.RotatePath, ctrl.RotateHandler())
 		if err := errors.Join(reg.Register(nodenet.LostPodsGauge(ctrl.Status)), reg.Register(nodenet.StrictDroppedCounter(ctrl.Status))); err != nil {
 			node.Shutdown()
 			ln.Close()
@@ -362,8 +365,11 @@ func edgeOptions(f meshRunFlags, cidrs []netip.Prefix) (*nodenet.EdgeOptions, er
 	if f.nodeEncryptionStrict && enc != nodenet.EncryptionWireGuard {
 		return nil, usagef("--node-encryption-strict needs --node-encryption %s", nodenet.EncryptionWireGuard)
 	}
+	if f.nodeKeyRotation < 0 || f.nodeKeyRotation > 0 && f.nodeKeyRotation < nodenet.MinKeyRotation {
+		return nil, usagef("--node-encryption-key-rotation %s: want 0 (off) or at least %s", f.nodeKeyRotation, nodenet.MinKeyRotation)
+	}
 	return &nodenet.EdgeOptions{NodeName: f.node, NodeIP: ip, ClusterCIDR: cidr, BlockSize: f.blockSize,
-		ConfListPath: f.confList, NoMasquerade: !f.masquerade, Encrypt: nodenet.Encrypt{Mode: enc, Strict: f.nodeEncryptionStrict}}, nil
+		ConfListPath: f.confList, NoMasquerade: !f.masquerade, Encrypt: nodenet.Encrypt{Mode: enc, Strict: f.nodeEncryptionStrict, KeyRotation: f.nodeKeyRotation}}, nil
 }
 
 func joinArgs(ss []string) string {

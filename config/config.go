@@ -126,6 +126,9 @@ type Config struct {
 	// node-encryption-strict; default false; needs NodeEncryptionWireGuard).
 	NodeEncryptionStrict       bool
 	NodeEncryptionStrictSource string
+	// NodeEncryptionKeyRotation rotates the node-to-node key this often (ConfigMap
+	// node-encryption-key-rotation; 0, the default: only on demand).
+	NodeEncryptionKeyRotation time.Duration
 
 	// From the conflist.
 	Bridge          string
@@ -185,7 +188,7 @@ func knownKeys() map[string]bool {
 	return map[string]bool{KeyClusterID: true, KeyClusterCIDR: true, KeyServiceCIDR: true, KeyRemoteClusters: true,
 		KeyNodeBlockSize: true, KeyDatapath: true, KeyMulticastGroup: true, KeyKeyRotation: true, KeyProbeInterval: true,
 		KeyMasquerade: true, KeyClusterSetIPRange: true, KeyPathBandwidth: true,
-		KeyNodeEncryption: true, KeyNodeEncryptionStrict: true}
+		KeyNodeEncryption: true, KeyNodeEncryptionStrict: true, KeyNodeEncryptionKeyRotation: true}
 }
 
 // dns1123Label is the shape of cluster ids and node-independent names: they end up in
@@ -276,6 +279,9 @@ func Load(in Input) (Config, error) {
 		cfg.NodeEncryption, cfg.NodeEncryptionSource = e, "environment "+EnvNodeEncryption
 	}
 	if err := loadNodeEncryptionStrict(&cfg, in, cmSource); err != nil {
+		return Config{}, err
+	}
+	if err := loadNodeEncryptionKeyRotation(&cfg, in.ConfigMap, cmSource); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil

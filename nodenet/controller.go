@@ -207,6 +207,16 @@ type Controller struct {
 	wgUp      bool   // the device is as wanted: peers may be encrypted
 	wgRemoved bool   // encryption off: the device of an earlier run is gone
 	wgPlain   string // the plain peers last logged
+	// wgSpec is the device as last ensured (wgSpecSet: once), for a key rotation.
+	wgSpec    WGSpec
+	wgSpecSet bool
+	// wgPeerKeys is each peer node's key as last configured: a change is a rotation.
+	wgPeerKeys map[string]wgtypes.Key
+	// rotate takes RotateKey's requests to the reconcile goroutine (rotate.go).
+	rotate chan rotateReq
+	// wgCreated is when wgKey was made (Encrypt.KeyRotation counts from it);
+	// rotateRetry is the earliest next try after a failed periodic rotation.
+	wgCreated, rotateRetry time.Time
 	// selfGateway: this node's Node is marked a gateway (reconcile goroutine only).
 	selfGateway bool
 	// relay are the claims this node announces on behalf of nodes that run no mesh
@@ -266,7 +276,7 @@ func New(o Options) (*Controller, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	c := &Controller{o: o, log: o.Logger.With("controller", "nodenet"), ready: make(chan struct{})}
+	c := &Controller{o: o, log: o.Logger.With("controller", "nodenet"), ready: make(chan struct{}), rotate: make(chan rotateReq)}
 	c.status.Encryption = o.Encrypt.Mode
 	c.claimer = &claimer{client: o.Client, ns: o.Namespace, node: o.NodeName, cluster: o.ClusterCIDR,
 		bits: o.BlockSize, kv: dbKV(o.DB), log: c.log, now: o.Now}
@@ -396,21 +406,31 @@ func (c *Controller) Run(ctx context.Context) error {
 				c.log.Info("released blocks of deleted node", "node", name, "blocks", rel)
 			}
 			continue
+		case req := <-c.rotate:
+			c.serveRotate(req, func() error { return c.runReconcile(ctx, dp, nl, ll) })
+			continue
 		case <-trigger:
 		case <-tick.C:
 			c.sweepOrphans(ctx, nl, ll)
 		}
-		err := c.reconcile(ctx, dp, nl, ll)
-		c.mu.Lock()
-		c.status.LastError = ""
-		if err != nil {
-			c.status.LastError = err.Error()
-		}
-		c.mu.Unlock()
-		if err != nil {
-			c.log.Warn("reconcile", "err", err)
-		}
+		c.runReconcile(ctx, dp, nl, ll)
+		c.rotateIfDue(ctx, func() error { return c.runReconcile(ctx, dp, nl, ll) })
 	}
+}
+
+// runReconcile reconciles and records the outcome in the status.
+func (c *Controller) runReconcile(ctx context.Context, dp Datapath, nl nodeLister, ll leaseLister) error {
+	err := c.reconcile(ctx, dp, nl, ll)
+	c.mu.Lock()
+	c.status.LastError = ""
+	if err != nil {
+		c.status.LastError = err.Error()
+	}
+	c.mu.Unlock()
+	if err != nil {
+		c.log.Warn("reconcile", "err", err)
+	}
+	return err
 }
 
 type nodeLister interface {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/patronus/patronus/manifests"
 	"github.com/patronus/patronus/nodenet/alloc"
 	"github.com/patronus/patronus/store"
@@ -42,6 +44,10 @@ type EdgeOptions struct {
 	Members func() []EdgeMember
 	// Publish spreads this node's claim (FormatClaim form) through the mesh.
 	Publish func(claim string) error
+	// PublishKey, if set, is used instead of Publish: the claim with the node's
+	// node-to-node WireGuard public key (base64; "" none) to spread with it, called again
+	// with the same claim when the key changes (a rotation). MeshEdge sets it.
+	PublishKey func(claim, publicKey string) error
 	// Changes, if set, receives a value whenever the view may have changed (a member
 	// joined, left, failed or changed; a claim was announced, withdrawn or expired):
 	// the controller then reconciles at once instead of at its next Resync, which stays
@@ -109,7 +115,7 @@ const (
 
 // NewEdge checks o and makes an edge-mode controller.
 func NewEdge(o EdgeOptions) (*EdgeController, error) {
-	if o.NodeName == "" || !o.NodeIP.IsValid() || o.Members == nil || o.Publish == nil {
+	if o.NodeName == "" || !o.NodeIP.IsValid() || o.Members == nil || o.Publish == nil && o.PublishKey == nil {
 		return nil, errors.New("nodenet: edge mode needs NodeName, NodeIP, Members and Publish")
 	}
 	if o.BlockSize == 0 {
@@ -155,7 +161,7 @@ func NewEdge(o EdgeOptions) (*EdgeController, error) {
 	c := &Controller{o: Options{NodeName: o.NodeName, NodeIP: o.NodeIP, ClusterCIDR: o.ClusterCIDR, BlockSize: o.BlockSize,
 		DB: o.DB, ConfListPath: o.ConfListPath, BaseConfList: o.BaseConfList, NetNSPath: o.NetNSPath, Datapath: o.Datapath,
 		NoMasquerade: o.NoMasquerade, MasqTable: o.MasqTable, MasqChain: o.MasqChain, Encrypt: o.Encrypt, Logger: o.Logger, Now: o.Now},
-		log: o.Logger.With("controller", "nodenet", "mode", "edge"), ready: make(chan struct{})}
+		log: o.Logger.With("controller", "nodenet", "mode", "edge"), ready: make(chan struct{}), rotate: make(chan rotateReq)}
 	c.status.Encryption = o.Encrypt.Mode
 	return &EdgeController{Controller: c, eo: o, trigger: make(chan struct{}, 1),
 		claimer: &EdgeClaimer{Node: o.NodeName, Cluster: o.ClusterCIDR, Bits: o.BlockSize, Now: o.Now}}, nil
@@ -189,7 +195,7 @@ func (e *EdgeController) Run(ctx context.Context) error {
 	tick := time.NewTicker(e.eo.Resync)
 	defer tick.Stop()
 	published := ""
-	for {
+	run := func() error {
 		err := e.reconcile(ctx, dp, &published)
 		e.mu.Lock()
 		e.status.LastError = ""
@@ -200,17 +206,50 @@ func (e *EdgeController) Run(ctx context.Context) error {
 		if err != nil {
 			e.log.Warn("reconcile", "err", err)
 		}
+		return err
+	}
+	for {
+		run()
+		e.rotateIfDue(ctx, run)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		case <-e.trigger:
+		case req := <-e.rotate:
+			// The reconcile right after re-publishes the claim with the new key.
+			e.serveRotate(req, run)
+			continue
 		case <-e.eo.Changes: // nil: never
 			if !e.settleChanges(ctx) {
 				return nil
 			}
 		}
 	}
+}
+
+// publishedKey is the public key to spread with the claim: the device's once it is up
+// (a rotation changes it), else the one configured (MeshEdge loads it before the first
+// claim), else none.
+func (e *EdgeController) publishedKey() string {
+	if e.o.Encrypt.Mode != EncryptionWireGuard {
+		return ""
+	}
+	if e.wgKey != (wgtypes.Key{}) {
+		return e.wgKey.PublicKey().String()
+	}
+	if e.o.Encrypt.Key != (wgtypes.Key{}) {
+		return e.o.Encrypt.Key.PublicKey().String()
+	}
+	return ""
+}
+
+// publish spreads wire (and, with PublishKey, pub).
+func (e *EdgeController) publish(wire, pub string) error {
+	if e.eo.PublishKey != nil {
+		return e.eo.PublishKey(wire, pub)
+	}
+	return e.eo.Publish(wire)
 }
 
 func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *string) error {
@@ -253,18 +292,21 @@ func (e *EdgeController) reconcile(ctx context.Context, dp Datapath, published *
 	if err != nil {
 		return err
 	}
-	if wire := FormatClaim(own); wire != *published {
-		if err := e.eo.Publish(wire); err != nil {
+	// published is the claim and the key spread with it: a new key (rotation) is
+	// published at once, like a new claim.
+	pub := e.publishedKey()
+	if wire := FormatClaim(own); wire+" "+pub != *published {
+		if err := e.publish(wire, pub); err != nil {
 			return fmt.Errorf("nodenet: publish claim: %w", err)
 		}
-		*published = wire
+		*published = wire + " " + pub
 		if err := e.kv().save(ctx, savedBlock{Block: own.Block, Source: SourceGossip, ClaimedAt: own.At}); err != nil {
 			return err
 		}
 		e.log.Info("claimed pod block through the mesh", "block", own.Block, "claim", wire)
-		e.republish("", slices.Sorted(maps.Keys(addrs)), unknown) // schedule only
+		e.republish("", "", slices.Sorted(maps.Keys(addrs)), unknown) // schedule only
 	} else {
-		e.republish(wire, slices.Sorted(maps.Keys(addrs)), unknown)
+		e.republish(wire, pub, slices.Sorted(maps.Keys(addrs)), unknown)
 	}
 	if st, _ := e.snapshot(); st.Block != own.Block || st.Source != SourceGossip || !st.ClaimedAt.Equal(own.At) {
 		e.mu.Lock()
@@ -313,7 +355,7 @@ func (e *EdgeController) settleChanges(ctx context.Context) bool {
 // own side), so the other side's first re-broadcasts can be lost and only one sent after
 // the clocks met gets through; the mesh's periodic refresh (30s) would be the only retry.
 // Such a member may also simply have no claim yet, hence the cap.
-func (e *EdgeController) republish(wire string, members, unknown []string) {
+func (e *EdgeController) republish(wire, pub string, members, unknown []string) {
 	now := e.eo.Now()
 	if key := strings.Join(members, ","); key != e.viewKey || wire == "" {
 		e.viewKey, e.repubWait, e.repubAt, e.repubUntil = key, repubMin, now, now.Add(repubMax)
@@ -325,7 +367,7 @@ func (e *EdgeController) republish(wire string, members, unknown []string) {
 	if len(unknown) == 0 && now.After(e.repubUntil) || now.Before(e.repubAt) {
 		return
 	}
-	if err := e.eo.Publish(wire); err != nil {
+	if err := e.publish(wire, pub); err != nil {
 		e.log.Warn("re-publish claim", "err", err)
 	}
 	e.repubAt = now.Add(e.repubWait)

@@ -272,6 +272,10 @@ type Encrypt struct {
 	Key wgtypes.Key
 	// Link overrides the real device (tests).
 	Link WGLink
+	// KeyRotation (ConfigMap node-encryption-key-rotation; 0: off, the default) rotates
+	// the key (as RotateKey does) once it is that old: its age counts from its creation
+	// time in the node database, so restarts do not reset the clock.
+	KeyRotation time.Duration
 	// Strict (ConfigMap node-encryption-strict; needs Mode wireguard): pod traffic to
 	// another node's pod block that would leave by any interface but WGDevice is dropped
 	// and counted, never sent in the clear (strict.go).
@@ -290,6 +294,9 @@ func (e *Encrypt) check() error {
 	}
 	if e.Port == 0 {
 		e.Port = WGPort
+	}
+	if e.KeyRotation < 0 || e.KeyRotation > 0 && e.KeyRotation < MinKeyRotation {
+		return fmt.Errorf("nodenet: node key rotation every %s: want 0 (off) or at least %s", e.KeyRotation, MinKeyRotation)
 	}
 	if e.Port < 1 || e.Port > 65535 {
 		return fmt.Errorf("nodenet: node WireGuard port %d: want 1..65535", e.Port)
@@ -328,7 +335,7 @@ func (c *Controller) ensureWG(local Local) (err error) {
 				return err
 			}
 		}
-		c.wgKey = k
+		c.wgKey, c.wgCreated = k, c.keyCreated(k)
 	}
 	if c.wgLink == nil {
 		c.wgLink = c.o.Encrypt.Link
@@ -350,6 +357,7 @@ func (c *Controller) ensureWG(local Local) (err error) {
 		return err
 	}
 	c.wgUp, c.wgRemoved = true, false
+	c.wgSpec, c.wgSpecSet = spec, true
 	c.mu.Lock()
 	c.wgLive = c.wgLink
 	c.status.WireGuard = &WGStatus{Device: WGDevice, PublicKey: c.wgKey.PublicKey().String(), Port: c.o.Encrypt.Port, MTU: mtu,
@@ -358,16 +366,47 @@ func (c *Controller) ensureWG(local Local) (err error) {
 	return nil
 }
 
+// rotatedKick is the persistent keepalive a peer whose key was replaced gets for one
+// device update (configureWG): any value works, only the 0 → non-zero change matters.
+const rotatedKick = 25 * time.Second
+
 // configureWG makes the device's peers the plan's (only changed peers are touched).
+//
+// A peer node whose key changed since the last configure (it rotated: rotate.go) gets its
+// new key in place of the old one with a persistent keepalive for that one update, then
+// the keepalive back off: turning a peer's keepalive on makes WireGuard (kernel and
+// wireguard-go) send a keepalive at once, which without a session starts a handshake
+// with the new key now. The rotating node sent its own handshake when it switched keys;
+// that one was dropped here (unknown key) and WireGuard retries it only after 5 s, so
+// without this, traffic that only the rotating node starts would stall for that long.
 func (c *Controller) configureWG(p Plan) error {
 	peers := make([]wg.Peer, 0, len(p.WGPeers))
-	for _, w := range p.WGPeers {
+	keys := make(map[string]wgtypes.Key, len(p.WGPeers))
+	var rotated []string
+	kicked := slices.Clone(p.WGPeers)
+	for i, w := range p.WGPeers {
 		peers = append(peers, w.Peer)
+		keys[w.Node] = w.PublicKey
+		if old, ok := c.wgPeerKeys[w.Node]; ok && old != w.PublicKey && w.Peer.Keepalive == 0 {
+			kicked[i].Peer.Keepalive = rotatedKick
+			rotated = append(rotated, w.Node)
+		}
+	}
+	if len(rotated) > 0 {
+		kp := make([]wg.Peer, 0, len(kicked))
+		for _, w := range kicked {
+			kp = append(kp, w.Peer)
+		}
+		if _, err := c.wgLink.Configure(kp); err != nil {
+			return fmt.Errorf("nodenet: WireGuard peers: %w", err)
+		}
+		c.log.Info("node-to-node WireGuard peers rotated their key: swapped and handshaking", "nodes", rotated)
 	}
 	ch, err := c.wgLink.Configure(peers)
 	if err != nil {
 		return fmt.Errorf("nodenet: WireGuard peers: %w", err)
 	}
+	c.wgPeerKeys = keys
 	if !ch.Empty() {
 		c.log.Info("node-to-node WireGuard peers changed", "added", len(ch.Added), "updated", len(ch.Updated), "removed", len(ch.Removed), "peers", len(peers))
 	}

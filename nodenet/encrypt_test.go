@@ -199,6 +199,8 @@ type fakeWG struct {
 	changes int
 	removed int
 	failing error
+	// kicked are the peers ever configured with a persistent keepalive.
+	kicked []wgtypes.Key
 }
 
 func (f *fakeWG) Ensure(s WGSpec) (int, error) {
@@ -218,6 +220,9 @@ func (f *fakeWG) Configure(peers []wg.Peer) (wg.Changes, error) {
 	want := map[wgtypes.Key]wg.Peer{}
 	for _, p := range peers {
 		want[p.PublicKey] = p
+		if p.Keepalive > 0 {
+			f.kicked = append(f.kicked, p.PublicKey)
+		}
 		if old, ok := f.peers[p.PublicKey]; !ok {
 			ch.Added = append(ch.Added, p.PublicKey)
 		} else if fmt.Sprint(old) != fmt.Sprint(p) {

@@ -60,13 +60,16 @@ func MeshClaims(ms []mesh.Member, anns []announce.Announcement, cluster string) 
 // MeshPublisher returns an EdgeOptions.Publish that announces the claim signed through
 // the mesh (BlockAnnouncement; the mesh re-signs it every refresh and after joins, so a
 // healed partition learns it) and mirrors it in TagPodBlock.
-func MeshPublisher(n *mesh.Node) func(claim string) error { return meshPublisher(n, "") }
+func MeshPublisher(n *mesh.Node) func(claim string) error {
+	p := meshPublisher(n)
+	return func(claim string) error { return p(claim, "") }
+}
 
 // meshPublisher is MeshPublisher with the node's WireGuard public key in the claim
-// (pub "": none).
-func meshPublisher(n *mesh.Node, pub string) func(claim string) error {
+// (pub "": none): an EdgeOptions.PublishKey.
+func meshPublisher(n *mesh.Node) func(claim, pub string) error {
 	tag := SerfPublisher(n.Serf())
-	return func(claim string) error {
+	return func(claim, pub string) error {
 		c, err := ParseClaim("", claim)
 		if err != nil {
 			return err
@@ -79,25 +82,20 @@ func meshPublisher(n *mesh.Node, pub string) func(claim string) error {
 }
 
 // MeshEdge completes o for a running mesh node of cluster: Members from MeshClaims,
-// Publish from MeshPublisher and Changes from the node's Subscribe (the wiring of an
-// edge-mode agent). With node encryption on
-// (o.Encrypt.Mode wireguard) the claim also carries the node's WireGuard public key, so
-// peers learn it signed: o.Encrypt.Key is then loaded from o.DB (KVWGKey), or made, here
-// (if that fails the key stays unpublished and the controller reports the error).
+// Publish and PublishKey from MeshPublisher and Changes from the node's Subscribe (the
+// wiring of an edge-mode agent). With node encryption on (o.Encrypt.Mode wireguard) the
+// claim also carries the node's WireGuard public key (the current one: a rotation
+// re-announces the claim with the new key), so peers learn it signed: o.Encrypt.Key is
+// then loaded from o.DB (KVWGKey), or made, here, so that the first claim carries it
+// (if that fails the controller loads it and reports the error).
 func MeshEdge(o EdgeOptions, n *mesh.Node, cluster string) EdgeOptions {
 	o.Members = func() []EdgeMember { return MeshClaims(n.Members(), n.State().List(), cluster) }
-	pub := ""
-	if m, _ := encryptionMode(o.Encrypt.Mode); m == EncryptionWireGuard {
-		if o.Encrypt.Key == (wgtypes.Key{}) {
-			if k, err := LoadOrCreateWGKey(context.Background(), dbKV(o.DB), time.Now()); err == nil {
-				o.Encrypt.Key = k
-			}
-		}
-		if o.Encrypt.Key != (wgtypes.Key{}) {
-			pub = o.Encrypt.Key.PublicKey().String()
+	if m, _ := encryptionMode(o.Encrypt.Mode); m == EncryptionWireGuard && o.Encrypt.Key == (wgtypes.Key{}) {
+		if k, err := LoadOrCreateWGKey(context.Background(), dbKV(o.DB), time.Now()); err == nil {
+			o.Encrypt.Key = k
 		}
 	}
-	o.Publish = meshPublisher(n, pub)
+	o.Publish, o.PublishKey = MeshPublisher(n), meshPublisher(n)
 	if o.Changes == nil {
 		// Reconcile on every membership or claim change, not only at Resync. The
 		// subscription lives as long as n: an unread wake-up costs the mesh nothing.

@@ -68,6 +68,14 @@ func DecideRemoteLeg(st Status, dev *wgtypes.Device, gateway string, gwKey wgtyp
 	}
 	i := slices.IndexFunc(dev.Peers, func(p wgtypes.Peer) bool { return p.PublicKey == gwKey })
 	if i < 0 {
+		// The gateway rotated its key (rotate.go) and gwKey is the caller's older (or
+		// newer) reading of its annotation: the peer carrying the gateway node's own
+		// block(s) is the gateway's peer whatever its key, since nodenet gives a node's
+		// blocks only to that node's peer and allowed IPs are unique on a device. Without
+		// this the leg would fall back to the clear until the caller re-read the Node.
+		i = peerCarrying(st, dev, gateway)
+	}
+	if i < 0 {
 		reason := LegNotPeer
 		// nodenet's own view says why when it routes the gateway node in the clear.
 		for _, ps := range st.PeerStates {
@@ -89,6 +97,24 @@ func DecideRemoteLeg(st Status, dev *wgtypes.Device, gateway string, gwKey wgtyp
 		leg.Reason = LegNotAllowed
 	}
 	return leg
+}
+
+// peerCarrying is the index of dev's peer whose allowed IPs cover every block nodenet
+// routes to node over the device (st.PeerStates), or -1.
+func peerCarrying(st Status, dev *wgtypes.Device, node string) int {
+	i := slices.IndexFunc(st.PeerStates, func(ps PeerState) bool { return ps.Node == node && ps.Encrypted && len(ps.Blocks) > 0 })
+	if i < 0 {
+		return -1
+	}
+	blocks := st.PeerStates[i].Blocks
+	return slices.IndexFunc(dev.Peers, func(p wgtypes.Peer) bool {
+		for _, b := range blocks {
+			if !slices.ContainsFunc(p.AllowedIPs, func(a net.IPNet) bool { return covers(a, b) }) {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // String is the leg for logs and status texts ("" with nothing in the clear): the plain

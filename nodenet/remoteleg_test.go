@@ -33,6 +33,11 @@ func TestDecideRemoteLeg(t *testing.T) {
 	dupKey := up
 	dupKey.PeerStates = []PeerState{{Node: "gw", Reason: PlainDupKey}, {Node: "other", Encrypted: true}}
 	off := Status{Encryption: EncryptionNone}
+	// The gateway rotated: nodenet swapped its peer (new key, same block), the caller
+	// still has the old key from the annotation it read earlier.
+	rotated := up
+	rotated.PeerStates = []PeerState{{Node: "gw", Encrypted: true, Blocks: []netip.Prefix{pfx("10.244.1.0/24")}}}
+	newGW := key(t).PublicKey()
 	dev := func(peers ...wgtypes.Peer) *wgtypes.Device { return &wgtypes.Device{Name: WGDevice, Peers: peers} }
 	gwPeer := func(allowed ...string) wgtypes.Peer {
 		return wgtypes.Peer{PublicKey: gwKey, AllowedIPs: ipnets(allowed...)}
@@ -66,6 +71,11 @@ func TestDecideRemoteLeg(t *testing.T) {
 			plain: []string{"10.248.0.0/16", "10.250.0.0/16"}, reasonHas: LegNoGatewayKey},
 		{name: "gateway key not a peer", st: up, dev: dev(wgtypes.Peer{PublicKey: otherKey}), gwKey: gwKey, remote: remote,
 			plain: []string{"10.248.0.0/16", "10.250.0.0/16"}, reasonHas: LegNotPeer},
+		{name: "gateway rotated: its peer found by its block", st: rotated, dev: dev(wgtypes.Peer{PublicKey: otherKey, AllowedIPs: ipnets("10.244.2.0/24")},
+			wgtypes.Peer{PublicKey: newGW, AllowedIPs: ipnets("10.244.1.0/24", "10.248.0.0/16", "10.250.0.0/16")}), gwKey: gwKey, remote: remote,
+			enc: []string{"10.248.0.0/16", "10.250.0.0/16"}, wantNoMessage: true},
+		{name: "gateway rotated, its block on no peer", st: rotated, dev: dev(wgtypes.Peer{PublicKey: otherKey, AllowedIPs: ipnets("10.244.2.0/24", "10.248.0.0/16")}),
+			gwKey: gwKey, remote: remote, plain: []string{"10.248.0.0/16", "10.250.0.0/16"}, reasonHas: LegNotPeer},
 		{name: "not a peer, with nodenet's reason", st: dupKey, dev: dev(), gwKey: gwKey, remote: remote,
 			plain: []string{"10.248.0.0/16", "10.250.0.0/16"}, reasonHas: PlainDupKey},
 		{name: "no device in the status", st: noDev, dev: dev(gwPeer("10.248.0.0/16", "10.250.0.0/16")), gwKey: gwKey, remote: remote,

@@ -27,21 +27,11 @@ type storedKey struct {
 // their sessions. A value that does not parse is replaced by a new key. kv nil: a new
 // key every call, kept nowhere.
 func LoadOrCreateKey(ctx context.Context, kv KV, storeKey string, now time.Time) (wgtypes.Key, time.Time, error) {
-	if kv != nil {
-		v, ok, err := kv.Get(ctx, storeKey)
-		if err != nil {
-			return wgtypes.Key{}, time.Time{}, fmt.Errorf("wg: read %s: %w", storeKey, err)
-		}
-		if ok {
-			var s storedKey
-			if err := json.Unmarshal([]byte(v), &s); err == nil {
-				if k, err := wgtypes.ParseKey(s.PrivateKey); err == nil {
-					return k, s.CreatedAt, nil
-				}
-			}
-		}
+	k, created, ok, err := LoadKey(ctx, kv, storeKey)
+	if err != nil || ok {
+		return k, created, err
 	}
-	k, err := wgtypes.GeneratePrivateKey()
+	k, err = wgtypes.GeneratePrivateKey()
 	if err != nil {
 		return wgtypes.Key{}, time.Time{}, fmt.Errorf("wg: generate key: %w", err)
 	}
@@ -49,6 +39,29 @@ func LoadOrCreateKey(ctx context.Context, kv KV, storeKey string, now time.Time)
 		return wgtypes.Key{}, time.Time{}, err
 	}
 	return k, now, nil
+}
+
+// LoadKey returns the private key kept in kv at storeKey and when it was made; ok is
+// false when there is none (or kv is nil, or the value does not parse).
+func LoadKey(ctx context.Context, kv KV, storeKey string) (k wgtypes.Key, created time.Time, ok bool, err error) {
+	if kv == nil {
+		return k, created, false, nil
+	}
+	v, has, err := kv.Get(ctx, storeKey)
+	if err != nil {
+		return k, created, false, fmt.Errorf("wg: read %s: %w", storeKey, err)
+	}
+	if !has {
+		return k, created, false, nil
+	}
+	var s storedKey
+	if err := json.Unmarshal([]byte(v), &s); err != nil {
+		return k, created, false, nil
+	}
+	if k, err = wgtypes.ParseKey(s.PrivateKey); err != nil {
+		return wgtypes.Key{}, created, false, nil
+	}
+	return k, s.CreatedAt, true, nil
 }
 
 // SaveKey keeps k, made at created, in kv at storeKey (kv nil: nowhere).
