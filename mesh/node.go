@@ -3,7 +3,8 @@
 // discovery, and signed announcements (mesh/announce) verified against the cluster trust
 // model (mesh/trust). A Node admits only members whose tags carry a certificate signed by
 // a trusted cluster key, re-broadcasts its own announcements periodically and whenever a
-// member joins (so state converges after a partition heals), withdraws a leaving node's
+// member joins (so state converges after a partition heals), paced so that a gateway
+// relaying many nodes' claims does not flood the gossip, withdraws a leaving node's
 // announcements, lets a failed node's announcements expire, runs serf-style event
 // handler scripts, and persists the accepted state in the node database.
 package mesh
@@ -103,7 +104,8 @@ type Options struct {
 	// Prefixes announced by this node at start (its pod CIDR, the service CIDR).
 	Prefixes []netip.Prefix
 	// Refresh is how often own announcements are re-signed and re-broadcast (30s); TTL is
-	// their lifetime (3×Refresh), after which a failed node's announcements expire.
+	// their lifetime (3×Refresh), after which a failed node's announcements expire. Both
+	// stretch when the node holds more announcements than AnnounceRate sends in a Refresh.
 	Refresh time.Duration
 	TTL     time.Duration
 	// AnnounceRate is how many own announcements per second the node broadcasts at most
