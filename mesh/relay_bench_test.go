@@ -33,7 +33,9 @@ import (
 // serf's "received old event" drops (an event older than its EventBuffer window) and
 // queue prunes over the run, summed over receivers; gossip bytes/s sent by the 4 nodes
 // and the process CPU (cores, all 4 nodes and the sampling) over the run.
-// PATRONUS_BENCH_RELAY_N is the comma-separated list of N (default 100,500,1000,2000).
+// PATRONUS_BENCH_RELAY_N is the comma-separated list of N (default 100,500,1000,2000);
+// PATRONUS_BENCH_RELAY_GATEWAYS announcers (default 1) each announce the same N claims
+// (every gateway of a cluster relays them all), to 3 receivers.
 func BenchmarkRelayClaims(b *testing.B) {
 	refresh := 10 * time.Second
 	if d, err := time.ParseDuration(os.Getenv("PATRONUS_BENCH_RELAY_REFRESH")); err == nil && d > 0 {
@@ -104,7 +106,11 @@ func runRelayClaims(b *testing.B, mode relayBenchMode, n int, refresh time.Durat
 			<-m.done
 		}
 	}()
-	for i := range 4 {
+	gateways := 1
+	if g, err := strconv.Atoi(os.Getenv("PATRONUS_BENCH_RELAY_GATEWAYS")); err == nil && g > 0 {
+		gateways = g
+	}
+	for i := range gateways + 3 {
 		name := fmt.Sprintf("gw%d", i)
 		id, err := trust.NewIdentity(c.id, c.key, name, time.Now(), time.Hour)
 		if err != nil {
@@ -138,24 +144,26 @@ func runRelayClaims(b *testing.B, mode relayBenchMode, n int, refresh time.Durat
 			b.Fatal("no full membership after 2m")
 		}
 	}
-	gw := nodes[0]
+	gw, receivers := nodes[0], nodes[gateways:]
 	claimed := time.Now().Add(-time.Hour).UnixMilli()
-	slots := make([]string, n)
+	var slots []string
 	for i := range n {
-		a := announce.Announcement{Kind: announce.KindPodBlock, Node: relayBenchName(i), Claimed: claimed,
-			Prefixes: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(1 + i/256), byte(i % 256), 0}), 24)}}
-		if err := gw.Announce(a); err != nil {
-			b.Fatal(err)
+		for _, g := range nodes[:gateways] {
+			a := announce.Announcement{Kind: announce.KindPodBlock, Node: relayBenchName(i), Claimed: claimed,
+				Prefixes: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(1 + i/256), byte(i % 256), 0}), 24)}}
+			if err := g.Announce(a); err != nil {
+				b.Fatal(err)
+			}
+			a.Origin, a.Cluster = g.o.NodeName, g.o.ClusterID
+			slots = append(slots, a.Slot())
 		}
-		a.Origin, a.Cluster = gw.o.NodeName, gw.o.ClusterID
-		slots[i] = a.Slot()
 	}
 	t0 := time.Now()
 	complete := func() float64 {
 		k := 0
 		for _, s := range slots {
 			all := true
-			for _, m := range nodes[1:] {
+			for _, m := range receivers {
 				if _, ok := m.State().Get(s); !ok {
 					all = false
 					break
@@ -165,7 +173,7 @@ func runRelayClaims(b *testing.B, mode relayBenchMode, n int, refresh time.Durat
 				k++
 			}
 		}
-		return float64(k) / float64(n)
+		return float64(k) / float64(len(slots))
 	}
 	sent := func() (s uint64) {
 		for _, m := range nodes {
@@ -206,7 +214,7 @@ func runRelayClaims(b *testing.B, mode relayBenchMode, n int, refresh time.Durat
 	bytesPerSec := float64(sent()-s0) / window.Seconds()
 	cores := float64(cpuTime()-c0) / float64(window)
 	var replay, other, accepted float64
-	for _, m := range nodes[1:] {
+	for _, m := range receivers {
 		for _, r := range announce.Reasons {
 			if r == announce.ReasonReplay {
 				replay += m.Receiver().Rejected(r)
