@@ -3,7 +3,8 @@
 // discovery, and signed announcements (mesh/announce) verified against the cluster trust
 // model (mesh/trust). A Node admits only members whose tags carry a certificate signed by
 // a trusted cluster key, re-broadcasts its own announcements periodically and whenever a
-// member joins (so state converges after a partition heals), withdraws a leaving node's
+// member joins (so state converges after a partition heals), paced so that a gateway
+// relaying many nodes' claims does not flood the gossip, withdraws a leaving node's
 // announcements, lets a failed node's announcements expire, runs serf-style event
 // handler scripts, and persists the accepted state in the node database.
 package mesh
@@ -29,6 +30,7 @@ import (
 	"github.com/hashicorp/serf/serf"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"github.com/patronus/patronus/mesh/announce"
 	"github.com/patronus/patronus/mesh/beacon"
@@ -102,9 +104,19 @@ type Options struct {
 	// Prefixes announced by this node at start (its pod CIDR, the service CIDR).
 	Prefixes []netip.Prefix
 	// Refresh is how often own announcements are re-signed and re-broadcast (30s); TTL is
-	// their lifetime (3×Refresh), after which a failed node's announcements expire.
+	// their lifetime (3×Refresh), after which a failed node's announcements expire. Both
+	// stretch when the node holds more announcements than AnnounceRate sends in a Refresh.
 	Refresh time.Duration
 	TTL     time.Duration
+	// AnnounceRate is how many own announcements per second the node broadcasts at most
+	// (default DefaultAnnounceRate, bursts of announceBurst); the rest wait in a queue,
+	// new and withdrawn ones ahead of refreshes. When the node holds more announcements
+	// than fit in one Refresh at this rate (a gateway relaying the claims of hundreds of
+	// nodes), a refresh round takes longer and every announcement's TTL grows by the same
+	// factor, so none expires before it is re-signed. Negative: no pacing, every
+	// announcement and refresh sent at once (the behaviour before pacing; a benchmark's
+	// baseline).
+	AnnounceRate float64
 
 	// Profile "lan" (default) or "local" (fast failure detection, for tests and loopback).
 	Profile string
@@ -129,6 +141,8 @@ type Node struct {
 	signer   *announce.Signer
 	beacons  *beacon.Beaconer
 	sent     atomic.Uint64
+	pace     *rate.Limiter // nil: no pacing
+	kick     chan struct{} // wakes the pacer
 	hooks    chan serf.Event
 	rejoins  chan struct{}
 	admitted *prometheus.CounterVec
@@ -136,6 +150,9 @@ type Node struct {
 	mu          sync.Mutex
 	subs        map[chan struct{}]struct{}       // Subscribe's channels
 	own         map[string]announce.Announcement // slot -> own announcement (re-signed on refresh)
+	out         sendQueue                        // own slots waiting for the pacer
+	withdrawals map[string]announce.Announcement // slot -> withdrawal waiting in out
+	expiry      map[string]time.Time             // own slot -> expiry of its last broadcast
 	lastJoin    map[string]time.Time             // beacon-triggered joins, rate limited per node
 	eventsLog   []EventRecord                    // recent events for /v1/events
 	lastPersist persistMark
@@ -188,7 +205,15 @@ func New(o Options) (*Node, error) {
 	}
 	n := &Node{o: o, log: o.Logger.With("node", o.NodeName, "cluster", o.ClusterID),
 		events: make(chan serf.Event, 1024), hooks: make(chan serf.Event, 256), rejoins: make(chan struct{}, 1),
-		own: map[string]announce.Announcement{}, lastJoin: map[string]time.Time{}}
+		own: map[string]announce.Announcement{}, withdrawals: map[string]announce.Announcement{}, expiry: map[string]time.Time{},
+		lastJoin: map[string]time.Time{}, kick: make(chan struct{}, 1)}
+	if o.AnnounceRate == 0 {
+		o.AnnounceRate = DefaultAnnounceRate
+	}
+	if o.AnnounceRate > 0 {
+		n.pace = rate.NewLimiter(rate.Limit(o.AnnounceRate), announceBurst)
+	}
+	n.o = o
 	var err error
 	n.recv, err = announce.NewReceiver(announce.ReceiverOptions{Verifier: o.Verifier, Registerer: o.Registerer, Logger: n.log})
 	if err != nil {
@@ -385,6 +410,9 @@ func (n *Node) Run(ctx context.Context) error {
 	g.Go(func() error { n.eventLoop(gctx); return nil })
 	g.Go(func() error { n.hookLoop(gctx); return nil })
 	g.Go(func() error { n.maintain(gctx); return nil })
+	if n.pace != nil {
+		g.Go(func() error { n.sendLoop(gctx); return nil })
+	}
 	if len(n.o.Seeds) > 0 {
 		g.Go(func() error { n.joinSeeds(gctx); return nil })
 	}
@@ -619,20 +647,110 @@ func (n *Node) maintain(ctx context.Context) {
 	}
 }
 
+// DefaultAnnounceRate is Options.AnnounceRate's default. Serf gossips a user event to
+// every member as a broadcast that each member holding it sends 4·⌈log10(members+1)⌉
+// times, in UDP packets of at most 1400 bytes every 200 ms to 3 members: measured on
+// loopback (BenchmarkRelayClaims, BENCHMARKS.md) a 4-node mesh carries about 10 signed
+// ~630-byte announcements per second before it is saturated (and from 9 members the
+// log factor doubles, halving that). 4 per second per node leaves room for the other
+// members' announcements and for membership gossip.
+const DefaultAnnounceRate = 4
+
+// announceBurst is how many announcements go out at once before pacing starts: a node's
+// few ordinary announcements (prefixes, tunnel, services) are never delayed.
+const announceBurst = 16
+
+// sendQueue is the pacer's queue of own slots: urgent ones (new, changed or withdrawn
+// announcements) before due refreshes, each slot at most once.
+type sendQueue struct {
+	urgent, routine []string
+	queued          map[string]bool // slot -> queued urgent
+}
+
+// push queues slot unless it already waits; an urgent push moves a waiting refresh ahead.
+func (q *sendQueue) push(slot string, urgent bool) {
+	if q.queued == nil {
+		q.queued = map[string]bool{}
+	}
+	if u, ok := q.queued[slot]; ok {
+		if !urgent || u {
+			return
+		}
+		q.routine = slices.DeleteFunc(q.routine, func(s string) bool { return s == slot })
+	}
+	q.queued[slot] = urgent
+	if urgent {
+		q.urgent = append(q.urgent, slot)
+	} else {
+		q.routine = append(q.routine, slot)
+	}
+}
+
+// pop takes the next slot: urgent ones first, except that the next refresh goes ahead
+// when due says its announcement is close to expiring (a long queue of new claims must
+// not let the older ones lapse).
+func (q *sendQueue) pop(due func(slot string) bool) (string, bool) {
+	var slot string
+	switch {
+	case len(q.routine) > 0 && (len(q.urgent) == 0 || due(q.routine[0])):
+		slot, q.routine = q.routine[0], q.routine[1:]
+	case len(q.urgent) > 0:
+		slot, q.urgent = q.urgent[0], q.urgent[1:]
+	default:
+		return "", false
+	}
+	delete(q.queued, slot)
+	return slot, true
+}
+
+func (q *sendQueue) len() int { return len(q.urgent) + len(q.routine) }
+
+// ttlLocked is the lifetime of an announcement signed now: TTL, stretched by how much
+// longer than Refresh one paced round over the node's own announcements takes (n.mu held).
+func (n *Node) ttlLocked() time.Duration {
+	if n.pace == nil {
+		return n.o.TTL
+	}
+	round := time.Duration(float64(len(n.own)+len(n.withdrawals)) / n.o.AnnounceRate * float64(time.Second))
+	if round <= n.o.Refresh {
+		return n.o.TTL
+	}
+	return time.Duration(float64(n.o.TTL) * float64(round) / float64(n.o.Refresh))
+}
+
 // Announce signs a (its kind and subject select the slot it replaces), broadcasts it, and
-// keeps re-broadcasting it every Refresh until replaced or withdrawn.
+// keeps re-broadcasting it every Refresh until replaced or withdrawn. With pacing it is
+// sent at once while the rate allows, else queued ahead of refreshes; an error is an
+// announcement that cannot be signed (invalid, too large), found before queueing.
 func (n *Node) Announce(a announce.Announcement) error {
-	wire, signed, err := n.signer.Sign(a, n.o.TTL)
+	n.mu.Lock()
+	ttl := n.ttlLocked()
+	n.mu.Unlock()
+	wire, signed, err := n.signer.Sign(a, ttl)
 	if err != nil {
 		return err
 	}
+	slot := signed.Slot()
 	n.mu.Lock()
 	if a.Withdraw {
-		delete(n.own, signed.Slot())
+		delete(n.own, slot)
+		n.withdrawals[slot] = a
 	} else {
-		n.own[signed.Slot()] = a
+		n.own[slot] = a
+		delete(n.withdrawals, slot)
+	}
+	now := n.pace == nil || (n.out.len() == 0 && n.pace.Allow())
+	if now {
+		delete(n.withdrawals, slot)
+		n.sentLocked(signed)
+	} else {
+		n.out.push(slot, true)
 	}
 	n.mu.Unlock()
+	if !now {
+		n.wake()
+		return nil
+	}
 	// Serf delivers our own event to us too, which applies it to our state.
 	if err := n.serf.UserEvent(AnnounceEvent, wire, false); err != nil {
 		return fmt.Errorf("mesh: broadcast announcement: %w", err)
@@ -640,8 +758,42 @@ func (n *Node) Announce(a announce.Announcement) error {
 	return nil
 }
 
+// sentLocked notes the expiry of a broadcast own announcement (n.mu held).
+func (n *Node) sentLocked(a announce.Announcement) {
+	if a.Withdraw {
+		delete(n.expiry, a.Slot())
+	} else {
+		n.expiry[a.Slot()] = a.ExpiresAt()
+	}
+}
+
+func (n *Node) wake() {
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+// rebroadcast re-signs and re-sends every own announcement: at once without pacing, else
+// by queueing those not already waiting, the soonest to expire first (a round that
+// outlasts Refresh is not doubled).
 func (n *Node) rebroadcast() {
 	n.mu.Lock()
+	if n.pace != nil {
+		slots := slices.Collect(maps.Keys(n.own))
+		slices.SortFunc(slots, func(a, b string) int {
+			if c := n.expiry[a].Compare(n.expiry[b]); c != 0 {
+				return c
+			}
+			return strings.Compare(a, b)
+		})
+		for _, s := range slots {
+			n.out.push(s, false)
+		}
+		n.mu.Unlock()
+		n.wake()
+		return
+	}
 	own := slices.Collect(maps.Values(n.own))
 	n.mu.Unlock()
 	for _, a := range own {
@@ -652,6 +804,53 @@ func (n *Node) rebroadcast() {
 		if err != nil {
 			n.log.Warn("re-broadcast announcement", "err", err)
 		}
+	}
+}
+
+// sendLoop is the pacer: it sends queued own announcements, freshly signed, at most
+// AnnounceRate per second, until ctx ends.
+func (n *Node) sendLoop(ctx context.Context) {
+	for {
+		n.mu.Lock()
+		pending := n.out.len()
+		n.mu.Unlock()
+		if pending == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-n.kick:
+				continue
+			}
+		}
+		if err := n.pace.Wait(ctx); err != nil {
+			return
+		}
+		n.mu.Lock()
+		soon := time.Now().Add(n.o.Refresh)
+		slot, ok := n.out.pop(func(s string) bool { return n.expiry[s].Before(soon) })
+		a, own := n.own[slot]
+		if !own {
+			a, ok = n.withdrawals[slot]
+			delete(n.withdrawals, slot)
+		}
+		ttl := n.ttlLocked()
+		n.mu.Unlock()
+		if !ok {
+			continue
+		}
+		wire, signed, err := n.signer.Sign(a, ttl)
+		if err == nil {
+			err = n.serf.UserEvent(AnnounceEvent, wire, false)
+		}
+		if err != nil {
+			n.log.Warn("broadcast announcement", "slot", slot, "err", err)
+			continue
+		}
+		n.mu.Lock()
+		if _, cur := n.own[slot]; cur == !signed.Withdraw {
+			n.sentLocked(signed)
+		}
+		n.mu.Unlock()
 	}
 }
 
