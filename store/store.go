@@ -16,7 +16,7 @@ import (
 	"path/filepath"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	"modernc.org/sqlite" // also registers the "sqlite" database/sql driver
 )
 
 // DefaultPath is where the database lives on a node (docs/CONTRACT.md).
@@ -50,11 +50,27 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	db := &DB{sql: sqlDB, path: path}
-	if err := db.migrate(ctx); err != nil {
-		sqlDB.Close()
-		return nil, err
+	// While several processes open a new file at once (the first pods of a node), one of
+	// them switching it to WAL can make another's first read fail with SQLITE_BUSY at once,
+	// without the busy handler: that is retried, within the busy timeout.
+	deadline := time.Now().Add(busyTimeout)
+	for {
+		err := db.migrate(ctx)
+		if err == nil {
+			return db, nil
+		}
+		if !isBusy(err) || time.Now().After(deadline) || ctx.Err() != nil {
+			sqlDB.Close()
+			return nil, err
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	return db, nil
+}
+
+// isBusy: err is SQLite's SQLITE_BUSY (any extended code).
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == 5 // SQLITE_BUSY
 }
 
 // Path is the file the database lives in.
