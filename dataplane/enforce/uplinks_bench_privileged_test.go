@@ -26,22 +26,11 @@ func uplinkBenchNode(b *testing.B, pods, routes int) (node, peers ns.NetNS, eps 
 	rnd := make([]byte, 3)
 	_, _ = rand.Read(rnd)
 	id := hex.EncodeToString(rnd)
-	node = enforcetest.NewNS(b, "pt-upb-"+id+"-n")
+	node = enforcetest.NewBridgeNode(b, "pt-upb-"+id+"-n", "10.250.0.1/16")
 	peers = enforcetest.NewNS(b, "pt-upb-"+id+"-p")
 	err := node.Do(func(ns.NetNS) error {
-		lo, _ := netlink.LinkByName("lo")
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return err
-		}
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
-		if err := netlink.LinkAdd(br); err != nil {
-			return fmt.Errorf("bridge: %w", err)
-		}
-		addr, _ := netlink.ParseAddr("10.250.0.1/16")
-		if err := netlink.AddrAdd(br, addr); err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(br); err != nil {
+		br, err := netlink.LinkByName("br0")
+		if err != nil {
 			return err
 		}
 		veth := func(host, peer string, master int) (netlink.Link, error) {

@@ -89,25 +89,7 @@ func NewTopology(t testing.TB, n int) *Topology {
 	RequireRoot(t)
 	id := randID()
 	tp := &Topology{ID: id, Gateway: netip.MustParseAddr("10.250.0.1")}
-	tp.Node = NewNS(t, "pt-pol-"+id+"-n")
-	err := tp.Node.Do(func(ns.NetNS) error {
-		lo, _ := netlink.LinkByName("lo")
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return err
-		}
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
-		if err := netlink.LinkAdd(br); err != nil {
-			return fmt.Errorf("bridge: %w", err)
-		}
-		addr, _ := netlink.ParseAddr("10.250.0.1/24")
-		if err := netlink.AddrAdd(br, addr); err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(br)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tp.Node = NewBridgeNode(t, "pt-pol-"+id+"-n", "10.250.0.1/24")
 	for i := 0; i < n; i++ {
 		name := string(rune('a' + i))
 		p := &Pod{
@@ -434,4 +416,33 @@ func (tp *Topology) Check(t testing.TB, stage string, probes []Probe) {
 			t.Errorf("%s: %s -> %s %s/%d: got allowed=%v, want %v", stage, src.Name, dst.Name, p.Proto, p.Port, got, p.Want)
 		}
 	}
+}
+
+// NewBridgeNode makes a node namespace with lo up and bridge br0 up on addr (the pods'
+// gateway, CIDR form).
+func NewBridgeNode(t testing.TB, name, addr string) ns.NetNS {
+	t.Helper()
+	n := NewNS(t, name)
+	err := n.Do(func(ns.NetNS) error {
+		lo, _ := netlink.LinkByName("lo")
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return fmt.Errorf("bridge: %w", err)
+		}
+		a, err := netlink.ParseAddr(addr)
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(br, a); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(br)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
