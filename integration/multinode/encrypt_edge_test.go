@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -21,13 +20,7 @@ import (
 // before the claim is published. Every pod reaches every other over WireGuard, and a
 // node that leaves the view loses its peer and routes everywhere.
 func TestEdgeNodeEncryption(t *testing.T) {
-	requireRoot(t)
-	if _, err := exec.LookPath("ping"); err != nil {
-		t.Skip("needs ping (apt-get install iputils-ping)")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft (apt-get install nftables) for the underlay counters")
-	}
+	requireEncryptionTools(t)
 	pluginDir(t)
 	l := newLab(t, nil, "")
 	count := underlayCounters(t, l, l.cidr, nodenet.WGPort)

@@ -32,13 +32,7 @@ import (
 // can fail. The gateway turning encryption off makes the decision fall back to plain with
 // a reason; turning it on again makes it encrypted again.
 func TestNodeEncryptionGatewayLeg(t *testing.T) {
-	requireRoot(t)
-	if _, err := exec.LookPath("ping"); err != nil {
-		t.Skip("needs ping (apt-get install iputils-ping)")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft (apt-get install nftables) for the underlay counters")
-	}
+	requireEncryptionTools(t)
 	cluster := k8senv.Start(t)
 	pluginDir(t)
 	l := newLab(t, cluster, "kube-system")
@@ -164,13 +158,7 @@ func TestNodeEncryptionGatewayLeg(t *testing.T) {
 //     gateway's own pod reaches the remote side through `wg-eg1` (its strict chain lets
 //     tunnel devices through).
 func TestNodeEncryptionStrictGatewayLeg(t *testing.T) {
-	requireRoot(t)
-	if _, err := exec.LookPath("ping"); err != nil {
-		t.Skip("needs ping (apt-get install iputils-ping)")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft (apt-get install nftables) for the underlay counters")
-	}
+	requireEncryptionTools(t)
 	cluster := k8senv.Start(t)
 	pluginDir(t)
 	l := newLab(t, cluster, "kube-system")

@@ -24,13 +24,7 @@ import (
 // "none" is routed in the clear again by the others (and the counter sees it, so it can
 // see plaintext).
 func TestNodeEncryption(t *testing.T) {
-	requireRoot(t)
-	if _, err := exec.LookPath("ping"); err != nil {
-		t.Skip("needs ping (apt-get install iputils-ping)")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft (apt-get install nftables) for the underlay counters")
-	}
+	requireEncryptionTools(t)
 	cluster := k8senv.Start(t)
 	pluginDir(t)
 	l := newLab(t, cluster, "kube-system")

@@ -28,13 +28,7 @@ import (
 // plaintext pod frame crosses the underlay at any point. The longest silence of each
 // ping around each rotation is logged (the measured gap).
 func TestNodeKeyRotation(t *testing.T) {
-	requireRoot(t)
-	if _, err := exec.LookPath("ping"); err != nil {
-		t.Skip("needs ping (apt-get install iputils-ping)")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft (apt-get install nftables) for the underlay counters")
-	}
+	requireEncryptionTools(t)
 	cluster := k8senv.Start(t)
 	pluginDir(t)
 	l := newLab(t, cluster, "kube-system")
@@ -272,13 +266,7 @@ func (s *pingStream) longest(from, to time.Time) time.Duration {
 // podblock announcement; here an in-memory gossip view); the peer swaps it, handshakes,
 // and a continuous ping between their pods recovers with no plaintext on the underlay.
 func TestEdgeNodeKeyRotation(t *testing.T) {
-	requireRoot(t)
-	if _, err := exec.LookPath("ping"); err != nil {
-		t.Skip("needs ping (apt-get install iputils-ping)")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft (apt-get install nftables) for the underlay counters")
-	}
+	requireEncryptionTools(t)
 	pluginDir(t)
 	l := newLab(t, nil, "")
 	count := underlayCounters(t, l, l.cidr, nodenet.WGPort)

@@ -105,6 +105,19 @@ func requireRoot(t *testing.T) {
 	}
 }
 
+// requireEncryptionTools is the node-encryption tests' preamble: root, ping for the
+// traffic, nft for the underlay counters.
+func requireEncryptionTools(t *testing.T) {
+	t.Helper()
+	requireRoot(t)
+	if _, err := exec.LookPath("ping"); err != nil {
+		t.Skip("needs ping (apt-get install iputils-ping)")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft (apt-get install nftables) for the underlay counters")
+	}
+}
+
 func randHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)

@@ -25,13 +25,7 @@ import (
 // source crosses the underlay, while a non-pod address (node 2's underlay address) is
 // still reached. Once node 2 has a key, the same traffic flows, encrypted, under strict.
 func TestNodeEncryptionStrict(t *testing.T) {
-	requireRoot(t)
-	if _, err := exec.LookPath("ping"); err != nil {
-		t.Skip("needs ping (apt-get install iputils-ping)")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft (apt-get install nftables) for the underlay counters")
-	}
+	requireEncryptionTools(t)
 	cluster := k8senv.Start(t)
 	pluginDir(t)
 	l := newLab(t, cluster, "kube-system")
@@ -203,13 +197,7 @@ func nftRuleset(t *testing.T, ns string) string {
 // carries none). Node 1's pods get no answer from node 2's and send nothing in the clear;
 // a non-pod address (node 2's underlay address) stays reachable.
 func TestEdgeNodeEncryptionStrict(t *testing.T) {
-	requireRoot(t)
-	if _, err := exec.LookPath("ping"); err != nil {
-		t.Skip("needs ping (apt-get install iputils-ping)")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft (apt-get install nftables) for the underlay counters")
-	}
+	requireEncryptionTools(t)
 	pluginDir(t)
 	l := newLab(t, nil, "")
 	var mu sync.Mutex
